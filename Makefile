@@ -1,0 +1,60 @@
+# gslb-edge: `make lab` to run it, `make test` to test it.
+# Every target installs what it needs first (idempotent, quick when already done).
+
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+GSLB    := $(BIN)/gslb
+STAMP   := $(VENV)/.installed
+# Debian packages the tests and the lab use: command -> package
+SYSTOOLS := dig:dnsutils kdig:knot-dnsutils unbound:unbound curl:curl ip:iproute2 etcd:etcd-server etcdctl:etcd-client
+BENCHTOOLS := dnsperf:dnsperf gdnsd:gdnsd nginx:nginx-light wrk:wrk
+
+.PHONY: install systools test unit integration lab lab-down lab-status bench clean help
+
+help:
+	@echo "make install   create .venv, install gslb-edge and the system tools the tests use"
+	@echo "make lab       build the lab (network namespaces; needs root)"
+	@echo "make lab-down  remove the lab"
+	@echo "make test      unit + integration + lab tests"
+	@echo "make bench     benchmarks against gdnsd and nginx"
+
+# System tools, only where missing; apt-get update only when something is missing.
+systools:
+	@$(PY) scripts/ensure_tools.py $(SYSTOOLS)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+examples/lab.mmdb: examples/geo-table.toml $(STAMP)
+	$(GSLB) geo build-mmdb examples/geo-table.toml --out examples/lab.mmdb
+
+install: systools $(STAMP) examples/lab.mmdb
+
+test: install
+	$(BIN)/python -m pytest tests
+
+unit: install
+	$(BIN)/python -m pytest tests -m "not integration and not lab"
+
+integration: install
+	$(BIN)/python -m pytest tests -m "integration or lab"
+
+lab: install
+	$(GSLB) lab up
+
+lab-down: install
+	$(GSLB) lab down
+
+lab-status: install
+	$(GSLB) lab status
+
+bench: install
+	@$(PY) scripts/ensure_tools.py $(BENCHTOOLS)
+	@echo "make bench: not built yet (issue 7): it will run dnsperf against gdnsd and wrk against nginx in the same run."
+	@exit 1
+
+clean:
+	rm -rf $(VENV) *.egg-info examples/lab.mmdb .pytest_cache
