@@ -1,0 +1,602 @@
+"""The one configuration loader: TOML (tomllib) into frozen dataclasses.
+
+Owns: reading and validating configuration files, and the error format every
+component reports: ``file:line: key: what is wrong``. It hands plain, frozen
+data down; it must not open sockets, read databases or start anything.
+
+tomllib reports a line only for syntax errors. For semantic errors (a wrong
+type, an unknown PoP id) we find the line ourselves by scanning the source for
+the table header and key (`_SourceIndex`): good enough to point a person at
+the right line, and it never guesses a wrong file.
+
+Components with their own files (the lab plan, the edge, the agent) build
+their schemas on `TomlDoc` and `ConfigError` from here, so every error reads
+the same.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+__all__ = [
+    "ConfigError", "TomlDoc", "Table",
+    "SOA", "NameServer", "Zone", "Pop", "GslbName", "Policy", "Routing", "HealthSettings",
+    "StaticRecord", "ServerSettings", "DnsConfig", "load_dns_config", "parse_listen",
+    "RECORD_TYPES", "FALLBACKS",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, formatted ``file:line: key: what is wrong``."""
+
+    def __init__(self, path: str, line: int | None, key: str, problem: str) -> None:
+        self.path, self.line, self.key, self.problem = path, line, key, problem
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
+
+
+# ---------------------------------------------------------------------------
+# Source positions for semantic errors
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
+_KEYLINE = re.compile(r"^\s*([A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*')\s*=")
+
+
+class _SourceIndex:
+    """Maps (table path, array index, key) to a 1-based line of the source."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        # (header name, occurrence index, start line, end line)
+        self.sections: list[tuple[str, int, int, int]] = []
+        seen: dict[str, int] = {}
+        starts: list[tuple[str, int, int]] = [("", 0, 0)]
+        for i, line in enumerate(self.lines):
+            m = _HEADER.match(line)
+            if m:
+                name = m.group(2).replace('"', "").replace("'", "").replace(" ", "")
+                n = seen.get(name, 0)
+                seen[name] = n + 1
+                starts.append((name, n, i + 1))
+        for j, (name, n, start) in enumerate(starts):
+            end = starts[j + 1][2] - 1 if j + 1 < len(starts) else len(self.lines)
+            self.sections.append((name, n, start, end))
+
+    def line_of(self, table: str, index: int | None, key: str | None) -> int | None:
+        for name, n, start, end in self.sections:
+            if name != table or (index is not None and n != index):
+                continue
+            if key is None:
+                return start or None
+            for ln in range(start + 1 if start else 1, end + 1):
+                m = _KEYLINE.match(self.lines[ln - 1])
+                if m and m.group(1).strip("\"'") == key:
+                    return ln
+            return start or None
+        return None
+
+
+class TomlDoc:
+    """A parsed TOML file plus what is needed to report errors in it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.dir = os.path.dirname(os.path.abspath(path))
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except OSError as exc:
+            raise ConfigError(path, None, "", f"cannot read: {exc.strerror or exc}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(path, None, "", f"not UTF-8 text (byte {exc.start})") from None
+        try:
+            self.data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            msg = str(exc)
+            m = re.search(r"\(at line (\d+), column \d+\)", msg)
+            line = int(m.group(1)) if m else None
+            problem = re.sub(r" \(at line.*", "", msg)
+            raise ConfigError(path, line, "", f"TOML syntax: {problem}") from None
+        self.index = _SourceIndex(text)
+
+    def root(self) -> "Table":
+        return Table(self, self.data, "", None)
+
+    def resolve_path(self, value: str) -> str:
+        """Paths in a config file are relative to the file's directory."""
+        return value if os.path.isabs(value) else os.path.normpath(os.path.join(self.dir, value))
+
+
+_MISSING = object()
+
+
+class Table:
+    """One TOML table, with typed getters that raise ConfigError with a line number."""
+
+    def __init__(self, doc: TomlDoc, data: Mapping[str, Any], name: str, index: int | None) -> None:
+        self.doc, self.data, self.name, self.index = doc, data, name, index
+        self._used: set[str] = set()
+
+    # -- reporting
+    def qualified(self, key: str) -> str:
+        base = self.name if self.index is None else f"{self.name}[{self.index}]"
+        return f"{base}.{key}" if base else key
+
+    def error(self, key: str | None, problem: str) -> ConfigError:
+        line = self.doc.index.line_of(self.name, self.index, key)
+        return ConfigError(self.doc.path, line, self.qualified(key) if key else self.name, problem)
+
+    # -- access
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def _get(self, key: str, default: Any) -> Any:
+        self._used.add(key)
+        if key in self.data:
+            return self.data[key]
+        if default is _MISSING:
+            raise self.error(None, f"missing required key {key!r}")
+        return default
+
+    def str(self, key: str, default: Any = _MISSING) -> Any:
+        v = self._get(key, default)
+        if v is default and key not in self.data:
+            return v
+        if not isinstance(v, str) or not v:
+            raise self.error(key, f"expected a non-empty string, got {_show(v)}")
+        return v
+
+    def int(self, key: str, default: Any = _MISSING, *, min: int | None = None, max: int | None = None) -> Any:
+        v = self._get(key, default)
+        if v is default and key not in self.data:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.error(key, f"expected an integer, got {_show(v)}")
+        _check_range(self, key, v, min, max)
+        return v
+
+    def float(self, key: str, default: Any = _MISSING, *, min: float | None = None, max: float | None = None) -> Any:
+        v = self._get(key, default)
+        if v is default and key not in self.data:
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self.error(key, f"expected a number, got {_show(v)}")
+        _check_range(self, key, v, min, max)
+        return float(v)
+
+    def bool(self, key: str, default: Any = _MISSING) -> Any:
+        v = self._get(key, default)
+        if not isinstance(v, bool):
+            raise self.error(key, f"expected true or false, got {_show(v)}")
+        return v
+
+    def str_list(self, key: str, default: Any = _MISSING, *, item: Callable[[str], Any] | None = None,
+                 what: str = "string") -> Any:
+        v = self._get(key, default)
+        if v is default and key not in self.data:
+            return v
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise self.error(key, f"expected a list of strings, got {_show(v)}")
+        if item is None:
+            return tuple(v)
+        out = []
+        for x in v:
+            try:
+                out.append(item(x))
+            except ValueError as exc:
+                raise self.error(key, f"{x!r} is not a valid {what}: {exc}") from None
+        return tuple(out)
+
+    def table(self, key: str, *, required: bool = False) -> "Table":
+        v = self._get(key, _MISSING if required else {})
+        if not isinstance(v, dict):
+            raise self.error(key, f"expected a table, got {_show(v)}")
+        return Table(self.doc, v, self.qualified(key) if self.index is None else f"{self.name}.{key}", None)
+
+    def array(self, key: str, *, required: bool = False) -> list["Table"]:
+        v = self._get(key, _MISSING if required else [])
+        if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+            raise self.error(key, f"expected an array of tables ([[{key}]]), got {_show(v)}")
+        name = self.qualified(key)
+        return [Table(self.doc, x, name, i) for i, x in enumerate(v)]
+
+    def reject_unknown(self, extra: Iterable[str] = ()) -> None:
+        """A misspelt key is an error, not a silently ignored line."""
+        allowed = self._used | set(extra)
+        for key in self.data:
+            if key not in allowed:
+                raise self.error(key, "unknown key (see docs/configuration.md)")
+
+
+def _show(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _check_range(t: Table, key: str, v: float, lo: float | None, hi: float | None) -> None:
+    if lo is not None and v < lo:
+        raise t.error(key, f"must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise t.error(key, f"must be <= {hi}, got {v}")
+
+
+# ---------------------------------------------------------------------------
+# DNS schema
+
+RECORD_TYPES = ("A", "AAAA", "CNAME", "TXT", "MX", "CAA")
+FALLBACKS = ("nearest", "all", "none")
+_POP_ID = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+@dataclass(frozen=True)
+class SOA:
+    mname: str
+    rname: str
+    serial: int
+    refresh: int
+    retry: int
+    expire: int
+    minimum: int
+    ttl: int
+
+
+@dataclass(frozen=True)
+class NameServer:
+    name: str
+    ipv4: tuple[str, ...]
+    ipv6: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Zone:
+    name: str  # absolute, lowercase, trailing dot: "lab.test."
+    soa: SOA
+    ns: tuple[NameServer, ...]
+    ns_ttl: int
+
+
+@dataclass(frozen=True)
+class Pop:
+    id: str
+    city: str
+    latitude: float
+    longitude: float
+    ipv4: tuple[str, ...]
+    ipv6: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GslbName:
+    name: str  # absolute owner; may start with "*." ("*.app.lab.test.")
+    pin: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    addresses_per_answer: int = 2
+    ttl: int = 30
+    fallback: str = "nearest"
+
+
+@dataclass(frozen=True)
+class Routing:
+    default_order: tuple[str, ...]
+    country: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    continent: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """Health checking of PoP addresses (the checker arrives with the routing issue)."""
+    enabled: bool = False
+    interval: float = 1.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    port: int = 443
+    path: str = "/healthz"
+    drained: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StaticRecord:
+    name: str
+    type: str
+    value: str
+    ttl: int
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 53), ("::1", 53))
+    workers: int = 1
+    geoip_db: str | None = None
+    udp_payload_max: int = 1232
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 512
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    path: str
+    server: ServerSettings
+    zone: Zone
+    pops: tuple[Pop, ...]
+    gslb: tuple[GslbName, ...]
+    policy: Policy
+    routing: Routing
+    records: tuple[StaticRecord, ...]
+    health: HealthSettings = HealthSettings()
+
+    def pop(self, pop_id: str) -> Pop:
+        for p in self.pops:
+            if p.id == pop_id:
+                return p
+        raise KeyError(pop_id)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'127.0.0.1:53', '[::1]:5300' or ':53' (all IPv4) -> (host, port)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError("IPv6 addresses are written [ADDR]:PORT")
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise ValueError("expected ADDR:PORT")
+        if ":" in host:
+            raise ValueError("IPv6 addresses are written [ADDR]:PORT")
+        host = host or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} is not 0-65535")
+    return host, int(port)
+
+
+def _ipv4(s: str) -> str:
+    return str(ipaddress.IPv4Address(s))
+
+
+def _ipv6(s: str) -> str:
+    return str(ipaddress.IPv6Address(s))
+
+
+def _absolute(name: str, zone: str, t: Table, key: str) -> str:
+    """Names in the config are relative to the zone, '@' is the apex, a trailing dot is absolute."""
+    n = name.strip().lower()
+    if n == "@":
+        out = zone
+    elif n.endswith("."):
+        out = n
+    else:
+        out = f"{n}.{zone}"
+    labels = out[:-1].split(".") if out != "." else []
+    for i, label in enumerate(labels):
+        if label == "*" and i == 0:
+            continue
+        if not _LABEL.match(label):
+            raise t.error(key, f"{name!r} is not a valid domain name (label {label!r})")
+    if len(out) > 254:
+        raise t.error(key, f"{name!r} is longer than 253 characters")
+    return out
+
+
+def _in_zone(name: str, zone: str) -> bool:
+    return name == zone or name.endswith("." + zone)
+
+
+def load_dns_config(path: str) -> DnsConfig:
+    """Read and validate a DNS configuration; raises ConfigError."""
+    doc = TomlDoc(path)
+    root = doc.root()
+
+    # [zone]
+    zt = root.table("zone", required=True)
+    zname = zt.str("name").strip().lower().rstrip(".") + "."
+    if zname == ".":
+        raise zt.error("name", "the zone cannot be the root")
+    _absolute(zname, zname, zt, "name")
+    st = zt.table("soa")
+    soa = SOA(
+        mname=_absolute(st.str("mname", f"ns1.{zname}"), zname, st, "mname"),
+        rname=_absolute(st.str("rname", f"hostmaster.{zname}"), zname, st, "rname"),
+        serial=st.int("serial", 1, min=0, max=2**32 - 1),
+        refresh=st.int("refresh", 3600, min=0, max=2**31 - 1),
+        retry=st.int("retry", 600, min=0, max=2**31 - 1),
+        expire=st.int("expire", 1209600, min=0, max=2**31 - 1),
+        minimum=st.int("minimum", 30, min=0, max=86400),
+        ttl=st.int("ttl", 3600, min=0, max=2**31 - 1),
+    )
+    st.reject_unknown()
+    servers = []
+    for nt in zt.array("ns", required=True):
+        name = _absolute(nt.str("name"), zname, nt, "name")
+        v4 = nt.str_list("ipv4", (), item=_ipv4, what="IPv4 address")
+        v6 = nt.str_list("ipv6", (), item=_ipv6, what="IPv6 address")
+        if _in_zone(name, zname) and not (v4 or v6):
+            raise nt.error("ipv4", f"name server {name} is inside the zone and needs glue (ipv4 or ipv6)")
+        nt.reject_unknown()
+        servers.append(NameServer(name, v4, v6))
+    if not servers:
+        raise zt.error("ns", "at least one [[zone.ns]] is required")
+    ns_ttl = zt.int("ns_ttl", 3600, min=0, max=2**31 - 1)
+    zt.reject_unknown(["soa", "ns"])
+    zone = Zone(zname, soa, tuple(servers), ns_ttl)
+
+    # [[pop]]
+    pops: list[Pop] = []
+    for pt in root.array("pop", required=True):
+        pid = pt.str("id")
+        if not _POP_ID.match(pid):
+            raise pt.error("id", f"{pid!r}: PoP ids are lowercase letters, digits and '-' (e.g. us-cal-1)")
+        if any(p.id == pid for p in pops):
+            raise pt.error("id", f"duplicate PoP id {pid!r}")
+        pop = Pop(
+            id=pid,
+            city=pt.str("city", pid),
+            latitude=pt.float("lat", min=-90, max=90),
+            longitude=pt.float("lon", min=-180, max=180),
+            ipv4=pt.str_list("ipv4", (), item=_ipv4, what="IPv4 address"),
+            ipv6=pt.str_list("ipv6", (), item=_ipv6, what="IPv6 address"),
+        )
+        if not pop.ipv4 and not pop.ipv6:
+            raise pt.error("ipv4", f"PoP {pid} has no addresses")
+        pt.reject_unknown()
+        pops.append(pop)
+    if not pops:
+        raise root.error("pop", "at least one [[pop]] is required")
+    pop_ids = [p.id for p in pops]
+
+    def pop_list(t: Table, key: str, default: Any = _MISSING) -> tuple[str, ...]:
+        ids = t.str_list(key, default)
+        for i in ids:
+            if i not in pop_ids:
+                raise t.error(key, f"unknown PoP {i!r} (known: {', '.join(pop_ids)})")
+        if len(set(ids)) != len(ids):
+            raise t.error(key, "a PoP is listed twice")
+        return tuple(ids)
+
+    # [[gslb]]
+    names: list[GslbName] = []
+    for gt in root.array("gslb", required=True):
+        owner = _absolute(gt.str("name"), zname, gt, "name")
+        if not _in_zone(owner, zname) or owner == zname:
+            raise gt.error("name", f"{owner} is not below the zone {zname}")
+        if "*" in owner[1:]:
+            raise gt.error("name", "a wildcard is only allowed as the first label ('*.app')")
+        pin = gt.str("pin", None)
+        if pin is not None and pin not in pop_ids:
+            raise gt.error("pin", f"unknown PoP {pin!r} (known: {', '.join(pop_ids)})")
+        per_pop = gt.bool("per_pop", False)
+        gt.reject_unknown()
+        names.append(GslbName(owner, pin))
+        if per_pop:
+            base = owner[2:] if owner.startswith("*.") else owner
+            names.extend(GslbName(f"{p}.{base}", p) for p in pop_ids)
+    seen_names: set[str] = set()
+    for g in names:
+        if g.name in seen_names:
+            raise root.error("gslb", f"GSLB name {g.name} is defined twice")
+        seen_names.add(g.name)
+
+    # [policy]
+    pt = root.table("policy")
+    policy = Policy(
+        addresses_per_answer=pt.int("addresses_per_answer", 2, min=1, max=16),
+        ttl=pt.int("ttl", 30, min=0, max=86400),
+        fallback=pt.str("fallback", "nearest"),
+    )
+    if policy.fallback not in FALLBACKS:
+        raise pt.error("fallback", f"{policy.fallback!r}: one of {', '.join(FALLBACKS)}")
+    pt.reject_unknown()
+
+    # [routing]
+    rt = root.table("routing")
+    default_order = pop_list(rt, "default_order", tuple(pop_ids))
+    default_order = default_order + tuple(p for p in pop_ids if p not in default_order)
+    country = {}
+    ct = rt.table("country")
+    for code in list(ct.data):
+        if not re.match(r"^[A-Z]{2}$", code):
+            raise ct.error(code, "country codes are ISO 3166 alpha-2 in capitals, e.g. JP")
+        country[code] = pop_list(ct, code)
+    continent = {}
+    cn = rt.table("continent")
+    for code in list(cn.data):
+        if code not in ("AF", "AN", "AS", "EU", "NA", "OC", "SA"):
+            raise cn.error(code, "continent codes are AF AN AS EU NA OC SA")
+        continent[code] = pop_list(cn, code)
+    rt.reject_unknown(["country", "continent"])
+    routing = Routing(default_order, MappingProxyType(country), MappingProxyType(continent))
+
+    # [health]
+    ht = root.table("health")
+    health = HealthSettings(
+        enabled=ht.bool("enabled", False),
+        interval=ht.float("interval", 1.0, min=0.05, max=3600),
+        timeout=ht.float("timeout", 1.0, min=0.05, max=60),
+        rise=ht.int("rise", 2, min=1, max=100),
+        fall=ht.int("fall", 3, min=1, max=100),
+        port=ht.int("port", 443, min=1, max=65535),
+        path=ht.str("path", "/healthz"),
+        drained=pop_list(ht, "drained", ()),
+    )
+    ht.reject_unknown()
+
+    # [[record]]
+    records: list[StaticRecord] = []
+    for rt_ in root.array("record"):
+        owner = _absolute(rt_.str("name"), zname, rt_, "name")
+        if not _in_zone(owner, zname):
+            raise rt_.error("name", f"{owner} is outside the zone {zname}")
+        rtype = rt_.str("type").upper()
+        if rtype not in RECORD_TYPES:
+            raise rt_.error("type", f"{rtype!r}: supported types are {', '.join(RECORD_TYPES)}")
+        value = rt_.str("value")
+        _check_rdata(rt_, rtype, value)
+        ttl = rt_.int("ttl", 300, min=0, max=2**31 - 1)
+        rt_.reject_unknown()
+        if owner in seen_names:
+            raise rt_.error("name", f"{owner} is a GSLB name; it cannot also have static records")
+        # RFC 1034 3.6.2: a CNAME cannot share its owner name with any other data.
+        if any(r.name == owner and "CNAME" in (r.type, rtype) for r in records):
+            raise rt_.error("name", f"{owner}: a CNAME cannot share its name with other data (RFC 1034 3.6.2)")
+        if rtype == "CNAME":
+            value = _absolute(value, zname, rt_, "value")
+        records.append(StaticRecord(owner, rtype, value, ttl))
+
+    # [server]
+    sv = root.table("server")
+    listen = sv.str_list("listen", ("127.0.0.1:53", "[::1]:53"), item=parse_listen, what="ADDR:PORT")
+    geoip = sv.str("geoip_db", None)
+    server = ServerSettings(
+        listen=tuple(listen),
+        workers=sv.int("workers", 1, min=1, max=64),
+        geoip_db=doc.resolve_path(geoip) if geoip else None,
+        udp_payload_max=sv.int("udp_payload_max", 1232, min=512, max=65535),
+        tcp_idle_timeout=sv.float("tcp_idle_timeout", 10.0, min=0.1, max=3600),
+        tcp_max_connections=sv.int("tcp_max_connections", 512, min=1, max=65536),
+    )
+    sv.reject_unknown()
+
+    root.reject_unknown(["zone", "pop", "gslb", "policy", "routing", "health", "record", "server"])
+    return DnsConfig(
+        path=os.path.abspath(path), server=server, zone=zone, pops=tuple(pops), gslb=tuple(names),
+        policy=policy, routing=routing, records=tuple(records), health=health,
+    )
+
+
+def _check_rdata(t: Table, rtype: str, value: str) -> None:
+    try:
+        if rtype == "A":
+            ipaddress.IPv4Address(value)
+        elif rtype == "AAAA":
+            ipaddress.IPv6Address(value)
+        elif rtype == "MX":
+            pref, _, host = value.partition(" ")
+            if not pref.isdigit() or int(pref) > 65535 or not host.strip():
+                raise ValueError("expected 'PREFERENCE HOST', e.g. '10 mail.example.'")
+        elif rtype == "CAA":
+            parts = value.split(" ", 2)
+            if len(parts) != 3 or not parts[0].isdigit() or int(parts[0]) > 255 or not parts[1].isalnum():
+                raise ValueError("expected 'FLAGS TAG \"VALUE\"', e.g. '0 issue \"ca.example\"'")
+        elif rtype == "TXT":
+            if len(value.encode()) > 4000:
+                raise ValueError("longer than 4000 bytes")
+    except ValueError as exc:
+        raise t.error("value", f"{value!r} is not valid {rtype} data: {exc}") from None
