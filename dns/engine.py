@@ -1,0 +1,374 @@
+"""The query engine: query bytes in, response bytes out (sans-IO).
+
+Owns everything between a datagram or TCP message and the reply: parsing
+(`dns.wire`), locating the client (`geo`), the zone and policy (`dns.zone`,
+`dns.policy`), EDNS/ECS echo, truncation, and the answer cache. It opens no
+socket and reads no clock: `dns.server` feeds it bytes and the peer address.
+
+The fast path (DESIGN.md, "DNS fast path"): a reply depends on the query's
+bytes after the ID (name as sent, type, flags, the whole OPT record with its
+ECS subnet) and, for GSLB answers to queries without a usable ECS subnet, on
+the source address; never on the ID. So the first query of a kind is answered
+the slow way and its reply (or, for rotating answers, every rotation step) is
+kept as wire bytes keyed by `query[2:]`; the next one is answered by pasting
+its own ID in front. The cache is bounded (oldest entry out first) and is
+dropped whole by `invalidate()` (health change) or replaced with the engine
+(reload).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dns import policy as pol
+from dns.wire import (AA, AXFR, CD, CLASS_IN, IXFR, MAILA, MAILB, NOTIMP, QR, RD, REFUSED, SERVFAIL,
+                      TC, ClientSubnet, Drop, Query, QueryError, Writer, parse_query)
+from dns.zone import ZoneData
+
+# Entries mapping to this marker depend on the source address (GSLB answer, no ECS).
+_BY_SOURCE = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Unlocated:
+    """The placement of every client when no geo database is configured."""
+
+    ranking: Any
+    scope_prefix: int = 0
+    location: None = None
+    network: None = None
+
+
+class Engine:
+    """Answers queries for one configuration. Immutable apart from its caches.
+
+    Build a new Engine to reload (the server swaps the reference, so a
+    reload is atomic and a failed one changes nothing).
+    """
+
+    def __init__(self, cfg: Any, locator: Any = None, health: pol.HealthView | None = None,
+                 *, cache_size: int = 50_000, log_decisions: bool = False) -> None:
+        from geo.routing import PopSite, Router
+
+        self.cfg = cfg
+        self.zone = ZoneData(cfg)
+        self.router = Router(
+            [PopSite(p.id, p.latitude, p.longitude) for p in cfg.pops],
+            default_order=cfg.routing.default_order,
+            by_country=dict(cfg.routing.country),
+            by_continent=dict(cfg.routing.continent),
+        )
+        self.locator = locator
+        health_cfg = getattr(cfg, "health", None)
+        self.drained = frozenset(health_cfg.drained) if health_cfg is not None else frozenset()
+        self.payload_max = cfg.server.udp_payload_max
+        self.cache_size = cache_size
+        self.log_decisions = log_decisions
+        self._udp: dict[bytes, Any] = {}
+        self._tcp: dict[bytes, Any] = {}
+        self._by_source: dict[tuple[bytes, str], tuple] = {}
+        self._turns: dict[tuple, list[int]] = {}  # answer -> [next rotation step]
+        self._built: dict[tuple, list[bytes]] = {}  # reply shape -> reply bytes (see _slow)
+        # misses: slow-path queries; errors: FORMERR/NOTIMP/BADVERS answered; dropped: no
+        # answer; internal_errors: bugs turned into SERVFAIL (the fuzz test wants 0).
+        self.stats = {"misses": 0, "errors": 0, "dropped": 0, "internal_errors": 0}
+        self.set_health(health or pol.HealthView())
+
+    @classmethod
+    def from_config(cls, cfg: Any, geoip_db: str | None = None, **kw: Any) -> "Engine":
+        """Build an engine, opening the geo database (`geoip_db` overrides the config's)."""
+        path = geoip_db or cfg.server.geoip_db
+        locator = None
+        engine = cls(cfg, None, **kw)
+        if path:
+            from geo.locate import Locator
+            from geo.mmdb import GeoDatabase
+            locator = Locator(GeoDatabase(path), engine.router)
+        engine.locator = locator
+        return engine
+
+    def close(self) -> None:
+        if self.locator is not None:
+            self.locator.close()
+
+    def invalidate(self) -> None:
+        """Forget every cached reply (health or policy input changed)."""
+        self._udp.clear()
+        self._tcp.clear()
+        self._by_source.clear()
+        self._turns.clear()
+        self._built.clear()
+        self.zone.forget()
+
+    def set_health(self, health: pol.HealthView) -> None:
+        """Plug in a health view (the checker's); drained PoPs stay out on top of it."""
+        self.health = health
+        self._health = pol.Drained(health, self.drained) if self.drained else health
+        self.invalidate()
+
+    # -- the per-query entry point -------------------------------------------------
+
+    def respond(self, data: bytes, source: str, tcp: bool = False) -> bytes | None:
+        """The reply to one query from `source` (an IP string), or None to send nothing.
+
+        Never raises: whatever the bytes, the worst outcome is a FORMERR,
+        a SERVFAIL or silence (the fuzz test pins this).
+        """
+        if type(data) is not bytes:
+            data = bytes(data)
+        key = data[2:]
+        entry = (self._tcp if tcp else self._udp).get(key)
+        if entry is not None:
+            if entry is _BY_SOURCE:
+                entry = self._by_source.get((key, source))
+            if entry is not None:
+                variants, turn = entry
+                i = turn[0]
+                turn[0] = (i + 1) % len(variants)
+                return data[:2] + variants[i]
+        try:
+            return self._slow(data, key, source, tcp)
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one answer, not the server
+            self.stats["internal_errors"] += 1
+            from dns.log import log
+            log("internal_error", level="error", client=source, error=repr(exc))
+            if len(data) >= 12 and not data[2] & 0x80:
+                return data[:2] + bytes(((data[2] & 0x79) | 0x80, SERVFAIL)) + bytes(8)
+            return None
+
+    def _slow(self, data: bytes, key: bytes, source: str, tcp: bool) -> bytes | None:
+        self.stats["misses"] += 1
+        try:
+            q = parse_query(data)
+        except Drop:
+            self.stats["dropped"] += 1
+            return None
+        except QueryError as err:
+            return self.error_response(data, err, tcp)
+
+        ecs = q.edns.client_subnet if q.edns else None
+        refusal = None
+        if q.qclass != CLASS_IN:
+            refusal = REFUSED  # class IN only (CHAOS "version.bind" and the like are not ours)
+        elif q.qtype in (AXFR, IXFR):
+            refusal = REFUSED  # no zone transfers (RFC 5936 lets a server refuse them)
+        elif q.qtype in (MAILA, MAILB):
+            refusal = NOTIMP   # obsolete meta-types (RFC 1035 3.2.3), answered by nobody
+        if refusal is not None:
+            # RFC 7871 7.2.1: a reply to a query with ECS carries it back; scope 0 here.
+            return data[:2] + self.build(q, data, refusal, False, (), (), (),
+                                         ecs.echo(0) if ecs else None, tcp)[2:]
+
+        placed: list[Any] = []
+
+        def place() -> Any:
+            if not placed:
+                placed.append(self.placement(source, ecs))
+            return placed[0]
+
+        ans = self.zone.resolve(q.qname, q.qtype, place, self._health)
+        # Without a geo database every client is "unlocated": nothing depends on location.
+        dependent = ans.location_dependent and self.locator is not None
+        scope = 0
+        if ecs is not None and dependent and placed:
+            scope = self.ecs_scope(ecs, placed[0])
+        if self.log_decisions:
+            self._log_decision(q, source, ans, placed[0] if placed else None, scope if ecs else None)
+        echo = ecs.echo(scope) if ecs else b""
+        # Writing replies is most of a miss's cost. Replies to queries of one shape
+        # (question bytes, flags, EDNS limits, the same answer) differ only in the
+        # ECS echo, which is always the last option of the last record: build once,
+        # then swap the tail. This keeps misses cheap when many subnets share a region.
+        shape = (data[12:q.question_end], q.flags & (RD | CD), ans.rcode, ans.authoritative,
+                 ans.answer_variants, ans.authority, ans.additional, self.limit(q.edns, tcp),
+                 None if q.edns is None else q.edns.do, len(echo))
+        built = self._built.get(shape)
+        if built is None:
+            if len(self._built) >= self.cache_size:
+                del self._built[next(iter(self._built))]
+            built = self._built[shape] = [
+                self.build(q, data, ans.rcode, ans.authoritative, a, ans.authority,
+                           ans.additional, echo if ecs else None, tcp)[2:]
+                for a in ans.answer_variants]
+            variants = built
+        elif echo:
+            cut = len(echo)
+            variants = [v[:-cut] + echo for v in built]
+        else:
+            variants = built
+        # Rotation is per answer, not per query bytes: queries that differ only in
+        # what does not change the answer (a DNS cookie, another ECS subnet of the
+        # same region) share one turn counter, so all addresses get handed out.
+        turn = self._turns.get(ans.answer_variants)
+        if turn is None:
+            if len(self._turns) >= self.cache_size:
+                del self._turns[next(iter(self._turns))]
+            turn = self._turns[ans.answer_variants] = [0]
+        first = turn[0] % len(variants)
+        turn[0] = (first + 1) % len(variants)
+        entry = (variants, turn)
+        cache = self._tcp if tcp else self._udp
+        if len(cache) >= self.cache_size:
+            del cache[next(iter(cache))]
+        if dependent and (ecs is None or ecs.source_prefix == 0):
+            if len(self._by_source) >= self.cache_size:
+                del self._by_source[next(iter(self._by_source))]
+            cache[key] = _BY_SOURCE
+            self._by_source[(key, source)] = entry
+        else:
+            cache[key] = entry
+        return data[:2] + variants[first]
+
+    # -- pieces ------------------------------------------------------------------------
+
+    def _log_decision(self, q: Query, source: str, ans: Any, placement: Any,
+                      scope: int | None) -> None:
+        """One line per answer computed (cache hits repeat it and are not logged)."""
+        from dns.log import log
+        from dns.wire import RCODE_NAMES, TYPE_NAMES, name_to_text
+        fields: dict[str, Any] = {
+            "client": source, "qname": name_to_text(q.qname), "qtype": TYPE_NAMES.get(q.qtype, q.qtype),
+            "rcode": RCODE_NAMES.get(ans.rcode, ans.rcode)}
+        ecs = q.edns.client_subnet if q.edns else None
+        if ecs is not None:
+            fields["ecs"] = str(ecs.network())
+            fields["scope"] = scope
+        if placement is not None:
+            loc = getattr(placement, "location", None)
+            fields["location"] = loc.describe() if loc is not None else "unknown"
+            fields["ranking"] = ",".join(placement.ranking.pops[:3])
+        for sel in ans.selections:
+            fields["pops"] = ",".join(sel.pops_used) or "none"
+            fields["addresses"] = ",".join(sel.addresses)
+            if sel.fallback:
+                fields["fallback"] = sel.fallback
+        log("answer", level="debug", **fields)
+
+    def placement(self, source: str, ecs: ClientSubnet | None) -> Any:
+        """Where the client is: by ECS subnet when given (RFC 7871 7.2.1), else by source."""
+        if self.locator is None:
+            return Unlocated(self.router.rank(None))
+        subnet = ecs.network() if ecs is not None else None
+        # A link-local peer comes as "fe80::1%eth0": the zone index is not part of the address.
+        return self.locator.locate_client(source.partition("%")[0], subnet)
+
+    @staticmethod
+    def ecs_scope(ecs: ClientSubnet, placement: Any) -> int:
+        """SCOPE PREFIX-LENGTH for the echo (RFC 7871 7.2.1), in the option's family.
+
+        geo works on IPv4-mapped IPv6 as IPv4, so its prefix for such a client
+        is an IPv4 one; in a family-2 option that is 96 bits further on.
+        """
+        scope = placement.scope_prefix
+        if scope and ecs.family == 2 and placement.network is not None \
+                and placement.network.version == 4:
+            scope += 96
+        return min(scope, 32 if ecs.family == 1 else 128)
+
+    def limit(self, q_edns: Any, tcp: bool) -> int:
+        """Largest reply we may send (RFC 1035 4.2.1: 512 without EDNS; RFC 6891 6.2.5)."""
+        if tcp:
+            return 65535
+        if q_edns is None:
+            return 512
+        return max(512, min(q_edns.udp_payload, self.payload_max))
+
+    def build(self, q: Query, data: bytes, rcode: int, aa: bool, answer: tuple, authority: tuple,
+              additional: tuple, ecs_echo: bytes | None, tcp: bool) -> bytes:
+        """Wire bytes of a reply; falls back to dropping glue, then TC=1 (RFC 2181 9)."""
+        flags = QR | (q.flags & (0x7800 | RD | CD)) | (AA if aa else 0) | (rcode & 0xF)
+        limit = self.limit(q.edns, tcp)
+        qsection = data[12:q.question_end]
+        for ans, auth, add, tc in ((answer, authority, additional, 0),
+                                   (answer, authority, (), 0),
+                                   ((), (), (), TC)):
+            w = Writer()
+            w.buf += qsection
+            w._remember(q.qname, len(q.qname) - 1, 12)
+            for rr in ans:
+                w.rr(rr)
+            for rr in auth:
+                w.rr(rr)
+            for rr in add:
+                w.rr(rr)
+            nadd = len(add)
+            if q.edns is not None:
+                # RFC 6891 6.1.1: a reply to an EDNS query carries an OPT; RFC 3225 3: DO copied.
+                w.opt(self.payload_max, rcode >> 4, q.edns.do, ecs_echo or b"")
+                nadd += 1
+            w.header(0, flags | tc, 1, len(ans), len(auth), nadd)
+            if len(w.buf) <= limit:
+                break
+        return w.getvalue()
+
+    def error_response(self, data: bytes, err: QueryError, tcp: bool) -> bytes:
+        """FORMERR/NOTIMP/BADVERS: header, the question when it parsed, an OPT when the query had one."""
+        self.stats["errors"] += 1
+        flags = QR | (err.flags & (0x7800 | RD | CD)) | (err.rcode & 0xF)
+        w = Writer()
+        qd = 0
+        if err.question_end:
+            w.buf += data[12:err.question_end]
+            qd = 1
+        ar = 0
+        if err.edns is not None:
+            # RFC 6891 7: FORMERR caused by the OPT carries an OPT so the client can tell
+            # a broken option from a server without EDNS. RFC 6891 6.1.3: BADVERS says version 0.
+            w.opt(self.payload_max, err.rcode >> 4, err.edns.do, b"")
+            ar = 1
+        w.header(err.query_id, flags, qd, 0, 0, ar)
+        return w.getvalue()
+
+    # -- explain -----------------------------------------------------------------------
+
+    def explain(self, qname: str, qtype: int, client: str, ecs: str | None = None) -> dict[str, Any]:
+        """What the server would answer and why (for `gslb dns explain`)."""
+        from dns.wire import TYPE_NAMES, ecs_option, name_from_text, name_to_text, parse_client_subnet
+        from dns.zone import describe_rr
+        subnet = None
+        if ecs is not None:
+            def bad(reason: str) -> ValueError:
+                return ValueError(f"--ecs {ecs}: {reason}")
+            subnet = parse_client_subnet(ecs_option(ecs), bad)
+        wire_name = name_from_text(qname if qname.endswith(".") else qname + ".")
+        placed: list[Any] = []
+
+        def place() -> Any:
+            if not placed:
+                placed.append(self.placement(client, subnet))
+            return placed[0]
+
+        ans = self.zone.resolve(wire_name, qtype, place, self._health)
+        p = place()
+        loc = getattr(p, "location", None)
+        ranking = p.ranking
+        scope = self.ecs_scope(subnet, p) if (subnet and ans.location_dependent) else 0
+        rcode_names = {0: "NOERROR", 3: "NXDOMAIN", 5: "REFUSED"}
+        out: dict[str, Any] = {
+            "qname": name_to_text(wire_name),
+            "qtype": TYPE_NAMES.get(qtype, str(qtype)),
+            "client": client,
+            "ecs": ecs,
+            "located_by": "ecs" if subnet is not None and subnet.source_prefix > 0 else "source address",
+            "location": None if loc is None else {
+                "country": loc.country, "continent": loc.continent, "city": loc.city,
+                "latitude": loc.lat, "longitude": loc.lon},
+            "network": None if p.network is None else str(p.network),
+            "geo_database": None if self.locator is None else self.locator.db.path,
+            "ranking": list(ranking.pops),
+            "ranking_reason": ranking.reason + (f":{ranking.matched}" if ranking.matched else ""),
+            "distances_km": list(ranking.distances_km) if ranking.distances_km else None,
+            "rcode": rcode_names.get(ans.rcode, str(ans.rcode)),
+            "authoritative": ans.authoritative,
+            "location_dependent": ans.location_dependent,
+            "ecs_scope": scope if subnet is not None else None,
+            "answer": [describe_rr(rr) for rr in ans.answer_variants[0]],
+            "rotations": len(ans.answer_variants),
+            "authority": [describe_rr(rr) for rr in ans.authority],
+            "policy": [{"order": list(s.order), "pops_used": list(s.pops_used),
+                        "addresses": list(s.addresses), "fallback": s.fallback or None,
+                        "reason": s.reason} for s in ans.selections],
+        }
+        ttls = {rr.ttl for rr in ans.answer_variants[0]}
+        out["ttl"] = min(ttls) if ttls else None
+        return out

@@ -1,0 +1,318 @@
+"""The asyncio shell around `dns.engine.Engine`: sockets, signals, workers.
+
+Owns listening (UDP and TCP, IPv4 and IPv6), TCP framing (RFC 1035 4.2.2,
+RFC 7766: pipelined queries, idle timeout, a cap on connections), SIGHUP
+reloads, SIGTERM exit, and worker processes sharing each port through
+SO_REUSEPORT. It makes no DNS decision: every byte goes through
+`Engine.respond`, which never raises.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any, Callable
+
+from dns.engine import Engine
+from dns.log import log
+
+# RFC 7766 6.2.3: a server may bound the messages it buffers per connection;
+# a length prefix allows 65535, nothing bigger is a DNS message.
+_MAX_TCP_BUFFER = 65535 + 2
+
+
+class UdpReader:
+    """UDP without a transport: on readability, drain the socket in a bounded batch.
+
+    Faster than a DatagramProtocol (no per-datagram transport machinery, one
+    wake-up for many queries). A reply that finds the send buffer full is
+    dropped, as a congested UDP path would drop it; the client retries.
+    """
+
+    BATCH = 64  # bounded so TCP connections and signals get their turn
+
+    def __init__(self, server: "DnsServer", sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+
+    def on_readable(self) -> None:
+        sock = self.sock
+        respond = self.server.engine.respond
+        recvfrom, sendto = sock.recvfrom, sock.sendto
+        for _ in range(self.BATCH):
+            try:
+                data, addr = recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # e.g. an ICMP error queued for an earlier reply
+            reply = respond(data, addr[0])
+            if reply is not None:
+                try:
+                    sendto(reply, addr)
+                except OSError:
+                    self.server.stats["udp_send_errors"] += 1
+
+
+class TcpProtocol(asyncio.Protocol):
+    """One TCP connection: length-prefixed messages, answered in order (RFC 7766 6.2.1.1)."""
+
+    def __init__(self, server: "DnsServer") -> None:
+        self.server = server
+        self.transport: Any = None
+        self.buf = b""
+        self.peer = ""
+        self.last = 0.0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        srv = self.server
+        if len(srv.tcp_connections) >= srv.tcp_max_connections:
+            # RFC 7766 6.2.2: a server may close connections to protect its resources.
+            srv.stats["tcp_refused"] += 1
+            transport.abort()
+            return
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        self.last = time.monotonic()
+        srv.tcp_connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last = time.monotonic()
+        buf = self.buf + data if self.buf else data
+        engine = self.server.engine
+        out = []
+        while len(buf) >= 2:
+            n = (buf[0] << 8) | buf[1]
+            if len(buf) < n + 2:
+                break
+            reply = engine.respond(buf[2:n + 2], self.peer, True)
+            buf = buf[n + 2:]
+            if reply is not None:
+                out.append(len(reply).to_bytes(2, "big") + reply)
+        if out:
+            self.transport.write(b"".join(out))
+        self.buf = buf
+        if len(buf) > _MAX_TCP_BUFFER:
+            self.transport.abort()
+
+    def pause_writing(self) -> None:
+        # A client that pipelines but does not read: stop reading its queries.
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.tcp_connections.discard(self)
+
+
+def _socket(host: str, port: int, kind: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if kind == socket.SOCK_DGRAM:
+            # Bursts from resolvers outrun one Python thread for a moment: a larger
+            # receive queue absorbs them instead of dropping (the kernel caps it
+            # at net.core.rmem_max).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        if family == socket.AF_INET6:
+            # [::]:53 next to 0.0.0.0:53 must not clash: each family its own socket.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class DnsServer:
+    """Listens on every address of `listen` and serves `engine`."""
+
+    def __init__(self, engine: Engine, listen: tuple[tuple[str, int], ...], *,
+                 reload: Callable[[], Engine] | None = None, reuse_port: bool = False,
+                 tcp_idle_timeout: float = 10.0, tcp_max_connections: int = 512) -> None:
+        self.engine = engine
+        self.listen = listen
+        self._reload = reload
+        self.reuse_port = reuse_port
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_max_connections = tcp_max_connections
+        self.tcp_connections: set[TcpProtocol] = set()
+        self.stats = {"tcp_refused": 0, "tcp_idle_closed": 0, "udp_send_errors": 0}
+        self._udp_sockets: list[socket.socket] = []
+        self._servers: list[Any] = []
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for host, port in self.listen:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            udp = None
+            try:
+                udp = _socket(host, port, socket.SOCK_DGRAM, self.reuse_port)
+                if port == 0:
+                    port = udp.getsockname()[1]  # TCP on the same ephemeral port
+                tcp = _socket(host, port, socket.SOCK_STREAM, self.reuse_port)
+            except OSError as exc:
+                if udp is not None:
+                    udp.close()
+                raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from None
+            reader = UdpReader(self, udp)
+            loop.add_reader(udp.fileno(), reader.on_readable)
+            self._udp_sockets.append(udp)
+            self._servers.append(await loop.create_server(lambda: TcpProtocol(self), sock=tcp))
+            log("listening", address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                proto="udp+tcp")
+
+    def reload(self) -> bool:
+        """Swap in a freshly built engine; on any error keep the old one (and say why)."""
+        if self._reload is None:
+            return False
+        try:
+            engine = self._reload()
+        except Exception as exc:  # noqa: BLE001 - a bad reload must never stop the server
+            log("reload_failed", level="error", error=str(exc), kept="previous configuration")
+            return False
+        # The health view (a checker's state) outlives configurations.
+        engine.set_health(self.engine.health)
+        old, self.engine = self.engine, engine
+        old.close()
+        log("reloaded", zone=engine.zone.origin_text, pops=len(engine.cfg.pops),
+            geoip_db=engine.locator.db.path if engine.locator else "none")
+        return True
+
+    async def _sweep_idle(self) -> None:
+        """RFC 7766 6.2.3: close connections idle longer than the timeout."""
+        period = min(1.0, self.tcp_idle_timeout / 2)
+        while True:
+            await asyncio.sleep(period)
+            cutoff = time.monotonic() - self.tcp_idle_timeout
+            for conn in [c for c in self.tcp_connections if c.last < cutoff]:
+                self.stats["tcp_idle_closed"] += 1
+                self.tcp_connections.discard(conn)
+                conn.transport.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self.start()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        sweeper = asyncio.create_task(self._sweep_idle())
+        await self._stop.wait()
+        sweeper.cancel()
+        for sock in self._udp_sockets:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        for s in self._servers:
+            s.close()
+        for c in list(self.tcp_connections):
+            c.transport.close()
+        self.engine.close()
+        log("stopped", **self.engine.stats, **self.stats)
+
+
+def _run_loop(coro: Any) -> None:
+    try:
+        import uvloop
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio still works
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(coro)
+
+
+def run_single(server_factory: Callable[[], DnsServer]) -> int:
+    """Serve in this process until SIGTERM/SIGINT. Returns the exit status."""
+    async def main() -> None:
+        await server_factory().serve()
+    try:
+        _run_loop(main())
+    except OSError as exc:
+        log("listen_failed", level="error", error=str(exc))
+        return 1
+    return 0
+
+
+def _die_with_parent() -> None:
+    """Linux prctl(PR_SET_PDEATHSIG, SIGTERM): a worker never outlives its parent."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def run_workers(n: int, server_factory: Callable[[], DnsServer]) -> int:
+    """Fork `n` workers, each binding its own sockets with SO_REUSEPORT.
+
+    The parent only relays signals: SIGHUP to every worker (each reloads on
+    its own), SIGTERM/SIGINT to every worker and then waits for them. If a
+    worker dies on its own, the others are stopped and the exit status is 1:
+    a half-running server is worse than a stopped one a supervisor restarts.
+    """
+    children: list[int] = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:  # worker
+            # Ignore SIGHUP until the loop's reload handler is in place: a relayed
+            # reload must not kill a worker that is still starting.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            _die_with_parent()
+            code = 1
+            try:
+                code = run_single(server_factory)
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+    log("workers_started", workers=n, pids=",".join(map(str, children)))
+
+    stopping = False
+
+    def relay(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, relay)
+    status = 0
+    alive = set(children)
+    while alive:
+        try:
+            pid, st = os.wait()
+        except ChildProcessError:
+            break
+        alive.discard(pid)
+        code = os.waitstatus_to_exitcode(st)
+        if not stopping:
+            log("worker_exited", level="error", worker=pid, code=code)
+            status = 1
+            stopping = True
+            for other in alive:
+                try:
+                    os.kill(other, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+    log("stopped", workers=n)
+    return status
