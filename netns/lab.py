@@ -1,0 +1,573 @@
+"""The lab's life cycle: up, down, status, for one prefix.
+
+Owns the state directory of a lab (`/run/gslb-lab/<prefix>/` by default):
+generated configs, the lab mmdb, process logs and `state.json` (hosts,
+addresses, processes by pid). Builds hosts with `netns.topology`, writes
+configs with `netns.render`, starts processes with `netns.procs`, and starts
+the other components only through their command line (`gslb dns`,
+`gslb geo build-mmdb`). It never imports dns/, geo/ or edge/.
+
+Every step that changes the machine is undone by `down()`, which finds what
+to remove by the lab's prefix, so it also cleans up after a crash or a
+SIGKILL halfway through `up()`.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pyroute2 import netns as pnetns
+
+from netns import procs, render, topology
+from netns.errors import BuildError, LabError, NotRootError, ToolMissingError
+from netns.guard import require_socket_in
+from netns.plan import Host, LabPlan, check_prefix
+from netns.procs import Proc
+
+log = logging.getLogger("gslb.lab")
+
+DEFAULT_PREFIX = "gslb"
+STATE_BASE = Path("/run/gslb-lab")
+READY_TIMEOUT = 20.0      # seconds from starting processes to ready (answers, registry health)
+HEALTH_PORT = 80          # the PoP stand-in's port; the edge will take 443
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class LabPaths:
+    prefix: str
+    dir: Path
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def dns_config(self) -> Path:
+        return self.dir / "dns.toml"
+
+    @property
+    def geo_table(self) -> Path:
+        return self.dir / "geo-table.toml"
+
+    @property
+    def mmdb(self) -> Path:
+        return self.dir / "lab.mmdb"
+
+    @property
+    def unbound_dir(self) -> Path:
+        return self.dir / "unbound"
+
+    @property
+    def unbound_conf(self) -> Path:
+        return self.unbound_dir / "unbound.conf"
+
+
+def resolve_prefix(prefix: str | None) -> str:
+    return check_prefix(prefix or os.environ.get("GSLB_LAB_PREFIX") or DEFAULT_PREFIX)
+
+
+def lab_paths(prefix: str, state_dir: str | None = None) -> LabPaths:
+    """State dir: --state-dir, else $GSLB_LAB_STATE_DIR, else /run/gslb-lab/<prefix>."""
+    d = state_dir or os.environ.get("GSLB_LAB_STATE_DIR")
+    return LabPaths(prefix=prefix, dir=Path(d).resolve() if d else STATE_BASE / prefix)
+
+
+@dataclass
+class LabState:
+    """What state.json holds. Written after every step of `up`, so `down` after a crash knows it."""
+
+    prefix: str
+    dir: str
+    plan: str
+    status: str                                  # "building" | "up"
+    hosts: list[dict] = field(default_factory=list)
+    processes: list[Proc] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    config: str | None = None
+    mmdb: str | None = None
+
+    def to_json(self) -> dict:
+        return {"prefix": self.prefix, "dir": self.dir, "plan": self.plan, "status": self.status,
+                "hosts": self.hosts, "processes": [p.to_json() for p in self.processes],
+                "timings": self.timings, "config": self.config, "mmdb": self.mmdb}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LabState":
+        return cls(prefix=d["prefix"], dir=d["dir"], plan=d["plan"], status=d["status"],
+                   hosts=d.get("hosts", []), processes=[Proc.from_json(p) for p in d.get("processes", [])],
+                   timings=d.get("timings", {}), config=d.get("config"), mmdb=d.get("mmdb"))
+
+
+def read_state(paths: LabPaths) -> LabState | None:
+    try:
+        return LabState.from_json(json.loads(paths.state_file.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("event=state_unreadable file=%s error=%s", paths.state_file, exc)
+        return None
+
+
+def _write_state(paths: LabPaths, state: LabState) -> None:
+    tmp = paths.state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.to_json(), indent=1))
+    os.replace(tmp, paths.state_file)
+
+
+@contextmanager
+def _lock(paths: LabPaths, timeout: float = 60.0) -> Iterator[None]:
+    """Serialise up/down of one prefix: flock on `.<prefix>.lock` beside the state dir.
+
+    The holder removes the lock file when no lab of the prefix is left (no file
+    stays behind), so a waiter that wins the flock checks that the file it
+    locked is still the one at that path, and starts over if not.
+    """
+    lock_path = paths.dir.parent / f".{paths.prefix}.lock"
+    owner = os.getpid()
+    deadline = time.monotonic() + timeout
+    while True:
+        # (again on every round: a holder may have removed an empty /run/gslb-lab)
+        paths.dir.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() > deadline:
+                raise LabError(f"another `gslb lab` command is working on lab {paths.prefix!r} "
+                               f"(lock {lock_path}); wait for it and retry") from None
+            time.sleep(0.1)
+            continue
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)   # we locked a file its holder has just removed: start over
+    try:
+        yield
+    finally:
+        if os.getpid() != owner:
+            pass  # a forked helper unwinding: the lock and its file are the parent's
+        elif not paths.dir.exists():
+            try:
+                os.unlink(lock_path)
+            except OSError:
+                pass
+            if paths.dir.parent == STATE_BASE:
+                try:
+                    STATE_BASE.rmdir()   # only when empty: other labs may live there
+                except OSError:
+                    pass
+        os.close(fd)
+
+
+def check_environment(need_tools: bool = True, extra_tools: tuple[str, ...] = ()) -> None:
+    if os.geteuid() != 0:
+        raise NotRootError("the lab creates network namespaces and needs root: run `sudo gslb lab ...` "
+                           "(or `sudo make lab`)")
+    if need_tools:
+        missing = [t for t in ("ip", "unbound", *extra_tools) if shutil.which(t) is None
+                   and not os.path.exists(f"/usr/sbin/{t}")]
+        if missing:
+            raise ToolMissingError(f"missing system tools: {', '.join(missing)}; install them "
+                                   "(`make install` does, or apt-get install iproute2 unbound etcd-server)")
+
+
+def gslb_argv() -> list[str]:
+    """The `gslb` command line, as this interpreter runs it (works installed or from the tree)."""
+    return [sys.executable, "-m", "gslb.cli"]
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def dns_command(paths: LabPaths, host: Host) -> list[str]:
+    listen = [f"{a}:53" for a in host.ipv4] + [f"[{a}]:53" for a in host.ipv6]
+    argv = [*gslb_argv(), "dns", "--config", str(paths.dns_config)]
+    for item in listen:
+        argv += ["--listen", item]
+    return argv
+
+
+def pop_command(paths: LabPaths, host: Host) -> list[str]:
+    """What runs in a PoP host. The one place to switch PoPs to `gslb edge --config FILE --pop ID`."""
+    argv = [sys.executable, "-m", "netns.responder", "--pop", host.region or host.name]
+    for a in host.ipv4:
+        argv += ["--listen", f"{a}:{HEALTH_PORT}"]
+    for a in host.ipv6:
+        argv += ["--listen", f"[{a}]:{HEALTH_PORT}"]
+    return argv
+
+
+def registry_command(paths: LabPaths, plan: LabPlan, host: Host) -> list[str]:
+    """etcd on a registry host: one member per registry host of the plan (LAB-NOTES §6 flags)."""
+    etcd = shutil.which("etcd") or "/usr/bin/etcd"
+    members = plan.by_role("registry")
+    cluster = ",".join(f"{m.name}=http://{m.ipv4[0]}:2380" for m in members)
+    a4, a6 = host.ipv4[0], host.ipv6[0]
+    return [etcd, "--name", host.name, "--data-dir", str(paths.dir / "etcd" / host.name),
+            "--listen-peer-urls", f"http://{a4}:2380", "--initial-advertise-peer-urls", f"http://{a4}:2380",
+            # 127.0.0.1 is the host's own loopback (each namespace has one).
+            "--listen-client-urls", f"http://{a4}:2379,http://[{a6}]:2379,http://127.0.0.1:2379",
+            "--advertise-client-urls", f"http://{a4}:2379,http://[{a6}]:2379",
+            "--initial-cluster", cluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", f"{paths.prefix}-lab",
+            "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"]
+
+
+def resolver_command(paths: LabPaths) -> list[str]:
+    unbound = shutil.which("unbound") or "/usr/sbin/unbound"
+    return [unbound, "-d", "-c", str(paths.unbound_conf)]
+
+
+# ---------------------------------------------------------------- status
+
+
+def host_entries(state: LabState) -> list[dict]:
+    """The `hosts` list of `status --json` (the contract with tests and tools)."""
+    out = []
+    for h in state.hosts:
+        ps = [{"pid": p.pid, "cmd": " ".join(p.cmd), "name": p.name, "alive": procs.alive(p), "log": p.log}
+              for p in state.processes if p.host == h["name"]]
+        out.append({**h, "netns_present": topology.namespace_inode(h["netns"]) is not None, "processes": ps})
+    return out
+
+
+def status(prefix: str, state_dir: str | None = None) -> dict:
+    paths = lab_paths(prefix, state_dir)
+    state = read_state(paths)
+    namespaces = topology.lab_namespaces(prefix)
+    if state is None:
+        return {"prefix": prefix, "running": False, "status": "down" if not namespaces else "leftovers",
+                "leftover_namespaces": namespaces, "hosts": [],
+                "state": {"dir": str(paths.dir), "config": None, "mmdb": None, "ca": None,
+                          "authtoken_file": None, "registry": []}}
+    hosts = host_entries(state)
+    dead = [f"{h['name']}:{p['name']}" for h in hosts for p in h["processes"] if not p["alive"]]
+    missing = [h["name"] for h in hosts if not h["netns_present"]]
+    healthy = state.status == "up" and not dead and not missing
+    return {
+        "prefix": prefix, "running": healthy,
+        "status": "up" if healthy else ("building" if state.status == "building" else "degraded"),
+        "dead_processes": dead, "missing_namespaces": missing, "plan": state.plan,
+        "hosts": hosts, "timings": state.timings,
+        "state": {"dir": state.dir, "config": state.config, "mmdb": state.mmdb, "ca": None,
+                  "authtoken_file": None,
+                  "registry": [f"http://{h['ipv4'][0]}:2379" for h in state.hosts if h["role"] == "registry"]},
+    }
+
+
+# ---------------------------------------------------------------- down
+
+
+@dataclass(frozen=True)
+class DownReport:
+    killed: int
+    namespaces: int
+    etc_dirs: int
+    state_dir_removed: bool
+    seconds: float
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.killed or self.namespaces or self.etc_dirs or self.state_dir_removed)
+
+
+def _teardown(paths: LabPaths, progress: Progress = _quiet) -> DownReport:
+    t0 = time.monotonic()
+    state = read_state(paths)
+    targets: dict[int, int] = {}
+    if state is not None:
+        for p in state.processes:
+            targets[p.pid] = p.starttime
+    # Leftovers not in the state file (a SIGKILL between spawn and state write,
+    # or `gslb lab exec` shells): whatever runs inside this prefix's namespaces
+    # is this lab's. A process left inside keeps its namespace alive.
+    for ns, pids in topology.processes_in(paths.prefix).items():
+        for pid in pids:
+            targets.setdefault(pid, -1)
+    killed = procs.stop(sorted(targets.items())) if targets else []
+    if killed:
+        progress(f"stopped {len(killed)} processes")
+    namespaces = topology.remove_namespaces(paths.prefix)
+    etc = topology.remove_etc_netns(paths.prefix)
+    removed_dir = False
+    if paths.dir.exists():
+        shutil.rmtree(paths.dir)
+        removed_dir = True
+    return DownReport(killed=len(killed), namespaces=len(namespaces), etc_dirs=len(etc),
+                      state_dir_removed=removed_dir, seconds=time.monotonic() - t0)
+
+
+def down(prefix: str, state_dir: str | None = None, progress: Progress = _quiet) -> DownReport:
+    """Remove everything of lab `prefix`. Idempotent."""
+    check_environment(need_tools=False)
+    paths = lab_paths(prefix, state_dir)
+    with _lock(paths):
+        report = _teardown(paths, progress)
+    log.info("event=down prefix=%s killed=%d namespaces=%d seconds=%.2f", prefix, report.killed,
+             report.namespaces, report.seconds)
+    return report
+
+
+# ---------------------------------------------------------------- up
+
+
+@dataclass(frozen=True)
+class UpResult:
+    already_running: bool
+    status: dict
+    cleaned: DownReport | None = None
+
+
+def _leftovers(paths: LabPaths) -> bool:
+    etc = topology.ETC_NETNS_DIR
+    return bool(topology.lab_namespaces(paths.prefix)) or paths.dir.exists() or (
+        etc.is_dir() and any(d.name.startswith(paths.prefix + "-") for d in etc.iterdir()))
+
+
+def up(plan: LabPlan, prefix: str, state_dir: str | None = None, force: bool = False,
+       progress: Progress = _quiet) -> UpResult:
+    check_environment(extra_tools=("etcd",) if plan.by_role("registry") else ())
+    paths = lab_paths(prefix, state_dir)
+    with _lock(paths):
+        current = status(prefix, state_dir)
+        if current["running"] and not force:
+            return UpResult(already_running=True, status=current)
+        if current.get("status") == "degraded" and not force:
+            what = ", ".join(current["dead_processes"] + current["missing_namespaces"])
+            raise LabError(f"lab {prefix!r} is up but not healthy (gone: {what}); "
+                           f"`gslb lab up --force` restarts it, `gslb lab down` removes it; "
+                           f"`gslb lab logs HOST` shows why")
+        cleaned = None
+        if _leftovers(paths):
+            progress("removing the previous lab" if current["status"] in ("up", "degraded") else
+                     "removing leftovers of an earlier lab (crashed or killed)")
+            cleaned = _teardown(paths, progress)
+        owner = os.getpid()
+        try:
+            _build_and_start(plan, paths, progress)
+        except BaseException as exc:
+            if os.getpid() != owner:
+                # A forked helper (pyroute2 forks without exec) unwinding through
+                # our stack: cleaning up is the parent's job, never the child's.
+                raise
+            progress("failed; removing what was built")
+            try:
+                _teardown(paths)
+            except Exception as cleanup_exc:  # report both: the cause first
+                log.error("event=cleanup_failed error=%s", cleanup_exc)
+            if isinstance(exc, LabError):
+                raise BuildError(f"lab up failed (everything it built has been removed): {exc}") from exc
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise BuildError("lab up failed (everything it built has been removed): "
+                             f"{type(exc).__name__}: {exc}") from exc
+        return UpResult(already_running=False, status=status(prefix, state_dir), cleaned=cleaned)
+
+
+def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None:
+    t0 = time.monotonic()
+    prefix = paths.prefix
+    paths.dir.mkdir(parents=True, exist_ok=False)
+    paths.logs.mkdir()
+    paths.unbound_dir.mkdir()
+    state = LabState(prefix=prefix, dir=str(paths.dir), plan=plan.path, status="building",
+                     config=str(paths.dns_config), mmdb=str(paths.mmdb))
+    state.hosts = [{"name": h.name, "role": h.role, "region": h.region, "netns": topology.ns_name(prefix, h.name),
+                    "ipv4": list(h.ipv4), "ipv6": list(h.ipv6),
+                    "city": h.place.city if h.place else None,
+                    "lat": h.place.lat if h.place else None, "lon": h.place.lon if h.place else None}
+                   for h in plan.hosts]
+    _write_state(paths, state)
+
+    progress(f"building {len(plan.hosts)} hosts")
+    times = topology.build(plan, prefix)
+    nameservers = render.resolv_nameservers(plan)
+    # Every host but the bridge resolves through the lab resolver, so `dig NAME`
+    # and getaddrinfo() inside `gslb lab exec HOST` work as on a real host.
+    for h in plan.hosts:
+        if h.role != "bridge":
+            topology.write_resolv_conf(prefix, h.name, nameservers)
+    t_build = time.monotonic()
+
+    progress("writing configs and the lab mmdb")
+    paths.geo_table.write_text(render.geo_table(plan))
+    paths.dns_config.write_text(render.dns_toml(plan, str(paths.mmdb), HEALTH_PORT))
+    paths.unbound_conf.write_text(render.unbound_conf(plan, str(paths.unbound_dir)))
+    _run_tool([*gslb_argv(), "geo", "build-mmdb", str(paths.geo_table), "--out", str(paths.mmdb)],
+              "gslb geo build-mmdb", paths.logs / "build-mmdb.log")
+    t_config = time.monotonic()
+
+    progress("starting name servers, resolver, registry and PoP responders")
+    env = _child_env()
+    for h in plan.hosts:
+        ns = topology.ns_name(prefix, h.name)
+        if h.role == "dns":
+            p = procs.spawn(ns, h.name, "dns", dns_command(paths, h), paths.logs / f"{h.name}.dns.log", env)
+        elif h.role == "pop":
+            p = procs.spawn(ns, h.name, "responder", pop_command(paths, h),
+                            paths.logs / f"{h.name}.responder.log", env)
+        elif h.role == "resolver":
+            p = procs.spawn(ns, h.name, "unbound", resolver_command(paths), paths.logs / f"{h.name}.unbound.log",
+                            env)
+        elif h.role == "registry":
+            p = procs.spawn(ns, h.name, "etcd", registry_command(paths, plan, h),
+                            paths.logs / f"{h.name}.etcd.log", env)
+        else:
+            continue
+        state.processes.append(p)
+        _write_state(paths, state)
+    t_start = time.monotonic()
+
+    progress("waiting for the first answer through the resolver")
+    _wait_ready(plan, paths, state)
+    t_ready = time.monotonic()
+    state.status = "up"
+    state.timings = {"build": round(t_build - t0, 3), "configs": round(t_config - t_build, 3),
+                     "start": round(t_start - t_config, 3), "ready": round(t_ready - t_start, 3),
+                     "up_to_first_answer": round(t_ready - t0, 3),
+                     "namespaces": round(times.namespaces, 3), "links": round(times.links, 3),
+                     "addresses": round(times.addresses, 3)}
+    _write_state(paths, state)
+    log.info("event=up prefix=%s hosts=%d seconds=%.2f", prefix, len(plan.hosts), t_ready - t0)
+
+
+def _run_tool(argv: list[str], what: str, log_path: Path) -> None:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=_child_env())
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{what} did not finish within 60 s") from None
+    log_path.write_text(r.stdout + r.stderr)
+    if r.returncode != 0:
+        raise LabError(f"{what} failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-800:]}")
+
+
+# ---------------------------------------------------------------- readiness
+
+
+def _dns_query(qname: str, qtype: str) -> tuple[int, bytes]:
+    from dnslib import DNSRecord  # the wire format library of the project (not our dns/ package)
+
+    q = DNSRecord.question(qname, qtype)
+    return q.header.id, q.pack()
+
+
+def _answers(reply: bytes, qid: int) -> int | None:
+    """Number of answer records of a NOERROR reply with id qid; None for anything else."""
+    from dnslib import DNSRecord
+
+    try:
+        r = DNSRecord.parse(reply)
+    except Exception:
+        return None
+    if r.header.id != qid or r.header.rcode != 0:
+        return None
+    return len(r.rr)
+
+
+def _wait_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
+    """Poll until both name servers answer SOA and a client gets demo.app.<zone> A through the
+    resolver. Every probe is sent from a socket created inside a lab host (never from root).
+    Bounded by READY_TIMEOUT; fails early, with the log's tail, when a process dies."""
+    client = plan.by_role("client")[0]
+    client_ns = topology.ns_name(paths.prefix, client.name)
+    # flags=0: the default O_CREAT would silently create a missing namespace.
+    sock = pnetns.create_socket(client_ns, socket.AF_INET, socket.SOCK_DGRAM, flags=0)
+    try:
+        require_socket_in(sock, client_ns)
+        sock.settimeout(0.25)
+        pending = [(a, f"{plan.zone}.", "SOA", h.name) for h in plan.by_role("dns") for a in h.ipv4[:1]]
+        resolver = plan.by_role("resolver")[0]
+        pending.append((resolver.ipv4[0], f"demo.app.{plan.zone}.", "A", resolver.name))
+        http_pending = [(h.ipv4[0], 2379, "/health", h.name) for h in plan.by_role("registry")]
+        deadline = time.monotonic() + READY_TIMEOUT
+        attempts = 0
+        while pending or http_pending:
+            attempts += 1
+            if time.monotonic() > deadline:
+                waiting = [p[3] for p in pending + http_pending]
+                raise LabError(f"no answer from {', '.join(waiting)} within {READY_TIMEOUT:.0f} s; "
+                               f"see `gslb lab logs --prefix {paths.prefix} {waiting[0]}`"
+                               + _log_hint(state, waiting[0]))
+            for p in state.processes:
+                if not procs.alive(p):
+                    raise LabError(f"{p.host}: {p.name} (pid {p.pid}) exited during start-up; its log says:\n"
+                                   + (procs.tail(p.log) or "(empty)"))
+            if not pending:
+                addr, port, path, _host = http_pending[0]
+                if _http_ok(client_ns, addr, port, path):
+                    http_pending.pop(0)
+                else:
+                    time.sleep(0.05)
+                continue
+            addr, qname, qtype, _host = pending[0]
+            qid, wire = _dns_query(qname, qtype)
+            try:
+                sock.sendto(wire, (addr, 53))
+                data, _ = sock.recvfrom(4096)
+            except (socket.timeout, ConnectionRefusedError, OSError):
+                time.sleep(0.05)
+                continue
+            n = _answers(data, qid)
+            if n:
+                pending.pop(0)
+            else:
+                time.sleep(0.05)
+        log.debug("event=ready attempts=%d", attempts)
+    finally:
+        sock.close()
+
+
+def _http_ok(ns: str, addr: str, port: int, path: str) -> bool:
+    """GET path from a TCP socket created inside namespace `ns`; True on a 200 answer."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = pnetns.create_socket(ns, family, socket.SOCK_STREAM, flags=0)
+    try:
+        require_socket_in(s, ns)
+        s.settimeout(0.5)
+        s.connect((addr, port))
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n".encode())
+        head = s.recv(64)
+        return head.startswith(b"HTTP/1.1 200") or head.startswith(b"HTTP/1.0 200")
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _log_hint(state: LabState, host: str) -> str:
+    for p in state.processes:
+        if p.host == host:
+            t = procs.tail(p.log, 10)
+            if t:
+                return f"\nlast lines of {p.log}:\n{t}"
+    return ""

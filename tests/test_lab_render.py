@@ -1,0 +1,74 @@
+"""Configs the lab generates from its plan, checked against the loaders that read them."""
+from __future__ import annotations
+
+import tomllib
+
+from netns import render
+from netns.plan import default_plan_path, load_plan
+
+PLAN = load_plan(default_plan_path())
+
+
+def test_dns_toml_is_a_valid_dns_config_with_the_labs_name_servers_and_pops(tmp_path):
+    from gslb.config import load_dns_config  # the one loader `gslb dns` uses: the contract
+
+    (tmp_path / "lab.mmdb").write_bytes(b"")
+    path = tmp_path / "dns.toml"
+    path.write_text(render.dns_toml(PLAN, str(tmp_path / "lab.mmdb")))
+    cfg = load_dns_config(str(path))
+    ns = {n.name: n for n in cfg.zone.ns}
+    assert ns["ns1.lab.test."].ipv4 == PLAN.host("dns1").ipv4
+    assert ns["ns2.lab.test."].ipv6 == PLAN.host("dns2").ipv6
+    pops = {p.id: p for p in cfg.pops}
+    assert set(pops) == {p.id for p in PLAN.pops}
+    assert pops["jp"].ipv4 == PLAN.host("pop-jp").ipv4 and pops["jp"].ipv6 == PLAN.host("pop-jp").ipv6
+    assert cfg.policy.ttl <= 30 and cfg.policy.addresses_per_answer == 2
+    assert cfg.server.geoip_db == str(tmp_path / "lab.mmdb")
+    assert cfg.health.enabled is False and cfg.health.port == 80
+
+
+def test_geo_table_maps_every_client_network_to_its_place():
+    doc = tomllib.loads(render.geo_table(PLAN))
+    by_city = {n["city"]: n for n in doc["network"]}
+    assert by_city["Tokyo"]["network"] == ["198.19.5.0/24", "fd7a:5e1b:c00:500::/56"]
+    assert by_city["Johannesburg"]["country"] == "ZA" and by_city["Johannesburg"]["continent"] == "AF"
+    assert len(doc["network"]) == len(PLAN.by_role("client"))
+
+
+def test_geo_table_builds_with_gslb_geo_build_mmdb(tmp_path):
+    from gslb.cli import main  # the command line the lab runs, in-process
+
+    table = tmp_path / "geo.toml"
+    table.write_text(render.geo_table(PLAN))
+    assert main(["geo", "build-mmdb", str(table), "--out", str(tmp_path / "lab.mmdb")]) == 0
+    assert (tmp_path / "lab.mmdb").stat().st_size > 0
+
+
+def test_unbound_conf_sends_ecs_to_exactly_the_lab_name_servers():
+    conf = render.unbound_conf(PLAN, "/run/x/unbound")
+    dns = [a for h in PLAN.by_role("dns") for a in h.ipv4 + h.ipv6]
+    sent = [line.split(":", 1)[1].strip() for line in conf.splitlines() if "send-client-subnet:" in line]
+    stubs = [line.split(":", 1)[1].strip() for line in conf.splitlines() if "stub-addr:" in line]
+    assert sent == dns and stubs == dns
+    res = PLAN.host("resolver")
+    assert f"    interface: {res.ipv4[0]}" in conf and f"    interface: {res.ipv6[0]}" in conf
+
+
+def test_unbound_conf_keeps_lab_test_reachable_and_everything_else_refused():
+    conf = render.unbound_conf(PLAN, "/run/x/unbound")
+    # unbound 1.17's built-in `test.` zone would answer NXDOMAIN for lab.test.
+    assert '    local-zone: "lab.test." transparent' in conf
+    assert '    local-zone: "." refuse' in conf
+    assert '    module-config: "subnetcache iterator"' in conf
+    assert "    cache-max-ttl: 30" in conf
+    assert '    username: ""' in conf
+
+
+def test_resolv_conf_points_at_the_resolver_on_both_families():
+    res = PLAN.host("resolver")
+    assert render.resolv_nameservers(PLAN) == [res.ipv4[0], res.ipv6[0]]
+
+
+def test_toml_strings_are_escaped():
+    assert render._toml_value('a "b" \\ c') == '"a \\"b\\" \\\\ c"'
+    assert tomllib.loads("x = " + render._toml_value('0 issue "ca"'))["x"] == '0 issue "ca"'
