@@ -5,6 +5,14 @@ import os
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# CI must not be flaky: the same examples every run, and no deadline on a
+# 2-core machine shared with servers under test. Locally, hypothesis explores.
+settings.register_profile("ci", derandomize=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(REPO, "examples")
