@@ -1,0 +1,348 @@
+"""Agent session lifecycle: resolve, connect (TLS), auth, bind, heartbeat,
+serve proxy streams, and reconnect with full-jitter backoff.
+
+Owns: the agent side of docs/protocol.md 3-4. Must not touch: what the
+upstream speaks (bytes are relayed as they are; relay.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import socket
+import ssl
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from edge.agent.config import AgentConfig, EndpointConfig
+from edge.agent.relay import UpstreamProtocol, relay
+from edge.tunnel import messages as M
+from edge.tunnel.errors import ControlError, MessageError, SessionClosedError, TunnelError
+from edge.tunnel.session import Session, SessionConfig, Stream
+
+log = logging.getLogger("edge.agent")
+
+AGENT_VERSION = "0.1.0"
+HEADER_TIMEOUT = 10.0  # seconds for the edge to send a proxy header
+UPSTREAM_CONNECT_TIMEOUT = 5.0
+MAX_ADDRESSES = 8  # addresses tried per connection attempt
+# control errors after which retrying cannot help: the agent exits non-zero
+FATAL_CODES = {M.ERR_AUTH_FAILED, M.ERR_NAME_IN_USE, M.ERR_PORT_RANGE_EXHAUSTED, M.ERR_BAD_REQUEST, M.ERR_TOO_MANY_BINDINGS}
+FATAL_TEXT = {
+    M.ERR_AUTH_FAILED: "the edge refused the authtoken (check --authtoken / GSLB_AUTHTOKEN_FILE)",
+    M.ERR_NAME_IN_USE: "the endpoint name is already online (another agent bound it)",
+    M.ERR_PORT_RANGE_EXHAUSTED: "the edge has no free TCP port left in its range",
+}
+
+
+class FatalAgentError(Exception):
+    """An error retrying cannot fix; the agent exits with status 1."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    url: str
+    endpoint: EndpointConfig
+
+    def line(self) -> str:
+        return f"forwarding {self.url} -> {self.endpoint.local_url()}"
+
+
+def backoff_delay(attempt: int, initial: float, cap: float, rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Full jitter (AWS architecture blog, "Exponential Backoff and Jitter"):
+    uniform(0, min(cap, initial * 2**attempt))."""
+    return rng(0.0, min(cap, initial * (2 ** min(attempt, 30))))
+
+
+class ControlChannel:
+    """Requests and replies on the control stream, matched by id."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self._next_id = 0
+        self._waiters: dict[int, asyncio.Future[M.Message]] = {}
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def send(self, make: Callable[[int], M.Message]) -> int:
+        msg = make(self._new_id())
+        self.stream.write(M.encode_message(msg))
+        return msg.id
+
+    async def request(self, make: Callable[[int], M.Message], timeout: float) -> M.Message:
+        """Send; return the reply; raise ControlError for an error reply."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[M.Message] = loop.create_future()
+        mid = self.send(make)
+        self._waiters[mid] = fut
+        try:
+            reply = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._waiters.pop(mid, None)
+        if isinstance(reply, M.Error):
+            raise ControlError(reply.code, reply.message)
+        return reply
+
+    async def _read_loop(self) -> None:
+        reader = M.MessageReader()
+        exc: BaseException = SessionClosedError("control stream closed by the edge")
+        try:
+            while True:
+                data = await self.stream.read()
+                if not data:
+                    break
+                for obj in reader.feed(data):
+                    msg = M.parse_message(obj)
+                    fut = self._waiters.get(msg.id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg)
+        except (TunnelError, MessageError) as e:
+            exc = e
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+class Agent:
+    """One agent: a session at a time, its endpoints bound on each."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        out: Callable[[str], None] | None = None,
+        session_config: SessionConfig | None = None,
+    ) -> None:
+        self.config = config
+        self.ssl_context = ssl_context or make_client_ssl_context(config)
+        self.out = out or (lambda line: print(line, flush=True))
+        self.session_config = session_config or SessionConfig()
+        self.agent_id = secrets.token_hex(8)
+        self.session: Session | None = None
+        self.forwardings: list[Forwarding] = []
+        self.online = asyncio.Event()
+        self.sessions_started = 0
+        self._by_binding: dict[str, EndpointConfig] = {}
+        self._stop = asyncio.Event()
+        self._stream_tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.session is not None:
+            self.session.close()
+
+    async def run(self) -> int:
+        """Connect, serve, reconnect until stop() or a fatal error.
+        Returns the exit status (0 stopped, 1 fatal)."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                was_online = await self._session_once()
+            except FatalAgentError as exc:
+                print(f"gslb agent: error: {exc.message} ({exc.code})", file=sys.stderr, flush=True)
+                return 1
+            except (OSError, ssl.SSLError, asyncio.TimeoutError, TunnelError, ControlError) as exc:
+                log.warning("event=connect_failed error=%r attempt=%d", _describe(exc), attempt + 1)
+                was_online = False
+            if self._stop.is_set():
+                break
+            if was_online:
+                attempt = 0
+            delay = backoff_delay(attempt, self.config.backoff_initial, self.config.backoff_max)
+            attempt += 1
+            log.warning("event=reconnecting delay=%.2f attempt=%d", delay, attempt)
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+        return 0
+
+    async def _connect(self) -> Session:
+        host, port = self.config.server_address()
+        loop = asyncio.get_running_loop()
+        # re-resolved on every attempt: DNS steers to the nearest healthy PoP
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), self.config.connect_timeout
+        )
+        last: BaseException = OSError(f"{host}: no address")
+        for family, type_, proto, _, addr in infos[:MAX_ADDRESSES]:
+            try:
+                _, session = await asyncio.wait_for(
+                    loop.create_connection(
+                        self._new_session,
+                        host=addr[0],
+                        port=addr[1],
+                        family=family,
+                        ssl=self.ssl_context,
+                        server_hostname=self.config.server_name(),
+                        ssl_handshake_timeout=self.config.connect_timeout,
+                    ),
+                    self.config.connect_timeout,
+                )
+                log.info("event=connected server=%s:%d address=%s", host, port, addr[0])
+                return session  # type: ignore[return-value]
+            except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+                last = exc
+                log.info("event=connect_attempt_failed address=%s error=%r", addr[0], _describe(exc))
+        raise last
+
+    def _new_session(self) -> Session:
+        return Session(client=True, on_stream=self._on_stream, config=self.session_config, name="edge")
+
+    async def _session_once(self) -> bool:
+        """One session from connect to loss. Returns whether it got online."""
+        session = await self._connect()
+        self.session = session
+        self.sessions_started += 1
+        control = ControlChannel(session.open_stream())
+        timeout = self.config.connect_timeout
+        online = False
+        try:
+            cfg = self.config
+            try:
+                await control.request(
+                    lambda i: M.Auth(i, cfg.authtoken, AGENT_VERSION, cfg.heartbeat_interval, cfg.heartbeat_timeout, self.agent_id),
+                    timeout,
+                )
+                by_binding: dict[str, EndpointConfig] = {}
+                forwardings = []
+                for ep in cfg.endpoints:
+                    reply = await control.request(lambda i, ep=ep: M.Bind(i, ep.kind, ep.name, ep.bind_options()), timeout)
+                    assert isinstance(reply, M.BindOk)
+                    by_binding[reply.binding_id] = ep
+                    forwardings.append(Forwarding(reply.url, ep))
+            except ControlError as exc:
+                if exc.code in FATAL_CODES:
+                    raise FatalAgentError(exc.code, f"{FATAL_TEXT.get(exc.code, exc.message)}: {exc.message}") from None
+                raise
+            self._by_binding = by_binding
+            self.forwardings = forwardings
+            for f in forwardings:
+                self.out(f.line())
+            online = True
+            self.online.set()
+            await self._heartbeat(session, control)
+        finally:
+            self.online.clear()
+            control.close()
+            if not session.is_closed:
+                session.close()
+            await session.wait_closed()
+            self.session = None
+            if online:
+                log.warning("event=session_lost error=%r", str(session.closed_exc or "closed"))
+        return online
+
+    async def _heartbeat(self, session: Session, control: ControlChannel) -> None:
+        """Heartbeat every interval; no frame for heartbeat_timeout -> dead."""
+        loop = asyncio.get_running_loop()
+        interval, timeout = self.config.heartbeat_interval, self.config.heartbeat_timeout
+        tick = min(interval, timeout) / 4
+        next_beat = loop.time() + interval
+        closed = loop.create_task(session.wait_closed())
+        stop = loop.create_task(self._stop.wait())
+        try:
+            while not closed.done() and not stop.done():
+                await asyncio.wait({closed, stop}, timeout=tick)
+                now = loop.time()
+                if now - session.last_received > timeout:
+                    log.warning("event=heartbeat_timeout idle=%.1f", now - session.last_received)
+                    session.abort()
+                    await closed
+                    return
+                if now >= next_beat and not session.is_closed:
+                    control.send(M.Heartbeat)
+                    next_beat = now + interval
+        finally:
+            closed.cancel()
+            stop.cancel()
+
+    # ------------------------------------------------------------ proxying
+
+    def _on_stream(self, stream: Stream) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve_stream(stream))
+        self._stream_tasks.add(task)
+        task.add_done_callback(self._stream_tasks.discard)
+
+    async def _serve_stream(self, stream: Stream) -> None:
+        reader = M.MessageReader(max_messages=1)
+        try:
+            header_obj: dict[str, Any] | None = None
+            async with asyncio.timeout(HEADER_TIMEOUT):
+                while header_obj is None:
+                    data = await stream.read()
+                    if not data:
+                        stream.abort()
+                        return
+                    got = reader.feed(data)
+                    if got:
+                        header_obj = got[0]
+            header = M.ProxyHeader.from_dict(header_obj)
+        except (MessageError, asyncio.TimeoutError, TunnelError) as exc:
+            log.warning("event=bad_proxy_header stream=%d error=%r", stream.stream_id, _describe(exc))
+            stream.abort()
+            return
+        ep = self._by_binding.get(header.binding_id)
+        if ep is None:
+            log.warning("event=unknown_binding stream=%d binding=%s", stream.stream_id, header.binding_id)
+            stream.abort()
+            return
+        stream.extra["header"] = header
+        stream.extra["peername"] = (header.client_addr, header.client_port)
+        loop = asyncio.get_running_loop()
+        try:
+            upstream, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamProtocol(stream), ep.host, ep.port), UPSTREAM_CONNECT_TIMEOUT
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.warning(
+                "event=upstream_unreachable endpoint=%s upstream=%s:%d client=%s error=%r",
+                header.endpoint, ep.host, ep.port, header.client_addr, _describe(exc),
+            )
+            if ep.kind == "http" and not stream.is_closing():
+                stream.write(_bad_gateway(header.endpoint, ep))
+                stream.close()
+            else:
+                stream.abort()
+            return
+        log.debug("event=stream_open endpoint=%s client=%s:%d", header.endpoint, header.client_addr, header.client_port)
+        relay(stream, upstream, proto, reader.rest)  # type: ignore[arg-type]
+
+
+def _bad_gateway(endpoint: str, ep: EndpointConfig) -> bytes:
+    body = (
+        f"502 Bad Gateway\n\nThe agent for {endpoint} could not reach its upstream "
+        f"{ep.host}:{ep.port} (ERR_GSLB_AGENT_UPSTREAM).\n"
+    ).encode()
+    head = (
+        "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def make_client_ssl_context(config: AgentConfig) -> ssl.SSLContext:
+    """Verify the edge: --ca when given, else the system's CAs."""
+    ctx = ssl.create_default_context(cafile=str(config.ca) if config.ca else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx

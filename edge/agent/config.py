@@ -1,0 +1,305 @@
+"""Agent configuration: frozen dataclasses, loaded from TOML (tomllib) or
+built from command-line flags. Errors read "file:line: key: what is wrong".
+
+Owns: the schema of agent.toml (docs/protocol.md does not cover it; this
+docstring does). Must not touch: the network.
+
+`gslb agent http|tls|tcp` read the same file for defaults (everything but
+[[endpoints]]) from $GSLB_AGENT_CONFIG or, if it exists, DEFAULTS_PATH, so
+a host can be set up once (the lab does) and a bare
+`gslb agent http 8080 --name demo` connects. Flags win over the
+environment, which wins over the file.
+
+    server = "edge.example:443"     # optional; default connect.<zone>:443
+    zone = "lab.test"               # or env GSLB_ZONE
+    ca = "/path/lab-ca.pem"         # verify the edge certificate with this CA
+    authtoken_file = "/path/token"  # or authtoken = "...", env GSLB_AUTHTOKEN(_FILE)
+    heartbeat_interval = 10         # seconds
+    heartbeat_timeout = 15          # seconds without any frame -> reconnect
+
+    [[endpoints]]
+    kind = "http"                   # http | tls | tcp
+    name = "demo"                   # http/tls: demo.<endpoint domain>
+    port = 8080                     # local service on 127.0.0.1
+    # terminate_at = "agent"        # tls only: edge | agent (passthrough)
+    # proxy_protocol = false        # tls/tcp: edge sends PROXY v2 first
+    # allow_cidrs = ["198.19.0.0/16"]; deny_cidrs = []
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.tunnel.messages import KINDS, TERMINATE_AT
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_ENDPOINTS = 64
+DEFAULTS_PATH = Path("/etc/gslb/agent.toml")
+
+
+class ConfigError(ValueError):
+    """A bad agent configuration; the message names file, line and key."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    kind: str
+    port: int
+    name: str = ""
+    host: str = "127.0.0.1"  # the local service's address
+    terminate_at: str | None = None
+    proxy_protocol: bool = False
+    allow_cidrs: tuple[str, ...] = ()
+    deny_cidrs: tuple[str, ...] = ()
+
+    def bind_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        if self.kind == "tls":
+            opts["terminate_at"] = self.terminate_at or "agent"
+        if self.proxy_protocol:
+            opts["proxy_protocol"] = True
+        if self.allow_cidrs:
+            opts["allow_cidrs"] = list(self.allow_cidrs)
+        if self.deny_cidrs:
+            opts["deny_cidrs"] = list(self.deny_cidrs)
+        return opts
+
+    def local_url(self) -> str:
+        host = "localhost" if self.host == "127.0.0.1" else self.host
+        return f"http://{host}:{self.port}" if self.kind == "http" else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    endpoints: tuple[EndpointConfig, ...]
+    authtoken: str = field(repr=False)  # secret: never in reprs or logs
+    server: str | None = None  # HOST[:PORT]; None: connect.<zone>:443
+    zone: str | None = None
+    ca: Path | None = None
+    heartbeat_interval: float = 10.0
+    heartbeat_timeout: float = 15.0
+    connect_timeout: float = 10.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+    def server_address(self) -> tuple[str, int]:
+        if self.server:
+            return split_host_port(self.server)
+        if not self.zone:
+            raise ConfigError("server: neither --server nor a zone (--zone, GSLB_ZONE, zone =) is set")
+        return f"connect.{self.zone}", 443
+
+    def server_name(self) -> str:
+        """The TLS server name: connect.<zone> when a zone is known."""
+        if self.zone:
+            return f"connect.{self.zone}"
+        return self.server_address()[0]
+
+
+def split_host_port(value: str, default_port: int = 443) -> tuple[str, int]:
+    v = value.strip()
+    if v.startswith("["):  # [::1]:443
+        host, _, rest = v[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    elif v.count(":") == 1:
+        host, port_s = v.split(":")
+    else:
+        host, port_s = v, ""
+    if not host:
+        raise ConfigError(f"server: {value!r} has no host")
+    if port_s:
+        if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+            raise ConfigError(f"server: {value!r} has an invalid port")
+        return host, int(port_s)
+    return host, default_port
+
+
+def validate_endpoint(ep: EndpointConfig) -> EndpointConfig:
+    """Raise ConfigError("key: problem") for a bad endpoint."""
+    if ep.kind not in KINDS:
+        raise ConfigError(f"kind: {ep.kind!r} is not one of {', '.join(KINDS)}")
+    if not 1 <= ep.port <= 65535:
+        raise ConfigError(f"port: {ep.port} is not a TCP port (1-65535)")
+    if ep.kind in ("http", "tls"):
+        if not _LABEL.match(ep.name):
+            raise ConfigError(f"name: {ep.name!r} is not a DNS label (a-z, 0-9, '-', 1-63 characters)")
+    elif ep.name:
+        raise ConfigError("name: tcp endpoints have no name (the edge allocates a port)")
+    if ep.terminate_at is not None and (ep.kind != "tls" or ep.terminate_at not in TERMINATE_AT):
+        raise ConfigError("terminate_at: only for tls endpoints, 'edge' or 'agent'")
+    if ep.proxy_protocol and ep.kind == "http":
+        raise ConfigError("proxy_protocol: http endpoints get the client address in X-Forwarded-For")
+    return ep
+
+
+def read_authtoken(explicit: str | None, token_file: str | None, env: dict[str, str] | None = None) -> str:
+    """--authtoken, else --authtoken-file, else GSLB_AUTHTOKEN, else
+    GSLB_AUTHTOKEN_FILE. The token itself never appears in an error."""
+    env = os.environ if env is None else env
+    if explicit:
+        return explicit.strip()
+    path = token_file or None
+    if not path and env.get("GSLB_AUTHTOKEN"):
+        return env["GSLB_AUTHTOKEN"].strip()
+    path = path or env.get("GSLB_AUTHTOKEN_FILE")
+    if not path:
+        raise ConfigError("authtoken: none given (--authtoken, --authtoken-file, GSLB_AUTHTOKEN, GSLB_AUTHTOKEN_FILE)")
+    try:
+        raw = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"authtoken_file: cannot read {path}: {exc.strerror}") from None
+    for line in raw.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            if len(line) > 512:
+                raise ConfigError(f"authtoken_file: {path}: token longer than 512 characters")
+            return line
+    raise ConfigError(f"authtoken_file: {path} holds no token")
+
+
+def _line_of(text: str, key: str, section: int | None) -> int:
+    """Best-effort line number of `key =` (in the n-th [[endpoints]])."""
+    lines = text.splitlines()
+    start = 0
+    if section is not None:
+        seen = -1
+        for i, line in enumerate(lines):
+            if line.strip().startswith("[[endpoints]]"):
+                seen += 1
+                if seen == section:
+                    start = i
+                    break
+    for i in range(start, len(lines)):
+        if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
+            return i + 1
+        if section is not None and i > start and lines[i].strip().startswith("["):
+            break
+    return start + 1
+
+
+_TOP_KEYS = {
+    "server", "zone", "ca", "authtoken", "authtoken_file", "heartbeat_interval",
+    "heartbeat_timeout", "connect_timeout", "endpoints",
+}
+_EP_KEYS = {"kind", "name", "port", "host", "terminate_at", "proxy_protocol", "allow_cidrs", "deny_cidrs"}
+
+
+def load_agent_config(
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    *,
+    endpoints: tuple[EndpointConfig, ...] | None = None,
+) -> AgentConfig:
+    """Load agent.toml; `overrides` (from flags: server, zone, ca, authtoken,
+    authtoken_file) win over the file. With `endpoints` given (the one of
+    `gslb agent http|tls|tcp`), the file only supplies defaults and its
+    [[endpoints]] are neither needed nor used."""
+    p = Path(path)
+    env = os.environ if env is None else env
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    if len(text) > 1_000_000:
+        raise ConfigError(f"{p}: larger than 1 MB")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+
+    def err(key: str, what: str, section: int | None = None) -> ConfigError:
+        return ConfigError(f"{p}:{_line_of(text, key, section)}: {key}: {what}")
+
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise err(key, "unknown key")
+    raw_eps = data.get("endpoints", [])
+    if endpoints is not None:
+        raw_eps = []
+    elif not isinstance(raw_eps, list) or not raw_eps:
+        raise err("endpoints", "at least one [[endpoints]] table is needed")
+    if len(raw_eps) > MAX_ENDPOINTS:
+        raise err("endpoints", f"at most {MAX_ENDPOINTS} endpoints")
+    eps = []
+    for i, raw in enumerate(raw_eps):
+        for key in raw:
+            if key not in _EP_KEYS:
+                raise err(key, "unknown key", i)
+        try:
+            ep = EndpointConfig(
+                kind=_typed(raw, "kind", str, None),
+                port=_typed(raw, "port", int, None),
+                name=_typed(raw, "name", str, "").lower(),
+                host=_typed(raw, "host", str, "127.0.0.1"),
+                terminate_at=_typed(raw, "terminate_at", str, None),
+                proxy_protocol=_typed(raw, "proxy_protocol", bool, False),
+                allow_cidrs=tuple(_typed(raw, "allow_cidrs", list, [])),
+                deny_cidrs=tuple(_typed(raw, "deny_cidrs", list, [])),
+            )
+            validate_endpoint(ep)
+        except ConfigError as exc:
+            key, _, what = str(exc).partition(": ")
+            raise err(key, what, i) from None
+        eps.append(ep)
+    ov = overrides or {}
+    try:
+        authtoken = read_authtoken(
+            ov.get("authtoken") or data.get("authtoken"),
+            ov.get("authtoken_file") or data.get("authtoken_file"),
+            env,
+        )
+    except ConfigError as exc:
+        key, _, what = str(exc).partition(": ")
+        raise err(key, what) from None
+    try:
+        hb_i = float(_typed(data, "heartbeat_interval", (int, float), 10.0))
+        hb_t = float(_typed(data, "heartbeat_timeout", (int, float), 15.0))
+        ct = float(_typed(data, "connect_timeout", (int, float), 10.0))
+        check_timers(hb_i, hb_t, ct)
+        server = ov.get("server") or _typed(data, "server", str, None)
+        if server:
+            split_host_port(server)
+    except ConfigError as exc:
+        key, _, what = str(exc).partition(": ")
+        raise err(key, what) from None
+    ca = ov.get("ca") or data.get("ca")
+    return AgentConfig(
+        endpoints=tuple(eps) if endpoints is None else endpoints,
+        authtoken=authtoken,
+        server=server,
+        zone=ov.get("zone") or data.get("zone") or env.get("GSLB_ZONE") or None,
+        ca=Path(ca) if ca else None,
+        heartbeat_interval=hb_i,
+        heartbeat_timeout=hb_t,
+        connect_timeout=ct,
+    )
+
+
+def check_timers(interval: float, timeout: float, connect_timeout: float = 10.0) -> None:
+    if not 0.1 <= interval <= 3600:
+        raise ConfigError("heartbeat_interval: must be between 0.1 and 3600 seconds")
+    if not interval < timeout <= 3600:
+        raise ConfigError("heartbeat_timeout: must be above heartbeat_interval and at most 3600 seconds")
+    if not 0.1 <= connect_timeout <= 300:
+        raise ConfigError("connect_timeout: must be between 0.1 and 300 seconds")
+
+
+def _typed(raw: dict[str, Any], key: str, typ: Any, default: Any) -> Any:
+    if key not in raw:
+        if default is None and key in ("kind", "port"):
+            raise ConfigError(f"{key}: missing")
+        return default
+    v = raw[key]
+    types = typ if isinstance(typ, tuple) else (typ,)
+    if isinstance(v, bool) and bool not in types:
+        raise ConfigError(f"{key}: wrong type ({type(v).__name__})")
+    if not isinstance(v, types):
+        raise ConfigError(f"{key}: wrong type ({type(v).__name__})")
+    if typ is list and not all(isinstance(x, str) for x in v):
+        raise ConfigError(f"{key}: must be a list of strings")
+    return v

@@ -1,0 +1,249 @@
+"""`gslb agent`: publish local services through the edge.
+
+Owns: the command line of the agent (flags, environment, exit statuses).
+The work is in edge/agent/. Exit status: 0 stopped by a signal, 1 final
+error (bad authtoken, name already online, port range exhausted), 2 bad
+usage or configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+EPILOG = """\
+examples:
+  gslb agent http 8080 --name demo
+      https://demo.<domain> -> http://localhost:8080
+  gslb agent tls 8443 --name secure                    # passthrough: the edge never sees the key
+  gslb agent tls 8443 --name secure --terminate-at edge
+  gslb agent tcp 22 --proxy-protocol                   # the edge allocates a port
+  gslb agent start --config agent.toml                 # several endpoints, one session
+  gslb agent http 8080 --name demo --server 127.0.0.1:4443 --zone lab.test \\
+      --ca lab-ca.pem --authtoken-file token
+  gslb agent http 8080 --name demo --server 198.19.1.1 --server 198.19.2.1   # every PoP
+
+environment:
+  GSLB_ZONE              zone; the edge is found at connect.<zone>:443 (--zone)
+  GSLB_SERVER            HOST[:PORT][,HOST[:PORT]...] of the edge(s), skipping DNS (--server)
+  GSLB_CA                CA file that verifies the edge certificate (--ca)
+  GSLB_AUTHTOKEN         the authtoken itself (--authtoken)
+  GSLB_AUTHTOKEN_FILE    a file holding the authtoken (--authtoken-file)
+  GSLB_AGENT_CONFIG      an agent.toml whose settings (not its endpoints) are the
+                         defaults of http/tls/tcp; else /etc/gslb/agent.toml if present
+Flags win over the environment, which wins over the defaults file.
+The authtoken is never printed or logged.
+
+exit status: 0 stopped, 1 final error (bad authtoken, name already online,
+port range exhausted), 2 bad usage or configuration.
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument(
+        "--server", metavar="HOST[:PORT]", action="append",
+        help="edge address (default: connect.<zone>:443 via the system resolver); "
+        "repeat to hold one session with each edge (bind at every PoP)",
+    )
+    g.add_argument("--zone", help="zone of the edge network, e.g. lab.test (env GSLB_ZONE)")
+    g.add_argument("--ca", metavar="FILE", help="CA certificate(s) that verify the edge (env GSLB_CA; default: system CAs)")
+    g.add_argument("--authtoken", help="authtoken (prefer --authtoken-file: arguments are visible in ps)")
+    g.add_argument("--authtoken-file", metavar="FILE", help="file holding the authtoken (env GSLB_AUTHTOKEN_FILE)")
+    g.add_argument("--heartbeat-interval", type=float, metavar="SECONDS", help="heartbeat interval (default 10)")
+    g.add_argument("--heartbeat-timeout", type=float, metavar="SECONDS", help="no frame for this long -> reconnect (default 15)")
+    g.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (default uvloop)")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug); logs go to stderr")
+
+
+def _endpoint_flags(p: argparse.ArgumentParser, *, proxy_protocol: bool) -> None:
+    p.add_argument("port", type=int, metavar="PORT", help="local port on 127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="local address of the service (default 127.0.0.1)")
+    if proxy_protocol:
+        p.add_argument("--proxy-protocol", action="store_true", help="the edge sends a PROXY protocol v2 header first")
+    p.add_argument("--allow-cidr", action="append", default=[], metavar="CIDR", help="only these client networks (repeatable)")
+    p.add_argument("--deny-cidr", action="append", default=[], metavar="CIDR", help="refuse these client networks (repeatable)")
+
+
+def add_parser(subparsers: Any) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    agent = subparsers.add_parser(
+        "agent",
+        help="publish a local service through the edge (like ngrok)",
+        description="Connect to the nearest edge over TLS, bind endpoints, carry their traffic to local services.",
+        epilog=EPILOG,
+        formatter_class=fmt,
+    )
+    sub = agent.add_subparsers(dest="agent_command", metavar="KIND")
+    agent.set_defaults(func=lambda args: (agent.print_help(), 2)[1])
+
+    http = sub.add_parser("http", help="HTTPS endpoint NAME.<domain> -> http://localhost:PORT", epilog=EPILOG, formatter_class=fmt)
+    _endpoint_flags(http, proxy_protocol=False)
+    http.add_argument("--name", required=True, help="endpoint name: a DNS label")
+    _common(http)
+    http.set_defaults(func=_run, kind="http")
+
+    tls = sub.add_parser("tls", help="TLS endpoint NAME.<domain>:443 -> localhost:PORT", epilog=EPILOG, formatter_class=fmt)
+    _endpoint_flags(tls, proxy_protocol=True)
+    tls.add_argument("--name", required=True, help="endpoint name: a DNS label")
+    tls.add_argument(
+        "--terminate-at", choices=("edge", "agent"), default="agent",
+        help="agent (default): TLS passes through the edge untouched; edge: the edge terminates it",
+    )
+    _common(tls)
+    tls.set_defaults(func=_run, kind="tls")
+
+    tcp = sub.add_parser("tcp", help="TCP endpoint on a port the edge allocates -> localhost:PORT", epilog=EPILOG, formatter_class=fmt)
+    _endpoint_flags(tcp, proxy_protocol=True)
+    _common(tcp)
+    tcp.set_defaults(func=_run, kind="tcp")
+
+    start = sub.add_parser("start", help="every endpoint of a config file, on one session", epilog=EPILOG, formatter_class=fmt)
+    start.add_argument("--config", required=True, metavar="FILE", help="agent.toml (schema: edge/agent/config.py)")
+    _common(start)
+    start.set_defaults(func=_run, kind=None)
+
+
+def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):  # -> AgentConfig
+    """Flags > environment > config file. Raises ConfigError."""
+    from edge.agent.config import (
+        DEFAULTS_PATH,
+        AgentConfig,
+        ConfigError,
+        EndpointConfig,
+        check_timers,
+        load_agent_config,
+        read_authtoken,
+        split_host_port,
+        validate_endpoint,
+    )
+    import dataclasses
+
+    env = dict(os.environ) if env is None else env
+    servers = server_list(args, env)
+    server = servers[0] if servers else None
+    zone = args.zone or env.get("GSLB_ZONE") or None
+    ca = args.ca or env.get("GSLB_CA") or None
+    if args.kind is None:
+        cfg = load_agent_config(
+            args.config,
+            {"server": server, "zone": zone, "ca": ca, "authtoken": args.authtoken, "authtoken_file": args.authtoken_file},
+            env,
+        )
+    else:
+        defaults = env.get("GSLB_AGENT_CONFIG") or (str(DEFAULTS_PATH) if DEFAULTS_PATH.is_file() else None)
+        ep = validate_endpoint(
+            EndpointConfig(
+                kind=args.kind,
+                port=args.port,
+                name=(getattr(args, "name", "") or "").lower(),
+                host=args.host,
+                terminate_at=getattr(args, "terminate_at", None),
+                proxy_protocol=getattr(args, "proxy_protocol", False),
+                allow_cidrs=tuple(args.allow_cidr),
+                deny_cidrs=tuple(args.deny_cidr),
+            )
+        )
+        if server:
+            split_host_port(server)
+        if defaults:
+            cfg = load_agent_config(
+                defaults,
+                {"server": server, "zone": zone, "ca": ca, "authtoken": args.authtoken, "authtoken_file": args.authtoken_file},
+                env,
+                endpoints=(ep,),
+            )
+        else:
+            cfg = AgentConfig(
+                endpoints=(ep,),
+                authtoken=read_authtoken(args.authtoken, args.authtoken_file, env),
+                server=server,
+                zone=zone,
+                ca=Path(ca) if ca else None,
+            )
+    changes: dict[str, Any] = {}
+    if args.heartbeat_interval is not None:
+        changes["heartbeat_interval"] = args.heartbeat_interval
+    if args.heartbeat_timeout is not None:
+        changes["heartbeat_timeout"] = args.heartbeat_timeout
+    cfg = dataclasses.replace(cfg, **changes)
+    check_timers(cfg.heartbeat_interval, cfg.heartbeat_timeout, cfg.connect_timeout)
+    if cfg.ca is not None and not cfg.ca.is_file():
+        raise ConfigError(f"ca: {cfg.ca} is not a readable file")
+    if not cfg.server and not cfg.zone:
+        raise ConfigError("server: give --server HOST[:PORT] or a zone (--zone, GSLB_ZONE)")
+    return cfg
+
+
+def server_list(args: argparse.Namespace, env: dict[str, str]) -> list[str]:
+    """--server (repeatable), else GSLB_SERVER (comma-separated); [] -> DNS."""
+    if args.server:
+        return list(args.server)
+    return [s.strip() for s in env.get("GSLB_SERVER", "").split(",") if s.strip()]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge.agent.client import Agent
+    from edge.agent.config import ConfigError
+
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    import dataclasses
+
+    from edge.agent.config import split_host_port
+
+    try:
+        cfg = build_config(args)
+        servers = server_list(args, dict(os.environ))
+        for s in servers:
+            split_host_port(s)
+    except ConfigError as exc:
+        print(f"gslb agent: error: {exc}", file=sys.stderr)
+        return 2
+    configs = [dataclasses.replace(cfg, server=s) for s in servers] or [cfg]
+
+    async def main() -> int:
+        printed: set[str] = set()
+
+        def out(line: str) -> None:
+            # with several edges, each line once (they name the same URLs)
+            if len(configs) == 1 or line not in printed:
+                printed.add(line)
+                print(line, flush=True)
+
+        try:
+            agents = [Agent(c, out=out) for c in configs]
+        except (OSError, ValueError) as exc:  # unreadable CA file
+            print(f"gslb agent: error: ca: {exc}", file=sys.stderr)
+            return 2
+        loop = asyncio.get_running_loop()
+
+        def stop_all() -> None:
+            for a in agents:
+                a.stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop_all)
+        tasks = [loop.create_task(a.run()) for a in agents]
+        status = 0
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if any(t.result() != 0 for t in done):
+                status = 1  # a final error at one edge ends the agent
+                stop_all()
+        return status
+
+    if args.loop == "uvloop":
+        try:
+            import uvloop
+
+            return uvloop.run(main())
+        except ImportError:
+            pass
+    return asyncio.run(main())

@@ -1,0 +1,312 @@
+"""The asyncio shell: two Sessions over a loopback TCP connection."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+
+from edge.tunnel.errors import SessionClosedError, StreamResetError
+from edge.tunnel.session import Session, SessionConfig, Stream
+
+
+class Recorder:
+    """A stream protocol that records everything it is told."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.eof = False
+        self.lost: list = []
+        self.paused = 0
+        self.resumed = 0
+        self.done = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, stream):
+        self.stream = stream
+
+    def data_received(self, data):
+        self.data += data
+
+    def eof_received(self):
+        self.eof = True
+
+    def pause_writing(self):
+        self.paused += 1
+
+    def resume_writing(self):
+        self.resumed += 1
+
+    def connection_lost(self, exc):
+        self.lost.append(exc)
+        if not self.done.done():
+            self.done.set_result(exc)
+
+
+async def session_pair(on_server_stream, config: SessionConfig | None = None):
+    loop = asyncio.get_running_loop()
+    holder = {}
+
+    def factory():
+        holder["server"] = Session(client=False, on_stream=on_server_stream, config=config)
+        return holder["server"]
+
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, client = await loop.create_connection(lambda: Session(client=True, config=config), "127.0.0.1", port)
+    for _ in range(100):
+        if "server" in holder:
+            break
+        await asyncio.sleep(0.01)
+    return server, client, holder["server"]
+
+
+async def echo_handler(stream: Stream) -> None:
+    while True:
+        data = await stream.read()
+        if not data:
+            break
+        stream.write(data)
+        await stream.drain()
+    stream.close()
+
+
+def test_stream_echo_round_trip_and_clean_close():
+    async def main():
+        tasks = []
+        server, client, _ = await session_pair(lambda st: tasks.append(asyncio.ensure_future(echo_handler(st))))
+        st = client.open_stream()
+        rec = Recorder()
+        st.set_protocol(rec)
+        st.write(b"hello ")
+        st.write(b"tunnel")
+        st.close()
+        exc = await asyncio.wait_for(rec.done, 5)
+        assert exc is None
+        assert bytes(rec.data) == b"hello tunnel" and rec.eof
+        assert rec.lost == [None]
+        assert client.streams == {}
+        client.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_bulk_through_one_stream_with_backpressure_and_growing_window():
+    size = 24 * 1024 * 1024
+
+    async def main():
+        digest = hashlib.sha256()
+        got = {"n": 0}
+        done = asyncio.get_running_loop().create_future()
+
+        class Sink:
+            def connection_made(self, stream):
+                self.stream = stream
+
+            def data_received(self, data):
+                digest.update(data)
+                got["n"] += len(data)
+                conn = self.stream.get_extra_info("session").conn
+                got["window"] = max(got.get("window", 0), conn.receive_window(self.stream.stream_id))
+
+            def eof_received(self):
+                done.set_result(got["n"])
+                self.stream.close()
+
+            def pause_writing(self):
+                pass
+
+            def resume_writing(self):
+                pass
+
+            def connection_lost(self, exc):
+                pass
+
+        server, client, srv = await session_pair(lambda st: st.set_protocol(Sink()))
+        st = client.open_stream()
+        rec = Recorder()
+        st.set_protocol(rec)
+        chunk = bytes(range(256)) * 1024  # 256 KiB
+        expect = hashlib.sha256()
+        sent = 0
+        while sent < size:
+            st.write(chunk)
+            expect.update(chunk)
+            sent += len(chunk)
+            await st.drain()
+        st.close()
+        assert await asyncio.wait_for(done, 60) == size
+        assert digest.hexdigest() == expect.hexdigest()
+        assert rec.paused >= 1 and rec.resumed >= 1  # backpressure was exercised
+        # the receiver grew the window past the spec's 256 KiB
+        assert got["window"] >= 4 * 1024 * 1024
+        await asyncio.wait_for(rec.done, 5)
+        client.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_paused_reader_stops_the_sender_after_one_window():
+    async def main():
+        streams = []
+        server, client, srv = await session_pair(lambda st: streams.append(st))
+        st = client.open_stream()
+        st.write(b"x")
+        for _ in range(100):
+            if streams:
+                break
+            await asyncio.sleep(0.01)
+        remote = streams[0]
+        rec = Recorder()
+        remote.set_protocol(rec)
+        remote.pause_reading()
+        st.write(b"y" * (4 * 1024 * 1024))
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        # the peer may only send its window (256 KiB) while nothing is consumed
+        assert len(rec.data) == 1
+        assert client.conn.send_window(st.stream_id) == 0
+        assert st.get_write_buffer_size() >= 4 * 1024 * 1024 + 1 - 256 * 1024
+        remote.resume_reading()
+        for _ in range(500):
+            if len(rec.data) == 4 * 1024 * 1024 + 1:
+                break
+            await asyncio.sleep(0.01)
+        assert len(rec.data) == 4 * 1024 * 1024 + 1
+        client.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_abort_resets_peer_stream_and_others_continue():
+    async def main():
+        peers = []
+        server, client, _ = await session_pair(lambda st: peers.append(st))
+        a = client.open_stream()
+        b = client.open_stream()
+        a.write(b"a")
+        b.write(b"b")
+        for _ in range(100):
+            if len(peers) == 2:
+                break
+            await asyncio.sleep(0.01)
+        ra, rb = Recorder(), Recorder()
+        peers[0].set_protocol(ra)
+        peers[1].set_protocol(rb)
+        a.abort()
+        exc = await asyncio.wait_for(ra.done, 5)
+        assert isinstance(exc, StreamResetError)
+        b.write(b"still here")
+        for _ in range(100):
+            if bytes(rb.data) == b"bstill here":
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(rb.data) == b"bstill here"
+        client.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_session_loss_fails_streams_in_flight_cleanly():
+    async def main():
+        peers = []
+        server, client, srv = await session_pair(lambda st: peers.append(st))
+        st = client.open_stream()
+        rec = Recorder()
+        st.set_protocol(rec)
+        st.write(b"x")
+        await asyncio.sleep(0.05)
+        srv.abort()
+        exc = await asyncio.wait_for(rec.done, 5)
+        assert isinstance(exc, SessionClosedError)
+        with pytest.raises(SessionClosedError):
+            client.open_stream()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_garbage_from_peer_closes_only_that_session_with_go_away():
+    async def main():
+        loop = asyncio.get_running_loop()
+        sessions = []
+
+        def factory():
+            s = Session(client=False, on_stream=lambda st: None)
+            sessions.append(s)
+            return s
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        good_t, good = await loop.create_connection(lambda: Session(client=True), "127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\n\r\n")
+        reply = await asyncio.wait_for(reader.read(100), 5)
+        # go-away, protocol error (yamux spec "Go Away": code 1), then close
+        assert reply == bytes([0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+        assert await asyncio.wait_for(reader.read(100), 5) == b""
+        rtt = await good.ping(5)
+        assert rtt >= 0
+        writer.close()
+        good.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_protocol_set_while_write_buffer_is_full_is_told_to_pause_then_resume():
+    async def main():
+        peers = []
+        server, client, _ = await session_pair(lambda st: peers.append(st))
+        st = client.open_stream()
+        # the peer never reads: our window closes after 256 KiB
+        st.write(b"w" * (3 * 1024 * 1024))
+        assert st.get_write_buffer_size() > client.config.stream_high_water
+        rec = Recorder()
+        st.set_protocol(rec)
+        assert rec.paused == 1  # it must know, or its source writes without bound
+        for _ in range(100):
+            if peers:
+                break
+            await asyncio.sleep(0.01)
+        sink = Recorder()
+        peers[0].set_protocol(sink)
+        for _ in range(500):
+            if rec.resumed:
+                break
+            await asyncio.sleep(0.01)
+        assert rec.resumed == 1
+        client.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_protocol_set_right_after_a_reset_still_gets_connection_lost():
+    async def main():
+        peers = []
+        server, client, _ = await session_pair(lambda st: peers.append(st))
+        st = client.open_stream()
+        st.write(b"hi")
+        for _ in range(100):
+            if peers:
+                break
+            await asyncio.sleep(0.01)
+        remote = peers[0]
+        st.abort()
+        for _ in range(100):
+            if remote._done:
+                break
+            await asyncio.sleep(0)
+        rec = Recorder()
+        remote.set_protocol(rec)  # same iteration as the reset's notification
+        exc = await asyncio.wait_for(rec.done, 5)
+        assert isinstance(exc, StreamResetError)
+        assert len(rec.lost) == 1
+        client.close()
+        server.close()
+
+    asyncio.run(main())
