@@ -1,4 +1,4 @@
-"""`gslb dns`: serve the zone; `gslb dns pops`; `gslb dns explain`.
+"""`gslb dns`: serve the zone; `pops`, `explain`, `drain`, `undrain`, `health`.
 
 Owns the command line of the DNS component only: reading arguments, loading
 the configuration (gslb.config), and handing over to `dns.server`. A bad
@@ -23,11 +23,19 @@ examples:
   gslb dns pops --config examples/dns.toml --json
   gslb dns explain demo.app.lab.test --type A --client 127.0.0.1 --ecs 198.19.5.0/24 \\
       --config examples/dns.toml
+  gslb dns drain eu --config examples/dns.toml      # eu out of answers, no restart
+  gslb dns undrain eu --control /run/gslb-dns/127.0.0.1-5300.sock
+  gslb dns health --config examples/dns.toml --json
 
   dig @127.0.0.1 -p 5300 demo.app.lab.test A +subnet=198.19.5.0/24   # a Tokyo client
 
 signals: SIGHUP reloads the configuration and the geo database (a bad reload
 logs reload_failed and keeps serving the old data); SIGTERM/SIGINT stop.
+
+health ([health] in docs/configuration.md): with enabled = true one checker
+(in the process owning the workers) probes every PoP address and publishes
+its view to every worker. The control socket (--control, [health].control_socket,
+default /run/gslb-dns/<first listen>.sock, mode 0600) takes drain, undrain, health.
 """
 
 EXPLAIN_EPILOG = """\
@@ -35,6 +43,22 @@ examples:
   gslb dns explain demo.app.lab.test --type A --client 198.19.5.10 --config examples/dns.toml
   gslb dns explain demo.app.lab.test --type AAAA --client 127.0.0.1 --ecs 198.19.3.0/24 --config examples/dns.toml
   gslb dns explain connect.lab.test --client 198.19.5.10 --down jp --config examples/dns.toml --json
+  gslb dns explain demo.app.lab.test --ecs 198.19.5.0/24 --config examples/dns.toml \\
+      --server-control /run/gslb-dns/127.0.0.1-5300.sock     # with the running server's health
+"""
+
+CONTROL_EPILOG = """\
+examples:
+  gslb dns drain eu --config examples/dns.toml
+  gslb dns drain eu --config examples/dns.toml --listen 127.0.0.1:5301   # the server started with that --listen
+  gslb dns undrain eu --control /run/gslb-dns/127.0.0.1-5300.sock
+  gslb dns health --config examples/dns.toml
+  gslb dns health --control /tmp/dns.sock --json
+
+The socket: --control PATH, else [health].control_socket of --config, else the
+default for the first listen address (--listen, else [server].listen).
+A drain returns once every worker answers without the PoP ("workers agree").
+Exit status: 0 done, 1 the server refused or cannot be reached, 2 bad usage.
 """
 
 
@@ -87,6 +111,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--log-decisions", action="store_true",
                    help="log each answer computed (client, name, location, PoPs, scope); "
                         "repeats served from the reply cache are not logged")
+    p.add_argument("--control", metavar="PATH",
+                   help="control socket for drain/undrain/health (default: [health].control_socket, "
+                        "else /run/gslb-dns/<first listen address>.sock)")
     p.set_defaults(func=_serve)
     sub = p.add_subparsers(dest="dns_command", metavar="SUBCOMMAND")
 
@@ -101,7 +128,8 @@ def add_parser(subparsers: Any) -> None:
 
     pe = sub.add_parser("explain", help="what the server answers a client, and why",
                         description="Show the location found for a client, the ranked PoPs and "
-                                    "why, the addresses chosen, the TTL and the ECS scope.",
+                                    "why, their health (from --down, or from the running server with "
+                                    "--server-control), the addresses chosen, the TTL and the ECS scope.",
                         epilog=EXPLAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     pe.add_argument("name", metavar="NAME")
     pe.add_argument("--type", default="A", help="query type (default A)")
@@ -112,8 +140,34 @@ def add_parser(subparsers: Any) -> None:
     pe.add_argument("--geoip-db", metavar="PATH", default=argparse.SUPPRESS)
     pe.add_argument("--down", metavar="ADDR|POP", action="append", default=[],
                     help="treat this address or PoP as down (repeatable)")
+    pe.add_argument("--server-control", metavar="PATH",
+                    help="take health and drains from the running server behind this control socket")
     pe.add_argument("--json", action="store_true")
     pe.set_defaults(func=_explain)
+
+    for name, text in (("drain", "take a PoP out of answers, without a restart"),
+                       ("undrain", "put a drained PoP back into answers")):
+        pd = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]} (every worker "
+                            "of the running server; kept across SIGHUP unless the config changes it).",
+                            epilog=CONTROL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        pd.add_argument("pop", metavar="POP")
+        _control_args(pd)
+        pd.set_defaults(func=_drain, drain=name == "drain")
+    ph = sub.add_parser("health", help="per-address health of the running server",
+                        description="Print the running server's view: every PoP address, up or down, "
+                                    "its current streak and last error; drains; workers' versions.",
+                        epilog=CONTROL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _control_args(ph)
+    ph.add_argument("--json", action="store_true", help="the server's reply as JSON")
+    ph.set_defaults(func=_health)
+
+
+def _control_args(p: Any) -> None:
+    p.add_argument("--control", metavar="PATH", default=argparse.SUPPRESS, help="the server's control socket")
+    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                   help="find the socket from this configuration")
+    p.add_argument("--listen", metavar="ADDR:PORT", action="append", type=_listen, default=argparse.SUPPRESS,
+                   help="the server's first --listen, when it was started with one")
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -153,11 +207,33 @@ def _serve(args: argparse.Namespace) -> int:
     listen = tuple(args.listen) if args.listen else cfg.server.listen
     workers = args.workers or cfg.server.workers
     config_path = args.config
+    from dns.control import default_path
+    from dns.health import HealthError
+    from dns.monitor import HealthMonitor, LocalPublisher, check_probe_targets, control_alive
+    from dns.prober import named_netns
+    try:
+        check_probe_targets(cfg)
+    except HealthError as exc:
+        engine.close()
+        print(f"gslb dns: {exc}", file=sys.stderr)
+        return 2
+    control_required = bool(args.control or cfg.health.control_socket)
+    control = (os.path.abspath(args.control) if args.control else cfg.health.control_socket
+               or default_path(listen, named_netns()))
+    if control_required and os.path.lexists(control) and control_alive(control):
+        engine.close()
+        print(f"gslb dns: control socket {control} is in use by another running server "
+              "(give each server its own: --control or [health].control_socket)", file=sys.stderr)
+        return 2
 
-    def reload() -> Any:
+    def reload_config() -> Any:
         from gslb.config import load_dns_config
         new = load_dns_config(config_path)
-        return _engine(new, geoip, log_decisions=args.log_decisions)
+        check_probe_targets(new)
+        return new
+
+    def reload() -> Any:
+        return _engine(reload_config(), geoip, log_decisions=args.log_decisions)
 
     def factory(eng: Any = None) -> DnsServer:
         eng = eng or _engine(cfg, geoip, log_decisions=args.log_decisions)
@@ -165,13 +241,20 @@ def _serve(args: argparse.Namespace) -> int:
                          tcp_idle_timeout=cfg.server.tcp_idle_timeout,
                          tcp_max_connections=cfg.server.tcp_max_connections)
 
+    def monitor(publisher: Any) -> HealthMonitor:
+        return HealthMonitor(cfg, publisher, control_path=control, control_required=control_required)
+
     log("starting", config=cfg.path, zone=cfg.zone.name, workers=workers,
-        geoip_db=geoip or cfg.server.geoip_db or "none")
+        geoip_db=geoip or cfg.server.geoip_db or "none", health="on" if cfg.health.enabled else "off")
     if workers == 1:
-        return run_single(lambda: factory(engine))  # the engine validated above
+        def single() -> DnsServer:
+            srv = factory(engine)  # the engine validated above
+            srv.monitor = monitor(LocalPublisher(srv))
+            return srv
+        return run_single(single)
     # Each worker opens its own database after the fork; the parent's was only a check.
     engine.close()
-    return run_workers(workers, factory)
+    return run_workers(workers, factory, monitor_factory=monitor, reload_config=reload_config)
 
 
 def _pops(args: argparse.Namespace) -> int:
@@ -201,8 +284,25 @@ def _explain(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     pop_ids = {p.id for p in cfg.pops}
-    health = policy.StaticHealth(down=frozenset(d for d in args.down if d not in pop_ids),
-                                 down_pops=frozenset(d for d in args.down if d in pop_ids))
+    for d in args.down:
+        if d not in pop_ids:
+            try:
+                ipaddress.ip_address(d)
+            except ValueError:
+                print(f"gslb dns explain: --down {d!r} is neither a PoP ({', '.join(sorted(pop_ids))}) "
+                      "nor an address", file=sys.stderr)
+                return 2
+    health: Any = policy.StaticHealth(down=frozenset(d for d in args.down if d not in pop_ids),
+                                      down_pops=frozenset(d for d in args.down if d in pop_ids))
+    if args.server_control:
+        from dns.control import ControlError, request
+        from dns.health import HealthError, HealthSnapshot
+        try:
+            live = HealthSnapshot.decode(request(args.server_control, {"op": "snapshot"})["snapshot"])
+        except (ControlError, HealthError, KeyError) as exc:
+            print(f"gslb dns explain: --server-control: {exc}", file=sys.stderr)
+            return 2
+        health = _Overlay(live, health)
     geoip = getattr(args, "geoip_db", None)
     try:
         engine = _engine(cfg, os.path.abspath(geoip) if geoip else None, health=health)
@@ -229,11 +329,19 @@ def _explain(args: argparse.Namespace) -> int:
     print(f"located:   {where} by {out['located_by']}; network {out['network']}; "
           f"database {out['geo_database'] or 'none'}")
     print(f"ranking:   {' > '.join(out['ranking'])}  ({out['ranking_reason']})")
+    shown = [h for h in out["health"] if h["state"] != "up" or h["changing"]]
+    print("health:    " + ("; ".join(
+        f"{h['pop']} {h['state']}" + (f" ({len(h['down'])}/{h['addresses']} down: "
+                                      f"{', '.join(h['down'][:4])}{'...' if len(h['down']) > 4 else ''})"
+                                      if h["state"] == "partial" else "")
+        + (", changing" if h["changing"] else "") for h in shown) or "every PoP up")
+        + ("  [view from the running server]" if args.server_control else ""))
     for s in out["policy"]:
         print(f"policy:    {s['reason']}; PoPs used {', '.join(s['pops_used']) or 'none'}"
               + (f"; fallback {s['fallback']}" if s["fallback"] else ""))
-    print(f"answer:    {out['rcode']}{' AA' if out['authoritative'] else ''}, TTL {out['ttl']}, "
-          f"{out['rotations']} rotation(s)")
+    print(f"answer:    {out['rcode']}{' AA' if out['authoritative'] else ''}, TTL {out['ttl']}"
+          + (f" (lowered: {out['ttl_reason']})" if out["ttl_lowered"] else "")
+          + f", {out['rotations']} rotation(s)")
     for rr in out["answer"] or ["(empty)"]:
         print(f"           {rr}")
     for rr in out["authority"]:
@@ -241,4 +349,81 @@ def _explain(args: argparse.Namespace) -> int:
     scope = out["ecs_scope"]
     print(f"ecs scope: {scope if scope is not None else '(no ECS in the query)'}"
           + ("" if out["location_dependent"] else "  (answer does not depend on location)"))
+    return 0
+
+
+class _Overlay:
+    """The running server's health view with `--down` on top (explain)."""
+
+    def __init__(self, live: Any, extra: Any) -> None:
+        self.live, self.extra = live, extra
+        self.version = live.version
+        self.changing = live.changing
+        self.drained = live.drained | extra.down_pops
+
+    def is_up(self, pop: str, address: str) -> bool:
+        return self.live.is_up(pop, address) and self.extra.is_up(pop, address)
+
+
+def _control_path(args: argparse.Namespace, what: str) -> str | None:
+    if getattr(args, "control", None):
+        return args.control
+    if not getattr(args, "config", None):
+        print(f"gslb dns {what}: give --control PATH or --config FILE", file=sys.stderr)
+        return None
+    cfg = _load(args)
+    if cfg is None:
+        return None
+    if cfg.health.control_socket:
+        return cfg.health.control_socket
+    from dns.control import default_path
+    from dns.prober import named_netns
+    listen = tuple(getattr(args, "listen", None) or cfg.server.listen)
+    return default_path(listen, named_netns())
+
+
+def _drain(args: argparse.Namespace) -> int:
+    from dns.control import ControlError, request
+    what = "drain" if args.drain else "undrain"
+    path = _control_path(args, what)
+    if path is None:
+        return 2
+    try:
+        r = request(path, {"op": what, "pop": args.pop})
+    except ControlError as exc:
+        print(f"gslb dns {what}: {exc}", file=sys.stderr)
+        return 1
+    state = "drained" if args.drain else "in answers"
+    note = "" if r["changed"] else " (already)"
+    agree = "every worker answers accordingly" if r["workers_agree"] else \
+        f"NOT every worker acknowledged yet: {r['workers']}"
+    print(f"{args.pop}: {state}{note}; drained now: {', '.join(r['drained']) or 'none'}; "
+          f"view version {r['version']}; {agree}")
+    return 0 if r["workers_agree"] else 1
+
+
+def _health(args: argparse.Namespace) -> int:
+    from dns.control import ControlError, request
+    path = _control_path(args, "health")
+    if path is None:
+        return 2
+    try:
+        r = request(path, {"op": "health"})
+    except ControlError as exc:
+        print(f"gslb dns health: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        r.pop("ok", None)
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"checks {'on' if r['enabled'] else 'off'} ({r['check']}, every {r['interval']:g} s, "
+          f"rise {r['rise']}, fall {r['fall']}, {r['rounds']} rounds); view version {r['version']}; "
+          f"drained: {', '.join(r['drained']) or 'none'}; changing: {', '.join(r['changing']) or 'none'}")
+    print("workers: " + ", ".join(f"{pid}@v{v}" for pid, v in sorted(r["workers"].items())))
+    print(f"{'POP':<10} {'ADDRESS':<28} {'STATE':<8} {'STREAK':<8} {'CHANGED':>9}  LAST ERROR")
+    for a in r["addresses"]:
+        streak = f"{a['successes']} ok" if a["successes"] else f"{a['failures']} fail" if a["failures"] else "-"
+        ago = "never" if a["changed_ago"] is None else f"{a['changed_ago']:.1f}s ago"
+        print(f"{a['pop']:<10} {a['address']:<28} {a['state']:<8} {streak:<8} {ago:>9}  "
+              f"{a['last_error'] or ''}")
     return 0

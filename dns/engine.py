@@ -101,9 +101,17 @@ class Engine:
         self.zone.forget()
 
     def set_health(self, health: pol.HealthView) -> None:
-        """Plug in a health view (the checker's); drained PoPs stay out on top of it."""
+        """Plug in a health view (the checker's); `[health].drained` PoPs stay out on top of it.
+
+        A view that carries its own `drained` set (`dns.health.HealthSnapshot`, which
+        already merges the configuration's drains with runtime drain/undrain) is
+        authoritative for drains: wrapping it would make a runtime undrain impossible.
+        """
         self.health = health
-        self._health = pol.Drained(health, self.drained) if self.drained else health
+        if isinstance(getattr(health, "drained", None), frozenset) or not self.drained:
+            self._health = health
+        else:
+            self._health = pol.Drained(health, self.drained)
         self.invalidate()
 
     # -- the per-query entry point -------------------------------------------------
@@ -371,4 +379,30 @@ class Engine:
         }
         ttls = {rr.ttl for rr in ans.answer_variants[0]}
         out["ttl"] = min(ttls) if ttls else None
+        out["health"] = self.health_of(ranking.pops)
+        lowered = bool(out["ttl"] is not None and ans.selections and out["ttl"] < self.cfg.policy.ttl)
+        out["ttl_lowered"] = lowered
+        out["ttl_reason"] = None if not lowered else (
+            "fallback answer" if any(s.fallback for s in ans.selections)
+            else "the health of a PoP it depends on is changing")
         return out
+
+    def health_of(self, pops: Any) -> list[dict[str, Any]]:
+        """Per PoP, in the order given: which addresses the answers treat as up (explain)."""
+        view = self._health
+        drained = getattr(view, "drained", None)
+        if not isinstance(drained, frozenset):
+            drained = self.drained | frozenset(getattr(view, "down_pops", ()))
+        changing = frozenset(getattr(view, "changing", ()))
+        rows = []
+        for pop in pops:
+            p = self.zone.pops.get(pop)
+            if p is None:
+                continue
+            addrs = p.ipv4 + p.ipv6
+            down = [a for a in addrs if not view.is_up(pop, a)]
+            state = ("drained" if pop in drained else "down" if len(down) == len(addrs)
+                     else "partial" if down else "up")
+            rows.append({"pop": pop, "state": state, "down": down, "addresses": len(addrs),
+                         "changing": pop in changing})
+        return rows

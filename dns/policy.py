@@ -30,12 +30,15 @@ FALLBACK_NEAREST, FALLBACK_ALL, FALLBACK_NONE = "nearest", "all", "none"
 class HealthView:
     """Which PoP addresses are usable. The default: every address is up.
 
-    The health checker (a later issue) subclasses or replaces this; anything
+    `dns.health.HealthSnapshot` (the checker's view) replaces this; anything
     with `is_up(pop, address) -> bool` and an integer `version` that changes
     whenever an answer may change will do (the answer cache keys on it).
     """
 
     version: int = 0
+    # PoPs whose health is changing: answers depending on them get a lower TTL
+    # (dns.health.answer_ttl). A view without the attribute means none.
+    changing: frozenset[str] = frozenset()
 
     def is_up(self, pop: str, address: str) -> bool:
         return True
@@ -62,6 +65,10 @@ class Drained(HealthView):
     @property
     def version(self) -> int:  # type: ignore[override]
         return self.base.version
+
+    @property
+    def changing(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset(getattr(self.base, "changing", ()))
 
     def is_up(self, pop: str, address: str) -> bool:
         return pop not in self.pops and self.base.is_up(pop, address)

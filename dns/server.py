@@ -4,7 +4,9 @@ Owns listening (UDP and TCP, IPv4 and IPv6), TCP framing (RFC 1035 4.2.2,
 RFC 7766: pipelined queries, idle timeout, a cap on connections), SIGHUP
 reloads, SIGTERM exit, and worker processes sharing each port through
 SO_REUSEPORT. It makes no DNS decision: every byte goes through
-`Engine.respond`, which never raises.
+`Engine.respond`, which never raises. Health: the process that owns the
+workers (or the only one) runs the `dns.monitor.HealthMonitor`; a worker
+reads its snapshots from a pipe (`health_feed`) and acknowledges each.
 """
 from __future__ import annotations
 
@@ -149,6 +151,9 @@ class DnsServer:
         self.tcp_max_connections = tcp_max_connections
         self.tcp_connections: set[TcpProtocol] = set()
         self.stats = {"tcp_refused": 0, "tcp_idle_closed": 0, "udp_send_errors": 0}
+        self.monitor: Any = None                        # HealthMonitor, in a single process
+        self.health_feed: tuple[int, int] | None = None  # (snapshot pipe, ack pipe), in a worker
+        self._feed_buf = b""
         self._udp_sockets: list[socket.socket] = []
         self._servers: list[Any] = []
         self._stop = asyncio.Event()
@@ -189,7 +194,40 @@ class DnsServer:
         old.close()
         log("reloaded", zone=engine.zone.origin_text, pops=len(engine.cfg.pops),
             geoip_db=engine.locator.db.path if engine.locator else "none")
+        if self.monitor is not None:
+            self.monitor.reconfigure(engine.cfg)
         return True
+
+    def apply_health(self, snap: Any) -> None:
+        """A new health view: swap it in (the engine empties its reply cache)."""
+        if snap is not self.engine.health:
+            self.engine.set_health(snap)
+
+    def _on_feed(self) -> None:
+        """A worker: read snapshot lines from the monitor, apply the newest, acknowledge it."""
+        from dns.health import HealthError, HealthSnapshot
+        read_fd, ack_fd = self.health_feed  # type: ignore[misc]
+        try:
+            data = os.read(read_fd, 1 << 20)
+        except BlockingIOError:
+            return
+        if not data:  # the monitor's process is gone (we get SIGTERM from prctl too)
+            asyncio.get_running_loop().remove_reader(read_fd)
+            return
+        self._feed_buf += data
+        *lines, self._feed_buf = self._feed_buf.split(b"\n")
+        if not lines:
+            return
+        try:
+            snap = HealthSnapshot.decode(lines[-1])
+        except HealthError as exc:
+            log("health_feed_error", level="error", error=str(exc))
+            return
+        self.apply_health(snap)
+        try:
+            os.write(ack_fd, f"{os.getpid()} {snap.version}\n".encode())
+        except OSError:
+            pass
 
     async def _sweep_idle(self) -> None:
         """RFC 7766 6.2.3: close connections idle longer than the timeout."""
@@ -211,9 +249,18 @@ class DnsServer:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
+        if self.health_feed is not None:
+            os.set_blocking(self.health_feed[0], False)
+            loop.add_reader(self.health_feed[0], self._on_feed)
+        if self.monitor is not None:
+            await self.monitor.start()
         sweeper = asyncio.create_task(self._sweep_idle())
         await self._stop.wait()
         sweeper.cancel()
+        if self.monitor is not None:
+            await self.monitor.stop()
+        if self.health_feed is not None:
+            loop.remove_reader(self.health_feed[0])
         for sock in self._udp_sockets:
             loop.remove_reader(sock.fileno())
             sock.close()
@@ -239,8 +286,12 @@ def run_single(server_factory: Callable[[], DnsServer]) -> int:
     """Serve in this process until SIGTERM/SIGINT. Returns the exit status."""
     async def main() -> None:
         await server_factory().serve()
+    from dns.control import ControlError
     try:
         _run_loop(main())
+    except ControlError as exc:
+        log("control_failed", level="error", error=str(exc))
+        return 1
     except OSError as exc:
         log("listen_failed", level="error", error=str(exc))
         return 1
@@ -257,16 +308,30 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_workers(n: int, server_factory: Callable[[], DnsServer]) -> int:
+def run_workers(n: int, server_factory: Callable[[], DnsServer],
+                monitor_factory: Callable[[Any], Any] | None = None,
+                reload_config: Callable[[], Any] | None = None) -> int:
     """Fork `n` workers, each binding its own sockets with SO_REUSEPORT.
 
-    The parent only relays signals: SIGHUP to every worker (each reloads on
-    its own), SIGTERM/SIGINT to every worker and then waits for them. If a
+    The parent relays signals: SIGHUP to every worker (each reloads on its
+    own), SIGTERM/SIGINT to every worker and then waits for them. If a
     worker dies on its own, the others are stopped and the exit status is 1:
     a half-running server is worse than a stopped one a supervisor restarts.
+
+    With `monitor_factory` the parent also runs the one health monitor
+    (`monitor_factory(publisher)`), publishing snapshots to the workers over
+    pipes, so every worker answers from the same view; on SIGHUP it
+    reconfigures it from `reload_config()` before relaying the signal.
     """
     children: list[int] = []
+    feeds: list[tuple[int, int]] = []
+    ack_r = ack_w = -1
+    if monitor_factory is not None:
+        ack_r, ack_w = os.pipe()
     for _ in range(n):
+        feed_r = feed_w = -1
+        if monitor_factory is not None:
+            feed_r, feed_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # worker
             # Ignore SIGHUP until the loop's reload handler is in place: a relayed
@@ -275,12 +340,31 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer]) -> int:
             _die_with_parent()
             code = 1
             try:
-                code = run_single(server_factory)
+                if monitor_factory is not None:
+                    for _, fd in feeds:
+                        os.close(fd)
+                    os.close(feed_w)
+                    os.close(ack_r)
+
+                    def factory() -> DnsServer:
+                        srv = server_factory()
+                        srv.health_feed = (feed_r, ack_w)
+                        return srv
+                    code = run_single(factory)
+                else:
+                    code = run_single(server_factory)
             finally:
                 sys.stderr.flush()
                 os._exit(code)
         children.append(pid)
+        if monitor_factory is not None:
+            os.close(feed_r)
+            feeds.append((pid, feed_w))
+    if monitor_factory is not None:
+        os.close(ack_w)
     log("workers_started", workers=n, pids=",".join(map(str, children)))
+    if monitor_factory is not None:
+        return _supervise(n, children, feeds, ack_r, monitor_factory, reload_config)
 
     stopping = False
 
@@ -316,3 +400,79 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer]) -> int:
                     pass
     log("stopped", workers=n)
     return status
+
+
+def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r: int,
+               monitor_factory: Callable[[Any], Any], reload_config: Callable[[], Any] | None) -> int:
+    """The parent's event loop: the health monitor, signal relay, reaping workers."""
+    from dns.control import ControlError
+    from dns.monitor import PipePublisher
+    alive = set(children)
+    state = {"status": 0, "stopping": False}
+
+    def send(signum: int) -> None:
+        for pid in list(alive):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        publisher = PipePublisher(feeds, ack_r)
+        monitor = monitor_factory(publisher)
+        done = asyncio.Event()
+
+        def reap() -> None:
+            while alive:
+                try:
+                    pid, st = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    alive.clear()
+                    break
+                if pid == 0:
+                    break
+                alive.discard(pid)
+                publisher.forget(pid)
+                if not state["stopping"]:
+                    log("worker_exited", level="error", worker=pid, code=os.waitstatus_to_exitcode(st))
+                    state["status"] = 1
+                    state["stopping"] = True
+                    send(signal.SIGTERM)
+            if not alive:
+                done.set()
+
+        def on_signal(signum: int) -> None:
+            if signum == signal.SIGHUP and reload_config is not None:
+                try:
+                    monitor.reconfigure(reload_config())
+                except Exception as exc:  # noqa: BLE001 - a bad reload keeps the old view
+                    log("reload_failed", level="error", error=str(exc), kept="previous health settings")
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                state["stopping"] = True
+            send(signum)
+
+        for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(s, on_signal, s)
+
+        async def reaper() -> None:
+            # uvloop keeps SIGCHLD for itself: poll instead (cheap, and bounded by `done`).
+            while not done.is_set():
+                reap()
+                await asyncio.sleep(0.1)
+
+        reaping = asyncio.create_task(reaper())
+        try:
+            await monitor.start()
+        except Exception as exc:  # noqa: BLE001 - ControlError, OSError: stop the workers, exit 1
+            log("control_failed" if isinstance(exc, ControlError) else "monitor_failed",
+                level="error", error=str(exc))
+            state["status"], state["stopping"] = 1, True
+            send(signal.SIGTERM)
+        await done.wait()
+        await reaping
+        await monitor.stop()
+
+    _run_loop(main())
+    log("stopped", workers=n)
+    return int(state["status"])

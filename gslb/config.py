@@ -27,7 +27,7 @@ __all__ = [
     "ConfigError", "TomlDoc", "Table",
     "SOA", "NameServer", "Zone", "Pop", "GslbName", "Policy", "Routing", "HealthSettings",
     "StaticRecord", "ServerSettings", "DnsConfig", "load_dns_config", "parse_listen",
-    "RECORD_TYPES", "FALLBACKS",
+    "RECORD_TYPES", "FALLBACKS", "HEALTH_CHECKS",
 ]
 
 
@@ -295,16 +295,24 @@ class Routing:
     continent: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
 
+HEALTH_CHECKS = ("http", "tcp", "http+tcp")
+
+
 @dataclass(frozen=True)
 class HealthSettings:
-    """Health checking of PoP addresses (the checker arrives with the routing issue)."""
+    """Health checking of PoP addresses (dns/health.py); every key in docs/configuration.md."""
     enabled: bool = False
     interval: float = 1.0
     timeout: float = 1.0
     rise: int = 2
     fall: int = 3
-    port: int = 443
+    port: int = 80                   # HTTP port of the edge's health endpoint
     path: str = "/healthz"
+    check: str = "http+tcp"          # http | tcp | http+tcp
+    tcp_port: int = 443              # TCP connect probe
+    changing_ttl: int = 5            # TTL while a PoP's health is changing
+    allow_remote: bool = False       # probe non-loopback addresses from the root netns
+    control_socket: str | None = None  # None: /run/gslb-dns/<first listen>.sock
     drained: tuple[str, ...] = ()
 
 
@@ -532,10 +540,19 @@ def load_dns_config(path: str) -> DnsConfig:
         timeout=ht.float("timeout", 1.0, min=0.05, max=60),
         rise=ht.int("rise", 2, min=1, max=100),
         fall=ht.int("fall", 3, min=1, max=100),
-        port=ht.int("port", 443, min=1, max=65535),
+        port=ht.int("port", 80, min=1, max=65535),
         path=ht.str("path", "/healthz"),
+        check=ht.str("check", "http+tcp"),
+        tcp_port=ht.int("tcp_port", 443, min=1, max=65535),
+        changing_ttl=ht.int("changing_ttl", 5, min=0, max=86400),
+        allow_remote=ht.bool("allow_remote", False),
+        control_socket=doc.resolve_path(cs) if (cs := ht.str("control_socket", None)) else None,
         drained=pop_list(ht, "drained", ()),
     )
+    if health.check not in HEALTH_CHECKS:
+        raise ht.error("check", f"{health.check!r}: one of {', '.join(HEALTH_CHECKS)}")
+    if not health.path.startswith("/") or any(c in health.path for c in " \r\n"):
+        raise ht.error("path", f"{health.path!r}: an HTTP path starting with '/', without spaces")
     ht.reject_unknown()
 
     # [[record]]
