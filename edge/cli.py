@@ -1,0 +1,158 @@
+"""`gslb edge`: run an edge node, or manage the lab CA it issues certificates from."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+EPILOG = """\
+examples:
+  gslb edge ca init --dir /tmp/gslb-edge/ca      # create the lab CA (prints where ca.pem is)
+  gslb edge --config examples/edge.toml --pop local
+  gslb agent http 8080 --name demo --server 127.0.0.1:8443 --zone lab.test \\
+       --ca /tmp/gslb-edge/ca/ca.pem --authtoken-file /tmp/gslb-edge/authtokens
+  curl --cacert /tmp/gslb-edge/ca/ca.pem --resolve demo.app.lab.test:8443:127.0.0.1 \\
+       https://demo.app.lab.test:8443/
+  curl -s http://127.0.0.1:8081/healthz          # {"pop": "local", "sessions": 0, ...}
+
+The :443 listener reads each ClientHello's SNI without consuming it, then:
+  connect.<zone>, <pop>.connect.<zone>  agents' tunnel sessions (TLS with the edge's certificate)
+  <name>.<https_domain>                 HTTPS endpoints (TLS here, HTTP/1.1 to the agent)
+  a TLS endpoint's name                 passthrough, or TLS here when the agent binds terminate_at=edge
+An HTTPS endpoint with no agent online answers 404 with error code ERR_GSLB_3200;
+a TLS or TCP endpoint with no agent closes the connection. :80 answers 308 to https://.
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "edge",
+        help="run an edge node (one PoP): TLS/HTTPS/TCP front, agents' tunnel sessions",
+        description="Run the edge node of one PoP, or create the lab CA.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", help="edge configuration (TOML), e.g. examples/edge.toml")
+    p.add_argument("--pop", metavar="ID", help="which [pops.<id>] of the configuration this node is")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every connection decision (key=value lines)")
+    p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop instead of uvloop")
+    p.set_defaults(func=_run)
+    sub = p.add_subparsers(dest="edge_command", metavar="COMMAND")
+    ca = sub.add_parser(
+        "ca", help="the lab certificate authority",
+        description="The lab CA that signs the edge's per-name certificates.",
+        epilog="examples:\n  gslb edge ca init --dir /tmp/gslb-edge/ca\n  gslb edge ca show --dir /tmp/gslb-edge/ca\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ca_sub = ca.add_subparsers(dest="ca_command", metavar="ACTION", required=True)
+    init = ca_sub.add_parser("init", help="create a CA (ca.pem 0644, ca.key 0600); refuses to overwrite one")
+    init.add_argument("--dir", required=True, help="directory for ca.pem and ca.key")
+    init.add_argument("--if-missing", action="store_true", help="succeed without change when a CA is already there")
+    init.set_defaults(func=_ca_init)
+    show = ca_sub.add_parser("show", help="print the CA certificate's path, subject and expiry")
+    show.add_argument("--dir", required=True)
+    show.set_defaults(func=_ca_show)
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    from edge.certs import CertAuthority, CertError
+
+    try:
+        if args.if_missing:
+            ca = CertAuthority.load_or_create(args.dir)
+        else:
+            ca = CertAuthority.create(args.dir)
+    except CertError as exc:
+        print(f"gslb edge ca init: {exc}", file=sys.stderr)
+        return 1
+    print(f"CA certificate: {ca.cert_path}")
+    print(f"trust it with:  curl --cacert {ca.cert_path} ...")
+    return 0
+
+
+def _ca_show(args: argparse.Namespace) -> int:
+    from edge.certs import CertAuthority, CertError
+
+    try:
+        ca = CertAuthority.load(args.dir)
+    except CertError as exc:
+        print(f"gslb edge ca show: {exc}", file=sys.stderr)
+        return 1
+    print(f"certificate: {ca.cert_path}")
+    print(f"subject:     {ca.cert.subject.rfc4514_string()}")
+    print(f"not after:   {ca.cert.not_valid_after_utc.isoformat()}")
+    return 0
+
+
+def _make_hub(cfg: Any) -> tuple[Any, Any]:
+    """The hub (registry of agent sessions) and the protocol factory for agents' connections."""
+    from edge import hub as hubmod
+
+    tokens: list[str] = []
+    if cfg.authtokens_file:
+        tokens = hubmod.Hub.load_authtokens(cfg.authtokens_file)
+    else:
+        logging.getLogger("gslb.edge").warning("event=no_authtokens detail=\"no authtokens_file: agents cannot log in\"")
+    hub_cfg = hubmod.HubConfig(domain=cfg.https_domain,
+                               **({"tcp_port_range": cfg.tcp_ports} if cfg.tcp_ports else {}))
+    hub = hubmod.Hub(hub_cfg, tokens)
+    return hub, hubmod.agent_protocol_factory(hub)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.edge_command:
+        return 2
+    if not args.config or not args.pop:
+        print("gslb edge: --config FILE and --pop ID are required (see gslb edge --help)", file=sys.stderr)
+        return 2
+    from edge.certs import CertAuthority, CertError, CertStore
+    from edge.config import ConfigError, load
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        cfg = load(args.config, args.pop)
+        ca = CertAuthority.load(cfg.ca_dir)
+        certs = CertStore(ca, cfg.cert_dir, max_cached=cfg.limits.max_cached_certs)
+        hub, agent_factory = _make_hub(cfg)
+    except (ConfigError, CertError, ValueError) as exc:
+        print(f"gslb edge: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gslb edge: {exc.filename}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 1
+    if not args.no_uvloop:
+        try:
+            import uvloop
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        except ImportError:
+            pass
+    try:
+        return asyncio.run(_serve(cfg, certs, hub, agent_factory))
+    except OSError as exc:
+        print(f"gslb edge: cannot listen on {exc.strerror}", file=sys.stderr)
+        return 1
+
+
+async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any) -> int:
+    from edge.server import EdgeServer
+
+    server = EdgeServer(cfg, hub, certs, agent_protocol_factory=agent_factory)
+    await server.start()
+    print(
+        f"gslb edge: pop={cfg.pop} https={','.join(f'{a}:{p}' for a, p in server.bound.get('https', []))}"
+        + (f" http_port={cfg.http_port}" if cfg.http_port else "")
+        + (f" tcp_ports={cfg.tcp_ports[0]}-{cfg.tcp_ports[1]}" if cfg.tcp_ports else "")
+        + (f" health=http://{cfg.health_listen[0]}:{cfg.health_listen[1]}/healthz" if cfg.health_listen else ""),
+        file=sys.stderr, flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.close()
+    return 0

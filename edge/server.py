@@ -1,0 +1,474 @@
+"""The edge node: listeners, ClientHello peek, dispatch by SNI, health.
+
+Owns: sockets on the PoP's addresses (:443 with SNI dispatch, :80 redirects,
+the TCP endpoint range, the health endpoint), connection limits and
+handshake timeouts, and the choice of front for each connection:
+
+    SNI == connect.<zone> | <pop>.connect.<zone>  -> TLS with the edge's
+        certificate, handed to the hub's agent protocol (tunnel sessions)
+    a bound TLS endpoint, terminate_at = agent     -> raw relay, no TLS here:
+        the ClientHello is still in the socket (peeked, not read)
+    a bound TLS endpoint, terminate_at = edge      -> TLS here, plaintext relayed
+    a name last bound as a TLS endpoint, now offline -> closed
+    <name>.<https_domain>                          -> TLS here, HTTP/1.1 front
+                                                      (404 ERR_GSLB_3200 when offline)
+    anything else, no SNI, not TLS                 -> closed, one log line
+
+Must not touch: the tunnel's framing or the sessions' registry (`edge.hub`):
+it calls `hub.lookup(kind, key)`, `hub.add_listener(fn)` and
+`binding.open_stream(client_addr, client_port, sni=..., tls_terminated=...)`.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from edge.certs import CertStore
+from edge.config import EdgeConfig
+from edge.front.http_front import HttpFront
+from edge.front.proxy_v2 import encode as proxy_v2_encode
+from edge.front.redirect import RedirectFront
+from edge.front.relay import RawRelay, kv, start_stream
+from edge.front.tls_hello import ClientHello, ClientHelloError, parse_client_hello
+from edge.modules import Chain, Subject, Verdict, build_chain
+from edge.modules import base as modbase
+
+log = logging.getLogger("gslb.edge")
+
+_MAX_TLS_NAMES = 10000     # remembered TLS endpoint names (offline ones close)
+_ACCEPT_BATCH = 64          # accepts per readiness event: fairness between listeners
+_PEEK_RETRY = (0.005, 0.01, 0.02, 0.05, 0.1)   # s, while a ClientHello trickles in
+
+
+@dataclass
+class Stats:
+    accepted: int = 0
+    refused_limit: int = 0
+    bad_hello: int = 0
+    open: int = 0
+
+
+class _HelloPeek:
+    """Waits until the socket holds a complete ClientHello, without reading it.
+
+    MSG_PEEK leaves the bytes in the kernel: a passthrough relay later reads
+    them as if nothing had happened. readiness is level-triggered, so while
+    the hello is incomplete the reader is removed and re-armed after a short
+    delay instead of spinning; the handshake timeout bounds the whole wait.
+    """
+
+    def __init__(self, server: "EdgeServer", sock: socket.socket, peer: tuple[Any, ...]) -> None:
+        self.server = server
+        self.sock = sock
+        self.peer = peer
+        self.loop = server.loop
+        self.tries = 0
+        self.done = False
+        self.timer = self.loop.call_later(server.cfg.timeouts.handshake, self._timeout)
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    def _finish(self) -> None:
+        self.done = True
+        self.timer.cancel()
+        try:
+            self.loop.remove_reader(self.sock.fileno())
+        except (ValueError, OSError):
+            pass
+
+    def _close(self, event: str, **fields: Any) -> None:
+        self._finish()
+        self.server.stats.bad_hello += 1
+        log.info(kv(event, client=self.peer[0], port=self.peer[1], **fields))
+        self.server.release(self.sock)
+
+    def _timeout(self) -> None:
+        if not self.done:
+            self._close("hello_timeout")
+
+    def _rearm(self) -> None:
+        if not self.done:
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        if self.done:
+            return
+        limit = self.server.cfg.limits.max_client_hello
+        try:
+            data = self.sock.recv(limit, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._close("hello_error", error=errno.errorcode.get(exc.errno or 0, str(exc)))
+            return
+        if not data:
+            self._close("hello_eof")
+            return
+        try:
+            hello = parse_client_hello(data, limit)
+        except ClientHelloError as exc:
+            self._close("bad_client_hello", code=exc.code, detail=str(exc))
+            return
+        if hello is None:
+            self.loop.remove_reader(self.sock.fileno())
+            delay = _PEEK_RETRY[min(self.tries, len(_PEEK_RETRY) - 1)]
+            self.tries += 1
+            self.loop.call_later(delay, self._rearm)
+            return
+        self._finish()
+        self.server.dispatch(self.sock, self.peer, hello)
+
+
+class EdgeServer:
+    def __init__(
+        self,
+        cfg: EdgeConfig,
+        hub: Any,
+        certs: CertStore,
+        *,
+        agent_protocol_factory: Callable[[], asyncio.Protocol] | None = None,
+        chain: Chain | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.hub = hub
+        self.certs = certs
+        self.agent_protocol_factory = agent_protocol_factory
+        self.chain = chain if chain is not None else build_chain(cfg.module_order, cfg.module_options)
+        self.https_port = cfg.https_port
+        self.max_header_bytes = cfg.limits.max_header_bytes
+        self.stream_open_timeout = cfg.timeouts.stream_open
+        self.idle_timeout = cfg.timeouts.idle
+        self.stats = Stats()
+        self.started = time.monotonic()
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._listeners: list[socket.socket] = []
+        self._servers: list[asyncio.base_events.Server] = []
+        self._health_runner: Any = None
+        self.bound: dict[str, list[tuple[str, int]]] = {}  # role -> addresses actually bound
+        # Names last bound as TLS endpoints: when their agent is gone, a client
+        # is closed (TLS endpoints close) instead of getting the HTTPS 404 page
+        # over a certificate the endpoint's owner never asked the edge to hold.
+        self._tls_names: OrderedDict[str, None] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        if hub is not None and hasattr(hub, "add_listener"):
+            hub.add_listener(self._on_binding_change)
+
+    # -- routing helpers (FrontContext) ------------------------------------------
+    def endpoint_label(self, host: str) -> str | None:
+        """'demo' for 'demo.<https_domain>', else None."""
+        suffix = "." + self.cfg.https_domain
+        if host.endswith(suffix):
+            label = host[: -len(suffix)]
+            if label and "." not in label:
+                return label
+        return None
+
+    def lookup(self, kind: str, key: str | int) -> Any:
+        """The hub's binding for an endpoint (host name or TCP port), None when offline."""
+        if self.hub is None:
+            return None
+        return self.hub.lookup(kind, key)
+
+    def _on_binding_change(self, what: str, binding: Any) -> None:
+        host = getattr(binding, "hostname", None)
+        if not host or what != "bind":
+            return
+        if binding.kind == "tls":
+            self._tls_names[host] = None
+            self._tls_names.move_to_end(host)
+            while len(self._tls_names) > _MAX_TLS_NAMES:
+                self._tls_names.popitem(last=False)
+        else:
+            self._tls_names.pop(host, None)
+
+    def is_https_name(self, host: str) -> bool:
+        return self.endpoint_label(host) is not None
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        try:
+            for addr in cfg.listen:
+                sock = _listen_socket(addr, cfg.https_port)
+                self._listeners.append(sock)
+                self.bound.setdefault("https", []).append(sock.getsockname()[:2])
+                self.loop.add_reader(sock.fileno(), self._on_acceptable, sock)
+            if cfg.http_port:
+                for addr in cfg.listen:
+                    srv = await self.loop.create_server(
+                        lambda: RedirectFront(self.is_https_name, cfg.https_port, cfg.timeouts.handshake,
+                                              self.health),
+                        sock=_listen_socket(addr, cfg.http_port))
+                    self._servers.append(srv)
+                    self.bound.setdefault("http", []).append(srv.sockets[0].getsockname()[:2])
+            if cfg.tcp_ports:
+                lo, hi = cfg.tcp_ports
+                for port in range(lo, hi + 1):
+                    for addr in cfg.listen:
+                        srv = await self.loop.create_server(
+                            lambda port=port: self._tcp_front(port), sock=_listen_socket(addr, port))
+                        self._servers.append(srv)
+                self.bound["tcp"] = [(a, p) for a in cfg.listen for p in (lo, hi)]
+            if cfg.health_listen:
+                await self._start_health(*cfg.health_listen)
+        except BaseException:
+            await self.close()
+            raise
+        log.info(kv("edge_started", pop=cfg.pop, listen=",".join(cfg.listen), https_port=cfg.https_port,
+                    http_port=cfg.http_port, tcp_ports=f"{cfg.tcp_ports[0]}-{cfg.tcp_ports[1]}" if cfg.tcp_ports else None,
+                    health=f"{cfg.health_listen[0]}:{cfg.health_listen[1]}" if cfg.health_listen else None))
+
+    async def close(self) -> None:
+        for sock in self._listeners:
+            try:
+                self.loop.remove_reader(sock.fileno())
+            except (ValueError, OSError):
+                pass
+            sock.close()
+        self._listeners.clear()
+        for srv in self._servers:
+            srv.close()
+        self._servers.clear()
+        if self._health_runner is not None:
+            await self._health_runner.cleanup()
+            self._health_runner = None
+
+    # -- :443 -------------------------------------------------------------------------
+    def _on_acceptable(self, lsock: socket.socket) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, peer = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE and friends: log and try again on the next event.
+                log.warning(kv("accept_error", error=errno.errorcode.get(exc.errno or 0, str(exc))))
+                return
+            self.stats.accepted += 1
+            if self.stats.open >= self.cfg.limits.max_connections:
+                self.stats.refused_limit += 1
+                sock.close()
+                continue
+            self.stats.open += 1
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _HelloPeek(self, sock, peer)
+
+    def release(self, sock: socket.socket | None) -> None:
+        """A connection ends (closed before any protocol took it, or its protocol is done)."""
+        self.stats.open -= 1
+        if sock is not None:
+            sock.close()
+
+    def dispatch(self, sock: socket.socket, peer: tuple[Any, ...], hello: ClientHello) -> None:
+        sni = hello.sni
+        peer2 = (str(peer[0]), int(peer[1]))
+        if sni is None:
+            log.info(kv("no_sni", client=peer2[0]))
+            self.release(sock)
+            return
+        if sni in self.cfg.ingress_names:
+            if self.agent_protocol_factory is None:
+                log.info(kv("agent_ingress_disabled", client=peer2[0], sni=sni))
+                self.release(sock)
+                return
+            self._spawn(self._accept_tls(sock, peer2, sni, self.agent_protocol_factory,
+                                         names=self.cfg.ingress_names, alpn=()))
+            return
+        tls_binding = self.lookup("tls", sni)
+        if tls_binding is not None:
+            if not self._admit_conn(tls_binding, "tls", sni, peer2):
+                self.release(sock)
+                return
+            options = getattr(tls_binding, "options", None) or {}
+            if options.get("terminate_at", "agent") == "edge":
+                factory = lambda: self._relay(tls_binding, "tls", sni, tls_terminated=True)  # noqa: E731
+                self._spawn(self._accept_tls(sock, peer2, sni, factory, names=(sni,), alpn=()))
+            else:
+                factory = lambda: self._relay(tls_binding, "tls", sni)  # noqa: E731
+                self._spawn(self._accept_plain(sock, factory))
+            return
+        if sni in self._tls_names and self.lookup("http", sni) is None:
+            log.info(kv("tls_endpoint_offline", client=peer2[0], sni=sni))
+            self.release(sock)
+            return
+        if self.is_https_name(sni):
+            self._spawn(self._accept_tls(sock, peer2, sni, lambda: HttpFront(self, sni), names=(sni,),
+                                         alpn=("http/1.1",)))
+            return
+        log.info(kv("unknown_sni", client=peer2[0], sni=sni))
+        self.release(sock)
+
+    def _spawn(self, coro: Any) -> None:
+        # The loop keeps only weak references to tasks: hold them until done.
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _counted(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """Wrap a protocol so the open-connection count drops when it ends."""
+        def make() -> asyncio.Protocol:
+            proto = factory()
+            orig = proto.connection_lost
+
+            def lost(exc: BaseException | None) -> None:
+                self.release(None)
+                orig(exc)
+            proto.connection_lost = lost  # type: ignore[method-assign]
+            return proto
+        return make
+
+    async def _accept_plain(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self._counted(factory), sock)
+        except OSError as exc:
+            log.info(kv("accept_failed", error=type(exc).__name__))
+            self.release(sock)
+
+    async def _accept_tls(self, sock: socket.socket, peer: tuple[str, int], sni: str,
+                          factory: Callable[[], asyncio.Protocol], names: tuple[str, ...],
+                          alpn: tuple[str, ...]) -> None:
+        try:
+            ctx = self.certs.cached(names, alpn)
+            if ctx is None:
+                # Issuing a certificate signs with the CA key: keep it off the event loop.
+                ctx = await self.loop.run_in_executor(None, self.certs.context, names, alpn)
+        except Exception as exc:  # noqa: BLE001 - a name we cannot serve: close, log
+            log.warning(kv("cert_failed", sni=sni, error=type(exc).__name__, detail=exc))
+            self.release(sock)
+            return
+        try:
+            await self.loop.connect_accepted_socket(
+                self._counted(factory), sock, ssl=ctx, ssl_handshake_timeout=self.cfg.timeouts.handshake)
+        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            log.info(kv("tls_handshake_failed", client=peer[0], sni=sni, error=type(exc).__name__))
+            # uvloop/asyncio closed the transport (and so the socket) already
+            self.stats.open -= 1
+        except Exception as exc:  # noqa: BLE001 - ssl.SSLError and the like
+            log.info(kv("tls_handshake_failed", client=peer[0], sni=sni, error=type(exc).__name__))
+            self.stats.open -= 1
+
+    # -- module chain for TLS/TCP ---------------------------------------------------------
+    def _admit_conn(self, binding: Any, kind: str, endpoint: str, peer: tuple[str, int]) -> bool:
+        if not self.chain.modules:
+            return True
+        decision = self.chain.decide(Subject(
+            client_ip=modbase.client_ip(peer[0]), client_port=peer[1], kind=kind, endpoint=endpoint,
+            options=getattr(binding, "options", None) or {},
+        ))
+        if decision.verdict is Verdict.ANSWER:
+            log.info(kv("connection_refused", client=peer[0], kind=kind, endpoint=endpoint,
+                        module=decision.module, reason=decision.reason))
+            return False
+        return True
+
+    def _relay(self, binding: Any, kind: str, sni: str | None,
+               resolve: Callable[[tuple[str, int]], Any] | None = None,
+               tls_terminated: bool = False) -> RawRelay:
+        """A raw relay to `binding` (or to what `resolve(peer)` finds when it opens; None: close)."""
+        state: dict[str, Any] = {"binding": binding}
+
+        def opener(relay: RawRelay) -> Any:
+            b = state["binding"]
+            if b is None and resolve is not None:
+                b = state["binding"] = resolve(relay.peer)
+            if b is None:
+                return None
+            ip = str(modbase.client_ip(relay.peer[0]))
+            return start_stream(b, (ip, relay.peer[1]), sni, tls_terminated, self.stream_open_timeout)
+
+        def first(relay: RawRelay) -> bytes:
+            if not getattr(state["binding"], "proxy_protocol", False):
+                return b""
+            client = relay.client
+            local = client.get_extra_info("sockname") if client else None
+            # PROXY v2 (spec 2.2): the client, and the edge address it reached.
+            return proxy_v2_encode(relay.peer, (str(local[0]), int(local[1])) if local else None,
+                                   authority=sni)
+
+        return RawRelay(opener, first, idle_timeout=self.idle_timeout)
+
+    # -- TCP endpoints ----------------------------------------------------------------------
+    def _tcp_front(self, port: int) -> asyncio.Protocol:
+        self.stats.accepted += 1
+        if self.stats.open >= self.cfg.limits.max_connections:
+            self.stats.refused_limit += 1
+            return _Refuse()
+        self.stats.open += 1
+
+        def resolve(peer: tuple[str, int]) -> Any:
+            binding = self.lookup("tcp", port)
+            if binding is None:
+                log.info(kv("tcp_endpoint_offline", client=peer[0], port=port))
+                return None
+            if not self._admit_conn(binding, "tcp", str(port), peer):
+                return None
+            return binding
+
+        return self._counted(lambda: self._relay(None, "tcp", None, resolve))()
+
+    # -- health ----------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        sessions = len(getattr(self.hub, "connections", ())) if self.hub is not None else 0
+        bindings = len(self.hub.bindings()) if self.hub is not None else 0
+        return {
+            "status": "ok",
+            "pop": self.cfg.pop,
+            "sessions": sessions,
+            "bindings": bindings,
+            "connections": self.stats.open,
+            "accepted": self.stats.accepted,
+            "refused_limit": self.stats.refused_limit,
+            "bad_client_hello": self.stats.bad_hello,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "pid": os.getpid(),
+        }
+
+    async def _start_health(self, host: str, port: int) -> None:
+        # aiohttp here, not on the data path (DESIGN.md: admin/health endpoints).
+        from aiohttp import web
+
+        async def healthz(request: web.Request) -> web.Response:
+            return web.Response(text=json.dumps(self.health()) + "\n", content_type="application/json")
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        self._health_runner = runner
+        self.bound["health"] = [(host, runner.addresses[0][1] if runner.addresses else port)]
+
+
+class _Refuse(asyncio.Protocol):
+    """Over the connection limit: drop at once (RST), before any byte is read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
+def _listen_socket(addr: str, port: int, backlog: int = 1024) -> socket.socket:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # One listener per address: :: must not also take the IPv4 port.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((addr, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+        raise OSError(exc.errno, f"{where}: {exc.strerror}") from None
+    return sock

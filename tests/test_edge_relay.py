@@ -1,0 +1,402 @@
+"""Relay protocols driven with fake transports: flow control, ordering, answers."""
+from __future__ import annotations
+
+import asyncio
+from types import MappingProxyType
+
+from edge.front.http_front import HttpFront
+from edge.front.relay import RawRelay
+from edge.modules import build_chain
+
+
+class FakeTransport:
+    def __init__(self, peer=("192.0.2.7", 40000), tls=False):
+        self.written: list[bytes] = []
+        self.paused = False
+        self.closed = False
+        self.aborted = False
+        self.protocol = None
+        self.extra = {"peername": peer, "sockname": ("198.51.100.1", 443)}
+        if tls:
+            self.extra["sslcontext"] = object()
+
+    # transport side
+    def write(self, data):
+        assert not self.closed, "write after close"
+        self.written.append(bytes(data))
+
+    def pause_reading(self):
+        self.paused = True
+
+    def resume_reading(self):
+        self.paused = False
+
+    def close(self):
+        self.closed = True
+
+    def abort(self):
+        self.aborted = self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+    def get_extra_info(self, name, default=None):
+        return self.extra.get(name, default)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self.high_water = high
+
+    # stream-only
+    def set_protocol(self, p):
+        self.protocol = p
+        p.connection_made(self)
+
+    @property
+    def data(self):
+        return b"".join(self.written)
+
+
+async def _settle():
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_raw_relay_holds_client_until_stream_opens_then_flows_both_ways():
+    async def main():
+        stream = FakeTransport()
+        gate = asyncio.Event()
+
+        async def opener(relay):
+            await gate.wait()
+            return stream
+
+        client = FakeTransport()
+        relay = RawRelay(opener, lambda r: b"PROXYHDR")
+        relay.connection_made(client)
+        assert client.paused  # not read until the stream exists
+        relay.data_received(b"early")
+        gate.set()
+        await _settle()
+        assert not client.paused
+        assert stream.data == b"PROXYHDR" + b"early"  # PROXY header first, then the bytes
+        relay.data_received(b"more")
+        stream.protocol.data_received(b"answer")
+        assert client.data == b"answer"
+        assert stream.data.endswith(b"more")
+        relay.connection_lost(None)
+
+    asyncio.run(main())
+
+
+def test_backpressure_pauses_the_other_side_both_ways():
+    async def main():
+        stream = FakeTransport()
+
+        async def opener(relay):
+            return stream
+
+        client = FakeTransport()
+        relay = RawRelay(opener)
+        relay.connection_made(client)
+        await _settle()
+        # stream buffer full -> stop reading the client
+        stream.protocol.pause_writing()
+        assert client.paused
+        stream.protocol.resume_writing()
+        assert not client.paused
+        # client slow -> stop reading the stream
+        relay.pause_writing()
+        assert stream.paused
+        relay.resume_writing()
+        assert not stream.paused
+        relay.connection_lost(None)
+
+    asyncio.run(main())
+
+
+def test_stream_eof_closes_client_and_client_eof_half_closes_stream():
+    async def main():
+        stream = FakeTransport()
+
+        async def opener(relay):
+            return stream
+
+        client = FakeTransport()
+        relay = RawRelay(opener)
+        relay.connection_made(client)
+        await _settle()
+        assert relay.eof_received() is True  # plain TCP: keep reading the answer
+        assert stream.closed and not client.closed
+        stream.protocol.data_received(b"late answer")
+        stream.protocol.eof_received()
+        assert client.data == b"late answer" and client.closed
+
+    asyncio.run(main())
+
+
+def test_opener_returning_none_closes_the_client():
+    async def main():
+        async def opener(relay):
+            return None
+
+        client = FakeTransport()
+        relay = RawRelay(opener)
+        relay.connection_made(client)
+        await _settle()
+        assert client.closed and client.data == b""
+
+    asyncio.run(main())
+
+
+class FakeBinding:
+    def __init__(self, options=None):
+        self.options = MappingProxyType(options or {})
+        self.streams = []
+
+    def open_stream(self, client_addr, client_port, *, sni=None, tls_terminated=False):
+        s = FakeTransport()
+        s.opened_with = (client_addr, client_port, sni, tls_terminated)
+        self.streams.append(s)
+        return s
+
+
+class Ctx:
+    https_port = 443
+    max_header_bytes = 8192
+    stream_open_timeout = 5.0
+    idle_timeout = 60.0
+
+    def __init__(self, binding, deny=()):
+        self.binding = binding
+        self.chain = build_chain(["ip_restriction"], {"ip_restriction": {"deny_cidrs": list(deny)}})
+
+    def lookup(self, kind, name):
+        return self.binding
+
+
+REQ = b"GET /x HTTP/1.1\r\nHost: demo.app.lab.test\r\n\r\n"
+
+
+def test_http_front_rewrites_and_uses_one_stream_for_keep_alive():
+    async def main():
+        b = FakeBinding()
+        front = HttpFront(Ctx(b), "demo.app.lab.test")
+        client = FakeTransport(peer=("::ffff:192.0.2.7", 5000), tls=True)
+        front.connection_made(client)
+        front.data_received(REQ)
+        await _settle()
+        front.data_received(REQ)
+        assert len(b.streams) == 1
+        s = b.streams[0]
+        assert s.opened_with == ("192.0.2.7", 5000, "demo.app.lab.test", True)
+        assert s.data.count(b"X-Forwarded-For: 192.0.2.7\r\n") == 2
+        s.protocol.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        assert client.data.startswith(b"HTTP/1.1 200 OK")
+
+    asyncio.run(main())
+
+
+def test_http_front_offline_answers_404_and_closes():
+    async def main():
+        front = HttpFront(Ctx(None), "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(REQ)
+        assert client.data.startswith(b"HTTP/1.1 404") and b"ERR_GSLB_3200" in client.data
+        assert client.closed
+
+    asyncio.run(main())
+
+
+def test_http_front_denied_client_gets_403_and_no_stream():
+    async def main():
+        b = FakeBinding()
+        front = HttpFront(Ctx(b, deny=["192.0.2.0/24"]), "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(REQ)
+        assert client.data.startswith(b"HTTP/1.1 403") and client.closed
+        assert b.streams == []
+
+    asyncio.run(main())
+
+
+def test_http_front_stream_closed_without_answer_is_502():
+    async def main():
+        b = FakeBinding()
+        front = HttpFront(Ctx(b), "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(REQ)
+        await _settle()
+        b.streams[0].protocol.connection_lost(ConnectionResetError())
+        assert client.data.startswith(b"HTTP/1.1 502") and b"ERR_GSLB_3502" in client.data
+
+    asyncio.run(main())
+
+
+def test_http_front_cut_response_aborts_the_client():
+    async def main():
+        b = FakeBinding()
+        front = HttpFront(Ctx(b), "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(REQ)
+        await _settle()
+        s = b.streams[0]
+        s.protocol.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        s.protocol.connection_lost(ConnectionResetError())
+        assert client.aborted
+
+    asyncio.run(main())
+
+
+def test_http_front_bad_request_gets_400_without_a_stream():
+    async def main():
+        b = FakeBinding()
+        front = HttpFront(Ctx(b), "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(b"GARBAGE\r\n\r\n")
+        assert client.data.startswith(b"HTTP/1.1 400") and client.closed and b.streams == []
+
+    asyncio.run(main())
+
+
+def test_http_front_request_for_another_host_is_misdirected_421():
+    async def main():
+        b = FakeBinding()
+        front = HttpFront(Ctx(b), "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(b"GET / HTTP/1.1\r\nHost: other.app.lab.test\r\n\r\n")
+        assert client.data.startswith(b"HTTP/1.1 421") and b.streams == []
+
+    asyncio.run(main())
+
+
+def test_http_front_host_with_port_and_case_matches_sni():
+    async def main():
+        b = FakeBinding()
+        front = HttpFront(Ctx(b), "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(b"GET / HTTP/1.1\r\nHost: Demo.App.lab.test.:8443\r\n\r\n")
+        await _settle()
+        assert len(b.streams) == 1 and client.data == b""
+
+    asyncio.run(main())
+
+
+def test_idle_connection_is_aborted_after_a_quiet_period_but_not_while_busy():
+    async def main():
+        stream = FakeTransport()
+
+        async def opener(relay):
+            return stream
+
+        client = FakeTransport()
+        relay = RawRelay(opener, idle_timeout=3600)
+        relay.connection_made(client)
+        await _settle()
+        relay._idle_check()             # first period (connection set-up counts as activity)
+        relay.data_received(b"x")       # activity in the second period
+        relay._idle_check()             # timer fires: busy -> re-armed
+        assert not client.aborted
+        relay._idle_check()             # a whole period without bytes
+        assert client.aborted and stream.aborted
+        relay.connection_lost(None)
+
+    asyncio.run(main())
+
+
+def test_http_front_agent_gone_at_open_is_502():
+    class GoneBinding(FakeBinding):
+        def open_stream(self, *a, **kw):
+            raise ConnectionError("session closed")
+
+    async def main():
+        front = HttpFront(Ctx(GoneBinding()), "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(REQ)
+        assert client.data.startswith(b"HTTP/1.1 502") and client.closed
+
+    asyncio.run(main())
+
+
+def test_http_front_async_open_keeps_request_order():
+    class SlowBinding(FakeBinding):
+        def __init__(self):
+            super().__init__()
+            self.gate = asyncio.Event()
+
+        async def open_stream(self, *a, **kw):
+            await self.gate.wait()
+            return FakeBinding.open_stream(self, *a, **kw)
+
+    async def main():
+        b = SlowBinding()
+        front = HttpFront(Ctx(b), "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(REQ.replace(b"/x", b"/1"))
+        assert client.paused  # nothing more is read until the stream exists
+        front.data_received(REQ.replace(b"/x", b"/2"))  # already read by the transport
+        b.gate.set()
+        await _settle()
+        data = b.streams[0].data
+        assert data.index(b"GET /1") < data.index(b"GET /2") and not client.paused
+
+    asyncio.run(main())
+
+
+def test_client_gone_while_agent_still_sends_resets_the_stream():
+    async def main():
+        stream = FakeTransport()
+
+        async def opener(relay):
+            return stream
+
+        client = FakeTransport()
+        relay = RawRelay(opener)
+        relay.connection_made(client)
+        await _settle()
+        stream.protocol.data_received(b"event 1")
+        relay.connection_lost(None)   # client went away, the agent has not finished
+        assert stream.aborted
+
+    asyncio.run(main())
+
+
+def test_client_close_after_agent_finished_is_a_clean_fin():
+    async def main():
+        stream = FakeTransport()
+
+        async def opener(relay):
+            return stream
+
+        client = FakeTransport()
+        relay = RawRelay(opener)
+        relay.connection_made(client)
+        await _settle()
+        stream.protocol.eof_received()
+        relay.connection_lost(None)
+        assert stream.closed and not stream.aborted
+
+    asyncio.run(main())
+
+
+def test_http_front_eof_then_loss_answers_502_once():
+    async def main():
+        b = FakeBinding()
+        front = HttpFront(Ctx(b), "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(REQ)
+        await _settle()
+        b.streams[0].protocol.eof_received()
+        b.streams[0].protocol.connection_lost(None)
+        assert client.data.count(b"HTTP/1.1 502") == 1
+
+    asyncio.run(main())
