@@ -19,7 +19,9 @@ examples:
   sudo gslb lab up                                  # build the lab (examples/lab.toml), print what is where
   sudo gslb lab exec client-jp -- dig demo.app.lab.test
   sudo gslb lab exec client-lon -- dig AAAA demo.app.lab.test
-  sudo gslb lab exec client-jnb -- curl -s http://198.18.3.1/healthz      # pop-eu's health responder
+  sudo gslb lab exec client-jnb -- curl -s http://198.18.3.1/healthz      # pop-eu's edge: its health JSON
+  sudo gslb lab exec agent -- gslb agent http 8080 --name demo             # no further flags needed
+  sudo gslb lab exec client-jp -- curl --cacert /run/gslb-lab/gslb/ca/ca.pem https://demo.app.lab.test/
   sudo gslb lab status --json                       # the contract with tests and tools
   sudo gslb lab logs dns1
   sudo gslb lab down                                # remove all of it (idempotent)
@@ -52,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     up = sub.add_parser("up", help="build the lab and start its processes",
                         description="Build every host of the plan, start the name servers, resolver "
-                                    "and PoP responders, wait for the first answered query, print a table.",
+                                    "and every PoP's edge, wait until they answer, print a table.",
                         epilog="examples:\n  sudo gslb lab up\n  sudo gslb lab up --force          # restart a running lab\n"
                                "  sudo gslb lab up --plan my-lab.toml --prefix mine\n",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,8 +82,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     ex = sub.add_parser("exec", help="run a command inside a lab host",
                         description="Run CMD in HOST's network namespace with HOST's resolv.conf "
-                                    "(as `ip netns exec` does). Without CMD: a shell.",
+                                    "(as `ip netns exec` does). Without CMD: a shell. In the agent host "
+                                    "it also sets GSLB_AGENT_CONFIG (zone, lab CA, authtoken) and "
+                                    "GSLB_SERVER (every PoP), so a bare `gslb agent http PORT --name NAME` "
+                                    "connects.",
                         epilog="examples:\n  sudo gslb lab exec client-jp -- dig demo.app.lab.test\n"
+                               "  sudo gslb lab exec agent -- gslb agent http 8080 --name demo\n"
                                "  sudo gslb lab exec client-yyz -- dig @198.18.0.11 demo.app.lab.test +subnet=198.19.23.0/24\n"
                                "  sudo gslb lab exec resolver\n",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -207,7 +213,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from netns import topology
+    from netns import lab, topology
 
     try:
         prefix = _prefix(args)
@@ -225,6 +231,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
         return _fail(f"no lab host {args.host!r} (namespace {ns}); {hint}")
     if os.geteuid() != 0:
         return _fail("entering a namespace needs root: run `sudo gslb lab exec ...`")
+    state = lab.read_state(lab.lab_paths(prefix, args.state_dir))
+    if state is not None:
+        # Environment rather than files under /etc: nothing to clean up, and a
+        # flag given on the command line still wins (flags > env > file).
+        for k, v in lab.exec_env(state, args.host).items():
+            os.environ.setdefault(k, v)
     # `ip netns exec` binds /etc/netns/<ns>/resolv.conf over /etc/resolv.conf and
     # remounts /sys for the namespace (LAB-NOTES §3); exec so signals and the
     # exit status are the command's own.
@@ -303,4 +315,13 @@ def _print_try_next(console, st: dict, prefix: str) -> None:
                       "+subnet=198.19.23.0/24")
     if pop:
         console.print(f"  gslb lab exec{pf} client-jnb -- curl -s http://{pop['ipv4'][0]}/healthz")
+    ca = st["state"].get("ca")
+    if ca:
+        console.print("publish a local service (two terminals; the agent needs no flags in the agent host):")
+        console.print(f"  gslb lab exec{pf} agent -- python3 -m http.server 8080 --bind 127.0.0.1")
+        console.print(f"  gslb lab exec{pf} agent -- gslb agent http 8080 --name demo")
+        console.print("then from any client (it enters through its nearest PoP):")
+        console.print(f"  gslb lab exec{pf} client-jp -- curl --cacert {ca} https://demo.app.lab.test/")
+        console.print(f"  gslb lab exec{pf} client-lon -- curl -6 --cacert {ca} https://demo.app.lab.test/")
+        console.print(f"lab CA: {ca}   agent authtoken: {st['state'].get('authtoken_file')} (0600)")
     console.print(f"  gslb lab logs{pf} dns1        gslb lab status{pf} --json        gslb lab down{pf}")

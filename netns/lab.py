@@ -5,7 +5,8 @@ generated configs, the lab mmdb, process logs and `state.json` (hosts,
 addresses, processes by pid). Builds hosts with `netns.topology`, writes
 configs with `netns.render`, starts processes with `netns.procs`, and starts
 the other components only through their command line (`gslb dns`,
-`gslb geo build-mmdb`). It never imports dns/, geo/ or edge/.
+`gslb geo build-mmdb`, `gslb edge ca init`, `gslb edge`). It never imports
+dns/, geo/ or edge/.
 
 Every step that changes the machine is undone by `down()`, which finds what
 to remove by the lab's prefix, so it also cleans up after a crash or a
@@ -17,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -39,8 +41,17 @@ log = logging.getLogger("gslb.lab")
 
 DEFAULT_PREFIX = "gslb"
 STATE_BASE = Path("/run/gslb-lab")
-READY_TIMEOUT = 20.0      # seconds from starting processes to ready (answers, registry health)
-HEALTH_PORT = 80          # the PoP stand-in's port; the edge will take 443
+READY_TIMEOUT = 20.0      # seconds from starting processes to ready (answers, registry health, edges)
+HEALTH_PORT = 80          # the edge's :80 answers GET /healthz by address (and 308s the rest)
+HTTPS_PORT = 443          # the edge's one TLS listener (SNI dispatch)
+TCP_PORTS = "20000-20099" # TCP endpoints' ports on every PoP
+# Until the edges route between PoPs (over the registry), an endpoint is only
+# reachable at the PoPs its agent holds a session with: `gslb lab exec agent`
+# therefore hands the agent every PoP's <pop>.connect.<zone> (GSLB_SERVER), so
+# a bare `gslb agent http 8080 --name demo` is reachable from every client.
+# With cross-PoP routing, set this to False: the agent then resolves
+# connect.<zone> and lands on its nearest PoP, as a user's agent does.
+AGENT_BINDS_EVERY_POP = True
 
 Progress = Callable[[str], None]
 
@@ -82,6 +93,33 @@ class LabPaths:
     def unbound_conf(self) -> Path:
         return self.unbound_dir / "unbound.conf"
 
+    @property
+    def ca_dir(self) -> Path:
+        return self.dir / "ca"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.ca_dir / "ca.pem"
+
+    @property
+    def cert_dir(self) -> Path:
+        return self.dir / "certs"
+
+    @property
+    def authtoken_file(self) -> Path:
+        return self.dir / "authtoken"
+
+    @property
+    def edge_config(self) -> Path:
+        return self.dir / "edge.toml"
+
+    @property
+    def agent_config(self) -> Path:
+        return self.dir / "agent.toml"
+
+    def dns_control(self, host: str) -> Path:
+        return self.dir / f"{host}.dns.ctl"
+
 
 def resolve_prefix(prefix: str | None) -> str:
     return check_prefix(prefix or os.environ.get("GSLB_LAB_PREFIX") or DEFAULT_PREFIX)
@@ -106,17 +144,26 @@ class LabState:
     timings: dict[str, float] = field(default_factory=dict)
     config: str | None = None
     mmdb: str | None = None
+    ca: str | None = None                        # the lab CA certificate clients trust (--cacert)
+    authtoken_file: str | None = None            # the agent host's authtoken (0600)
+    edge_config: str | None = None
+    agent_config: str | None = None
+    agent_servers: list[str] = field(default_factory=list)   # GSLB_SERVER in the agent host; [] = DNS
 
     def to_json(self) -> dict:
         return {"prefix": self.prefix, "dir": self.dir, "plan": self.plan, "status": self.status,
                 "hosts": self.hosts, "processes": [p.to_json() for p in self.processes],
-                "timings": self.timings, "config": self.config, "mmdb": self.mmdb}
+                "timings": self.timings, "config": self.config, "mmdb": self.mmdb, "ca": self.ca,
+                "authtoken_file": self.authtoken_file, "edge_config": self.edge_config,
+                "agent_config": self.agent_config, "agent_servers": self.agent_servers}
 
     @classmethod
     def from_json(cls, d: dict) -> "LabState":
         return cls(prefix=d["prefix"], dir=d["dir"], plan=d["plan"], status=d["status"],
                    hosts=d.get("hosts", []), processes=[Proc.from_json(p) for p in d.get("processes", [])],
-                   timings=d.get("timings", {}), config=d.get("config"), mmdb=d.get("mmdb"))
+                   timings=d.get("timings", {}), config=d.get("config"), mmdb=d.get("mmdb"),
+                   ca=d.get("ca"), authtoken_file=d.get("authtoken_file"), edge_config=d.get("edge_config"),
+                   agent_config=d.get("agent_config"), agent_servers=list(d.get("agent_servers", [])))
 
 
 def read_state(paths: LabPaths) -> LabState | None:
@@ -211,20 +258,36 @@ def _child_env() -> dict[str, str]:
 
 def dns_command(paths: LabPaths, host: Host) -> list[str]:
     listen = [f"{a}:53" for a in host.ipv4] + [f"[{a}]:53" for a in host.ipv6]
-    argv = [*gslb_argv(), "dns", "--config", str(paths.dns_config)]
+    # An explicit control socket in the state dir: the default one lives under
+    # /run/gslb-dns/, a directory `down` would otherwise leave behind.
+    argv = [*gslb_argv(), "dns", "--config", str(paths.dns_config), "--control", str(paths.dns_control(host.name))]
     for item in listen:
         argv += ["--listen", item]
     return argv
 
 
 def pop_command(paths: LabPaths, host: Host) -> list[str]:
-    """What runs in a PoP host. The one place to switch PoPs to `gslb edge --config FILE --pop ID`."""
-    argv = [sys.executable, "-m", "netns.responder", "--pop", host.region or host.name]
-    for a in host.ipv4:
-        argv += ["--listen", f"{a}:{HEALTH_PORT}"]
-    for a in host.ipv6:
-        argv += ["--listen", f"[{a}]:{HEALTH_PORT}"]
-    return argv
+    """What runs in a PoP host: the edge of PoP `region`, on every address of the host
+    (the generated edge.toml lists them under [pops.<id>])."""
+    return [*gslb_argv(), "edge", "--config", str(paths.edge_config), "--pop", host.region or host.name]
+
+
+def agent_servers(plan: LabPlan) -> list[str]:
+    """GSLB_SERVER of the agent host: every PoP's own ingress name, or [] (connect.<zone> via DNS)."""
+    if not AGENT_BINDS_EVERY_POP:
+        return []
+    return [f"{p.id}.connect.{plan.zone}:{HTTPS_PORT}" for p in plan.pops]
+
+
+def exec_env(state: LabState, host: str) -> dict[str, str]:
+    """Variables `gslb lab exec HOST` adds: in the agent host, what a bare `gslb agent` needs."""
+    role = next((h["role"] for h in state.hosts if h["name"] == host), None)
+    if role != "agent" or not state.agent_config:
+        return {}
+    env = {"GSLB_AGENT_CONFIG": state.agent_config}
+    if state.agent_servers:
+        env["GSLB_SERVER"] = ",".join(state.agent_servers)
+    return env
 
 
 def registry_command(paths: LabPaths, plan: LabPlan, host: Host) -> list[str]:
@@ -279,8 +342,9 @@ def status(prefix: str, state_dir: str | None = None) -> dict:
         "status": "up" if healthy else ("building" if state.status == "building" else "degraded"),
         "dead_processes": dead, "missing_namespaces": missing, "plan": state.plan,
         "hosts": hosts, "timings": state.timings,
-        "state": {"dir": state.dir, "config": state.config, "mmdb": state.mmdb, "ca": None,
-                  "authtoken_file": None,
+        "state": {"dir": state.dir, "config": state.config, "mmdb": state.mmdb, "ca": state.ca,
+                  "authtoken_file": state.authtoken_file, "edge_config": state.edge_config,
+                  "agent_config": state.agent_config, "agent_servers": state.agent_servers,
                   "registry": [f"http://{h['ipv4'][0]}:2379" for h in state.hosts if h["role"] == "registry"]},
     }
 
@@ -419,23 +483,35 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
             topology.write_resolv_conf(prefix, h.name, nameservers)
     t_build = time.monotonic()
 
-    progress("writing configs and the lab mmdb")
+    progress("writing configs, the lab mmdb, the lab CA and the agent's authtoken")
     paths.geo_table.write_text(render.geo_table(plan))
-    paths.dns_config.write_text(render.dns_toml(plan, str(paths.mmdb), HEALTH_PORT))
+    paths.dns_config.write_text(render.dns_toml(plan, str(paths.mmdb), HEALTH_PORT, HTTPS_PORT))
     paths.unbound_conf.write_text(render.unbound_conf(plan, str(paths.unbound_dir)))
-    _run_tool([*gslb_argv(), "geo", "build-mmdb", str(paths.geo_table), "--out", str(paths.mmdb)],
-              "gslb geo build-mmdb", paths.logs / "build-mmdb.log")
+    _write_secret(paths.authtoken_file, secrets.token_urlsafe(32) + "\n")
+    paths.edge_config.write_text(render.edge_toml(plan, str(paths.ca_dir), str(paths.cert_dir),
+                                                  str(paths.authtoken_file), TCP_PORTS, HTTPS_PORT, HEALTH_PORT))
+    paths.agent_config.write_text(render.agent_toml(plan, str(paths.ca_cert), str(paths.authtoken_file)))
+    # Both are Python start-ups of about a second on a busy machine: side by side.
+    _run_tools([
+        ([*gslb_argv(), "geo", "build-mmdb", str(paths.geo_table), "--out", str(paths.mmdb)],
+         "gslb geo build-mmdb", paths.logs / "build-mmdb.log"),
+        ([*gslb_argv(), "edge", "ca", "init", "--dir", str(paths.ca_dir), "--if-missing"],
+         "gslb edge ca init", paths.logs / "ca-init.log"),
+    ])
+    state.ca, state.authtoken_file = str(paths.ca_cert), str(paths.authtoken_file)
+    state.edge_config, state.agent_config = str(paths.edge_config), str(paths.agent_config)
+    state.agent_servers = agent_servers(plan)
+    _write_state(paths, state)
     t_config = time.monotonic()
 
-    progress("starting name servers, resolver, registry and PoP responders")
+    progress("starting name servers, resolver, registry and the PoPs' edges")
     env = _child_env()
     for h in plan.hosts:
         ns = topology.ns_name(prefix, h.name)
         if h.role == "dns":
             p = procs.spawn(ns, h.name, "dns", dns_command(paths, h), paths.logs / f"{h.name}.dns.log", env)
         elif h.role == "pop":
-            p = procs.spawn(ns, h.name, "responder", pop_command(paths, h),
-                            paths.logs / f"{h.name}.responder.log", env)
+            p = procs.spawn(ns, h.name, "edge", pop_command(paths, h), paths.logs / f"{h.name}.edge.log", env)
         elif h.role == "resolver":
             p = procs.spawn(ns, h.name, "unbound", resolver_command(paths), paths.logs / f"{h.name}.unbound.log",
                             env)
@@ -461,14 +537,33 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
     log.info("event=up prefix=%s hosts=%d seconds=%.2f", prefix, len(plan.hosts), t_ready - t0)
 
 
-def _run_tool(argv: list[str], what: str, log_path: Path) -> None:
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=_child_env())
-    except subprocess.TimeoutExpired:
-        raise LabError(f"{what} did not finish within 60 s") from None
-    log_path.write_text(r.stdout + r.stderr)
-    if r.returncode != 0:
-        raise LabError(f"{what} failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-800:]}")
+def _write_secret(path: Path, text: str) -> None:
+    """A secret file: created 0600 (never world-readable, not even for a moment)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _run_tools(tools: list[tuple[list[str], str, Path]], timeout: float = 60.0) -> None:
+    """Run short tools side by side (root namespace, no network); fail with the first one's error."""
+    env = _child_env()
+    running = [(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
+                what, log_path) for argv, what, log_path in tools]
+    errors = []
+    deadline = time.monotonic() + timeout
+    for p, what, log_path in running:
+        try:
+            out, err = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            errors.append(f"{what} did not finish within {timeout:.0f} s")
+            continue
+        log_path.write_text(out + err)
+        if p.returncode != 0:
+            errors.append(f"{what} failed (exit {p.returncode}): {(err or out).strip()[-800:]}")
+    if errors:
+        raise LabError("; ".join(errors))
 
 
 # ---------------------------------------------------------------- readiness
@@ -509,6 +604,8 @@ def _wait_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
         resolver = plan.by_role("resolver")[0]
         pending.append((resolver.ipv4[0], f"demo.app.{plan.zone}.", "A", resolver.name))
         http_pending = [(h.ipv4[0], 2379, "/health", h.name) for h in plan.by_role("registry")]
+        # An edge answers /healthz on :80 only once all its listeners (:443 too) are bound.
+        http_pending += [(h.ipv4[0], HEALTH_PORT, "/healthz", h.name) for h in plan.by_role("pop")]
         deadline = time.monotonic() + READY_TIMEOUT
         attempts = 0
         while pending or http_pending:

@@ -27,7 +27,7 @@ _CHILDREN: dict[int, subprocess.Popen] = {}
 @dataclass(frozen=True)
 class Proc:
     host: str
-    name: str           # short role of the process in the host: "dns", "unbound", "responder"
+    name: str           # short role of the process in the host: "dns", "unbound", "edge", "etcd"
     pid: int
     starttime: int      # /proc/<pid>/stat field 22: pid + starttime identify one process
     cmd: tuple[str, ...]

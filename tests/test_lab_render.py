@@ -24,7 +24,38 @@ def test_dns_toml_is_a_valid_dns_config_with_the_labs_name_servers_and_pops(tmp_
     assert pops["jp"].ipv4 == PLAN.host("pop-jp").ipv4 and pops["jp"].ipv6 == PLAN.host("pop-jp").ipv6
     assert cfg.policy.ttl <= 30 and cfg.policy.addresses_per_answer == 2
     assert cfg.server.geoip_db == str(tmp_path / "lab.mmdb")
-    assert cfg.health.enabled is False and cfg.health.port == 80
+    h = cfg.health
+    assert h.enabled is True and h.check == "http+tcp" and h.port == 80 and h.tcp_port == 443
+    assert (h.interval, h.rise, h.fall, h.path) == (1.0, 2, 3, "/healthz")
+
+
+def test_edge_toml_gives_every_pop_all_its_addresses_and_loads_with_the_edge_loader(tmp_path):
+    from edge.config import load  # the loader `gslb edge --config F --pop ID` uses: the contract
+
+    path = tmp_path / "edge.toml"
+    path.write_text(render.edge_toml(PLAN, "/x/ca", "/x/certs", "/x/authtoken", "20000-20099"))
+    for pop in PLAN.pops:
+        cfg = load(path, pop.id)
+        assert cfg.listen == tuple(pop.ipv4) + tuple(pop.ipv6) and len(cfg.listen) == 8
+        assert (cfg.https_port, cfg.http_port, cfg.tcp_ports) == (443, 80, (20000, 20099))
+        assert (cfg.ca_dir, cfg.cert_dir, cfg.authtokens_file) == ("/x/ca", "/x/certs", "/x/authtoken")
+        assert cfg.zone == "lab.test" and cfg.https_domain == "app.lab.test"
+        assert cfg.module_order == ("ip_restriction",)
+        assert f"{pop.id}.connect.lab.test" in cfg.ingress_names
+
+
+def test_agent_toml_gives_a_bare_agent_zone_ca_and_token(tmp_path):
+    from edge.agent.config import EndpointConfig, load_agent_config
+
+    token = tmp_path / "authtoken"
+    token.write_text("s3cret-token\n")
+    path = tmp_path / "agent.toml"
+    path.write_text(render.agent_toml(PLAN, "/x/ca/ca.pem", str(token)))
+    ep = EndpointConfig(kind="http", port=8080, name="demo")
+    cfg = load_agent_config(path, {}, {}, endpoints=(ep,))
+    assert cfg.zone == "lab.test" and str(cfg.ca) == "/x/ca/ca.pem" and cfg.authtoken == "s3cret-token"
+    assert cfg.server is None and cfg.server_address() == ("connect.lab.test", 443)
+    assert "s3cret-token" not in path.read_text()
 
 
 def test_geo_table_maps_every_client_network_to_its_place():

@@ -50,6 +50,10 @@ def assert_nothing_left(prefix: str, pids: list[int]) -> None:
     left = [d.name for d in etc.iterdir() if d.name.startswith(prefix + "-")] if etc.is_dir() else []
     assert not left, f"/etc/netns dirs left behind: {left}"
     assert not (Path("/run/gslb-lab") / prefix).exists(), "state dir left behind"
+    # the name servers' control sockets live in the state dir, not in /run/gslb-dns/
+    sockets = Path("/run/gslb-dns")
+    left = [p.name for p in sockets.glob(f"{prefix}-*")] if sockets.is_dir() else []
+    assert not left, f"control sockets left behind: {left}"
 
 
 @pytest.fixture()
@@ -150,9 +154,9 @@ def test_a_dead_process_makes_the_lab_degraded_and_up_refuses_until_force(own_la
 
     r = gslb_run("lab", "status", "--prefix", PREFIX, "--json")
     st = json.loads(r.stdout)
-    assert r.returncode == 1 and st["status"] == "degraded" and st["dead_processes"] == ["pop-sa:responder"]
+    assert r.returncode == 1 and st["status"] == "degraded" and st["dead_processes"] == ["pop-sa:edge"]
     r = gslb_run("lab", "up", "--prefix", PREFIX)
-    assert r.returncode == 1 and "pop-sa:responder" in r.stderr and "--force" in r.stderr
+    assert r.returncode == 1 and "pop-sa:edge" in r.stderr and "--force" in r.stderr
     r = gslb_run("lab", "up", "--prefix", PREFIX, "--force")
     assert r.returncode == 0, r.stdout + r.stderr
     st = json.loads(gslb_run("lab", "status", "--prefix", PREFIX, "--json", check=True).stdout)
