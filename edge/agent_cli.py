@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -216,8 +217,13 @@ def _run(args: argparse.Namespace) -> int:
                 printed.add(line)
                 print(line, flush=True)
 
+        # One agent_id for all its sessions: with a shared registry (etcd),
+        # "bind at every PoP" then means the latest session takes the names
+        # over (docs/protocol.md 3.3), instead of the others failing with
+        # name_in_use; with independent edges, nothing changes.
+        agent_id = secrets.token_hex(8)
         try:
-            agents = [Agent(c, out=out) for c in configs]
+            agents = [Agent(c, out=out, agent_id=agent_id) for c in configs]
         except (OSError, ValueError) as exc:  # unreadable CA file
             print(f"gslb agent: error: ca: {exc}", file=sys.stderr)
             return 2

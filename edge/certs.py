@@ -156,8 +156,9 @@ class CertAuthority:
             return cls.load(d)
         return cls.create(d)
 
-    def issue(self, names: list[str] | tuple[str, ...]) -> IssuedCert:
-        """A leaf for `names` (first is the subject CN), valid 90 days, serverAuth only."""
+    def issue(self, names: list[str] | tuple[str, ...], *, client_auth: bool = False) -> IssuedCert:
+        """A leaf for `names` (first is the subject CN), valid 90 days, serverAuth
+        (and clientAuth with `client_auth`: the edges' peer links verify both ends)."""
         for n in names:
             if not valid_dns_name(n):
                 raise CertError(f"{n!r} is not a DNS name a certificate can be issued for")
@@ -174,7 +175,9 @@ class CertAuthority:
             .not_valid_after(not_after)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH] + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else [])),
+                critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False
             )

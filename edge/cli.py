@@ -96,7 +96,11 @@ def _make_hub(cfg: Any) -> tuple[Any, Any]:
         tokens = hubmod.Hub.load_authtokens(cfg.authtokens_file)
     else:
         logging.getLogger("gslb.edge").warning("event=no_authtokens detail=\"no authtokens_file: agents cannot log in\"")
-    hub_cfg = hubmod.HubConfig(domain=cfg.https_domain,
+    ingress = tuple(
+        {"pop": p.pop, "name": f"{p.pop}.connect.{cfg.zone}", "addresses": [f"{h}:{port}" for h, port in p.ingress]}
+        for p in cfg.peers if p.pop != cfg.pop)
+    hub_cfg = hubmod.HubConfig(domain=cfg.https_domain, pop=cfg.pop, lease_ttl=cfg.registry.lease_ttl,
+                               ingress=ingress,
                                **({"tcp_port_range": cfg.tcp_ports} if cfg.tcp_ports else {}))
     hub = hubmod.Hub(hub_cfg, tokens)
     return hub, hubmod.agent_protocol_factory(hub)
@@ -137,16 +141,42 @@ def _run(args: argparse.Namespace) -> int:
         return 1
 
 
+async def _attach_registry(cfg: Any, certs: Any, hub: Any) -> tuple[Any, Any]:
+    """[registry] kind = "etcd": every bind goes through etcd, and endpoints
+    bound at other PoPs are reached over peer links. kind = "memory" (the
+    default): the hub's own tables are the registry (one node, no peers)."""
+    if cfg.registry.kind != "etcd":
+        return None, None
+    from edge.peer.links import PeerLinks
+    from edge.registry import EtcdConfig, EtcdRegistry
+
+    r = cfg.registry
+    registry = EtcdRegistry(EtcdConfig(endpoints=r.endpoints, prefix=r.prefix, request_timeout=r.request_timeout,
+                                       write_timeout=r.write_timeout, start_timeout=r.start_timeout))
+    await registry.start()
+    peers = PeerLinks(cfg, certs.ca, cfg.cert_dir, local_lookup=hub.local_lookup)
+    await peers.start()
+    hub.attach(registry, peers)
+    return registry, peers
+
+
 async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any) -> int:
+    from edge.registry import RegistryError
     from edge.server import EdgeServer
 
+    try:
+        registry, peers = await _attach_registry(cfg, certs, hub)
+    except RegistryError as exc:
+        print(f"gslb edge: registry: {exc}", file=sys.stderr)
+        return 1
     server = EdgeServer(cfg, hub, certs, agent_protocol_factory=agent_factory)
     await server.start()
     print(
         f"gslb edge: pop={cfg.pop} https={','.join(f'{a}:{p}' for a, p in server.bound.get('https', []))}"
         + (f" http_port={cfg.http_port}" if cfg.http_port else "")
         + (f" tcp_ports={cfg.tcp_ports[0]}-{cfg.tcp_ports[1]}" if cfg.tcp_ports else "")
-        + (f" health=http://{cfg.health_listen[0]}:{cfg.health_listen[1]}/healthz" if cfg.health_listen else ""),
+        + (f" health=http://{cfg.health_listen[0]}:{cfg.health_listen[1]}/healthz" if cfg.health_listen else "")
+        + (f" registry=etcd peer={','.join(f'{a}:{p}' for a, p in peers.bound) or '-'}" if peers is not None else ""),
         file=sys.stderr, flush=True,
     )
     stop = asyncio.Event()
@@ -155,4 +185,9 @@ async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.close()
+    await hub.aclose()
+    if peers is not None:
+        await peers.close()
+    if registry is not None:
+        await registry.close()
     return 0

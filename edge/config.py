@@ -13,6 +13,12 @@ Layout (see examples/edge.toml for every key, its default and unit):
     [edge.limits]     counts and bytes
     [edge.modules]    order = [...]; [edge.modules.<name>] options
     [pops.<id>]       listen = [addresses]; health_listen; any [edge] key overrides
+    [registry]        kind = "memory" | "etcd"; endpoints; prefix; lease_ttl; timeouts
+    [peer]            listen = ["ADDR:PORT"]; timeouts of the links between PoPs
+    [peers.<id>]      address = "ADDR:PORT" (peer link); ingress = ["ADDR:PORT"] (agents)
+
+[registry], [peer] and [peers] are optional: without them the edge is one
+node with an in-memory registry and no peer links (the format before them).
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "EdgeConfig", "Timeouts", "Limits", "load", "parse"]
+__all__ = ["ConfigError", "EdgeConfig", "Timeouts", "Limits", "RegistryConfig", "PeerConfig", "PeerAddress",
+           "load", "parse"]
 
 
 class ConfigError(ValueError):
@@ -46,6 +53,35 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """[registry]: where endpoint bindings live (docs/registry.md)."""
+    kind: str = "memory"                 # "memory" (one node) | "etcd" (every PoP shares it)
+    endpoints: tuple[str, ...] = ()      # etcd client URLs, http://ADDR:PORT
+    prefix: str = "/gslb/"
+    lease_ttl: float = 10.0              # s: a dead edge's bindings vanish after this
+    request_timeout: float = 2.0         # s: one request to one member
+    write_timeout: float = 5.0           # s: a whole write across members (then "registry unavailable")
+    start_timeout: float = 10.0          # s: first snapshot at start
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    """[peers.<pop>]: how to reach another PoP's edge."""
+    pop: str
+    address: tuple[str, int] | None      # its peer listener (mutual TLS, yamux)
+    ingress: tuple[tuple[str, int], ...] = ()   # its agent ingress (:443) addresses, told to agents
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """[peer]: this edge's side of the links between PoPs."""
+    listen: tuple[tuple[str, int], ...] = ()   # default: [peers.<this pop>].address
+    connect_timeout: float = 5.0         # s: TCP + TLS to a peer
+    ping_interval: float = 5.0           # s: yamux ping on an idle link
+    ping_timeout: float = 5.0            # s: no answer -> the link is dead, reopened on demand
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     source: str
     zone: str
@@ -63,6 +99,25 @@ class EdgeConfig:
     limits: Limits = field(default_factory=Limits)
     module_order: tuple[str, ...] = ()
     module_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    peer: PeerConfig = field(default_factory=PeerConfig)
+    peers: tuple[PeerAddress, ...] = ()
+
+    @property
+    def peer_name(self) -> str:
+        """The name in this edge's peer certificate: <pop>.peer.<zone>."""
+        return f"{self.pop}.peer.{self.zone}"
+
+    @property
+    def peer_listen(self) -> tuple[tuple[str, int], ...]:
+        if self.peer.listen:
+            return self.peer.listen
+        own = next((p for p in self.peers if p.pop == self.pop), None)
+        return (own.address,) if own is not None and own.address is not None else ()
+
+    def peer_address(self, pop: str) -> tuple[str, int] | None:
+        p = next((p for p in self.peers if p.pop == pop), None)
+        return p.address if p is not None else None
 
     @property
     def ingress_names(self) -> tuple[str, ...]:
@@ -174,10 +229,10 @@ def parse(text: str, pop: str, path: str = "<config>") -> EdgeConfig:
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         raise ConfigError(f"{path}:{m.group(1) if m else 1}: not valid TOML: {exc}") from None
-    unknown = set(doc) - {"zone", "edge", "pops"}
+    unknown = set(doc) - {"zone", "edge", "pops", "registry", "peer", "peers"}
     if unknown:
         k = sorted(unknown)[0]
-        raise src.error(k, "unknown key (known: zone, edge, pops)")
+        raise src.error(k, "unknown key (known: zone, edge, pops, registry, peer, peers)")
     zone = _dns(src, "zone", doc.get("zone")) if "zone" in doc else None
     if zone is None:
         raise ConfigError(f"{path}:1: zone: missing (the edge's DNS zone, e.g. \"lab.test\")")
@@ -273,6 +328,9 @@ def parse(text: str, pop: str, path: str = "<config>") -> EdgeConfig:
         https_port=https_port, http_port=http_port, tcp_ports=tcp_ports, health_listen=health,
         ca_dir=ca_dir, cert_dir=cert_dir, authtokens_file=authtokens_file, timeouts=timeouts,
         limits=limits, module_order=tuple(order), module_options=options,
+        registry=_registry(src, doc.get("registry", {})),
+        peer=_peer(src, doc.get("peer", {})),
+        peers=_peers(src, doc.get("peers", {})),
     )
     # Module options are checked now, so a typo fails at start, not at the first request.
     from edge.modules import ModuleConfigError, build_chain
@@ -282,6 +340,66 @@ def parse(text: str, pop: str, path: str = "<config>") -> EdgeConfig:
     except ModuleConfigError as exc:
         raise src.error(f"{k}.order", str(exc)) from None
     return cfg
+
+
+def _registry(src: _Src, v: Any) -> RegistryConfig:
+    t = _table(src, "registry", v)
+    known = {"kind", "endpoints", "prefix", "lease_ttl", "request_timeout", "write_timeout", "start_timeout"}
+    bad = set(t) - known
+    if bad:
+        raise src.error(f"registry.{sorted(bad)[0]}", f"unknown key (known: {', '.join(sorted(known))})")
+    kind = t.get("kind", "memory")
+    if kind not in ("memory", "etcd"):
+        raise src.error("registry.kind", f"expected \"memory\" or \"etcd\", got {kind!r}")
+    eps = t.get("endpoints", [])
+    if not isinstance(eps, list) or len(eps) > 16 or not all(isinstance(e, str) and
+                                                             re.match(r"^https?://[^/\s]+$", e) for e in eps):
+        raise src.error("registry.endpoints", "expected a list of at most 16 URLs like \"http://10.77.0.21:2379\"")
+    if kind == "etcd" and not eps:
+        raise src.error("registry.endpoints", "kind = \"etcd\" needs the members' client URLs")
+    prefix = t.get("prefix", "/gslb/")
+    if not isinstance(prefix, str) or not re.match(r"^/([A-Za-z0-9_.-]+/)+$", prefix):
+        raise src.error("registry.prefix", f"expected \"/a/b/\" form, got {prefix!r}")
+    return RegistryConfig(
+        kind=kind, endpoints=tuple(eps), prefix=prefix,
+        lease_ttl=_num(src, "registry.lease_ttl", t.get("lease_ttl", 10.0), 2, 3600),
+        request_timeout=_num(src, "registry.request_timeout", t.get("request_timeout", 2.0), 0.1, 60),
+        write_timeout=_num(src, "registry.write_timeout", t.get("write_timeout", 5.0), 0.1, 120),
+        start_timeout=_num(src, "registry.start_timeout", t.get("start_timeout", 10.0), 0.1, 300),
+    )
+
+
+def _peer(src: _Src, v: Any) -> PeerConfig:
+    t = _table(src, "peer", v)
+    known = {"listen", "connect_timeout", "ping_interval", "ping_timeout"}
+    bad = set(t) - known
+    if bad:
+        raise src.error(f"peer.{sorted(bad)[0]}", f"unknown key (known: {', '.join(sorted(known))})")
+    listen = t.get("listen", [])
+    if not isinstance(listen, list) or len(listen) > 16:
+        raise src.error("peer.listen", "expected a list of at most 16 \"ADDR:PORT\"")
+    return PeerConfig(
+        listen=tuple(_hostport(src, "peer.listen", a) for a in listen),
+        connect_timeout=_num(src, "peer.connect_timeout", t.get("connect_timeout", 5.0), 0.1, 120),
+        ping_interval=_num(src, "peer.ping_interval", t.get("ping_interval", 5.0), 0.1, 600),
+        ping_timeout=_num(src, "peer.ping_timeout", t.get("ping_timeout", 5.0), 0.1, 600),
+    )
+
+
+def _peers(src: _Src, v: Any) -> tuple[PeerAddress, ...]:
+    t = _table(src, "peers", v)
+    out = []
+    for pop, entry in t.items():
+        e = _table(src, f"peers.{pop}", entry)
+        bad = set(e) - {"address", "ingress"}
+        if bad:
+            raise src.error(f"peers.{pop}.{sorted(bad)[0]}", "unknown key (known: address, ingress)")
+        addr = _hostport(src, f"peers.{pop}.address", e["address"]) if "address" in e else None
+        ingress = e.get("ingress", [])
+        if not isinstance(ingress, list) or len(ingress) > 16:
+            raise src.error(f"peers.{pop}.ingress", "expected a list of at most 16 \"ADDR:PORT\"")
+        out.append(PeerAddress(pop, addr, tuple(_hostport(src, f"peers.{pop}.ingress", a) for a in ingress)))
+    return tuple(out)
 
 
 def load(path: str | Path, pop: str) -> EdgeConfig:

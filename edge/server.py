@@ -145,6 +145,7 @@ class EdgeServer:
         self.max_header_bytes = cfg.limits.max_header_bytes
         self.stream_open_timeout = cfg.timeouts.stream_open
         self.idle_timeout = cfg.timeouts.idle
+        self.via = f"{cfg.pop}.{cfg.zone}"  # received-by in Via (RFC 9110 7.6.3)
         self.stats = Stats()
         self.started = time.monotonic()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -419,6 +420,15 @@ class EdgeServer:
     def health(self) -> dict[str, Any]:
         sessions = len(getattr(self.hub, "connections", ())) if self.hub is not None else 0
         bindings = len(self.hub.bindings()) if self.hub is not None else 0
+        extra: dict[str, Any] = {}
+        registry = getattr(self.hub, "registry", None)
+        if registry is not None:
+            # Informational: a registry outage must not take the PoP out of the
+            # DNS (running sessions and cached routes still work), so "status"
+            # stays "ok".
+            peers = getattr(self.hub, "peers", None)
+            extra = {"registry_endpoints": len(registry.bindings()),
+                     "peer_links": sorted(peers.sessions) if peers is not None else []}
         return {
             "status": "ok",
             "pop": self.cfg.pop,
@@ -430,6 +440,7 @@ class EdgeServer:
             "bad_client_hello": self.stats.bad_hello,
             "uptime_s": round(time.monotonic() - self.started, 1),
             "pid": os.getpid(),
+            **extra,
         }
 
     async def _start_health(self, host: str, port: int) -> None:

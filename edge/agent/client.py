@@ -28,6 +28,18 @@ AGENT_VERSION = "0.1.0"
 HEADER_TIMEOUT = 10.0  # seconds for the edge to send a proxy header
 UPSTREAM_CONNECT_TIMEOUT = 5.0
 MAX_ADDRESSES = 8  # addresses tried per connection attempt
+MAX_INGRESS_TRIED = 16  # fallback ingresses tried per connection attempt
+
+
+def split_addr(text: str, default_port: int) -> tuple[str, int]:
+    """"ADDR:PORT", "[V6]:PORT" or "ADDR" -> (host, port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if text.count(":") == 1:
+        host, _, p = text.partition(":")
+        return host, int(p)
+    return text, default_port
 # control errors after which retrying cannot help: the agent exits non-zero
 FATAL_CODES = {M.ERR_AUTH_FAILED, M.ERR_NAME_IN_USE, M.ERR_PORT_RANGE_EXHAUSTED, M.ERR_BAD_REQUEST, M.ERR_TOO_MANY_BINDINGS}
 FATAL_TEXT = {
@@ -126,15 +138,17 @@ class Agent:
         ssl_context: ssl.SSLContext | None = None,
         out: Callable[[str], None] | None = None,
         session_config: SessionConfig | None = None,
+        agent_id: str | None = None,
     ) -> None:
         self.config = config
         self.ssl_context = ssl_context or make_client_ssl_context(config)
         self.out = out or (lambda line: print(line, flush=True))
         self.session_config = session_config or SessionConfig()
-        self.agent_id = secrets.token_hex(8)
+        self.agent_id = agent_id or secrets.token_hex(8)
         self.session: Session | None = None
         self.forwardings: list[Forwarding] = []
         self.online = asyncio.Event()
+        self.ingress: list[dict[str, Any]] = []  # from the last auth_ok: where to go if DNS fails us
         self.sessions_started = 0
         self._by_binding: dict[str, EndpointConfig] = {}
         self._stop = asyncio.Event()
@@ -174,9 +188,39 @@ class Agent:
         return 0
 
     async def _connect(self) -> Session:
+        """The configured server (re-resolved: DNS steers to the nearest
+        healthy PoP), then, if none of its addresses answers, the ingresses
+        the last edge listed in auth_ok (docs/protocol.md 3.6): a resolver may
+        still hand out a PoP that just died, for up to its TTL."""
         host, port = self.config.server_address()
+        try:
+            return await self._connect_to(host, port)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+            if not self.ingress:
+                raise
+            first = exc
+        for entry in self.ingress[:MAX_INGRESS_TRIED]:
+            # Addresses the edge listed first (no resolver involved), then the
+            # pinned name, which the DNS answers along its ranking.
+            targets = []
+            for a in entry.get("addresses", []):
+                try:
+                    targets.append(split_addr(a, port))
+                except ValueError:
+                    log.info("event=bad_ingress_address pop=%s address=%r", entry.get("pop"), a)
+            targets.append((entry["name"], port))
+            for h, p in targets:
+                try:
+                    session = await self._connect_to(h, p)
+                    log.warning("event=connected_via_fallback pop=%s address=%s:%d", entry.get("pop"), h, p)
+                    return session
+                except (OSError, ssl.SSLError, asyncio.TimeoutError, ValueError) as exc:
+                    log.info("event=fallback_failed pop=%s address=%s:%d error=%r", entry.get("pop"), h, p,
+                             _describe(exc))
+        raise first
+
+    async def _connect_to(self, host: str, port: int) -> Session:
         loop = asyncio.get_running_loop()
-        # re-resolved on every attempt: DNS steers to the nearest healthy PoP
         infos = await asyncio.wait_for(
             loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), self.config.connect_timeout
         )
@@ -216,10 +260,12 @@ class Agent:
         try:
             cfg = self.config
             try:
-                await control.request(
+                auth_ok = await control.request(
                     lambda i: M.Auth(i, cfg.authtoken, AGENT_VERSION, cfg.heartbeat_interval, cfg.heartbeat_timeout, self.agent_id),
                     timeout,
                 )
+                if isinstance(auth_ok, M.AuthOk) and auth_ok.ingress:
+                    self.ingress = list(auth_ok.ingress)
                 by_binding: dict[str, EndpointConfig] = {}
                 forwardings = []
                 for ep in cfg.endpoints:

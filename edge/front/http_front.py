@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from edge.front.http1 import HttpError, RequestHead, RequestRewriter, error_response
 from edge.front.relay import ClientSide, kv, log, start_stream
+from edge.front.response import ResponseRewriter, add_via
 from edge.modules import Chain, Subject, Verdict
 from edge.modules import base as modbase
 
@@ -35,6 +36,9 @@ class FrontContext(Protocol):
     idle_timeout: float
 
     def lookup(self, kind: str, name: str) -> Any: ...
+
+    # received-by of this PoP for Via (RFC 9110 7.6.3), e.g. "eu.lab.test";
+    # a context without it (tests' stand-ins) adds no Via.
 
 
 def _host_name(host: str) -> str:
@@ -63,6 +67,9 @@ class HttpFront(ClientSide):
         self._open_task: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
         self._finished = False
         self._log_requests = log.isEnabledFor(logging.INFO)  # `gslb edge -v`; checked once a connection
+        via = getattr(ctx, "via", None)
+        self._via = f"1.1 {via}".encode("ascii") if via else None
+        self.resp: ResponseRewriter | None = ResponseRewriter(f"1.1 {via}") if via else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -87,6 +94,8 @@ class HttpFront(ClientSide):
                 self._requests += 1
                 if not self._admit(ev, out):
                     break
+                if self.resp is not None:
+                    self.resp.expect(ev.method)
             out.append(ev.data)
         if out and not self._stop:
             self.send_to_stream(b"".join(out))
@@ -176,6 +185,9 @@ class HttpFront(ClientSide):
         """Answer from the edge and close; after requests already sent on, once their answers are done."""
         self._stop = True
         page = error_response(status, code, title, detail)
+        if self._via is not None:
+            end = page.index(b"\r\n\r\n") + 4
+            page = (add_via(page[:end], self._via) or page[:end]) + page[end:]
         if self.stream is None and not self._opening:
             if self.client is not None and not self._closed:
                 self.client.write(page)
@@ -188,6 +200,13 @@ class HttpFront(ClientSide):
             self._close_stream()
         else:
             self._pending.append(b"")  # FIN as soon as it opens
+
+    def from_stream(self, data: bytes) -> None:
+        if self.resp is not None:
+            n = len(data)
+            data = self.resp.feed(data)
+            self.bytes_down += n - len(data)  # count what the agent sent, not our Via
+        super().from_stream(data)
 
     # -- stream end ---------------------------------------------------------------
     def stream_eof(self) -> None:

@@ -81,6 +81,14 @@ class Registry(ABC):
         RegistryUnavailable."""
 
     @abstractmethod
+    async def take_over(self, held: Binding, pop: str, session_id: str, lease: Lease,
+                        meta: Mapping[str, Any] | None = None) -> Binding:
+        """Replace `held` (exactly that version: its revision) with a binding
+        of this session: the same agent reconnected (maybe at another PoP)
+        before its old session's lease ended. NameTaken when the key changed
+        meanwhile (someone else won)."""
+
+    @abstractmethod
     async def unbind(self, kind: str, name: str, session_id: str, lease: Lease) -> bool:
         """Remove the binding if this lease holds it (a tcp binding frees its
         port too). False when it held nothing: unbind twice is harmless."""

@@ -358,6 +358,32 @@ class EtcdRegistry(Registry):
             return existing
         raise NameTaken(kind, name, existing.pop, existing.session)
 
+    async def take_over(self, held: Binding, pop: str, session_id: str, lease: Lease,
+                        meta: Mapping[str, Any] | None = None) -> Binding:
+        kind, name = held.kind, held.name
+        key = keys.bind_key(self._prefix, kind, name).encode()
+        value = encode_binding_value(pop, session_id, meta)
+        check_lease(lease, session_id)
+        # The key must still be exactly the version we decided to replace
+        # (mod_revision): a third session binding meanwhile wins, not us.
+        compare = [{"target": "MOD", "result": "EQUAL", "key": gw.b64(key), "mod_revision": str(held.revision)}]
+        res = await self._txn(gw.txn_request(compare, [gw.op_put(key, value, lease.id)], [gw.op_range(key)]), lease)
+        if res.succeeded:
+            log.info("event=taken_over kind=%s name=%s pop=%s session=%s from_session=%s revision=%d", kind, name,
+                     pop, session_id, held.session, res.revision)
+            return Binding(kind, name, pop, session_id, MappingProxyType(encode_meta(meta)), res.revision, lease.id)
+        now = res.range_kvs(0)
+        if now and now[0].lease == lease.id:
+            # our own earlier attempt (outcome unknown) was committed
+            return decode_binding_value(kind, name, now[0].value, now[0].mod_revision, now[0].lease)
+        if now:
+            try:
+                b = decode_binding_value(kind, name, now[0].value, now[0].mod_revision, now[0].lease)
+                raise NameTaken(kind, name, b.pop, b.session)
+            except InvalidKey:
+                pass
+        raise NameTaken(kind, name, "?", "?")
+
     async def unbind(self, kind: str, name: str, session_id: str, lease: Lease) -> bool:
         key = keys.bind_key(self._prefix, kind, name).encode()
         if lease.session_id != session_id:

@@ -67,6 +67,21 @@ class MemoryRegistry(Registry):
         log.info("event=bound kind=%s name=%s pop=%s session=%s", kind, name, pop, session_id)
         return b
 
+    async def take_over(self, held: Binding, pop: str, session_id: str, lease: Lease,
+                        meta: Mapping[str, Any] | None = None) -> Binding:
+        check_lease(lease, session_id)
+        now = self._cache.lookup(held.kind, held.name)
+        if now is not None and now.lease == lease.id:
+            return now
+        if now is None or now.revision != held.revision:
+            raise NameTaken(held.kind, held.name, now.pop if now else "?", now.session if now else "?")
+        b = Binding(held.kind, held.name, pop, session_id, MappingProxyType(encode_meta(meta)),
+                    next(self._revision), lease.id)
+        self._cache.emit(self._cache.put(b))
+        log.info("event=taken_over kind=%s name=%s pop=%s session=%s from_session=%s", held.kind, held.name, pop,
+                 session_id, held.session)
+        return b
+
     async def unbind(self, kind: str, name: str, session_id: str, lease: Lease) -> bool:
         keys.check_name(kind, name)
         held = self._cache.lookup(kind, name)

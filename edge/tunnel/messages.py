@@ -32,6 +32,7 @@ ERR_NOT_AUTHENTICATED = "not_authenticated"
 ERR_UNKNOWN_BINDING = "unknown_binding"
 ERR_TOO_MANY_BINDINGS = "too_many_bindings"
 ERR_INTERNAL = "internal_error"
+ERR_REGISTRY_UNAVAILABLE = "registry_unavailable"
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -132,6 +133,9 @@ class AuthOk:
     id: int
     session_id: str
     type: str = "auth_ok"
+    # Other ingresses of the edge network, for when this PoP is gone and DNS
+    # still names it (docs/protocol.md 3.6): [{"pop", "name", "addresses"}].
+    ingress: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +212,24 @@ def _seconds(obj: dict[str, Any], key: str, default: float) -> float:
     return float(v)
 
 
+MAX_INGRESS = 64
+
+
+def _ingress(v: Any) -> list[dict[str, Any]] | None:
+    """auth_ok's ingress list, kept only where well-formed (an optional hint:
+    a bad entry is dropped, never an error)."""
+    if not isinstance(v, list):
+        return None
+    out = []
+    for e in v[:MAX_INGRESS]:
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str) or len(e["name"]) > 253:
+            continue
+        addrs = [a for a in e.get("addresses", []) if isinstance(a, str) and len(a) <= 64][:16] \
+            if isinstance(e.get("addresses"), list) else []
+        out.append({"pop": str(e.get("pop", ""))[:64], "name": e["name"], "addresses": addrs})
+    return out
+
+
 def parse_message(obj: dict[str, Any]) -> Message:
     """Validate a decoded control message and return its typed form."""
     t = obj.get("type")
@@ -222,7 +244,7 @@ def parse_message(obj: dict[str, Any]) -> Message:
             agent_id=_get(obj, "agent_id", str, optional=True, default="")[:64],
         )
     if t == "auth_ok":
-        return AuthOk(mid, _get(obj, "session_id", str))
+        return AuthOk(mid, _get(obj, "session_id", str), ingress=_ingress(obj.get("ingress")))
     if t == "bind":
         kind = _get(obj, "kind", str)
         if kind not in KINDS:
