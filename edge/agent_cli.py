@@ -27,7 +27,7 @@ examples:
   gslb agent start --config agent.toml                 # several endpoints, one session
   gslb agent http 8080 --name demo --server 127.0.0.1:4443 --zone lab.test \\
       --ca lab-ca.pem --authtoken-file token
-  gslb agent http 8080 --name demo --server 198.19.1.1 --server 198.19.2.1   # every PoP
+  gslb agent http 8080 --name demo --server eu.connect.lab.test --server us.connect.lab.test
 
 environment:
   GSLB_ZONE              zone; the edge is found at connect.<zone>:443 (--zone)

@@ -12,7 +12,7 @@ EPILOG = """\
 examples:
   gslb edge ca init --dir /tmp/gslb-edge/ca      # create the lab CA (prints where ca.pem is)
   gslb edge --config examples/edge.toml --pop local
-  gslb agent http 8080 --name demo --server 127.0.0.1:8443 --zone lab.test \\
+  gslb agent http 9080 --name demo --server 127.0.0.1:8443 --zone lab.test \\
        --ca /tmp/gslb-edge/ca/ca.pem --authtoken-file /tmp/gslb-edge/authtokens
   curl --cacert /tmp/gslb-edge/ca/ca.pem --resolve demo.app.lab.test:8443:127.0.0.1 \\
        https://demo.app.lab.test:8443/
@@ -99,8 +99,10 @@ def _make_hub(cfg: Any) -> tuple[Any, Any]:
     ingress = tuple(
         {"pop": p.pop, "name": f"{p.pop}.connect.{cfg.zone}", "addresses": [f"{h}:{port}" for h, port in p.ingress]}
         for p in cfg.peers if p.pop != cfg.pop)
+    # TCP endpoints are reached as tcp://0.tcp.<zone>:PORT: `*.tcp.<zone>` is a
+    # GSLB name, so the client enters at its nearest PoP (ngrok: 0.tcp.ngrok.io).
     hub_cfg = hubmod.HubConfig(domain=cfg.https_domain, pop=cfg.pop, lease_ttl=cfg.registry.lease_ttl,
-                               ingress=ingress,
+                               ingress=ingress, tcp_host=f"0.tcp.{cfg.zone}",
                                **({"tcp_port_range": cfg.tcp_ports} if cfg.tcp_ports else {}))
     hub = hubmod.Hub(hub_cfg, tokens)
     return hub, hubmod.agent_protocol_factory(hub)

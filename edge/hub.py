@@ -699,7 +699,8 @@ class RemoteBinding:
         self.pop = pop
         self.session = session
         self.binding_id = f"{pop}/{session}"
-        self.url = f"tcp://{name}" if kind == "tcp" else f"https://{name}"
+        tcp_host = hub.config.tcp_host or hub.config.domain
+        self.url = f"tcp://{tcp_host}:{name}" if kind == "tcp" else f"https://{name}"
 
     @classmethod
     def from_registry(cls, rb: Any, hub: Hub) -> "RemoteBinding | None":

@@ -96,6 +96,28 @@ def test_authtoken_sources_in_order(tmp_path):
         read_authtoken(None, str(tmp_path / "nope"), {})
 
 
+def test_environment_authtoken_beats_the_config_file(tmp_path):
+    """Flags > environment > file: a token in agent.toml must not shadow GSLB_AUTHTOKEN."""
+    f = tmp_path / "file-token"
+    f.write_text("from-config-file\n")
+    p = tmp_path / "agent.toml"
+    p.write_text('authtoken_file = "file-token"\n[[endpoints]]\nkind = "tcp"\nport = 1\n')
+    assert load_agent_config(p, env={"GSLB_AUTHTOKEN": "env"}).authtoken == "env"
+    g = tmp_path / "flag-token"
+    g.write_text("from-flag-file\n")
+    p.write_text('authtoken = "inline"\n[[endpoints]]\nkind = "tcp"\nport = 1\n')
+    assert load_agent_config(p, {"authtoken_file": str(g)}, env={}).authtoken == "from-flag-file"
+    assert load_agent_config(p, env={}).authtoken == "inline"
+
+
+def test_paths_in_the_agent_file_are_relative_to_the_file(tmp_path):
+    (tmp_path / "tok").write_text("t\n")
+    p = tmp_path / "agent.toml"
+    p.write_text('authtoken_file = "tok"\nca = "ca.pem"\n[[endpoints]]\nkind = "tcp"\nport = 1\n')
+    cfg = load_agent_config(p, env={})
+    assert cfg.authtoken == "t" and str(cfg.ca) == str(tmp_path / "ca.pem")
+
+
 @pytest.mark.parametrize(
     "value, expect",
     [("edge.example", ("edge.example", 443)), ("127.0.0.1:4443", ("127.0.0.1", 4443)), ("[::1]:8443", ("::1", 8443)), ("::1", ("::1", 443))],

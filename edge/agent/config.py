@@ -136,18 +136,34 @@ def validate_endpoint(ep: EndpointConfig) -> EndpointConfig:
     return ep
 
 
-def read_authtoken(explicit: str | None, token_file: str | None, env: dict[str, str] | None = None) -> str:
-    """--authtoken, else --authtoken-file, else GSLB_AUTHTOKEN, else
-    GSLB_AUTHTOKEN_FILE. The token itself never appears in an error."""
+def read_authtoken(
+    explicit: str | None,
+    token_file: str | None,
+    env: dict[str, str] | None = None,
+    *,
+    file_token: str | None = None,
+    file_token_file: str | None = None,
+) -> str:
+    """The first source that is set wins: --authtoken, --authtoken-file,
+    GSLB_AUTHTOKEN, GSLB_AUTHTOKEN_FILE, then the config file's `authtoken`
+    and `authtoken_file` (flags > environment > file, as everywhere else).
+    The token itself never appears in an error."""
     env = os.environ if env is None else env
-    if explicit:
-        return explicit.strip()
-    path = token_file or None
-    if not path and env.get("GSLB_AUTHTOKEN"):
-        return env["GSLB_AUTHTOKEN"].strip()
-    path = path or env.get("GSLB_AUTHTOKEN_FILE")
-    if not path:
-        raise ConfigError("authtoken: none given (--authtoken, --authtoken-file, GSLB_AUTHTOKEN, GSLB_AUTHTOKEN_FILE)")
+    sources = (
+        ("token", explicit),
+        ("file", token_file),
+        ("token", env.get("GSLB_AUTHTOKEN")),
+        ("file", env.get("GSLB_AUTHTOKEN_FILE")),
+        ("token", file_token),
+        ("file", file_token_file),
+    )
+    for kind, value in sources:
+        if value and value.strip():
+            return value.strip() if kind == "token" else _read_token_file(value)
+    raise ConfigError("authtoken: none given (--authtoken, --authtoken-file, GSLB_AUTHTOKEN, GSLB_AUTHTOKEN_FILE)")
+
+
+def _read_token_file(path: str) -> str:
     try:
         raw = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -249,9 +265,11 @@ def load_agent_config(
     ov = overrides or {}
     try:
         authtoken = read_authtoken(
-            ov.get("authtoken") or data.get("authtoken"),
-            ov.get("authtoken_file") or data.get("authtoken_file"),
+            ov.get("authtoken"),
+            ov.get("authtoken_file"),
             env,
+            file_token=data.get("authtoken"),
+            file_token_file=_relative_to(p, data.get("authtoken_file")),
         )
     except ConfigError as exc:
         key, _, what = str(exc).partition(": ")
@@ -267,7 +285,7 @@ def load_agent_config(
     except ConfigError as exc:
         key, _, what = str(exc).partition(": ")
         raise err(key, what) from None
-    ca = ov.get("ca") or data.get("ca")
+    ca = ov.get("ca") or _relative_to(p, data.get("ca"))
     return AgentConfig(
         endpoints=tuple(eps) if endpoints is None else endpoints,
         authtoken=authtoken,
@@ -278,6 +296,14 @@ def load_agent_config(
         heartbeat_timeout=hb_t,
         connect_timeout=ct,
     )
+
+
+def _relative_to(config_path: Path, value: Any) -> Any:
+    """Paths in a config file are relative to the file's directory (as in every
+    gslb config); paths from flags and the environment stay relative to the cwd."""
+    if not isinstance(value, str) or not value or os.path.isabs(value):
+        return value
+    return str(config_path.resolve().parent / value)
 
 
 def check_timers(interval: float, timeout: float, connect_timeout: float = 10.0) -> None:
