@@ -7,8 +7,11 @@ BIN     := $(VENV)/bin
 GSLB    := $(BIN)/gslb
 STAMP   := $(VENV)/.installed
 # Debian packages the tests and the lab use: command -> package
-SYSTOOLS := dig:dnsutils kdig:knot-dnsutils unbound:unbound curl:curl ip:iproute2 etcd:etcd-server etcdctl:etcd-client
-BENCHTOOLS := dnsperf:dnsperf gdnsd:gdnsd nginx:nginx-light wrk:wrk
+# (gdnsd and nginx: the bench's unit tests check the peers' generated configs with them)
+SYSTOOLS := dig:dnsutils kdig:knot-dnsutils unbound:unbound curl:curl ip:iproute2 etcd:etcd-server \
+            etcdctl:etcd-client gdnsd:gdnsd nginx:nginx-light \
+            /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream
+BENCHTOOLS := dnsperf:dnsperf wrk:wrk
 
 .PHONY: install systools test unit integration lab lab-down lab-status bench clean help
 
@@ -51,10 +54,10 @@ lab-down: install
 lab-status: install
 	$(GSLB) lab status
 
+# make bench [QUICK=1] [PROFILE=1]: ours vs gdnsd and nginx, same run, own namespaces (root)
 bench: install
 	@$(PY) scripts/ensure_tools.py $(BENCHTOOLS)
-	@echo "make bench: not built yet (issue 7): it will run dnsperf against gdnsd and wrk against nginx in the same run."
-	@exit 1
+	$(BIN)/python -m bench.run $(if $(QUICK),--quick) $(if $(PROFILE),--profile)
 
 clean:
 	rm -rf $(VENV) *.egg-info examples/lab.mmdb .pytest_cache

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Install the Debian packages whose commands are missing: `ensure_tools.py cmd:pkg ...`.
 
+`cmd` may also be an absolute path of a file the package provides.
+
 Runs `apt-get update` once, only when something is missing, so a machine that
 already has everything pays nothing. Exits non-zero with a clear message when a
 tool is missing and cannot be installed (not root, no apt-get).
@@ -17,7 +19,11 @@ def main(argv: list[str]) -> int:
     missing: list[str] = []
     for spec in argv:
         cmd, _, pkg = spec.partition(":")
-        if shutil.which(cmd) is None and not os.path.exists(f"/usr/sbin/{cmd}"):
+        if cmd.startswith("/"):  # a file a package provides (e.g. an nginx module)
+            present = os.path.exists(cmd)
+        else:
+            present = shutil.which(cmd) is not None or os.path.exists(f"/usr/sbin/{cmd}")
+        if not present:
             missing.append(pkg or cmd)
     if not missing:
         return 0

@@ -4,7 +4,7 @@ thing: client -> (TCP front + hub, one process) -> yamux over TLS -> agent
 it does not judge speed; it checks every byte arrives and memory stays flat.
 
     GSLB_BENCH=1 GSLB_BENCH_BYTES=1073741824 .venv/bin/python -m pytest \\
-        tests/integration/test_tunnel_bench.py -s
+        bench/test_tunnel_bulk.py -s -p no:cacheprovider
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("GSLB_BENCH") != "1", reason="benchmark: set GSLB_BENCH=1"),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SIZE = int(os.environ.get("GSLB_BENCH_BYTES", 256 * 1024 * 1024))
 
 EDGE = r"""

@@ -1,0 +1,175 @@
+"""Servers and load generators the bench starts: start, wait until ready, stop by pid.
+
+Owns: the processes of one bench run. Every server logs to a file in the
+run's temporary directory, is registered here when started, and is stopped
+by its pid (SIGTERM, then SIGKILL to the process group it leads) by
+`Procs.stop_all()`, which `bench.run` calls in a `finally`. Nothing here
+changes the network: the caller has already entered the bench's own network
+namespace (see `bench.run`).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["Proc", "Procs", "StartError", "wait_tcp", "wait_dns", "peak_rss_kib", "tree_pids", "run_bounded"]
+
+
+class StartError(RuntimeError):
+    pass
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: str
+    argv: Sequence[str] = field(default_factory=tuple)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(0, 2)
+                size = fh.tell()
+                fh.seek(max(0, size - 8192))
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class Procs:
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, argv: Sequence[str], *, env: dict | None = None, cwd: str | None = None) -> Proc:
+        log_path = os.path.join(self.log_dir, f"{name}.log")
+        fh = open(log_path, "ab")
+        try:
+            p = subprocess.Popen(list(argv), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=env, cwd=cwd, start_new_session=True)
+        finally:
+            fh.close()
+        proc = Proc(name, p, log_path, tuple(argv))
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: Proc, timeout: float = 5.0) -> int | None:
+        """SIGTERM the pid, wait; SIGKILL its process group (it leads one) if it lingers."""
+        if proc.alive():
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever the process left in its own group (nginx workers, worker processes).
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.popen.wait(2.0)
+        except subprocess.TimeoutExpired:
+            pass
+        if proc in self.procs:
+            self.procs.remove(proc)
+        return proc.popen.returncode
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+def run_bounded(argv: Sequence[str], timeout: float, **kw) -> subprocess.CompletedProcess:
+    """A load generator or client: bounded in time (the tool's own limit, and this one)."""
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def wait_tcp(host: str, port: int, proc: Proc | None = None, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise StartError(f"{proc.name} exited ({proc.popen.returncode}) before listening on "
+                             f"{host}:{port}:\n{proc.log_tail()}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise StartError(f"nothing listens on {host}:{port} after {timeout:.0f}s"
+                     + (f":\n{proc.log_tail()}" if proc else ""))
+
+
+def wait_dns(host: str, port: int, qname: str, proc: Proc | None = None, timeout: float = 20.0) -> None:
+    """Until a UDP query for qname/SOA gets any answer."""
+    labels = b"".join(bytes([len(x)]) + x.encode() for x in qname.rstrip(".").split("."))
+    query = struct.pack("!HHHHHH", 0x4242, 0, 1, 0, 0, 0) + labels + b"\x00" + struct.pack("!HH", 6, 1)
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + timeout
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.3)
+        while time.monotonic() < deadline:
+            if proc is not None and not proc.alive():
+                raise StartError(f"{proc.name} exited ({proc.popen.returncode}) before answering on "
+                                 f"{host}:{port}:\n{proc.log_tail()}")
+            try:
+                s.sendto(query, (host, port))
+                data = s.recv(4096)
+                if data[:2] == b"\x42\x42":
+                    return
+            except OSError:
+                time.sleep(0.1)
+    raise StartError(f"no DNS answer from {host}:{port} after {timeout:.0f}s"
+                     + (f":\n{proc.log_tail()}" if proc else ""))
+
+
+def tree_pids(pid: int) -> list[int]:
+    """pid and its descendants (from /proc/*/stat ppid)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def peak_rss_kib(pid: int) -> dict[str, int]:
+    """VmHWM (peak resident set) of a process and its descendants, KiB: {'max','sum','procs'}."""
+    values = []
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        values.append(int(line.split()[1]))
+        except OSError:
+            continue
+    return {"max": max(values, default=0), "sum": sum(values), "procs": len(values)}

@@ -1,0 +1,182 @@
+"""The headline figures: ours / peer ratios, the table printed, the Markdown report.
+
+Owns: the list of summary figures (names, units, peers, targets from issue 7),
+the ratio arithmetic, and rendering. Pure functions over plain data.
+
+Every figure is a pair measured in the same run, on the same machine, with the
+same client and payload; the ratio is the headline because absolute numbers
+on a shared machine move from run to run. An unavailable figure keeps its row
+with null values and a note saying why, never a made-up number.
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["Figure", "FIGURES", "figure_row", "unavailable_row", "ratio", "median", "render_table",
+           "render_markdown", "target_met"]
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    unit: str
+    peer_name: str
+    target: float | None       # minimum ours/peer ratio the issue asks for
+    what: str
+    higher_is_better: bool = True
+    absolute_min: float | None = None   # a floor on "ours" as well (tunnel: 500 MB/s)
+
+
+FIGURES: tuple[Figure, ...] = (
+    Figure("dns_plain_qps", "qps", "gdnsd", 0.5, "DNS A/AAAA for edge names, no EDNS"),
+    Figure("dns_ecs_qps", "qps", "gdnsd", 0.5, "DNS with EDNS Client Subnet, many client subnets"),
+    Figure("dns_nxdomain_qps", "qps", "gdnsd", 0.5, "DNS NXDOMAIN names"),
+    Figure("edge_https_rps", "req/s", "nginx (2 workers)", 0.6, "HTTPS via edge+tunnel+agent, 100 B, keep-alive"),
+    Figure("edge_https_64k_rps", "req/s", "nginx (2 workers)", 0.5, "HTTPS via edge+tunnel+agent, 64 KiB"),
+    Figure("edge_https_rps_1w", "req/s", "nginx (1 worker)", 0.9, "HTTPS 100 B vs a 1-worker nginx"),
+    Figure("edge_https_close_rps", "req/s", "nginx (2 workers)", None,
+           "HTTPS 100 B, new connection per request (handshakes/s)"),
+    Figure("edge_p50_added_ms", "ms", "nginx (1 worker)", None,
+           "p50 latency added over the bare upstream, sequential requests (target < 0.3 ms)",
+           higher_is_better=False),
+    Figure("tunnel_bulk_mbps", "MB/s", "nginx stream relay pair + TLS hop", 1.0,
+           "one stream, bulk download through edge -> agent", absolute_min=500.0),
+)
+FIGURE_BY_KEY = {f.key: f for f in FIGURES}
+REQUIRED = ("dns_plain_qps", "dns_ecs_qps", "dns_nxdomain_qps", "edge_https_rps", "edge_https_64k_rps",
+            "edge_https_rps_1w", "tunnel_bulk_mbps")
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def ratio(ours: float | None, peer: float | None) -> float | None:
+    if ours is None or peer is None or peer == 0:
+        return None
+    return ours / peer
+
+
+def target_met(row: Mapping) -> bool | None:
+    f = FIGURE_BY_KEY.get(row["figure"])
+    if f is None or row.get("ratio") is None:
+        return None
+    if f.target is None and f.absolute_min is None and f.key != "edge_p50_added_ms":
+        return None  # reported for information; issue 7 sets no target for it
+    ok = True
+    if f.target is not None:
+        ok = row["ratio"] >= f.target if f.higher_is_better else row["ratio"] <= f.target
+    if f.absolute_min is not None and row.get("ours") is not None:
+        ok = ok and row["ours"] >= f.absolute_min
+    if f.key == "edge_p50_added_ms" and row.get("ours") is not None:
+        ok = row["ours"] < 0.3
+    return ok
+
+
+def figure_row(key: str, ours: float | None, peer: float | None, note: str | None = None,
+               peer_name: str | None = None) -> dict:
+    f = FIGURE_BY_KEY[key]
+    row = {
+        "figure": key,
+        "ours": None if ours is None else round(ours, 4),
+        "peer": None if peer is None else round(peer, 4),
+        "peer_name": peer_name or f.peer_name,
+        "ratio": None if ratio(ours, peer) is None else round(ratio(ours, peer), 4),  # type: ignore[arg-type]
+        "unit": f.unit,
+        "target": _target_text(f),
+    }
+    if note:
+        row["note"] = note
+    row["target_met"] = target_met(row)
+    return row
+
+
+def unavailable_row(key: str, note: str) -> dict:
+    f = FIGURE_BY_KEY[key]
+    return {"figure": key, "ours": None, "peer": None, "peer_name": f.peer_name, "ratio": None,
+            "unit": f.unit, "target": _target_text(f), "note": note, "target_met": None}
+
+
+def _target_text(f: Figure) -> str | None:
+    parts = []
+    if f.key == "edge_p50_added_ms":
+        return "ours < 0.3 ms"
+    if f.target is not None:
+        parts.append(f">= {f.target:g}x")
+    if f.absolute_min is not None:
+        parts.append(f">= {f.absolute_min:g} {f.unit}")
+    return " and ".join(parts) or None
+
+
+def complete_summary(rows: Sequence[dict], missing_note: str = "not measured in this run") -> list[dict]:
+    """Rows in FIGURES order; every required figure present (null + note when missing)."""
+    by = {r["figure"]: r for r in rows}
+    out = []
+    for f in FIGURES:
+        if f.key in by:
+            out.append(by[f.key])
+        elif f.key in REQUIRED:
+            out.append(unavailable_row(f.key, missing_note))
+    return out
+
+
+def _fmt(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if unit == "ms" or abs(v) < 10:
+        return f"{v:.3g}" if abs(v) < 1 else f"{v:.2f}"
+    return f"{v:,.0f}"
+
+
+def render_table(rows: Sequence[Mapping]) -> str:
+    head = ("figure", "ours", "peer", "ratio", "unit", "peer is", "target", "met")
+    lines = [head]
+    for r in rows:
+        met = {True: "yes", False: "NO", None: "-"}[r.get("target_met")]
+        lines.append((r["figure"], _fmt(r["ours"], r["unit"]), _fmt(r["peer"], r["unit"]),
+                      "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["unit"], r["peer_name"],
+                      r.get("target") or "-", met))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    out = []
+    for i, line in enumerate(lines):
+        cells = [str(c).rjust(w) if 1 <= j <= 3 else str(c).ljust(w) for j, (c, w) in enumerate(zip(line, widths))]
+        out.append("  ".join(cells).rstrip())
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    notes = [f"  {r['figure']}: {r['note']}" for r in rows if r.get("note")]
+    if notes:
+        out.append("")
+        out.append("notes:")
+        out += notes
+    return "\n".join(out)
+
+
+def render_markdown(result: Mapping) -> str:
+    rows = result["summary"]
+    md = [f"# gslb-edge bench, {result['started']}", ""]
+    meta = result.get("meta", {})
+    if meta:
+        md.append(", ".join(f"{k}: {v}" for k, v in meta.items()))
+        md.append("")
+    md.append("| figure | ours | peer | ratio | unit | peer is | target | met |")
+    md.append("|---|---:|---:|---:|---|---|---|---|")
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: "-"}[r.get("target_met")]
+        md.append(f"| {r['figure']} | {_fmt(r['ours'], r['unit'])} | {_fmt(r['peer'], r['unit'])} | "
+                  f"{'-' if r['ratio'] is None else format(r['ratio'], '.2f') + 'x'} | {r['unit']} | "
+                  f"{r['peer_name']} | {r.get('target') or '-'} | {met} |")
+    notes = [r for r in rows if r.get("note")]
+    if notes:
+        md.append("")
+        for r in notes:
+            md.append(f"- `{r['figure']}`: {r['note']}")
+    for section in result.get("sections", []):
+        md.append("")
+        md.append(f"## {section['title']}")
+        md.append("")
+        md += section["lines"]
+    md.append("")
+    return "\n".join(md)
