@@ -1,4 +1,4 @@
-"""`gslb lab up|down|status|exec|logs`: the command line of the lab.
+"""`gslb lab up|down|status|exec|logs|kill|restart`: the command line of the lab.
 
 Parses arguments, turns typed errors into one clear line and an exit status,
 and prints tables. The work is in `netns.lab`.
@@ -24,6 +24,7 @@ examples:
   sudo gslb lab exec client-jp -- curl --cacert /run/gslb-lab/gslb/ca/ca.pem https://demo.app.lab.test/
   sudo gslb lab status --json                       # the contract with tests and tools
   sudo gslb lab logs dns1
+  sudo gslb lab kill pop-eu && sudo gslb lab restart pop-eu   # a failover drill
   sudo gslb lab down                                # remove all of it (idempotent)
   GSLB_LAB_PREFIX=mine sudo -E gslb lab up          # a second lab beside the first
 
@@ -83,9 +84,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("exec", help="run a command inside a lab host",
                         description="Run CMD in HOST's network namespace with HOST's resolv.conf "
                                     "(as `ip netns exec` does). Without CMD: a shell. In the agent host "
-                                    "it also sets GSLB_AGENT_CONFIG (zone, lab CA, authtoken) and "
-                                    "GSLB_SERVER (every PoP), so a bare `gslb agent http PORT --name NAME` "
-                                    "connects.",
+                                    "it also sets GSLB_AGENT_CONFIG (zone, lab CA, authtoken), so a bare "
+                                    "`gslb agent http PORT --name NAME` connects (to its nearest PoP, "
+                                    "through connect.<zone>).",
                         epilog="examples:\n  sudo gslb lab exec client-jp -- dig demo.app.lab.test\n"
                                "  sudo gslb lab exec agent -- gslb agent http 8080 --name demo\n"
                                "  sudo gslb lab exec client-yyz -- dig @198.18.0.11 demo.app.lab.test +subnet=198.19.23.0/24\n"
@@ -104,6 +105,70 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     lg.add_argument("host", metavar="HOST")
     lg.add_argument("-n", "--lines", type=int, default=50, help="lines per log (default 50)")
     lg.set_defaults(func=cmd_logs)
+
+
+    kl = sub.add_parser("kill", help="kill a host's processes (a failover drill)",
+                        description="Send a signal (default KILL) to the processes the lab started in each HOST "
+                                    "(a PoP's edge, an etcd member, a name server). They stay recorded: "
+                                    "`status` shows them dead, `restart` brings them back, `down` cleans up.",
+                        epilog="examples:\n  sudo gslb lab kill pop-eu\n"
+                               "  sudo gslb lab kill registry-us registry-ap     # etcd loses quorum\n"
+                               "  sudo gslb lab kill --signal TERM pop-jp\n",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(kl)
+    kl.add_argument("hosts", nargs="+", metavar="HOST")
+    kl.add_argument("--signal", default="KILL", choices=["KILL", "TERM", "STOP", "CONT"],
+                    help="signal to send (default KILL)")
+    kl.add_argument("--json", action="store_true",
+                    help="print [{host, name, pid, time}] (time: epoch seconds of the signal)")
+    kl.set_defaults(func=cmd_kill)
+
+    rs = sub.add_parser("restart", help="start a host's processes again and wait until they are ready",
+                        description="(Re)start the processes the lab runs in each HOST with their recorded "
+                                    "command line and log (stopping them first if alive), update the "
+                                    "state, and wait until each answers (edge /healthz, etcd /health, DNS).",
+                        epilog="examples:\n  sudo gslb lab restart pop-eu\n"
+                               "  sudo gslb lab restart registry-us registry-ap\n",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(rs)
+    rs.add_argument("hosts", nargs="+", metavar="HOST")
+    rs.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for readiness (default 20)")
+    rs.set_defaults(func=cmd_restart)
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    import signal
+
+    from netns import lab
+
+    try:
+        prefix = _prefix(args)
+        killed = lab.kill(prefix, args.hosts, getattr(signal, "SIG" + args.signal), args.state_dir)
+    except LabError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps([{"host": k.host, "name": k.name, "pid": k.pid, "time": round(k.time, 4)}
+                          for k in killed]))
+        return 0
+    for k in killed:
+        at = time.strftime("%H:%M:%S", time.gmtime(k.time)) + f".{int(k.time % 1 * 1000):03d}"
+        print(f"lab {prefix}: {k.host}: sent SIG{args.signal} to {k.name} (pid {k.pid}) at {at} UTC")
+    if not killed:
+        print(f"lab {prefix}: nothing alive to signal in {', '.join(args.hosts)}")
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    from netns import lab
+
+    try:
+        prefix = _prefix(args)
+        done = lab.restart(prefix, args.hosts, args.state_dir, timeout=max(1.0, min(args.timeout, 300.0)))
+    except LabError as exc:
+        return _fail(str(exc))
+    for r in done:
+        print(f"lab {prefix}: {r.host}: {r.name} running again (pid {r.pid}), ready after {r.seconds:.2f} s")
+    return 0
 
 
 def _fail(msg: str, code: int = 1) -> int:
@@ -207,7 +272,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(f"[red]lab {prefix} is {st['status']}[/red]: dead processes "
                       f"{', '.join(st.get('dead_processes', [])) or 'none'}; missing namespaces "
                       f"{', '.join(st.get('missing_namespaces', [])) or 'none'}. "
-                      "`gslb lab logs HOST` shows why; `gslb lab up --force` restarts.")
+                      "`gslb lab logs HOST` shows why; `gslb lab restart HOST` starts a host's processes "
+                      "again; `gslb lab up --force` restarts the lab.")
         return 1
     return 0
 
@@ -324,4 +390,5 @@ def _print_try_next(console, st: dict, prefix: str) -> None:
         console.print(f"  gslb lab exec{pf} client-jp -- curl --cacert {ca} https://demo.app.lab.test/")
         console.print(f"  gslb lab exec{pf} client-lon -- curl -6 --cacert {ca} https://demo.app.lab.test/")
         console.print(f"lab CA: {ca}   agent authtoken: {st['state'].get('authtoken_file')} (0600)")
+    console.print(f"failover drills (docs/lab.md): gslb lab kill{pf} pop-us    gslb lab restart{pf} pop-us")
     console.print(f"  gslb lab logs{pf} dns1        gslb lab status{pf} --json        gslb lab down{pf}")

@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,13 +46,12 @@ READY_TIMEOUT = 20.0      # seconds from starting processes to ready (answers, r
 HEALTH_PORT = 80          # the edge's :80 answers GET /healthz by address (and 308s the rest)
 HTTPS_PORT = 443          # the edge's one TLS listener (SNI dispatch)
 TCP_PORTS = "20000-20099" # TCP endpoints' ports on every PoP
-# Until the edges route between PoPs (over the registry), an endpoint is only
-# reachable at the PoPs its agent holds a session with: `gslb lab exec agent`
-# therefore hands the agent every PoP's <pop>.connect.<zone> (GSLB_SERVER), so
-# a bare `gslb agent http 8080 --name demo` is reachable from every client.
-# With cross-PoP routing, set this to False: the agent then resolves
-# connect.<zone> and lands on its nearest PoP, as a user's agent does.
-AGENT_BINDS_EVERY_POP = True
+# The edges route between PoPs over the registry (etcd) and peer links, so a
+# bare agent binds at ONE PoP, its nearest: `gslb lab exec agent` leaves
+# GSLB_SERVER unset and the agent resolves connect.<zone>, as a user's agent
+# does. True hands it every PoP's <pop>.connect.<zone> instead (one session
+# per PoP; the layout before cross-PoP routing, kept for comparisons).
+AGENT_BINDS_EVERY_POP = False
 
 Progress = Callable[[str], None]
 
@@ -306,6 +306,15 @@ def registry_command(paths: LabPaths, plan: LabPlan, host: Host) -> list[str]:
             "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"]
 
 
+ETCD_TERM_WAIT = 1.0   # s: TERM, then KILL; one member of three can take 7 s on TERM (LAB-NOTES §6)
+
+
+def _term_wait(p: Proc) -> float:
+    """Seconds between TERM and KILL when stopping p. etcd is crash-safe (its WAL
+    is fsynced), so a KILL after ~1 s loses nothing and keeps `down` quick."""
+    return ETCD_TERM_WAIT if p.name == "etcd" else 2.0
+
+
 def resolver_command(paths: LabPaths) -> list[str]:
     unbound = shutil.which("unbound") or "/usr/sbin/unbound"
     return [unbound, "-d", "-c", str(paths.unbound_conf)]
@@ -369,16 +378,18 @@ def _teardown(paths: LabPaths, progress: Progress = _quiet) -> DownReport:
     t0 = time.monotonic()
     state = read_state(paths)
     targets: dict[int, int] = {}
+    waits: dict[int, float] = {}
     if state is not None:
         for p in state.processes:
             targets[p.pid] = p.starttime
+            waits[p.pid] = _term_wait(p)
     # Leftovers not in the state file (a SIGKILL between spawn and state write,
     # or `gslb lab exec` shells): whatever runs inside this prefix's namespaces
     # is this lab's. A process left inside keeps its namespace alive.
     for ns, pids in topology.processes_in(paths.prefix).items():
         for pid in pids:
             targets.setdefault(pid, -1)
-    killed = procs.stop(sorted(targets.items())) if targets else []
+    killed = procs.stop(sorted(targets.items()), term_waits=waits) if targets else []
     if killed:
         progress(f"stopped {len(killed)} processes")
     namespaces = topology.remove_namespaces(paths.prefix)
@@ -400,6 +411,155 @@ def down(prefix: str, state_dir: str | None = None, progress: Progress = _quiet)
     log.info("event=down prefix=%s killed=%d namespaces=%d seconds=%.2f", prefix, report.killed,
              report.namespaces, report.seconds)
     return report
+
+
+# ---------------------------------------------------------------- kill / restart (failover drills)
+
+
+@dataclass(frozen=True)
+class Killed:
+    host: str
+    name: str
+    pid: int
+    time: float          # wall clock (epoch) right after the signal was sent
+
+
+@dataclass(frozen=True)
+class Restarted:
+    host: str
+    name: str
+    pid: int
+    seconds: float       # from spawn to ready (edge /healthz, etcd /health, DNS answer)
+
+
+def _host_processes(state: LabState, host: str) -> list[int]:
+    """Indexes in state.processes of `host`'s processes; LabError when it has none."""
+    names = [h["name"] for h in state.hosts]
+    if host not in names:
+        raise LabError(f"no lab host {host!r}; hosts: {', '.join(names)}")
+    idx = [i for i, p in enumerate(state.processes) if p.host == host]
+    if not idx:
+        with_procs = sorted({p.host for p in state.processes})
+        raise LabError(f"{host}: the lab runs no process there (hosts with processes: {', '.join(with_procs)})")
+    return idx
+
+
+def _state_up(paths: LabPaths) -> LabState:
+    state = read_state(paths)
+    if state is None or state.status != "up":
+        raise LabError(f"lab {paths.prefix!r} is not up (`gslb lab up --prefix {paths.prefix}`)")
+    return state
+
+
+def kill(prefix: str, hosts: list[str], sig: int = signal.SIGKILL, state_dir: str | None = None) -> list[Killed]:
+    """Signal the recorded processes of `hosts` (default SIGKILL): a PoP or a registry member
+    dies as on a real machine. They stay recorded, so `status` shows them dead,
+    `restart` brings them back and `down` still knows them."""
+    check_environment(need_tools=False)
+    paths = lab_paths(prefix, state_dir)
+    with _lock(paths):
+        state = _state_up(paths)
+        out = []
+        for host in hosts:
+            for i in _host_processes(state, host):
+                p = state.processes[i]
+                if procs.alive(p):   # checks pid + start time: never a recycled pid
+                    os.kill(p.pid, sig)
+                    out.append(Killed(host=host, name=p.name, pid=p.pid, time=time.time()))
+    log.info("event=kill prefix=%s signal=%d processes=%s", prefix, sig,
+             ",".join(f"{k.host}:{k.name}:{k.pid}" for k in out) or "-")
+    return out
+
+
+def restart(prefix: str, hosts: list[str], state_dir: str | None = None, timeout: float = READY_TIMEOUT,
+            progress: Progress = _quiet) -> list[Restarted]:
+    """Start the recorded processes of `hosts` again (stopping them first when alive), with the
+    same command line and log, and wait until each is ready. state.json is updated as each
+    starts, so `status --json` and `down` see the new pids."""
+    check_environment(need_tools=False)
+    paths = lab_paths(prefix, state_dir)
+    with _lock(paths):
+        state = _state_up(paths)
+        todo = [(host, i) for host in hosts for i in _host_processes(state, host)]
+        env = _child_env()
+        started: list[tuple[Proc, float]] = []
+        for host, i in todo:
+            old = state.processes[i]
+            if procs.alive(old):
+                procs.stop([(old.pid, old.starttime)], term_wait=_term_wait(old))
+            ns = topology.ns_name(prefix, host)
+            if topology.namespace_inode(ns) is None:
+                raise LabError(f"{host}: namespace {ns} is gone; `gslb lab up --force` rebuilds the lab")
+            new = procs.spawn(ns, host, old.name, list(old.cmd), Path(old.log), env)
+            state.processes[i] = new
+            _write_state(paths, state)
+            started.append((new, time.monotonic()))
+            progress(f"{host}: {new.name} started (pid {new.pid})")
+        done = _wait_restarted(paths, state, started, timeout)
+    log.info("event=restart prefix=%s processes=%s", prefix,
+             ",".join(f"{r.host}:{r.name}:{r.pid}:{r.seconds:.2f}s" for r in done))
+    return done
+
+
+def _wait_restarted(paths: LabPaths, state: LabState, started: list[tuple[Proc, float]],
+                    timeout: float) -> list[Restarted]:
+    """Poll each restarted process's own readiness probe, from inside a client host; bounded."""
+    client = next(h for h in state.hosts if h["role"] == "client")
+    client_ns = client["netns"]
+    zone = _zone_of(state)
+    by_host = {h["name"]: h for h in state.hosts}
+    pending = list(started)
+    done: list[Restarted] = []
+    deadline = time.monotonic() + timeout
+    while pending:
+        if time.monotonic() > deadline:
+            what = ", ".join(f"{p.host}:{p.name}" for p, _ in pending)
+            raise LabError(f"restarted but not ready within {timeout:.0f} s: {what}"
+                           + _log_hint(state, pending[0][0].host))
+        for p, t0 in list(pending):
+            if not procs.alive(p):
+                raise LabError(f"{p.host}: {p.name} (pid {p.pid}) exited after the restart; its log says:\n"
+                               + (procs.tail(p.log) or "(empty)"))
+            addr = by_host[p.host]["ipv4"][0]
+            if p.name == "edge":
+                ok = _http_ok(client_ns, addr, HEALTH_PORT, "/healthz")
+            elif p.name == "etcd":
+                ok = _http_ok(client_ns, addr, 2379, "/health")
+            elif p.name == "dns":
+                ok = _dns_ok(client_ns, addr, f"{zone}.", "SOA")
+            else:   # unbound: an answer through it
+                ok = _dns_ok(client_ns, addr, f"demo.app.{zone}.", "A")
+            if ok:
+                pending.remove((p, t0))
+                done.append(Restarted(host=p.host, name=p.name, pid=p.pid, seconds=time.monotonic() - t0))
+        if pending:
+            time.sleep(0.05)
+    return done
+
+
+def _zone_of(state: LabState) -> str:
+    from netns.plan import load_plan
+    try:
+        return load_plan(state.plan).zone
+    except (LabError, OSError):
+        return "lab.test"
+
+
+def _dns_ok(ns: str, addr: str, qname: str, qtype: str) -> bool:
+    """One query from a UDP socket inside namespace `ns`; True on a NOERROR answer with records."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = pnetns.create_socket(ns, family, socket.SOCK_DGRAM, flags=0)
+    try:
+        require_socket_in(s, ns)
+        s.settimeout(0.5)
+        qid, wire = _dns_query(qname, qtype)
+        s.sendto(wire, (addr, 53))
+        data, _ = s.recvfrom(4096)
+        return bool(_answers(data, qid))
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 # ---------------------------------------------------------------- up
@@ -428,9 +588,11 @@ def up(plan: LabPlan, prefix: str, state_dir: str | None = None, force: bool = F
             return UpResult(already_running=True, status=current)
         if current.get("status") == "degraded" and not force:
             what = ", ".join(current["dead_processes"] + current["missing_namespaces"])
+            hosts = " ".join(sorted({d.split(":")[0] for d in current["dead_processes"]}))
             raise LabError(f"lab {prefix!r} is up but not healthy (gone: {what}); "
-                           f"`gslb lab up --force` restarts it, `gslb lab down` removes it; "
-                           f"`gslb lab logs HOST` shows why")
+                           + (f"`gslb lab restart {hosts}` starts them again, " if hosts else "")
+                           + "`gslb lab up --force` restarts the lab, `gslb lab down` removes it; "
+                           "`gslb lab logs HOST` shows why")
         cleaned = None
         if _leftovers(paths):
             progress("removing the previous lab" if current["status"] in ("up", "degraded") else

@@ -275,7 +275,11 @@ def parse_plan(doc: dict, path: str, text: str) -> LabPlan:
         if role not in ROLES or role in ("pop", "client"):
             raise ctx.error("host", i, "role", f"{role!r}: infrastructure roles are "
                             "bridge, dns, resolver, agent, registry (PoPs and clients have tables of their own)")
-        host = Host(name=name, role=role, region=None,
+        # Optional: the PoP region an infrastructure host stands in (a registry
+        # member per region, so a region's loss is a member's loss). Checked
+        # against the PoP ids once the PoPs are read.
+        region = _get(ctx, h, "host", i, "region", str, None)
+        host = Host(name=name, role=role, region=region,
                     ipv4=_addrs(ctx, h, "host", i, "ipv4", 4, v4net),
                     ipv6=_addrs(ctx, h, "host", i, "ipv6", 6, v6net))
         if not host.ipv4 or not host.ipv6:
@@ -314,6 +318,17 @@ def parse_plan(doc: dict, path: str, text: str) -> LabPlan:
     if not pops:
         raise ctx.error(None, None, "pop", "the lab needs at least one PoP")
     pop_ids = {p.id for p in pops}
+    for i, h in enumerate(infra):
+        if h.region is not None and h.region not in pop_ids:
+            idx = next(j for j, r in enumerate(raw_hosts) if r.get("name") == h.name)
+            raise ctx.error("host", idx, "region", f"{h.region!r} is not a PoP id; "
+                            f"known: {', '.join(sorted(pop_ids))}")
+    registries = [h for h in infra if h.role == "registry"]
+    if registries and len(registries) % 2 == 0:
+        # etcd needs a majority: an even member count tolerates no more faults
+        # than one member fewer, and 2 tolerate none.
+        raise ctx.error("host", None, None, f"the lab's etcd needs an odd number of registry hosts "
+                        f"(1, 3, 5), found {len(registries)}")
 
     # Clients.
     clients: list[Host] = []

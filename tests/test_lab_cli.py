@@ -14,7 +14,7 @@ def test_lab_help_has_examples(capsys):
     assert "examples:" in out and "gslb lab up" in out and "gslb lab exec client-jp -- dig" in out
 
 
-@pytest.mark.parametrize("sub", ["up", "down", "status", "exec", "logs"])
+@pytest.mark.parametrize("sub", ["up", "down", "status", "exec", "logs", "kill", "restart"])
 def test_every_subcommand_has_help_with_examples(sub, capsys):
     with pytest.raises(SystemExit) as e:
         main(["lab", sub, "--help"])
@@ -59,3 +59,26 @@ def test_status_json_of_a_lab_that_is_not_up_keeps_the_keys(tmp_path, capsys):
 def test_logs_of_a_lab_that_is_not_up(tmp_path, capsys):
     assert main(["lab", "logs", "dns1", "--prefix", "gslbnone", "--state-dir", str(tmp_path / "none")]) == 1
     assert "is not up" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sub", ["kill", "restart"])
+def test_kill_and_restart_of_a_lab_that_is_not_up(sub, tmp_path, capsys):
+    import os
+    assert main(["lab", sub, "pop-eu", "--prefix", "gslbnone", "--state-dir", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert ("lab 'gslbnone' is not up" if os.geteuid() == 0 else "needs root") in err, err
+
+
+def test_kill_and_restart_name_hosts_without_processes_and_unknown_hosts():
+    from netns.errors import LabError
+    from netns.lab import LabState, _host_processes
+    from netns.procs import Proc
+
+    st = LabState(prefix="p", dir="/x", plan="/x/lab.toml", status="up",
+                  hosts=[{"name": "pop-eu"}, {"name": "client-eu"}],
+                  processes=[Proc(host="pop-eu", name="edge", pid=1, starttime=1, cmd=("gslb",), log="/x/l")])
+    assert _host_processes(st, "pop-eu") == [0]
+    with pytest.raises(LabError, match="client-eu: the lab runs no process there .*pop-eu"):
+        _host_processes(st, "client-eu")
+    with pytest.raises(LabError, match="no lab host 'pop-xx'; hosts: pop-eu, client-eu"):
+        _host_processes(st, "pop-xx")

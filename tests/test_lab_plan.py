@@ -34,7 +34,11 @@ def line_of(path: Path, needle: str) -> int:
 def test_example_plan_has_every_host_the_issue_asks_for():
     plan = load_plan(EXAMPLE)
     names = {h.name for h in plan.hosts}
-    assert {"bridge", "dns1", "dns2", "resolver", "registry", "agent"} <= names
+    assert {"bridge", "dns1", "dns2", "resolver", "agent"} <= names
+    # a 3-member etcd, one member per region (issue 6)
+    regs = plan.by_role("registry")
+    assert [(h.name, h.region) for h in regs] == [("registry-eu", "eu"), ("registry-us", "us"),
+                                                  ("registry-ap", "ap")]
     assert {f"pop-{p}" for p in ("ap", "au", "eu", "in", "jp", "sa", "us", "us-cal-1")} <= names
     assert {f"client-{p.id}" for p in plan.pops} <= names
     assert {"client-jnb", "client-lon", "client-yyz"} <= names
@@ -133,3 +137,22 @@ def test_valid_prefixes(prefix):
 def test_invalid_prefixes_are_refused(prefix):
     with pytest.raises(PlanError, match="lab prefix"):
         check_prefix(prefix)
+
+
+def test_an_infrastructure_hosts_region_must_be_a_pop_id(tmp_path):
+    path = mutate(tmp_path, 'region = "us"\nipv4 = ["198.18.0.22"]', 'region = "mars"\nipv4 = ["198.18.0.22"]')
+    with pytest.raises(PlanError) as e:
+        load_plan(path)
+    line = line_of(path, 'region = "mars"')
+    assert f":{line}:" in str(e.value), (line, str(e.value))
+    assert "'mars' is not a PoP id" in str(e.value)
+
+
+def test_an_even_number_of_registry_members_is_refused(tmp_path):
+    text = EXAMPLE.read_text()
+    start = text.index('[[host]]\nname = "registry-ap"')
+    end = text.index("[[host]]", start + 1)
+    path = write(tmp_path, text[:start] + text[end:])
+    with pytest.raises(PlanError) as e:
+        load_plan(path)
+    assert "odd number of registry hosts" in str(e.value) and "found 2" in str(e.value)

@@ -60,6 +60,28 @@ def test_stop_terminates_then_kills_a_process_that_ignores_term():
     assert polite.wait(timeout=5) == -15
 
 
+def test_a_per_pid_term_wait_overrides_the_default_one():
+    # etcd members get KILL after ~1 s (LAB-NOTES §6), others the default wait. The stubborn
+    # process here has a short wait of its own while the default is long: if stop() used the
+    # default for it, the module's timeout would stop the test, not this assertion.
+    stubborn = subprocess.Popen([sys.executable, "-c",
+                                 "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                 "print('ready', flush=True); time.sleep(600)"], stdout=subprocess.PIPE)
+    assert stubborn.stdout.readline() == b"ready\n"
+    polite = subprocess.Popen(["sleep", "600"])
+    try:
+        pids = [(stubborn.pid, procs.starttime_of(stubborn.pid)), (polite.pid, -1)]
+        assert sorted(procs.stop(pids, term_wait=250.0, term_waits={stubborn.pid: 0.2})) == sorted(
+            [stubborn.pid, polite.pid])
+        assert stubborn.wait(timeout=5) == -9      # KILLed after its own short wait
+        assert polite.wait(timeout=5) == -15       # exited on TERM, no wait needed
+    finally:
+        for p in (stubborn, polite):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def test_stat_parses_a_command_name_with_spaces_and_parentheses(tmp_path):
     exe = tmp_path / "a (b) c"
     exe.symlink_to("/bin/sleep")

@@ -44,6 +44,35 @@ def test_edge_toml_gives_every_pop_all_its_addresses_and_loads_with_the_edge_loa
         assert f"{pop.id}.connect.lab.test" in cfg.ingress_names
 
 
+def test_edge_toml_shares_the_labs_etcd_and_links_every_pop_with_its_peer_and_ingress(tmp_path):
+    from edge.config import load
+
+    path = tmp_path / "edge.toml"
+    path.write_text(render.edge_toml(PLAN, "/x/ca", "/x/certs", "/x/authtoken", "20000-20099"))
+    members = PLAN.by_role("registry")
+    assert len(members) == 3
+    for pop in PLAN.pops:
+        cfg = load(path, pop.id)
+        assert cfg.registry.kind == "etcd"
+        assert cfg.registry.endpoints == tuple(f"http://{m.ipv4[0]}:2379" for m in members)
+        assert cfg.registry.lease_ttl == 10.0
+        assert {p.pop for p in cfg.peers} == {p.id for p in PLAN.pops}
+        # each edge listens for peers on its own first IPv4, port 4443
+        assert cfg.peer_listen == ((pop.ipv4[0], 4443),)
+        for other in PLAN.pops:
+            assert cfg.peer_address(other.id) == (other.ipv4[0], 4443)
+        own = next(p for p in cfg.peers if p.pop == pop.id)
+        assert own.ingress == ((pop.ipv4[0], 443), (pop.ipv6[0], 443))
+
+
+def test_edge_toml_without_registry_hosts_stays_one_node_per_pop():
+    from dataclasses import replace
+
+    plan = replace(PLAN, hosts=tuple(h for h in PLAN.hosts if h.role != "registry"))
+    text = render.edge_toml(plan, "/x/ca", "/x/certs", "/x/authtoken")
+    assert "[registry]" not in text and "[peers." not in text
+
+
 def test_agent_toml_gives_a_bare_agent_zone_ca_and_token(tmp_path):
     from edge.agent.config import EndpointConfig, load_agent_config
 

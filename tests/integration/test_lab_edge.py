@@ -10,9 +10,10 @@ never in the root namespace.
 
 The request must enter through the client's nearest PoP: each test checks
 which PoP the client's DNS answer points at and that curl connected to one of
-those addresses (`%{remote_ip}`). Whether the agent holds a session with that
-PoP (the lab's GSLB_SERVER, today) or the edges route between PoPs (later)
-does not matter to these tests.
+those addresses (`%{remote_ip}`). The agents bind at their own nearest PoP
+only (the lab no longer sets GSLB_SERVER), so most of these requests cross a
+peer link between PoPs; tests/integration/test_lab_failover.py checks that
+part (Via, latency, faults).
 """
 from __future__ import annotations
 
