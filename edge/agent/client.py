@@ -305,7 +305,10 @@ class Agent:
         stop = loop.create_task(self._stop.wait())
         try:
             while not closed.done() and not stop.done():
-                await asyncio.wait({closed, stop}, timeout=tick)
+                # FIRST_COMPLETED: a lost session (RST from a dead PoP) must end
+                # the heartbeat at once, not at the next tick; the default
+                # (ALL_COMPLETED) waited out the tick and delayed failover.
+                await asyncio.wait({closed, stop}, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
                 now = loop.time()
                 if now - session.last_received > timeout:
                     log.warning("event=heartbeat_timeout idle=%.1f", now - session.last_received)
