@@ -1,6 +1,6 @@
 """`make bench`: gslb-edge against the peers a user would pick, in the same run.
 
-    python -m bench.run [--quick] [--only dns|edge|tunnel]
+    python -m bench.run [--quick] [--only dns|edge|tunnel|failover]
 
 Owns: the run as a whole. The outer process checks tools, makes a temporary
 directory (``gslbbench-*``) and starts the inner process under
@@ -15,7 +15,12 @@ runs the parts, stops every server by pid in a ``finally``, prints the table
 and writes ``bench/results/<timestamp>.json`` and ``.md``. The outer removes
 the temporary directory in its ``finally``.
 
-Parts: ``dns`` (bench.dnsbench), ``edge`` and ``tunnel`` (bench.edgebench).
+Parts: ``dns`` (bench.dnsbench), ``edge`` and ``tunnel`` (bench.edgebench), ``failover``
+(bench.failover). The failover part is the exception to the above: it needs the lab
+(``gslb lab up --prefix gslbbf``, namespaces of its own, removed in a ``finally``), so
+the OUTER process runs it first, before entering the bench namespace, and hands its
+rows to the inner one in ``<tmp>/failover.json``. It sends nothing from the root
+namespace either: every dig, curl and agent runs in a lab host (``gslb lab exec``).
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ import sys
 import tempfile
 import time
 
-from bench.summary import REQUIRED, complete_summary, render_markdown, render_table, unavailable_row
+from bench.summary import FAILOVER, REQUIRED, complete_summary, render_markdown, render_table, unavailable_row
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "bench", "results")
@@ -39,7 +44,7 @@ TOOLS = {"dnsperf": "dnsperf", "gdnsd": "gdnsd", "nginx": "nginx-light", "wrk": 
          "ip": "iproute2", "unshare": "util-linux", "mount": "mount"}
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 HOSTNAMES = ("demo.app.lab.test", "bulk.tcp.lab.test", "connect.lab.test", "lab.test", "upstream.lab.test")
-PARTS = ("dns", "edge", "tunnel")
+PARTS = ("dns", "edge", "tunnel", "failover")
 
 
 class Ctx:
@@ -60,7 +65,8 @@ class Ctx:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="short runs (about a minute in all), same summary keys")
+    p.add_argument("--quick", action="store_true",
+                   help="short runs (about a minute in all), same summary keys; failover: 1 round instead of 3")
     p.add_argument("--only", choices=PARTS, action="append",
                    help="run only this part (repeatable); the summary still lists every figure")
     p.add_argument("--dns-config", default=os.path.join(REPO, "examples", "dns.toml"))
@@ -106,6 +112,13 @@ def outer(args: argparse.Namespace, argv: list[str]) -> int:
               f"(apt-get install {' '.join(missing)})", file=sys.stderr)
         return 1
     tmp = tempfile.mkdtemp(prefix="gslbbench-")
+    if "failover" in (args.only or PARTS):
+        try:
+            _failover_outer(args, tmp)
+        except (KeyboardInterrupt, SystemExit):
+            shutil.rmtree(tmp, ignore_errors=True)
+            print("bench: interrupted during the failover part (its lab is down)", file=sys.stderr)
+            return 130
     child = None
     stopping: list[int] = []
     first_stop: dict[str, float] = {}
@@ -149,6 +162,30 @@ def outer(args: argparse.Namespace, argv: list[str]) -> int:
             child.kill()
             child.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _failover_outer(args: argparse.Namespace, tmp: str) -> None:
+    """The failover part, in the root namespace's process (the lab's own namespaces do the isolation);
+    the result goes to <tmp>/failover.json for the inner process. Ctrl-C/SIGTERM propagate (after
+    `gslb lab down` in bench.failover's finally)."""
+    from bench import failover
+
+    t0 = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
+
+    out: dict = {"rows": [], "details": {}, "failure": None}
+    try:
+        out["rows"], out["details"] = failover.run(args.quick, tmp, log)
+        errors = out["details"].get("errors")
+        if errors:   # figures measured before the error keep their values; the others get its note
+            out["failure"] = "; ".join(errors)
+    except Exception as exc:
+        out["failure"] = f"{type(exc).__name__}: {exc}"
+        log(f"failover: FAILED: {out['failure']}")
+    with open(os.path.join(tmp, "failover.json"), "w") as fh:
+        json.dump(out, fh, default=str)
 
 
 def _children(pid: int) -> list[int]:
@@ -223,10 +260,27 @@ def inner(args: argparse.Namespace) -> int:
                 ctx.log(f"edge: FAILED: {failures['edge']}")
             finally:
                 procs.stop_all()
+        if "failover" in parts:   # measured by the outer process (see the module docstring)
+            try:
+                with open(os.path.join(tmp, "failover.json")) as fh:
+                    fo = json.load(fh)
+            except (OSError, ValueError) as exc:
+                fo = {"rows": [], "details": {}, "failure": f"no result from the outer process: {exc}"}
+            rows += fo["rows"]
+            if fo["details"]:
+                details["failover"] = fo["details"]
+            if fo.get("failure"):
+                failures["failover"] = fo["failure"]
     finally:
         procs.stop_all()
 
     for part, why in failures.items():
+        if part == "failover":
+            for key in FAILOVER:
+                if not any(r["figure"] == key and r.get("ours") is not None for r in rows):
+                    rows[:] = [r for r in rows if r["figure"] != key]
+                    rows.append(unavailable_row(key, f"failover part failed: {why.splitlines()[0][:200]}"))
+            continue
         for key in REQUIRED:
             if key.startswith(part if part != "edge" else ("edge", "tunnel")) and not any(
                     r["figure"] == key for r in rows):
@@ -324,6 +378,9 @@ def _sections(details: dict) -> list[dict]:
         sec = details.get(key)
         if sec and sec.get("lines"):
             sections.append({"title": sec.get("title", key), "lines": sec["lines"]})
+    if details.get("failover"):
+        from bench.failover import section_lines
+        sections.append({"title": "Failover (lab)", "lines": section_lines(details["failover"])})
     return sections
 
 

@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Figure", "FIGURES", "figure_row", "unavailable_row", "ratio", "median", "render_table",
+__all__ = ["Figure", "FIGURES", "FAILOVER", "failover_row", "figure_row", "unavailable_row", "ratio", "median", "render_table",
            "render_markdown", "target_met"]
 
 
@@ -43,7 +43,20 @@ FIGURES: tuple[Figure, ...] = (
            higher_is_better=False),
     Figure("tunnel_bulk_mbps", "MB/s", "nginx stream relay pair + TLS hop", 1.0,
            "one stream, bulk download through edge -> agent", absolute_min=500.0),
+    # Failover in the lab (bench.failover): times, no peer (gdnsd and nginx have no counterpart).
+    Figure("dns_withdrawal_s", "s", "none", None, "SIGKILLed PoP out of the DNS answer (dig @dns1 +subnet)",
+           higher_is_better=False),
+    Figure("dns_return_s", "s", "none", None, "restarted PoP back in the DNS answer, after its edge is ready",
+           higher_is_better=False),
+    Figure("agent_failover_s", "s", "none", None, "agent's PoP SIGKILLed: agent's new `forwarding` line",
+           higher_is_better=False),
+    Figure("agent_served_s", "s", "none", None, "agent's PoP SIGKILLed: curl from another region 200 again",
+           higher_is_better=False),
+    Figure("lab_up_s", "s", "none", None, "`gslb lab up` to ready (wall clock)", higher_is_better=False),
+    Figure("lab_down_s", "s", "none", None, "`gslb lab down` (wall clock)", higher_is_better=False),
 )
+FAILOVER = ("dns_withdrawal_s", "dns_return_s", "agent_failover_s", "agent_served_s", "lab_up_s", "lab_down_s")
+NO_PEER_NOTE = "no peer for this figure (a lab time, not a comparison)"
 FIGURE_BY_KEY = {f.key: f for f in FIGURES}
 REQUIRED = ("dns_plain_qps", "dns_ecs_qps", "dns_nxdomain_qps", "edge_https_rps", "edge_https_64k_rps",
             "edge_https_rps_1w", "tunnel_bulk_mbps")
@@ -91,6 +104,18 @@ def figure_row(key: str, ours: float | None, peer: float | None, note: str | Non
     if note:
         row["note"] = note
     row["target_met"] = target_met(row)
+    return row
+
+
+def failover_row(key: str, values: Iterable[float | None]) -> dict:
+    """A failover figure: ours = the median of the runs, with min, max and n; peer and ratio null."""
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return unavailable_row(key, f"{NO_PEER_NOTE}; not measured (no successful run)")
+    row = figure_row(key, median(vals), None)
+    row.update(min=round(vals[0], 4), max=round(vals[-1], 4), n=len(vals))
+    row["note"] = (f"{NO_PEER_NOTE}; median of {len(vals)}" + (f", min {vals[0]:.2f} max {vals[-1]:.2f}"
+                                                               if len(vals) > 1 else ""))
     return row
 
 
