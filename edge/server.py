@@ -38,6 +38,7 @@ from edge.front.proxy_v2 import encode as proxy_v2_encode
 from edge.front.redirect import RedirectFront
 from edge.front.relay import RawRelay, kv, start_stream
 from edge.front.tls_hello import ClientHello, ClientHelloError, parse_client_hello
+from edge.memtrim import HeapTrimmer
 from edge.modules import Chain, Subject, Verdict, build_chain
 from edge.modules import base as modbase
 
@@ -147,6 +148,9 @@ class EdgeServer:
         self.idle_timeout = cfg.timeouts.idle
         self.via = f"{cfg.pop}.{cfg.zone}"  # received-by in Via (RFC 9110 7.6.3)
         self.stats = Stats()
+        # Connection churn leaves freed TLS buffers in glibc's heap holes: give
+        # them back every few hundred closed connections (edge/memtrim.py).
+        self.trimmer = HeapTrimmer()
         self.started = time.monotonic()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._listeners: list[socket.socket] = []
@@ -266,6 +270,7 @@ class EdgeServer:
     def release(self, sock: socket.socket | None) -> None:
         """A connection ends (closed before any protocol took it, or its protocol is done)."""
         self.stats.open -= 1
+        self.trimmer.closed()
         if sock is not None:
             sock.close()
 
@@ -352,10 +357,10 @@ class EdgeServer:
         except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
             log.info(kv("tls_handshake_failed", client=peer[0], sni=sni, error=type(exc).__name__))
             # uvloop/asyncio closed the transport (and so the socket) already
-            self.stats.open -= 1
+            self.release(None)
         except Exception as exc:  # noqa: BLE001 - ssl.SSLError and the like
             log.info(kv("tls_handshake_failed", client=peer[0], sni=sni, error=type(exc).__name__))
-            self.stats.open -= 1
+            self.release(None)
 
     # -- module chain for TLS/TCP ---------------------------------------------------------
     def _admit_conn(self, binding: Any, kind: str, endpoint: str, peer: tuple[str, int]) -> bool:
@@ -438,6 +443,7 @@ class EdgeServer:
             "accepted": self.stats.accepted,
             "refused_limit": self.stats.refused_limit,
             "bad_client_hello": self.stats.bad_hello,
+            "heap_trims": self.trimmer.trims,
             "uptime_s": round(time.monotonic() - self.started, 1),
             "pid": os.getpid(),
             **extra,

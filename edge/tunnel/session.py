@@ -405,7 +405,20 @@ class Stream:
         self._protocol.connection_lost(exc)
 
 
-class Session(asyncio.Protocol):
+# Read buffer shared by all sessions of the process (one per session would be
+# 256 KiB per agent on a hub). Why a BufferedProtocol (issue 7,
+# native profile): with a plain Protocol, uvloop's TLS transport reads with
+# SSLObject.read(256 KiB), which allocates a fresh 256 KiB bytes object for
+# every read and every final SSLWantRead attempt; glibc serves that with
+# mmap, then mremap (shrink) and munmap, plus page faults: ~17 % of the
+# edge's CPU at 100 B responses. Reading into this buffer costs one memcpy
+# of what was read, no syscalls. Sharing is safe: transports call get_buffer,
+# read into it and call buffer_updated synchronously, and buffer_updated
+# copies what was read out before anything else runs.
+_READ_BUFFER = memoryview(bytearray(256 * 1024))
+
+
+class Session(asyncio.BufferedProtocol):
     """A yamux session over one (TLS) transport.
 
     `on_stream(stream)` is called for each stream the peer opens (the
@@ -453,6 +466,14 @@ class Session(asyncio.Protocol):
         except (AttributeError, NotImplementedError):
             pass
         self._schedule_flush()  # frames queued before the transport existed
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # a copy: the buffer is reused by the next read, and payload pieces
+        # handed to streams may be views of what is passed on here
+        self.data_received(bytes(_READ_BUFFER[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self.last_received = self._loop.time()
