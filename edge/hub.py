@@ -75,8 +75,23 @@ class HubConfig:
             raise ValueError(f"tcp_port_range {lo}-{hi} is not a valid port range")
 
 
+class _EndpointOptions:
+    """What the front reads from a binding's options, local or remote alike."""
+
+    __slots__ = ()
+    options: Mapping[str, Any]
+
+    @property
+    def proxy_protocol(self) -> bool:
+        return bool(self.options.get("proxy_protocol", False))
+
+    @property
+    def terminate_at(self) -> str | None:
+        return self.options.get("terminate_at")
+
+
 @dataclass(frozen=True, eq=False)
-class Binding:
+class Binding(_EndpointOptions):
     """One endpoint bound by an agent session."""
 
     binding_id: str
@@ -92,13 +107,6 @@ class Binding:
     def pop(self) -> str:
         return self.connection.hub.config.pop
 
-    @property
-    def proxy_protocol(self) -> bool:
-        return bool(self.options.get("proxy_protocol", False))
-
-    @property
-    def terminate_at(self) -> str | None:
-        return self.options.get("terminate_at")
 
     def open_stream(
         self,
@@ -683,7 +691,7 @@ async def _close_lease(lease: Any, session_id: str) -> None:
         log.warning("event=lease_revoke_failed session=%s error=%r", session_id, str(exc))
 
 
-class RemoteBinding:
+class RemoteBinding(_EndpointOptions):
     """An endpoint bound at another PoP: same face as `Binding` for the front,
     but its stream crosses the peer link to that PoP (an awaitable open)."""
 
@@ -711,13 +719,6 @@ class RemoteBinding:
             return None
         return cls(hub, kind, rb.name, rb.pop, rb.session, opts)
 
-    @property
-    def proxy_protocol(self) -> bool:
-        return bool(self.options.get("proxy_protocol", False))
-
-    @property
-    def terminate_at(self) -> str | None:
-        return self.options.get("terminate_at")
 
     def open_stream(self, client_addr: str, client_port: int, *, sni: str | None = None,
                     tls_terminated: bool = False) -> Any:
