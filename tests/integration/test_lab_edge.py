@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _polling import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(400)]
 
@@ -128,16 +129,6 @@ def wait_status(lab, client, url, ca, want, timeout=20.0):
     assert ok, f"{url} from {client}: {got[-1:]} (want {want}) after {timeout:.0f} s"
 
 
-def wait_for(pred, timeout, step=0.05):
-    """Poll pred() until it returns a truthy value; bounded by time. Returns (value, seconds)."""
-    t0 = time.monotonic()
-    last = None
-    while time.monotonic() - t0 < timeout:
-        last = pred()
-        if last:
-            return last, time.monotonic() - t0
-        time.sleep(step)
-    return last, time.monotonic() - t0
 
 
 # ---------------------------------------------------------------- what the lab sets up

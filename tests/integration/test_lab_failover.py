@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import _polling
 import pytest
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(420)]
@@ -51,15 +52,8 @@ RESULTS: dict[str, str] = {}
 
 
 def wait_for(pred, timeout, step=0.1):
-    """Poll pred() until truthy; bounded by time. Returns (value, seconds)."""
-    t0 = time.monotonic()
-    last = None
-    while time.monotonic() - t0 < timeout:
-        last = pred()
-        if last:
-            return last, time.monotonic() - t0
-        time.sleep(step)
-    return last, time.monotonic() - t0
+    """The failover tests poll every 0.1 s (each probe is a process in a lab host)."""
+    return _polling.wait_for(pred, timeout, step)
 
 
 def pop_of_addr(lab, addr):
