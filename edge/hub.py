@@ -290,14 +290,8 @@ class Hub:
         """The binding serving a connection: kind "http"/"tls" with the SNI or
         Host name (or a bare label), kind "tcp" with the port. None if no
         agent is online for it (or it is bound with another kind)."""
-        if kind == "tcp":
-            try:
-                b = self._by_port.get(int(key))
-            except (TypeError, ValueError):
-                return None
-        else:
-            b = self._by_host.get(self._normalize_host(str(key)))
-        if b is not None and b.kind == kind and not b.connection.is_closed:
+        b = self.local_lookup(kind, key)
+        if b is not None:
             return b
         if self.registry is None or self.peers is None:
             return None
