@@ -12,7 +12,11 @@ processes and the control socket are `dns.monitor`.
 Rules (docs/configuration.md, `[health]`):
 
 - every address starts up; it goes down after `fall` consecutive failed
-  checks and comes back after `rise` consecutive successful ones;
+  checks of which at least `fall` were definite failures (refused, reset,
+  unreachable, a bad status), or after `timeout_fall` consecutive failed
+  checks of any kind (a check that only timed out is not proof of a dead
+  PoP: on a busy machine the prober or the edge may just be late); it comes
+  back after `rise` consecutive successful ones;
 - a PoP is "changing" while any of its addresses has a streak under way (a
   failure while up, a success while down), and for `rise + fall` intervals
   after any of its addresses changed state;
@@ -119,10 +123,11 @@ class HealthSnapshot:
 
 
 class _State:
-    __slots__ = ("up", "ok", "fail", "checks", "transitions", "changed_at", "checked_at", "error")
+    __slots__ = ("up", "ok", "fail", "hard", "checks", "transitions", "changed_at", "checked_at", "error")
 
     def __init__(self) -> None:
         self.up, self.ok, self.fail, self.checks, self.transitions = True, 0, 0, 0, 0
+        self.hard = 0  # definite (not timeout) failures in the current failure streak
         self.changed_at: float | None = None
         self.checked_at: float | None = None
         self.error = ""
@@ -137,6 +142,7 @@ class HealthStates:
     fall: int = 3
     interval: float = 1.0
     config_drained: frozenset[str] = frozenset()
+    timeout_fall: int = 0   # 0: 2 x fall
     _states: dict[tuple[str, str], _State] = field(default_factory=dict, init=False)
     _runtime: dict[str, bool] = field(default_factory=dict, init=False)  # pop -> drained
     _version: int = field(default=0, init=False)
@@ -147,6 +153,7 @@ class HealthStates:
             raise HealthError("rise and fall must be >= 1")
         if self.interval <= 0:
             raise HealthError("interval must be > 0")
+        self.timeout_fall = self._timeout_fall(self.fall, self.timeout_fall)
         self.targets = tuple(self.targets)
         self.config_drained = frozenset(self.config_drained)
         self._states = {(t.pop, t.address): _State() for t in self.targets}
@@ -157,21 +164,33 @@ class HealthStates:
 
     # -- results --------------------------------------------------------------------------
 
-    def record(self, pop: str, address: str, ok: bool, now: float, error: str = "") -> Transition | None:
-        """One check result; returns the transition it caused, if any."""
+    @staticmethod
+    def _timeout_fall(fall: int, timeout_fall: int) -> int:
+        if timeout_fall == 0:
+            return 2 * fall
+        if timeout_fall < fall:
+            raise HealthError(f"timeout_fall ({timeout_fall}) must be >= fall ({fall})")
+        return timeout_fall
+
+    def record(self, pop: str, address: str, ok: bool, now: float, error: str = "",
+               timed_out: bool = False) -> Transition | None:
+        """One check result; returns the transition it caused, if any. `timed_out`: the check
+        failed only by timing out (counts towards `timeout_fall`, not towards `fall`)."""
         st = self._states.get((pop, address))
         if st is None:
             raise HealthError(f"not a target: {pop} {address}")
         st.checks += 1
         st.checked_at = now
         if ok:
-            st.ok, st.fail, st.error = st.ok + 1, 0, ""
+            st.ok, st.fail, st.hard, st.error = st.ok + 1, 0, 0, ""
             if not st.up and st.ok >= self.rise:
                 st.up = True
                 return self._changed(st, pop, address, now, st.ok, "")
         else:
             st.ok, st.fail, st.error = 0, st.fail + 1, error
-            if st.up and st.fail >= self.fall:
+            if not timed_out:
+                st.hard += 1
+            if st.up and (st.hard >= self.fall or st.fail >= self.timeout_fall):
                 st.up = False
                 return self._changed(st, pop, address, now, st.fail, error)
         return None
@@ -202,7 +221,7 @@ class HealthStates:
     # -- configuration --------------------------------------------------------------------
 
     def reconfigure(self, targets: Iterable[Target], *, rise: int, fall: int, interval: float,
-                    config_drained: Iterable[str]) -> None:
+                    config_drained: Iterable[str], timeout_fall: int = 0) -> None:
         """A reload: keep the state of addresses that stay, start new ones up, drop the rest.
 
         A runtime override survives unless the new configuration changed
@@ -210,6 +229,7 @@ class HealthStates:
         """
         if rise < 1 or fall < 1 or interval <= 0:
             raise HealthError("rise and fall must be >= 1, interval > 0")
+        timeout_fall = self._timeout_fall(fall, timeout_fall)
         new_cfg = frozenset(config_drained)
         flipped = new_cfg ^ self.config_drained
         self.targets = tuple(targets)
@@ -218,6 +238,7 @@ class HealthStates:
                         for t in self.targets}
         self._runtime = {p: d for p, d in self._runtime.items() if p not in flipped and p in pops}
         self.rise, self.fall, self.interval, self.config_drained = rise, fall, interval, new_cfg
+        self.timeout_fall = timeout_fall
 
     # -- views ----------------------------------------------------------------------------
 

@@ -187,7 +187,8 @@ class HealthMonitor:
         self.clock = clock
         h = cfg.health
         self.states = HealthStates(targets_from_config(cfg), rise=h.rise, fall=h.fall,
-                                   interval=h.interval, config_drained=frozenset(h.drained))
+                                   interval=h.interval, config_drained=frozenset(h.drained),
+                                   timeout_fall=h.timeout_fall)
         self._published = -1
         self._probe_task: asyncio.Task | None = None
         self._control: Any = None
@@ -225,7 +226,8 @@ class HealthMonitor:
         """After a reload (already validated): new targets and thresholds, states kept."""
         h = cfg.health
         self.states.reconfigure(targets_from_config(cfg), rise=h.rise, fall=h.fall,
-                                interval=h.interval, config_drained=h.drained)
+                                interval=h.interval, config_drained=h.drained,
+                                timeout_fall=h.timeout_fall)
         self.cfg = cfg
         self._restart_probes()
         self.publish()
@@ -265,7 +267,8 @@ class HealthMonitor:
             except Exception as exc:  # noqa: BLE001 - a probe bug is a failed check, not a dead monitor
                 error = f"probe error: {exc!r}"
         try:
-            tr = self.states.record(pop, address, error is None, self.clock(), error or "")
+            tr = self.states.record(pop, address, error is None, self.clock(), error or "",
+                                    timed_out=isinstance(error, prober.ProbeTimeout))
         except HealthError:
             return  # the address left the configuration during this round
         if tr is not None:
@@ -336,7 +339,8 @@ class HealthMonitor:
         h = self.settings
         return {
             "ok": True, "version": snap.version, "enabled": h.enabled, "check": h.check,
-            "interval": h.interval, "rise": h.rise, "fall": h.fall, "rounds": self.rounds,
+            "interval": h.interval, "rise": h.rise, "fall": h.fall,
+            "timeout_fall": self.states.timeout_fall, "rounds": self.rounds,
             "drained": sorted(snap.drained), "changing": sorted(snap.changing),
             "workers": self.publisher.applied(),
             "addresses": [{

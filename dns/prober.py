@@ -3,7 +3,8 @@
 Owns the network side of one check and nothing else: what a result means
 (rise/fall, versions) is `dns.health`; when checks run is `dns.monitor`.
 Each probe is bounded by the timeout and reports `None` (success) or a short
-error string for the log and `gslb dns health`.
+error string for the log and `gslb dns health`; an error that is only a
+timeout is a `ProbeTimeout` (the health machine counts those apart).
 
 Also owns finding out whether this process runs inside a *named* network
 namespace (`ip netns add`/`exec`, as every lab host does): the checker
@@ -17,6 +18,12 @@ import os
 from typing import Any
 
 _MAX_STATUS_LINE = 1024
+
+
+class ProbeTimeout(str):
+    """A probe error that is only a timeout: no answer in time, which on a busy machine need
+    not mean a dead PoP. `dns.health` counts it apart from refusals, resets and bad statuses
+    (docs/configuration.md, `[health] timeout_fall`)."""
 
 
 def _host_header(address: str, port: int) -> str:
@@ -61,7 +68,7 @@ async def _bounded(coro: Any, timeout: float, what: str) -> str | None:
     try:
         return await asyncio.wait_for(coro, timeout)
     except asyncio.TimeoutError:
-        return f"{what}: timeout after {timeout:g} s"
+        return ProbeTimeout(f"{what}: timeout after {timeout:g} s")
     except OSError as exc:
         # asyncio words it "Connect call failed (addr)", uvloop "Connection refused": say the errno's name.
         return f"{what}: {os.strerror(exc.errno) if exc.errno else exc}"
@@ -78,7 +85,11 @@ async def check(address: str, settings: Any) -> str | None:
     if "tcp" in mode:
         probes.append(probe_tcp(address, settings.tcp_port, settings.timeout))
     errors = [e for e in await asyncio.gather(*probes) if e is not None]
-    return "; ".join(errors) if errors else None
+    if not errors:
+        return None
+    joined = "; ".join(errors)
+    # Only a timeout if every probe of the check timed out: one refusal is a definite failure.
+    return ProbeTimeout(joined) if all(isinstance(e, ProbeTimeout) for e in errors) else joined
 
 
 def named_netns(run_netns: str = "/run/netns") -> str | None:

@@ -306,6 +306,7 @@ class HealthSettings:
     timeout: float = 1.0
     rise: int = 2
     fall: int = 3
+    timeout_fall: int = 0            # failed checks, timeouts included, before down; 0: 2 x fall
     port: int = 80                   # HTTP port of the edge's health endpoint
     path: str = "/healthz"
     check: str = "http+tcp"          # http | tcp | http+tcp
@@ -540,6 +541,7 @@ def load_dns_config(path: str) -> DnsConfig:
         timeout=ht.float("timeout", 1.0, min=0.05, max=60),
         rise=ht.int("rise", 2, min=1, max=100),
         fall=ht.int("fall", 3, min=1, max=100),
+        timeout_fall=ht.int("timeout_fall", 0, min=0, max=200),
         port=ht.int("port", 80, min=1, max=65535),
         path=ht.str("path", "/healthz"),
         check=ht.str("check", "http+tcp"),
@@ -549,6 +551,9 @@ def load_dns_config(path: str) -> DnsConfig:
         control_socket=doc.resolve_path(cs) if (cs := ht.str("control_socket", None)) else None,
         drained=pop_list(ht, "drained", ()),
     )
+    if health.timeout_fall and health.timeout_fall < health.fall:
+        raise ht.error("timeout_fall", f"{health.timeout_fall} is below fall ({health.fall}): "
+                       "timeouts alone must not withdraw an address sooner than refusals")
     if health.check not in HEALTH_CHECKS:
         raise ht.error("check", f"{health.check!r}: one of {', '.join(HEALTH_CHECKS)}")
     if not health.path.startswith("/") or any(c in health.path for c in " \r\n"):

@@ -52,6 +52,42 @@ def test_up_again_only_after_rise_consecutive_successes():
     assert m.snapshot(6.0).is_up("eu", "198.18.3.1")
 
 
+def test_timeouts_alone_withdraw_only_after_timeout_fall():
+    """A probe timeout on a busy machine is not a dead PoP: fall=3 timeouts keep it up;
+    the default timeout_fall (2 x fall = 6) consecutive ones take it down."""
+    m = machine()
+    got = [m.record("eu", "198.18.3.1", False, float(i), "http: timeout", timed_out=True) for i in range(5)]
+    assert got == [None] * 5 and m.snapshot(4.5).is_up("eu", "198.18.3.1")
+    tr = m.record("eu", "198.18.3.1", False, 5.0, "http: timeout", timed_out=True)
+    assert tr is not None and not tr.up and tr.after == 6
+    assert m.timeout_fall == 6
+
+
+def test_refusals_count_even_between_timeouts():
+    """Definite failures within one failure streak add up to fall, whatever timeouts lie between."""
+    m = machine()
+    seq = [(False, False), (False, True), (False, False), (False, True), (False, False)]
+    got = [m.record("eu", "198.18.3.1", ok, float(i), "x", timed_out=t) for i, (ok, t) in enumerate(seq)]
+    assert got[:4] == [None] * 4 and got[4] is not None and got[4].after == 5
+
+
+def test_a_success_clears_definite_failures_too():
+    m = machine()
+    fail(m, 2)
+    m.record("eu", "198.18.3.1", True, 2.0)
+    assert m.record("eu", "198.18.3.1", False, 3.0, "refused") is None
+    assert m.record("eu", "198.18.3.1", False, 4.0, "t", timed_out=True) is None
+    assert m.snapshot(4.0).is_up("eu", "198.18.3.1")
+
+
+def test_timeout_fall_below_fall_is_refused():
+    with pytest.raises(HealthError, match="timeout_fall"):
+        machine(timeout_fall=2)
+    m = machine(timeout_fall=4)
+    with pytest.raises(HealthError, match="timeout_fall"):
+        m.reconfigure(T, rise=2, fall=5, interval=1.0, config_drained=(), timeout_fall=4)
+
+
 def test_ipv4_and_ipv6_of_one_pop_are_apart():
     m = machine()
     fail(m, 3, addr="fd7a:5e1b:c00::3:1")

@@ -54,6 +54,23 @@ def test_failover_answer_is_short_lived_while_the_nearest_pop_is_changing(engine
     assert ips and not ips & JP and ttls == {5}
 
 
+def test_monitor_counts_probe_timeouts_towards_timeout_fall_not_fall(example_config, engine):
+    from dns.prober import ProbeTimeout
+    results: dict[str, str | None] = {f"198.18.5.{i}": ProbeTimeout("http: timeout after 1 s")
+                                      for i in range(1, 5)}
+    mon, server, clock = make_monitor(example_config, engine, results)
+
+    async def rounds(n: int) -> None:
+        sem = asyncio.Semaphore(4)
+        for _ in range(n):
+            clock.now += 1
+            await asyncio.gather(*(mon._check_one(t.pop, t.address, sem) for t in mon.states.targets))
+    asyncio.run(rounds(3))  # fall = 3 rounds of timeouts: still answered
+    assert ips_and_ttls(server.engine)[0] & JP
+    asyncio.run(rounds(3))  # 2 x fall: withdrawn
+    assert not ips_and_ttls(server.engine)[0] & JP
+
+
 def test_snapshot_drains_are_authoritative_so_a_runtime_undrain_works(example_config, lab_mmdb):
     cfg = dataclasses.replace(example_config, health=dataclasses.replace(example_config.health, drained=("jp",)))
     e = Engine.from_config(cfg, lab_mmdb)
@@ -169,6 +186,7 @@ def test_health_keys_load_with_their_defaults(example_config):
     h = example_config.health
     assert (h.enabled, h.check, h.port, h.tcp_port, h.changing_ttl, h.allow_remote, h.control_socket) == \
         (False, "http+tcp", 80, 443, 5, False, None)
+    assert h.timeout_fall == 0  # 0: 2 x fall (dns.health)
 
 
 def _with_health(example_config_dir, tmp_path, body: str) -> str:
@@ -195,6 +213,7 @@ def test_health_keys_are_read_and_control_socket_is_relative_to_the_file(example
     ("tcp_port = 0\n", "health.tcp_port", "must be >= 1"),
     ('drained = ["mars"]\n', "health.drained", "unknown PoP 'mars'"),
     ("allow_remote = 1\n", "health.allow_remote", "expected true or false"),
+    ("fall = 4\ntimeout_fall = 3\n", "health.timeout_fall", "below fall (4)"),
 ])
 def test_bad_health_keys_name_the_key(example_config_dir, tmp_path, body, key, problem):
     with pytest.raises(ConfigError) as info:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from dns.prober import check, probe_http, probe_tcp
+from dns.prober import ProbeTimeout, check, probe_http, probe_tcp
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,23 @@ def test_a_hung_endpoint_fails_after_the_timeout():
         srv, port, _ = await http_server("127.0.0.1", None)
         async with srv:
             return await probe_http("127.0.0.1", port, "/healthz", 0.3)
-    assert asyncio.run(go()) == "http: timeout after 0.3 s"
+    got = asyncio.run(go())
+    assert got == "http: timeout after 0.3 s" and isinstance(got, ProbeTimeout)
+
+
+def test_a_check_is_a_timeout_only_when_every_probe_timed_out():
+    """http+tcp against a hung HTTP endpoint: a timeout; with the TCP port closed as well,
+    the refusal makes it a definite failure (dns.health counts the two apart)."""
+    async def go():
+        srv, port, _ = await http_server("127.0.0.1", None)
+        dead = closed_port("127.0.0.1")
+        async with srv:
+            return (await check("127.0.0.1", Settings("http+tcp", port, port, timeout=0.3)),
+                    await check("127.0.0.1", Settings("http+tcp", port, dead, timeout=0.3)))
+    hung, hung_and_refused = asyncio.run(go())
+    assert isinstance(hung, ProbeTimeout) and hung.startswith("http: timeout")
+    assert hung_and_refused is not None and not isinstance(hung_and_refused, ProbeTimeout)
+    assert "refused" in hung_and_refused.lower()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
