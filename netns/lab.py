@@ -503,7 +503,8 @@ def restart(prefix: str, hosts: list[str], state_dir: str | None = None, timeout
 
 def _wait_restarted(paths: LabPaths, state: LabState, started: list[tuple[Proc, float]],
                     timeout: float) -> list[Restarted]:
-    """Poll each restarted process's own readiness probe, from inside a client host; bounded."""
+    """Poll each restarted process's own readiness probe, from inside a client host; bounded.
+    A restarted edge is ready once the name servers answer with its addresses again."""
     client = next(h for h in state.hosts if h["role"] == "client")
     client_ns = client["netns"]
     zone = _zone_of(state)
@@ -522,7 +523,11 @@ def _wait_restarted(paths: LabPaths, state: LabState, started: list[tuple[Proc, 
                                + (procs.tail(p.log) or "(empty)"))
             addr = by_host[p.host]["ipv4"][0]
             if p.name == "edge":
-                ok = _http_ok(client_ns, addr, HEALTH_PORT, "/healthz")
+                # Ready = answered again: its /healthz, and every name server's view has it up.
+                mine = {*by_host[p.host]["ipv4"], *by_host[p.host].get("ipv6", [])}
+                ok = _http_ok(client_ns, addr, HEALTH_PORT, "/healthz") and not any(
+                    mine.intersection(_health_not_up(paths.dns_control(h["name"])))
+                    for h in state.hosts if h["role"] == "dns")
             elif p.name == "etcd":
                 ok = _http_ok(client_ns, addr, 2379, "/health")
             elif p.name == "dns":
@@ -752,58 +757,98 @@ def _answers(reply: bytes, qid: int) -> int | None:
 
 
 def _wait_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
-    """Poll until both name servers answer SOA and a client gets demo.app.<zone> A through the
-    resolver. Every probe is sent from a socket created inside a lab host (never from root).
-    Bounded by READY_TIMEOUT; fails early, with the log's tail, when a process dies."""
+    """Poll until the lab answers right, not merely answers. In order:
+
+    1. both name servers answer SOA;
+    2. every etcd member's /health and every edge's /healthz (on :80, bound only once all
+       its listeners are) answer 200;
+    3. every name server's health view (its control socket) has every PoP address up, with
+       its last check a success: before that, answers skip PoPs whose edges were still
+       starting when the checker first probed them, and a resolver would cache those;
+    4. a client gets demo.app.<zone> A through the resolver (asked only now, so the
+       resolver caches nothing from before step 3).
+
+    Every network probe is sent from a socket created inside a lab host (never from root);
+    the control sockets are unix sockets in the state dir. Bounded by READY_TIMEOUT; fails
+    early, with the log's tail, when a process dies, and names what is not ready."""
     client = plan.by_role("client")[0]
     client_ns = topology.ns_name(paths.prefix, client.name)
-    # flags=0: the default O_CREAT would silently create a missing namespace.
-    sock = pnetns.create_socket(client_ns, socket.AF_INET, socket.SOCK_DGRAM, flags=0)
-    try:
-        require_socket_in(sock, client_ns)
-        sock.settimeout(0.25)
-        pending = [(a, f"{plan.zone}.", "SOA", h.name) for h in plan.by_role("dns") for a in h.ipv4[:1]]
-        resolver = plan.by_role("resolver")[0]
-        pending.append((resolver.ipv4[0], f"demo.app.{plan.zone}.", "A", resolver.name))
-        http_pending = [(h.ipv4[0], 2379, "/health", h.name) for h in plan.by_role("registry")]
-        # An edge answers /healthz on :80 only once all its listeners (:443 too) are bound.
-        http_pending += [(h.ipv4[0], HEALTH_PORT, "/healthz", h.name) for h in plan.by_role("pop")]
-        deadline = time.monotonic() + READY_TIMEOUT
-        attempts = 0
-        while pending or http_pending:
-            attempts += 1
-            if time.monotonic() > deadline:
-                waiting = [p[3] for p in pending + http_pending]
-                raise LabError(f"no answer from {', '.join(waiting)} within {READY_TIMEOUT:.0f} s; "
-                               f"see `gslb lab logs --prefix {paths.prefix} {waiting[0]}`"
-                               + _log_hint(state, waiting[0]))
-            for p in state.processes:
-                if not procs.alive(p):
-                    raise LabError(f"{p.host}: {p.name} (pid {p.pid}) exited during start-up; its log says:\n"
-                                   + (procs.tail(p.log) or "(empty)"))
-            if not pending:
-                addr, port, path, _host = http_pending[0]
-                if _http_ok(client_ns, addr, port, path):
-                    http_pending.pop(0)
-                else:
-                    time.sleep(0.05)
-                continue
+    soa = [(a, f"{plan.zone}.", "SOA", h.name) for h in plan.by_role("dns") for a in h.ipv4[:1]]
+    http = [(h.ipv4[0], 2379, "/health", h.name) for h in plan.by_role("registry")]
+    # An edge answers /healthz on :80 only once all its listeners (:443 too) are bound.
+    http += [(h.ipv4[0], HEALTH_PORT, "/healthz", h.name) for h in plan.by_role("pop")]
+    views = [h.name for h in plan.by_role("dns")]
+    resolver = plan.by_role("resolver")[0]
+    first = [(resolver.ipv4[0], f"demo.app.{plan.zone}.", "A", resolver.name)]
+    not_up: dict[str, list[str]] = {}
+    deadline = time.monotonic() + READY_TIMEOUT
+    attempts = 0
+    while soa or http or views or first:
+        attempts += 1
+        if time.monotonic() > deadline:
+            waiting = [p[3] for p in soa + http] + views + [p[3] for p in first]
+            detail = "".join(f"\n  {h}: health view has not up: {', '.join(a[:8])}"
+                             + (f" and {len(a) - 8} more" if len(a) > 8 else "")
+                             for h, a in not_up.items() if h in views)
+            raise LabError(f"not ready within {READY_TIMEOUT:.0f} s: {', '.join(waiting)}{detail}\n"
+                           f"see `gslb lab logs --prefix {paths.prefix} {waiting[0]}`"
+                           + _log_hint(state, waiting[0]))
+        for p in state.processes:
+            if not procs.alive(p):
+                raise LabError(f"{p.host}: {p.name} (pid {p.pid}) exited during start-up; its log says:\n"
+                               + (procs.tail(p.log) or "(empty)"))
+        if soa or (not http and not views):
+            pending = soa or first
             addr, qname, qtype, _host = pending[0]
-            qid, wire = _dns_query(qname, qtype)
-            try:
-                sock.sendto(wire, (addr, 53))
-                data, _ = sock.recvfrom(4096)
-            except (socket.timeout, ConnectionRefusedError, OSError):
-                time.sleep(0.05)
-                continue
-            n = _answers(data, qid)
-            if n:
+            if _dns_ok(client_ns, addr, qname, qtype):
                 pending.pop(0)
             else:
                 time.sleep(0.05)
-        log.debug("event=ready attempts=%d", attempts)
-    finally:
-        sock.close()
+        elif http:
+            addr, port, path, _host = http[0]
+            if _http_ok(client_ns, addr, port, path):
+                http.pop(0)
+            else:
+                time.sleep(0.05)
+        else:
+            host = views[0]
+            missing = _health_not_up(paths.dns_control(host))
+            if missing:
+                not_up[host] = missing
+                time.sleep(0.1)
+            else:
+                not_up.pop(host, None)
+                views.pop(0)
+    log.debug("event=ready attempts=%d", attempts)
+
+
+def _health_not_up(control: Path) -> list[str]:
+    """Addresses a name server does not yet answer with (docs/configuration.md, `[health]`):
+    down, drained, or up with a failure streak under way (their last check failed). Asked
+    over its control socket: one JSON line `{"op": "health"}` -> one JSON line back. An
+    unreachable socket or a malformed reply counts as every address not up yet."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2.0)
+            s.connect(str(control))
+            s.sendall(b'{"op": "health"}\n')
+            buf = b""
+            while not buf.endswith(b"\n") and len(buf) < (4 << 20):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        reply = json.loads(buf)
+        if not reply.get("ok"):
+            return [f"(control socket: {reply.get('error', 'not ok')})"]
+        out = [a["address"] for a in reply["addresses"]
+               if a["state"] != "up" or a["failures"] or not a["checks"]]
+        workers = reply.get("workers") or {}
+        if any(v != reply["version"] for v in workers.values()):
+            out.append("(workers have not applied the newest view)")
+        return out
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [f"(control socket {control}: {exc})"]
 
 
 def _http_ok(ns: str, addr: str, port: int, path: str) -> bool:
