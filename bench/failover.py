@@ -1,4 +1,4 @@
-"""Failover times in the lab (issue 7, item 4): DNS withdrawal of a dead PoP and agent failover.
+"""Failover times in the lab (docs/bench.md, "Failover"): DNS withdrawal of a dead PoP and agent failover.
 
     python -m bench.run --only failover [--quick]
 

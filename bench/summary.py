@@ -1,6 +1,6 @@
 """The headline figures: ours / peer ratios, the table printed, the Markdown report.
 
-Owns: the list of summary figures (names, units, peers, targets from issue 7),
+Owns: the list of summary figures (names, units, peers, targets in docs/bench.md),
 the ratio arithmetic, and rendering. Pure functions over plain data.
 
 Every figure is a pair measured in the same run, on the same machine, with the
@@ -78,7 +78,7 @@ def target_met(row: Mapping) -> bool | None:
     if f is None or row.get("ratio") is None:
         return None
     if f.target is None and f.absolute_min is None and f.key != "edge_p50_added_ms":
-        return None  # reported for information; issue 7 sets no target for it
+        return None  # reported for information; docs/bench.md sets no target for it
     ok = True
     if f.target is not None:
         ok = row["ratio"] >= f.target if f.higher_is_better else row["ratio"] <= f.target

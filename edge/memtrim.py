@@ -1,6 +1,6 @@
 """Giving freed heap memory back to the OS after connection churn.
 
-Why (issue 7, bench: edge RSS 55 MiB -> 200+ MiB after the HTTPS runs): every
+Why (`make bench`, docs/bench.md: edge RSS 55 MiB -> 200+ MiB after the HTTPS runs): every
 TLS connection makes the C side allocate and free per-connection buffers
 (uvloop's SSL protocol mallocs a 256 KiB read buffer, OpenSSL its record
 buffers and handshake state). Measured on loopback with many short HTTPS

@@ -450,7 +450,7 @@ class EdgeServer:
         }
 
     async def _start_health(self, host: str, port: int) -> None:
-        # aiohttp here, not on the data path (DESIGN.md: admin/health endpoints).
+        # aiohttp here, not on the data path (docs/configuration.md: admin/health endpoints).
         from aiohttp import web
 
         async def healthz(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ class GeoDatabaseError(GeoError):
     """A GeoIP2 mmdb could not be opened, or is not a City/Country database."""
 
 
-GeoDBError = GeoDatabaseError  # the name geo/INTERFACE.md gives it
+GeoDBError = GeoDatabaseError  # the short name geo exports too
 
 
 class RoutingError(GeoError):

@@ -1,6 +1,6 @@
 """`geo.locate`: a client (source address, ECS subnet) -> location -> ranked PoPs.
 
-The one call the DNS server makes per query (DESIGN.md, "Where data flows").
+The one call the DNS server makes per query (dns/README.md).
 Combines a `GeoDatabase` (where is the client?) with a `Router` (which PoPs
 serve it?). Owns no policy: health, address counts and TTLs are `dns/`'s. It
 decodes no wire format either: `dns/` parses the ECS option and hands over

@@ -180,7 +180,7 @@ class GeoDatabase:
         addr = parse_address(address) if isinstance(address, str) else unmap(address)
         if addr.version == 6 and self.info.ip_version == 4:
             return Located(addr, 0, None)
-        # Memo by matched network (DESIGN.md, "DNS fast path"): the reader
+        # Memo by matched network (dns/README.md, the fast path): the reader
         # decodes the whole record into dicts on every call (all languages of
         # every name: ~10 us on GeoLite2-City), yet every address of a
         # database network gets the same record. The tree's leaves are
@@ -221,7 +221,7 @@ class GeoDatabase:
         """How many networks are memoised now (for tests and stats)."""
         return self._memo_count
 
-    locate = lookup  # the name geo/INTERFACE.md gives it
+    locate = lookup  # what geo.locate and the CLI call it
 
     def metadata(self) -> DatabaseInfo:
         return self.info

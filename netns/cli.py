@@ -304,7 +304,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         for k, v in lab.exec_env(state, args.host).items():
             os.environ.setdefault(k, v)
     # `ip netns exec` binds /etc/netns/<ns>/resolv.conf over /etc/resolv.conf and
-    # remounts /sys for the namespace (LAB-NOTES §3); exec so signals and the
+    # remounts /sys for the namespace (ip-netns(8)); exec so signals and the
     # exit status are the command's own.
     try:
         os.execvp("ip", ["ip", "netns", "exec", ns, *cmd])

@@ -1,7 +1,7 @@
 """Checks that lab traffic starts inside a lab namespace, never in the root namespace.
 
 The root namespace routes unknown addresses off the machine, and the machine's
-egress even completes TCP handshakes to lab addresses (LAB-NOTES §0), so
+egress even completes TCP handshakes to lab addresses (seen on the test machines), so
 sending from root is both wrong and silently "successful". Code that sends
 calls one of these first and refuses otherwise.
 """

@@ -291,7 +291,7 @@ def exec_env(state: LabState, host: str) -> dict[str, str]:
 
 
 def registry_command(paths: LabPaths, plan: LabPlan, host: Host) -> list[str]:
-    """etcd on a registry host: one member per registry host of the plan (LAB-NOTES §6 flags)."""
+    """etcd on a registry host: one member per registry host of the plan (flags: docs/lab.md)."""
     etcd = shutil.which("etcd") or "/usr/bin/etcd"
     members = plan.by_role("registry")
     cluster = ",".join(f"{m.name}=http://{m.ipv4[0]}:2380" for m in members)
@@ -306,7 +306,7 @@ def registry_command(paths: LabPaths, plan: LabPlan, host: Host) -> list[str]:
             "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"]
 
 
-ETCD_TERM_WAIT = 1.0   # s: TERM, then KILL; one member of three can take 7 s on TERM (LAB-NOTES §6)
+ETCD_TERM_WAIT = 1.0   # s: TERM, then KILL; one member of three can take 7 s on TERM (etcd 3.4.23)
 
 
 def _term_wait(p: Proc) -> float:

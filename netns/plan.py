@@ -23,7 +23,7 @@ ROLES = ("dns", "pop", "client", "resolver", "agent", "registry", "bridge")
 # Namespace names are "<prefix>-<host>"; both parts stay short and shell-safe.
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
-# The only ranges the lab may use (LAB-NOTES: nobody's network; the machine
+# The only ranges the lab may use (RFC 2544 benchmarking and a ULA /48: nobody's network; the machine
 # itself uses 192.0.2.0/24 and fd00::/64).
 ALLOWED_V4 = ipaddress.ip_network("198.18.0.0/15")
 

@@ -1,7 +1,7 @@
 """Processes inside lab hosts: start detached, track by pid, stop by pid.
 
 Owns how a daemon is started in a host (`ip netns exec <ns>`, which also binds
-the host's /etc/netns/<ns>/resolv.conf and remounts /sys, LAB-NOTES §3), how
+the host's /etc/netns/<ns>/resolv.conf and remounts /sys: docs/lab.md), how
 it is recorded (pid plus the kernel's start time, so a recycled pid is never
 mistaken for ours), and how it is stopped (TERM, bounded wait, KILL, reap).
 Nothing here is ever found or killed by name.
@@ -92,8 +92,8 @@ def stop(pids: list[tuple[int, int]], term_wait: float = 2.0,
     """Stop processes given as (pid, starttime; -1 = any): TERM, wait, KILL, reap.
 
     Each pid waits `term_waits[pid]` (else `term_wait`) seconds after TERM
-    before it gets KILL: an etcd member can take 7 s to exit on TERM (LAB-NOTES
-    §6), so the lab gives it about 1 s. Returns the pids that were signalled.
+    before it gets KILL: an etcd member can take 7 s to exit on TERM (seen with
+    etcd 3.4.23), so the lab gives it about 1 s. Returns the pids that were signalled.
     Bounded: at most max(term waits) + 2 s.
     """
     targets = []

@@ -6,7 +6,7 @@ bridge side, `eth0` in the host), and the hosts' addresses. It never touches
 the root namespace: every IPRoute is opened with `netns=` (a bare IPRoute()
 would act on root) and `flags=0` (the default O_CREAT would silently create a
 namespace on a typo), and veths are created from the bridge namespace with the
-peer placed straight into the host (LAB-NOTES §1).
+peer placed straight into the host (docs/lab.md).
 
 It knows nothing about processes (`netns.procs`) or configs (`netns.render`).
 """
@@ -40,7 +40,8 @@ BRIDGE_IF = "br0"
 HOST_IF = "eth0"
 
 # Written in every lab namespace before its veth arrives, so the interface
-# inherits them (LAB-NOTES §1): no DAD (addresses usable at once, daemons can
+# inherits them (an interface created or moved in
+# later takes the `default` values): no DAD (addresses usable at once, daemons can
 # bind them), no router advertisements, no forwarding.
 HOST_SYSCTLS = {
     "net/ipv6/conf/all/accept_dad": "0",
@@ -118,7 +119,7 @@ def _libc() -> ctypes.CDLL:
 def write_sysctls(plan_ns: dict[str, dict[str, str]]) -> None:
     """Write sysctls inside namespaces, from one short-lived thread.
 
-    setns() changes only the calling thread (LAB-NOTES §1; Python 3.11 has no
+    setns() changes only the calling thread (setns(2); Python 3.11 has no
     os.setns), so a throwaway thread hops from namespace to namespace and the
     main thread never leaves the root namespace.
     """
@@ -177,7 +178,7 @@ def build(plan: LabPlan, prefix: str) -> BuildTimes:
     v6len = int(plan.ipv6_prefix.split("/")[1])
     bridge_ns = ns_name(prefix, bridge_host.name)
     with IPRoute(netns=bridge_ns, flags=0) as core:
-        # Snooping off: no MLD state to reason about on a lab segment (LAB-NOTES §2).
+        # Snooping off: no MLD state to reason about on a lab segment.
         core.link("add", ifname=BRIDGE_IF, kind="bridge", br_mcast_snooping=0)
         br = core.link_lookup(ifname=BRIDGE_IF)[0]
         for i, h in enumerate(others):
@@ -209,7 +210,7 @@ def _address_host(ipr: IPRoute, host: Host, ifname: str, v4len: int, v6len: int)
 
 
 def write_resolv_conf(prefix: str, host: str, nameservers: list[str]) -> Path:
-    """/etc/netns/<ns>/resolv.conf: `ip netns exec` binds it over /etc/resolv.conf (LAB-NOTES §4)."""
+    """/etc/netns/<ns>/resolv.conf: `ip netns exec` binds it over /etc/resolv.conf (ip-netns(8))."""
     d = ETC_NETNS_DIR / ns_name(prefix, host)
     d.mkdir(parents=True, exist_ok=True)
     path = d / "resolv.conf"
@@ -220,7 +221,7 @@ def write_resolv_conf(prefix: str, host: str, nameservers: list[str]) -> Path:
 
 
 def remove_etc_netns(prefix: str) -> list[str]:
-    """Remove /etc/netns/<prefix>-*/ (ip netns del leaves them, LAB-NOTES §1) and /etc/netns if empty."""
+    """Remove /etc/netns/<prefix>-*/ (ip netns del leaves them) and /etc/netns if empty."""
     removed = []
     if not ETC_NETNS_DIR.is_dir():
         return removed

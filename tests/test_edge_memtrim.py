@@ -1,4 +1,4 @@
-"""edge.memtrim: the heap is trimmed once per `every` closed connections (issue 7)."""
+"""edge.memtrim: the heap is trimmed once per `every` closed connections (edge/memtrim.py says why)."""
 from __future__ import annotations
 
 from edge.memtrim import HeapTrimmer

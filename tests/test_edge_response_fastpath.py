@@ -1,4 +1,4 @@
-"""ResponseRewriter fast paths (issue 7): whole reads, memoryviews and
+"""ResponseRewriter fast paths (docs/bench.md): whole reads, memoryviews and
 byte-by-byte feeding must give the same bytes."""
 from __future__ import annotations
 

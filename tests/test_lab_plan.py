@@ -35,7 +35,7 @@ def test_example_plan_has_every_host_the_issue_asks_for():
     plan = load_plan(EXAMPLE)
     names = {h.name for h in plan.hosts}
     assert {"bridge", "dns1", "dns2", "resolver", "agent"} <= names
-    # a 3-member etcd, one member per region (issue 6)
+    # a 3-member etcd, one member per region (docs/lab.md)
     regs = plan.by_role("registry")
     assert [(h.name, h.region) for h in regs] == [("registry-eu", "eu"), ("registry-us", "us"),
                                                   ("registry-ap", "ap")]

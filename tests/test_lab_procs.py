@@ -61,7 +61,7 @@ def test_stop_terminates_then_kills_a_process_that_ignores_term():
 
 
 def test_a_per_pid_term_wait_overrides_the_default_one():
-    # etcd members get KILL after ~1 s (LAB-NOTES §6), others the default wait. The stubborn
+    # etcd members get KILL after ~1 s (docs/lab.md), others the default wait. The stubborn
     # process here has a short wait of its own while the default is long: if stop() used the
     # default for it, the module's timeout would stop the test, not this assertion.
     stubborn = subprocess.Popen([sys.executable, "-c",

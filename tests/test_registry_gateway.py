@@ -1,6 +1,6 @@
 """Parsing and building etcd 3.4 JSON gateway messages (edge/registry/gateway.py).
 
-Answers below are shaped like those captured from etcd 3.4.23 (LAB-NOTES 6):
+Answers below are shaped like those captured from etcd 3.4.23 (docs/registry.md):
 int64 as strings, base64 bytes, default-valued fields left out.
 """
 from __future__ import annotations

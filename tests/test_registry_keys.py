@@ -8,7 +8,7 @@ from edge.registry.errors import InvalidKey
 
 
 @pytest.mark.parametrize("prefix, end", [
-    (b"/gslb/", b"/gslb0"),            # '/' + 1 == '0' (LAB-NOTES 6: /lab/gw/ -> /lab/gw0)
+    (b"/gslb/", b"/gslb0"),            # '/' + 1 == '0' (etcd's prefix range_end: /lab/gw/ -> /lab/gw0)
     (b"/gslb/bind/", b"/gslb/bind0"),
     (b"a", b"b"),
     (b"a\xff", b"b"),                  # trailing 0xff cannot be incremented: dropped

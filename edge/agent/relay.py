@@ -63,7 +63,7 @@ class StreamToUpstream:
     def eof_received(self) -> None:
         # Half-close towards the upstream only once its buffer is empty:
         # uvloop 0.23 crashed when a write_eof was pending as the connection
-        # closed (EDGE-NOTES.md, pitfalls).
+        # closed (seen under connection churn; tests/integration/test_tunnel_agent.py churns).
         half_close_when_drained(self.upstream)
 
     def pause_writing(self) -> None:

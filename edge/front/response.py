@@ -78,7 +78,7 @@ class ResponseRewriter:
         self._methods.append(method)
 
     def feed(self, data: bytes | memoryview) -> bytes | memoryview:
-        # Fast paths (issue 7 profile: feed and its bytes() copies were ~10 %
+        # Fast paths (`make bench PROFILE=1`: feed and its bytes() copies were ~10 %
         # of the edge's CPU at 64 KiB): a read that lies wholly inside a body
         # goes out as it came, no slice, no copy, no join. The tunnel may hand
         # over a memoryview of its read buffer (tunnel/connection.py).
@@ -180,8 +180,8 @@ class ResponseRewriter:
 
     def _on_head(self, head: bytes) -> bytes:
         # One pass over the head's lines does what add_via() checks and finds
-        # the framing fields (it used to split and scan the head twice: issue 7
-        # profile, add_via + _on_head ~8 % of the edge's CPU at 100 B).
+        # the framing fields (it used to split and scan the head twice: `make bench
+        # PROFILE=1`, add_via + _on_head ~8 % of the edge's CPU at 100 B).
         lines = head[:-4].split(b"\r\n")
         m = _STATUS.match(lines[0])
         if m is None:

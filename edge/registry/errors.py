@@ -56,7 +56,7 @@ class RegistryUnavailable(RegistryError):
     """etcd could not be reached, or has no quorum, within the timeout.
 
     `outcome_unknown` is True when a write was sent but no answer came back:
-    etcd may still commit it later (LAB-NOTES 6: a put that "failed" with a
+    etcd may still commit it later (docs/registry.md: a put that "failed" with a
     timeout was there once the members came back). Re-read before retrying;
     the registry's own writes do that (create-if-absent, then compare owner),
     so calling `bind`/`allocate_port` again is safe.

@@ -3,7 +3,7 @@
 Why the gateway and not a gRPC client (aetcd): aiohttp is already a
 dependency of the edge, the gateway is on by default in etcd 3.4, and it
 keeps grpcio and protobuf (large native wheels) out of the edge. aetcd also
-talks to one member only (LAB-NOTES 6); here every call can go to any member.
+talks to one member only (docs/registry.md); here every call can go to any member.
 
 Failover: `GatewayClient` holds the list of members and remembers which one
 answered last. A connection error, a timeout or a 5xx moves the call to the
@@ -11,8 +11,8 @@ next member, until the call's deadline; a 4xx is our bug and is raised at
 once. Losing one member of three is therefore invisible to callers.
 
 Unknown outcomes: a write that got no answer (timeout, connection dropped
-after sending, 503 "request timed out") may still be committed later (LAB-NOTES
-6 saw exactly that when quorum came back). Every write here is safe to send
+after sending, 503 "request timed out") may still be committed later (docs/registry.md:
+seen with etcd 3.4.23 when quorum came back). Every write here is safe to send
 again, which is what failover does, and what a caller may do after
 `RegistryUnavailable(outcome_unknown=True)`:
 - bind / allocate_port are transactions "create if absent, else read it";

@@ -308,7 +308,7 @@ def _rst(sock):
 
 
 def test_connection_churn_leaves_the_edge_serving_and_no_connection_behind(net):
-    """Bounded churn (8 x 40 connections) of every way a client can go away (EDGE-NOTES: uvloop churn crash)."""
+    """Bounded churn (8 x 40 connections) of every way a client can go away (uvloop 0.23 crashed under churn)."""
     ctx = ssl.create_default_context(cafile=str(net.ca.cert_path))
     port = net.https_port
     errors: list[BaseException] = []

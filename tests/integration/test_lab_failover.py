@@ -1,4 +1,4 @@
-"""Failover in the lab (issue 6): one agent at its nearest PoP serves clients everywhere,
+"""Failover in the lab (docs/lab.md): one agent at its nearest PoP serves clients everywhere,
 and PoP, agent and registry faults heal without a person.
 
 Uses the session lab (`gslb lab up`): 8 PoP edges sharing a 3-member etcd

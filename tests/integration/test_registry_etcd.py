@@ -3,7 +3,7 @@
 Two EtcdRegistry instances play two PoPs. The cluster lives in a temp dir with
 free ports, and is stopped by pid (TERM, ~1 s, KILL) in the fixture teardown.
 The fault test kills members with SIGKILL and restarts them from their data
-dirs (LAB-NOTES 6: the initial-cluster flags are then ignored).
+dirs (etcd: the initial-cluster flags are then ignored).
 """
 from __future__ import annotations
 

@@ -416,7 +416,7 @@ def test_streams_in_flight_fail_cleanly_when_session_dies_and_new_ones_work(tmp_
 
 
 def test_stream_churn_many_short_streams_half_closed_both_ways(tmp_path):
-    """EDGE-NOTES.md pitfall: uvloop crashed under connection churn with a
+    """A known uvloop pitfall: uvloop 0.23 crashed under connection churn with a
     write_eof pending at close. 600 short streams, 40 at a time."""
 
     async def main():
