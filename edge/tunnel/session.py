@@ -71,6 +71,7 @@ class _Reader:
         self.lost = False
         self.exc: BaseException | None = None
         self.paused = False
+        self.want = 0  # bytes a pending readexactly() needs buffered at once
         self.waiter: asyncio.Future[None] | None = None
 
     def _wake(self) -> None:
@@ -83,10 +84,18 @@ class _Reader:
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        if len(self.buf) > self.limit and not self.paused:
+        if not self.paused and len(self.buf) > max(self.limit, self.want):
             self.paused = True
             self.stream.pause_reading()
         self._wake()
+
+    def need(self, n: int) -> None:
+        """A readexactly(n) waits: buffer up to n bytes before pausing (else
+        an n above the limit plus the window never arrives)."""
+        self.want = n
+        if self.paused and len(self.buf) < n:
+            self.paused = False
+            self.stream.resume_reading()
 
     def eof_received(self) -> None:
         self.eof = True
@@ -105,11 +114,16 @@ class _Reader:
         pass
 
     def take(self, n: int) -> bytes:
+        self.want = 0
         data = bytes(self.buf[:n])
         del self.buf[:n]
         if self.paused and len(self.buf) <= self.limit // 2:
             self.paused = False
             self.stream.resume_reading()
+        elif not self.paused and len(self.buf) > self.limit:
+            # more arrived while a readexactly() waited for a large n
+            self.paused = True
+            self.stream.pause_reading()
         return data
 
 
@@ -273,9 +287,14 @@ class Stream:
 
     async def readexactly(self, n: int) -> bytes:
         r = self._require_reader()
-        while len(r.buf) < n and not r.eof:
-            r.waiter = self._loop.create_future()
-            await r.waiter
+        if len(r.buf) < n:
+            r.need(n)
+        try:
+            while len(r.buf) < n and not r.eof:
+                r.waiter = self._loop.create_future()
+                await r.waiter
+        finally:
+            r.want = 0
         if len(r.buf) < n:
             if r.exc is not None:
                 raise r.exc
