@@ -353,3 +353,29 @@ def test_readexactly_above_the_reader_limit_plus_the_window():
 
     # bounded: a deadlock (the old reader) fails here instead of hanging
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_go_away_refuses_new_streams_from_the_peer_open_ones_go_on():
+    async def main():
+        tasks = []
+        server, client, srv = await session_pair(lambda st: tasks.append(asyncio.ensure_future(echo_handler(st))))
+        st = client.open_stream()
+        st.write(b"before ")
+        assert await st.readexactly(7) == b"before "
+        srv.go_away()
+        for _ in range(500):  # bounded poll for the frame to arrive
+            if client.remote_go_away is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert client.remote_go_away == 0
+        with pytest.raises(SessionClosedError):
+            client.open_stream()
+        st.write(b"after")
+        assert await st.readexactly(5) == b"after"
+        st.close()
+        assert await st.read() == b""
+        assert not srv.is_closed  # go-away alone does not close the session
+        client.close()
+        server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -603,6 +603,14 @@ class Session(asyncio.BufferedProtocol):
             self._ping_waiters.pop(opaque, None)
         return self._loop.time() - start
 
+    def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
+        """Refuse new streams from the peer (go-away, yamux spec "Go Away");
+        streams already open go on. Idempotent."""
+        if self.conn.local_go_away or self._transport is None:
+            return
+        self.conn.go_away(code)
+        self._schedule_flush()
+
     def close(self, code: int = GO_AWAY_NORMAL) -> None:
         """Go away with `code` and close the transport once written.
         (close, never write_eof: EDGE-NOTES.md, uvloop pitfall)"""
