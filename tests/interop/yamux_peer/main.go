@@ -134,6 +134,7 @@ func serve(st *yamux.Stream) {
 			fmt.Fprintf(st, "error %v\n", err)
 			return
 		}
+		report("event goaway-sent") // from now on yamux refuses SYNs with RST
 		fmt.Fprintf(st, "ok\n")
 		io.Copy(st, st)
 	default:
