@@ -286,6 +286,9 @@ class Stream:
         return b""
 
     async def readexactly(self, n: int) -> bytes:
+        """Exactly n bytes (IncompleteReadError at EOF before them). While it
+        waits, the stream buffers up to n bytes (the caller's bound) instead
+        of pausing at the reader's limit."""
         r = self._require_reader()
         if len(r.buf) < n:
             r.need(n)
@@ -606,10 +609,10 @@ class Session(asyncio.BufferedProtocol):
     def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
         """Refuse new streams from the peer (go-away, yamux spec "Go Away");
         streams already open go on. Idempotent."""
-        if self.conn.local_go_away or self._transport is None:
+        if self.conn.local_go_away:
             return
         self.conn.go_away(code)
-        self._schedule_flush()
+        self._schedule_flush()  # before connection_made: sent once it comes
 
     def close(self, code: int = GO_AWAY_NORMAL) -> None:
         """Go away with `code` and close the transport once written.
