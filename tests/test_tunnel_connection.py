@@ -418,6 +418,34 @@ def test_any_split_of_the_byte_stream_yields_the_same_data(payload, cuts):
     assert events[0] == StreamOpened(sid) and events[-1] == StreamEnded(sid)
 
 
+@settings(max_examples=200, deadline=None)
+@given(order=st.permutations(list(range(40))), closes=st.sets(st.integers(0, 39)))
+def test_syns_in_any_order_all_open_and_reuse_is_always_refused(order, closes):
+    # a real client's frames for 40 streams, SYN frames sent in a random
+    # order (as concurrent opens race); some streams reset right away
+    c, s = pair()
+    sids = [c.open_stream() for _ in range(40)]
+    c.data_to_send()
+    events = []
+    for i in order:
+        sid = sids[i]
+        wire = syn(sid) + data_frame(sid, b"%d" % sid)
+        if i in closes:
+            wire += rst_of(sid)
+        events += s.receive_data(wire)
+    assert [e.stream_id for e in events if isinstance(e, StreamOpened)] == [sids[i] for i in order]
+    for i, sid in enumerate(sids):
+        assert s.is_open(sid) == (i not in closes)
+    s.data_to_send()
+    for i in closes:  # a closed id again: refused, the session lives
+        assert s.receive_data(syn(sids[i])) == []
+        assert s.data_to_send() == rst_of(sids[i])
+    live = [sid for i, sid in enumerate(sids) if i not in closes]
+    if live:  # a live id again: the session's protocol error
+        with pytest.raises(ProtocolError, match="already open"):
+            s.receive_data(syn(live[0]))
+
+
 @settings(max_examples=300, deadline=None)
 @given(garbage=st.binary(min_size=1, max_size=200))
 def test_random_bytes_never_crash_only_protocol_errors(garbage):
