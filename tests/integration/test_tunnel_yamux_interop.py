@@ -1,8 +1,9 @@
 """Interop: HashiCorp's yamux (Go, Debian's golang-github-hashicorp-yamux-dev)
-against our edge/tunnel Session, over plain TCP on 127.0.0.1.
+against our edge/tunnel Session, on 127.0.0.1.
 
 The Go side is tests/interop/yamux_peer (built here offline in GOPATH mode,
-no module proxy). Both directions:
+no module proxy). Each over plain TCP and over TLS (as agents and edges
+talk). Both directions:
 
 - Go as yamux client opens streams to our server-side Session (its
   scenarios, run from Go; our side serves them);
@@ -16,13 +17,20 @@ RST), windows grown beyond 256 KiB.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
+import ipaddress
 import os
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from edge.tunnel.errors import SessionClosedError, StreamResetError
 from edge.tunnel.events import WindowUpdated
@@ -62,6 +70,44 @@ def peer_binary(tmp_path_factory: pytest.TempPathFactory) -> str:
     if r.returncode != 0:
         pytest.fail(f"building {PEER_SRC} failed (GOPATH mode, offline):\n{r.stdout}\n{r.stderr}")
     return str(out)
+
+
+TLS_NAME = "connect.lab.test"
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A CA and a certificate for TLS_NAME and 127.0.0.1: {ca, cert, key} paths."""
+    d = tmp_path_factory.mktemp("tls")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "interop test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TLS_NAME)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(TLS_NAME), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    files = {"ca": d / "ca.pem", "cert": d / "cert.pem", "key": d / "key.pem"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return {k: str(v) for k, v in files.items()}
 
 
 def pattern(n: int, seed: bytes) -> bytes:
@@ -199,7 +245,8 @@ class Service:
 
 
 @needs_go_yamux
-def test_go_client_opens_streams_to_our_server_session(peer_binary: str) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_go_client_opens_streams_to_our_server_session(peer_binary: str, tls_files: dict, transport: str) -> None:
     async def main() -> None:
         svc = Service()
         loop = asyncio.get_running_loop()
@@ -210,11 +257,16 @@ def test_go_client_opens_streams_to_our_server_session(peer_binary: str) -> None
             holder["spy"] = spy_window_updates(holder["s"])  # type: ignore[assignment]
             return holder["s"]
 
-        server = await loop.create_server(factory, "127.0.0.1", 0)
+        ctx, tls_args = None, []
+        if transport == "tls":
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(tls_files["cert"], tls_files["key"])
+            tls_args = ["-tls-ca", tls_files["ca"], "-tls-name", TLS_NAME]
+        server = await loop.create_server(factory, "127.0.0.1", 0, ssl=ctx)
         port = server.sockets[0].getsockname()[1]
         # the Go client keeps yamux's stock 256 KiB receive window
         proc = await asyncio.create_subprocess_exec(
-            peer_binary, "-mode", "client", "-addr", f"127.0.0.1:{port}", "-window", str(INITIAL_WINDOW),
+            peer_binary, "-mode", "client", "-addr", f"127.0.0.1:{port}", "-window", str(INITIAL_WINDOW), *tls_args,
             "-deadline", f"{DEADLINE - 30}s", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             # more threads than cores: goroutines opening at once interleave
             # more, so SYNs arrive out of order more often (not always)
@@ -279,11 +331,17 @@ async def echo_through(st: Stream, data: bytes) -> tuple[bytes, int]:
 
 
 @needs_go_yamux
-def test_our_client_session_opens_streams_to_go_server(peer_binary: str) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_our_client_session_opens_streams_to_go_server(peer_binary: str, tls_files: dict, transport: str) -> None:
+    ctx, tls_args = None, []
+    if transport == "tls":
+        ctx = ssl.create_default_context(cafile=tls_files["ca"])
+        tls_args = ["-tls-cert", tls_files["cert"], "-tls-key", tls_files["key"]]
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         proc = await asyncio.create_subprocess_exec(
-            peer_binary, "-mode", "server", "-listen", "127.0.0.1:0", "-window", str(16 * MiB),
+            peer_binary, "-mode", "server", "-listen", "127.0.0.1:0", "-window", str(16 * MiB), *tls_args,
             "-deadline", f"{DEADLINE - 30}s", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         lines: list[str] = []
         reader = asyncio.ensure_future(read_stdout_lines(proc, lines))
@@ -304,7 +362,9 @@ def test_our_client_session_opens_streams_to_go_server(peer_binary: str) -> None
     async def run(proc, lines: list[str], loop) -> None:
         listening = await wait_for_line(lines, "listening ")
         host, port = listening.split()[1].rsplit(":", 1)
-        transport, client = await loop.create_connection(lambda: Session(client=True, name="go-server"), host, int(port))
+        wire, client = await loop.create_connection(
+            lambda: Session(client=True, name="go-server"), host, int(port),
+            **({"ssl": ctx, "server_hostname": TLS_NAME} if ctx is not None else {}))
         spy = spy_window_updates(client)
 
         # echo 1 KiB / 1 MiB / 64 MiB
@@ -351,13 +411,13 @@ def test_our_client_session_opens_streams_to_go_server(peer_binary: str) -> None
         # Go's refusal: we stop reading, so our side cannot know of Go's
         # go-away yet when it opens one more stream; Go answers that SYN with
         # RST (the stream gets StreamResetError)
-        transport.pause_reading()
+        wire.pause_reading()
         st_theirs.write(b"goaway\n")
         await wait_for_line(lines, "event goaway-sent")
         st_refused = client.open_stream()
         st_refused.write(b"echo\n")
         await asyncio.sleep(0)  # its SYN is written before anything is read
-        transport.resume_reading()
+        wire.resume_reading()
         with pytest.raises(StreamResetError):
             await st_refused.read()
         assert await read_line(st_theirs) == "ok"

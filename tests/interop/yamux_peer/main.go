@@ -5,6 +5,9 @@
 //	yamux_peer -mode client -addr 127.0.0.1:PORT   dial, yamux client, run the scenarios below
 //	yamux_peer -mode server -listen 127.0.0.1:0    print "listening ADDR", accept one connection, serve
 //
+// With -tls-ca FILE -tls-name NAME (client) or -tls-cert FILE -tls-key FILE
+// (server) the connection is TLS, as between agents and edges.
+//
 // In both modes it serves the streams the other side opens: the first line
 // of a stream is a command (see serve). Results go to stdout, one line each:
 // "ok NAME ...", "FAIL NAME: why", "event ...". Exit status 0 only when
@@ -20,6 +23,8 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -322,7 +327,56 @@ func config() *yamux.Config {
 	return cfg
 }
 
-var window = flag.Uint("window", 16<<20, "receive window per stream (bytes); yamux's default is 256 KiB")
+var (
+	window  = flag.Uint("window", 16<<20, "receive window per stream (bytes); yamux's default is 256 KiB")
+	tlsCA   = flag.String("tls-ca", "", "client: dial TLS, trusting this CA (PEM)")
+	tlsName = flag.String("tls-name", "", "client: the server name to send and verify")
+	tlsCert = flag.String("tls-cert", "", "server: serve TLS with this certificate (PEM)")
+	tlsKey  = flag.String("tls-key", "", "server: ... and this key (PEM)")
+)
+
+func fatal(what string, err error) {
+	fmt.Fprintln(os.Stderr, what+":", err)
+	os.Exit(2)
+}
+
+func dial(addr string) net.Conn {
+	if *tlsCA == "" {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			fatal("dial", err)
+		}
+		return conn
+	}
+	pem, err := os.ReadFile(*tlsCA)
+	if err != nil {
+		fatal("tls-ca", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		fatal("tls-ca", errors.New("no certificate in "+*tlsCA))
+	}
+	conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: *tlsName, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		fatal("dial tls", err)
+	}
+	return conn
+}
+
+func listenOn(addr string) net.Listener {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fatal("listen", err)
+	}
+	if *tlsCert == "" {
+		return ln
+	}
+	cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+	if err != nil {
+		fatal("tls-cert", err)
+	}
+	return tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+}
 
 func main() {
 	mode := flag.String("mode", "", "client or server")
@@ -337,12 +391,7 @@ func main() {
 	var err error
 	switch *mode {
 	case "client":
-		conn, err2 := net.Dial("tcp", *addr)
-		if err2 != nil {
-			fmt.Fprintln(os.Stderr, "dial:", err2)
-			os.Exit(2)
-		}
-		if session, err = yamux.Client(conn, config()); err != nil {
+		if session, err = yamux.Client(dial(*addr), config()); err != nil {
 			fmt.Fprintln(os.Stderr, "yamux:", err)
 			os.Exit(2)
 		}
@@ -350,11 +399,7 @@ func main() {
 		runClient()
 		session.Close()
 	case "server":
-		ln, err2 := net.Listen("tcp", *listen)
-		if err2 != nil {
-			fmt.Fprintln(os.Stderr, "listen:", err2)
-			os.Exit(2)
-		}
+		ln := listenOn(*listen)
 		report("listening %s", ln.Addr())
 		conn, err2 := ln.Accept()
 		if err2 != nil {
