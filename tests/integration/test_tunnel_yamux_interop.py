@@ -179,7 +179,6 @@ class Service:
     """Our side of the Go client's scenarios (the commands main.go sends)."""
 
     def __init__(self) -> None:
-        self.session: Session | None = None
         self.tasks: list[asyncio.Task] = []
         self.opened: list[int] = []
         self.max_receive_window = 0
