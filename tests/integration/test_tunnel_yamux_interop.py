@@ -293,8 +293,9 @@ def test_go_client_opens_streams_to_our_server_session(peer_binary: str, tls_fil
         assert svc.max_receive_window > INITIAL_WINDOW
         assert 0 < holder["spy"]["max_delta"] <= INITIAL_WINDOW  # type: ignore[index]
         out_of_order = sum(1 for a, b in zip(svc.opened, svc.opened[1:]) if b < a)
-        print(f"streams opened by Go: {len(svc.opened)}, SYNs out of order: {out_of_order}, "
-              f"max receive window {svc.max_receive_window}")
+        print(f"{transport}: streams opened by Go: {len(svc.opened)}, SYNs out of order: {out_of_order}, "
+              f"max receive window {svc.max_receive_window}; "
+              + "; ".join(line for line in lines if line.startswith("ok echo-67108864")))
         holder["s"].close()
         server.close()
 
@@ -369,8 +370,10 @@ def test_our_client_session_opens_streams_to_go_server(peer_binary: str, tls_fil
         # echo 1 KiB / 1 MiB / 64 MiB
         for n in (KiB, MiB, 64 * MiB):
             data = pattern(n, str(n).encode())
+            start = loop.time()
             back, window = await echo_through(client.open_stream(), data)
             assert len(back) == n and back == data, f"echo of {n} bytes came back different"
+        print(f"{transport}: 64 MiB echo through Go's server took {loop.time() - start:.2f} s")
         # the 64 MiB echo grew our window, and Go (16 MiB window) granted us more than 256 KiB
         assert window > INITIAL_WINDOW
         assert spy["max_delta"] > INITIAL_WINDOW

@@ -197,12 +197,13 @@ func echo(data []byte) error {
 }
 
 func scenario(name string, f func() (string, error)) {
+	start := time.Now()
 	detail, err := f()
 	if err != nil {
 		report("FAIL %s: %v", name, err)
 		return
 	}
-	report("ok %s %s", name, detail)
+	report("ok %s %s took=%s", name, detail, time.Since(start).Round(time.Millisecond))
 }
 
 func runClient() {
