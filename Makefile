@@ -7,10 +7,13 @@ BIN     := $(VENV)/bin
 GSLB    := $(BIN)/gslb
 STAMP   := $(VENV)/.installed
 # Debian packages the tests and the lab use: command -> package
-# (gdnsd and nginx: the bench's unit tests check the peers' generated configs with them)
+# (gdnsd and nginx: the bench's unit tests check the peers' generated configs with them;
+#  go and HashiCorp's yamux source: the tunnel's interop test builds its Go peer offline)
 SYSTOOLS := dig:dnsutils kdig:knot-dnsutils unbound:unbound curl:curl ip:iproute2 etcd:etcd-server \
             etcdctl:etcd-client gdnsd:gdnsd nginx:nginx-light \
-            /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream
+            /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream \
+            go:golang-go \
+            /usr/share/gocode/src/github.com/hashicorp/yamux/session.go:golang-github-hashicorp-yamux-dev
 BENCHTOOLS := dnsperf:dnsperf wrk:wrk
 
 .PHONY: install systools test unit integration lab lab-down lab-status bench clean help

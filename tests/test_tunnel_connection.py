@@ -269,13 +269,109 @@ def test_protocol_error_in_one_connection_leaves_another_untouched():
     assert data_of(pump(c2, s2)) == b"fine"
 
 
-def test_stream_id_reuse_is_a_protocol_error():
+def syn(sid: int) -> bytes:
+    return F.pack_header(F.TYPE_WINDOW_UPDATE, F.FLAG_SYN, sid, 0)
+
+
+def rst_of(sid: int) -> bytes:
+    return F.pack_header(F.TYPE_WINDOW_UPDATE, F.FLAG_RST, sid, 0)
+
+
+def data_frame(sid: int, payload: bytes, flags: int = 0) -> bytes:
+    return F.pack_header(F.TYPE_DATA, flags, sid, len(payload)) + payload
+
+
+def test_syns_out_of_order_open_streams_as_they_come():
+    # HashiCorp's library opens concurrent streams from goroutines: their
+    # SYNs may arrive in any order; the spec sets no order
+    _, s = pair()
+    ev = s.receive_data(syn(5) + syn(1) + data_frame(5, b"five") + syn(3) + data_frame(1, b"one"))
+    assert ev == [StreamOpened(5), StreamOpened(1), DataReceived(5, b"five"), StreamOpened(3), DataReceived(1, b"one")]
+    assert [s.is_open(i) for i in (1, 3, 5)] == [True, True, True]
+    acks = s.data_to_send()
+    assert acks == b"".join(F.pack_header(F.TYPE_WINDOW_UPDATE, F.FLAG_ACK, i, 0) for i in (5, 1, 3))
+
+
+def test_client_accepts_server_syns_out_of_order():
+    c, _ = pair()
+    ev = c.receive_data(syn(6) + syn(2) + syn(4))
+    assert ev == [StreamOpened(6), StreamOpened(2), StreamOpened(4)]
+
+
+def test_syn_for_a_live_stream_is_a_protocol_error():
+    _, s = pair()
+    s.receive_data(syn(3))
+    with pytest.raises(ProtocolError, match="already open"):
+        s.receive_data(syn(3))
+
+
+def test_stream_id_reuse_after_close_is_refused_with_rst_session_lives():
     c, s = pair()
-    c.open_stream()
-    raw = c.data_to_send()
-    s.receive_data(raw)
-    with pytest.raises(ProtocolError, match="reused"):
-        s.receive_data(raw)
+    sid = c.open_stream()
+    c.end_stream(sid)
+    pump(c, s)
+    s.end_stream(sid)  # closed both ways: forgotten
+    s.data_to_send()
+    assert not s.is_open(sid)
+    # the same id again: ambiguous with late frames of the old stream
+    ev = s.receive_data(syn(sid) + data_frame(sid, b"late"))
+    assert ev == []
+    assert s.data_to_send() == rst_of(sid)
+    assert not s.is_open(sid)
+    # the session goes on: other streams open and carry data
+    ev = s.receive_data(syn(3) + data_frame(3, b"ok"))
+    assert ev == [StreamOpened(3), DataReceived(3, b"ok")]
+
+
+def test_refused_id_counts_as_used():
+    _, s = pair(max_streams=1)
+    s.receive_data(syn(1))
+    s.receive_data(syn(3))  # over the limit: refused
+    s.data_to_send()
+    s.reset_stream(1)
+    s.data_to_send()
+    assert s.receive_data(syn(3)) == []
+    assert s.data_to_send() == rst_of(3)
+
+
+def test_frame_on_a_skipped_id_is_never_opened_until_its_syn_arrives():
+    _, s = pair()
+    s.receive_data(syn(5))
+    _, s2 = pair()
+    s2.receive_data(syn(5))
+    with pytest.raises(ProtocolError, match="never opened"):
+        s2.receive_data(data_frame(3, b"x"))
+    # in the first connection the SYN for 3 comes later: fine
+    assert s.receive_data(syn(3) + data_frame(3, b"x")) == [StreamOpened(3), DataReceived(3, b"x")]
+
+
+def test_late_frames_after_out_of_order_streams_closed_are_dropped():
+    _, s = pair()
+    s.receive_data(syn(7) + syn(1))
+    s.receive_data(rst_of(7) + rst_of(1))
+    assert s.receive_data(data_frame(7, b"late") + data_frame(1, b"late")) == []
+    with pytest.raises(ProtocolError, match="never opened"):
+        s.receive_data(data_frame(5, b"x"))
+
+
+def test_memory_for_used_ids_is_bounded_and_old_ids_stay_refused():
+    from edge.tunnel.connection import _MAX_USED_ABOVE_FLOOR
+
+    _, s = pair()
+    # id 1 never comes: every later id stays above the low-water mark
+    n = 3 * _MAX_USED_ABOVE_FLOOR
+    for i in range(n):
+        sid = 3 + 2 * i
+        s.receive_data(syn(sid))
+        s.receive_data(rst_of(sid))
+    s.data_to_send()
+    assert len(s._remote_used) <= _MAX_USED_ABOVE_FLOOR
+    # every id used is still known as used, the skipped id 1 counts as used
+    for sid in (1, 3, 3 + 2 * (n // 2), 3 + 2 * (n - 1)):
+        assert s.receive_data(syn(sid)) == []
+        assert s.data_to_send() == rst_of(sid)
+    # ids above all of them open as usual
+    assert s.receive_data(syn(3 + 2 * n)) == [StreamOpened(3 + 2 * n)]
 
 
 def test_window_update_overflow_is_a_protocol_error():
@@ -320,6 +416,34 @@ def test_any_split_of_the_byte_stream_yields_the_same_data(payload, cuts):
     events += s.receive_data(wire[pos:])
     assert data_of(events) == payload
     assert events[0] == StreamOpened(sid) and events[-1] == StreamEnded(sid)
+
+
+@settings(max_examples=200, deadline=None)
+@given(order=st.permutations(list(range(40))), closes=st.sets(st.integers(0, 39)))
+def test_syns_in_any_order_all_open_and_reuse_is_always_refused(order, closes):
+    # a real client's frames for 40 streams, SYN frames sent in a random
+    # order (as concurrent opens race); some streams reset right away
+    c, s = pair()
+    sids = [c.open_stream() for _ in range(40)]
+    c.data_to_send()
+    events = []
+    for i in order:
+        sid = sids[i]
+        wire = syn(sid) + data_frame(sid, b"%d" % sid)
+        if i in closes:
+            wire += rst_of(sid)
+        events += s.receive_data(wire)
+    assert [e.stream_id for e in events if isinstance(e, StreamOpened)] == [sids[i] for i in order]
+    for i, sid in enumerate(sids):
+        assert s.is_open(sid) == (i not in closes)
+    s.data_to_send()
+    for i in closes:  # a closed id again: refused, the session lives
+        assert s.receive_data(syn(sids[i])) == []
+        assert s.data_to_send() == rst_of(sids[i])
+    live = [sid for i, sid in enumerate(sids) if i not in closes]
+    if live:  # a live id again: the session's protocol error
+        with pytest.raises(ProtocolError, match="already open"):
+            s.receive_data(syn(live[0]))
 
 
 @settings(max_examples=300, deadline=None)

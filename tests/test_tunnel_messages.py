@@ -93,3 +93,14 @@ def test_proxy_header_rejects_unknown_version_and_bad_port():
     h["client_port"] = 70000
     with pytest.raises(MessageError, match="client_port"):
         M.ProxyHeader.from_dict(h)
+
+
+def test_auth_optional_fields_take_the_documented_defaults():
+    # docs/protocol.md 3.2 and 3.5: one default each, the agent's
+    msg = M.parse_message({"type": "auth", "id": 1, "authtoken": "t"})
+    assert (msg.heartbeat_interval, msg.heartbeat_timeout, msg.agent_version, msg.agent_id) == (10.0, 15.0, "", "")
+
+
+def test_bind_options_and_tcp_name_are_optional():
+    msg = M.parse_message({"type": "bind", "id": 2, "kind": "tcp"})
+    assert (msg.name, msg.options) == ("", {})

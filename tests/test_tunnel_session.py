@@ -310,3 +310,72 @@ def test_protocol_set_right_after_a_reset_still_gets_connection_lost():
         server.close()
 
     asyncio.run(main())
+
+
+def test_readexactly_above_the_reader_limit_plus_the_window():
+    # the default reader pauses above its limit (1 MiB) and the peer stops
+    # after one window: a readexactly(8 MiB) must still get its bytes
+    n = 8 * 1024 * 1024
+    tail = 2 * 1024 * 1024 + 3
+
+    async def main():
+        got = asyncio.get_running_loop().create_future()
+
+        async def reader(stream: Stream) -> None:
+            try:
+                first = await stream.readexactly(n)
+                rest = bytearray()
+                while True:
+                    data = await stream.read()
+                    if not data:
+                        break
+                    rest += data
+                stream.close()
+                got.set_result((first, bytes(rest)))
+            except Exception as exc:  # reported to the test, never lost
+                got.set_exception(exc)
+
+        tasks = []
+        server, client, _ = await session_pair(lambda st: tasks.append(asyncio.ensure_future(reader(st))))
+        st = client.open_stream()
+        payload = hashlib.sha256(b"seed").digest() * ((n + tail) // 32 + 1)
+        payload = payload[: n + tail]
+        for off in range(0, len(payload), 256 * 1024):
+            st.write(payload[off : off + 256 * 1024])
+            await st.drain()
+        st.close()
+        first, rest = await got
+        assert first == payload[:n]
+        assert rest == payload[n:]
+        assert await st.read() == b""
+        client.close()
+        server.close()
+
+    # bounded: a deadlock (the old reader) fails here instead of hanging
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_go_away_refuses_new_streams_from_the_peer_open_ones_go_on():
+    async def main():
+        tasks = []
+        server, client, srv = await session_pair(lambda st: tasks.append(asyncio.ensure_future(echo_handler(st))))
+        st = client.open_stream()
+        st.write(b"before ")
+        assert await st.readexactly(7) == b"before "
+        srv.go_away()
+        for _ in range(500):  # bounded poll for the frame to arrive
+            if client.remote_go_away is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert client.remote_go_away == 0
+        with pytest.raises(SessionClosedError):
+            client.open_stream()
+        st.write(b"after")
+        assert await st.readexactly(5) == b"after"
+        st.close()
+        assert await st.read() == b""
+        assert not srv.is_closed  # go-away alone does not close the session
+        client.close()
+        server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

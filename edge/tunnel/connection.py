@@ -40,6 +40,11 @@ from edge.tunnel.events import (
 )
 
 
+# Ids of the peer's parity above the low-water mark that were used (see
+# Connection._remote_used): at most this many are remembered; beyond it the
+# lower half is folded into the mark (ids skipped below it count as used).
+_MAX_USED_ABOVE_FLOOR = 4096
+
 # Payload pieces at least this large are handed over as memoryviews of the
 # received buffer; smaller ones are copied (cheap, and plain bytes).
 _VIEW_MIN = 16 * 1024
@@ -102,8 +107,14 @@ class Connection:
         self._streams: dict[int, _Stream] = {}
         self._out: list[bytes] = []
         self._next_local_id = 1 if client else 2
-        self._last_remote_id = 0
         self._remote_parity = 0 if client else 1
+        # Ids the peer used (opened: live, closed or refused). HashiCorp's
+        # spec sets no order on SYNs (its library sends concurrent opens in
+        # any order), so a SYN is accepted for any unused id of the peer's
+        # parity. Every id below _remote_floor is used; above it, the used
+        # ones are in _remote_used (bounded: _MAX_USED_ABOVE_FLOOR).
+        self._remote_floor = 2 if client else 1
+        self._remote_used: set[int] = set()
         self._granted_total = 0  # sum of window_size over open streams
         self._next_ping = 0
         self.local_go_away = False
@@ -414,9 +425,16 @@ class Connection:
         if flags & F.FLAG_SYN:
             if sid % 2 != self._remote_parity:
                 raise ProtocolError(f"SYN on stream {sid}: wrong parity for the peer (spec, \"StreamID\")")
-            if sid <= self._last_remote_id:
-                raise ProtocolError(f"SYN on stream {sid}: id reused or not increasing")
-            self._last_remote_id = sid
+            if st is not None:
+                # two streams on one id: frames could not be told apart
+                raise ProtocolError(f"SYN on stream {sid}: the stream is already open (duplicate SYN)")
+            if self._remote_used_id(sid):
+                # reuse of a closed id: late frames of the old stream and
+                # the new one would be ambiguous. Refuse this stream only
+                # (docs/protocol.md 2.2): RST, no state.
+                self._out.append(F.pack_header(F.TYPE_WINDOW_UPDATE, F.FLAG_RST, sid, 0))
+                return None
+            self._mark_remote_used(sid)
             if self.local_go_away or len(self._streams) >= self.config.max_streams:
                 # refuse: RST, no state (hashicorp yamux does the same when
                 # its accept backlog is full)
@@ -432,7 +450,7 @@ class Connection:
             return st
         if st is None:
             if sid % 2 == self._remote_parity:
-                if sid > self._last_remote_id:
+                if not self._remote_used_id(sid):
                     raise ProtocolError(f"frame on stream {sid}, which the peer never opened")
             elif sid >= self._next_local_id:
                 raise ProtocolError(f"frame on stream {sid}, which this side never opened")
@@ -440,6 +458,31 @@ class Connection:
         if flags & F.FLAG_ACK and sid % 2 != self._remote_parity:
             events.append(StreamAcked(sid))
         return st
+
+    def _remote_used_id(self, sid: int) -> bool:
+        """The peer opened `sid` before (or skipped it below the floor)."""
+        return sid < self._remote_floor or sid in self._remote_used
+
+    def _mark_remote_used(self, sid: int) -> None:
+        used = self._remote_used
+        used.add(sid)
+        floor = self._remote_floor
+        while floor in used:
+            used.discard(floor)
+            floor += 2
+        if len(used) > _MAX_USED_ABOVE_FLOOR:
+            # Bounded memory: the lower half of the remembered ids joins the
+            # floor; ids never opened below it count as used from now on (a
+            # SYN for one that is that late gets RST, never a stream).
+            ordered = sorted(used)
+            keep = ordered[len(ordered) // 2 :]
+            floor = keep[0]
+            used.clear()
+            used.update(keep)
+            while floor in used:
+                used.discard(floor)
+                floor += 2
+        self._remote_floor = floor
 
     def _finish_data_frame(self, events: list[Event]) -> None:
         sid, flags = self._payload_sid, self._payload_flags

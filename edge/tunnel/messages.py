@@ -240,7 +240,7 @@ def parse_message(obj: dict[str, Any]) -> Message:
             authtoken=_get(obj, "authtoken", str),
             agent_version=_get(obj, "agent_version", str, optional=True, default="")[:64],
             heartbeat_interval=_seconds(obj, "heartbeat_interval", 10.0),
-            heartbeat_timeout=_seconds(obj, "heartbeat_timeout", 20.0),
+            heartbeat_timeout=_seconds(obj, "heartbeat_timeout", 15.0),
             agent_id=_get(obj, "agent_id", str, optional=True, default="")[:64],
         )
     if t == "auth_ok":

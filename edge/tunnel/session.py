@@ -71,6 +71,7 @@ class _Reader:
         self.lost = False
         self.exc: BaseException | None = None
         self.paused = False
+        self.want = 0  # bytes a pending readexactly() needs buffered at once
         self.waiter: asyncio.Future[None] | None = None
 
     def _wake(self) -> None:
@@ -83,10 +84,18 @@ class _Reader:
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        if len(self.buf) > self.limit and not self.paused:
+        if not self.paused and len(self.buf) > max(self.limit, self.want):
             self.paused = True
             self.stream.pause_reading()
         self._wake()
+
+    def need(self, n: int) -> None:
+        """A readexactly(n) waits: buffer up to n bytes before pausing (else
+        an n above the limit plus the window never arrives)."""
+        self.want = n
+        if self.paused and len(self.buf) < n:
+            self.paused = False
+            self.stream.resume_reading()
 
     def eof_received(self) -> None:
         self.eof = True
@@ -105,11 +114,16 @@ class _Reader:
         pass
 
     def take(self, n: int) -> bytes:
+        self.want = 0
         data = bytes(self.buf[:n])
         del self.buf[:n]
         if self.paused and len(self.buf) <= self.limit // 2:
             self.paused = False
             self.stream.resume_reading()
+        elif not self.paused and len(self.buf) > self.limit:
+            # more arrived while a readexactly() waited for a large n
+            self.paused = True
+            self.stream.pause_reading()
         return data
 
 
@@ -272,10 +286,18 @@ class Stream:
         return b""
 
     async def readexactly(self, n: int) -> bytes:
+        """Exactly n bytes (IncompleteReadError at EOF before them). While it
+        waits, the stream buffers up to n bytes (the caller's bound) instead
+        of pausing at the reader's limit."""
         r = self._require_reader()
-        while len(r.buf) < n and not r.eof:
-            r.waiter = self._loop.create_future()
-            await r.waiter
+        if len(r.buf) < n:
+            r.need(n)
+        try:
+            while len(r.buf) < n and not r.eof:
+                r.waiter = self._loop.create_future()
+                await r.waiter
+        finally:
+            r.want = 0
         if len(r.buf) < n:
             if r.exc is not None:
                 raise r.exc
@@ -583,6 +605,14 @@ class Session(asyncio.BufferedProtocol):
         finally:
             self._ping_waiters.pop(opaque, None)
         return self._loop.time() - start
+
+    def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
+        """Refuse new streams from the peer (go-away, yamux spec "Go Away");
+        streams already open go on. Idempotent."""
+        if self.conn.local_go_away:
+            return
+        self.conn.go_away(code)
+        self._schedule_flush()  # before connection_made: sent once it comes
 
     def close(self, code: int = GO_AWAY_NORMAL) -> None:
         """Go away with `code` and close the transport once written.
