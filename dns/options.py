@@ -173,7 +173,12 @@ class ReplyOptions:
                  cookies: Cookies | None = None) -> None:
         self.nsid, self.keepalive, self.cookies = nsid, keepalive, cookies
         self._nsid_option = b"" if nsid is None else struct.pack("!HH", OPTION_NSID, len(nsid)) + nsid
-        self._keepalive_option = struct.pack("!HHH", OPTION_KEEPALIVE, 2, min(keepalive, 0xFFFF))
+        self.set_keepalive(keepalive / 10)
+
+    def set_keepalive(self, seconds: float) -> None:
+        """The idle timeout the server really applies (it keeps its own across reloads)."""
+        self.keepalive = min(int(round(seconds * 10)), 0xFFFF)
+        self._keepalive_option = struct.pack("!HHH", OPTION_KEEPALIVE, 2, self.keepalive)
 
     @classmethod
     def from_config(cls, cfg: Any, clock: Any = None) -> "ReplyOptions":

@@ -229,3 +229,12 @@ def test_config_errors_name_file_line_and_key_and_never_echo_a_secret(tmp_path, 
     msg = str(exc.value)
     assert where in msg and "dns.toml:" in msg and exc.value.line
     assert "00112233" not in msg and "zz" * 16 not in msg
+
+
+def test_the_server_advertises_the_idle_timeout_it_applies_across_reloads(example_config):
+    from dns.server import DnsServer
+    srv = DnsServer(engine(example_config, idle=10.0), (("127.0.0.1", 0),), tcp_idle_timeout=2.5,
+                    reload=lambda: engine(example_config, idle=99.0))
+    assert ask(srv.engine, options=KEEPALIVE_EMPTY, tcp=True).option(11) == struct.pack("!H", 25)
+    assert srv.reload()
+    assert ask(srv.engine, options=KEEPALIVE_EMPTY, tcp=True).option(11) == struct.pack("!H", 25)
