@@ -93,13 +93,13 @@ class Cookies:
                 return i
         return None
 
-    def verdict(self, cookie: bytes, source: str) -> tuple[str, bytes]:
+    def verdict(self, cookie: bytes, source: str, now: int | None = None) -> tuple[str, bytes]:
         """(verdict, the 24-byte COOKIE option data for the reply) for a well-formed cookie.
 
         RFC 7873 5.2.3-5.2.5 with RFC 9018 4.3: a fresh server cookie unless the
         query's is valid, signed by the current secret and at most half an hour old.
         """
-        now = int(self.clock()) & 0xFFFFFFFF
+        now = int(self.clock() if now is None else now) & 0xFFFFFFFF
         client = cookie[:8]
         ip = _packed(source)
         if len(cookie) == 8:

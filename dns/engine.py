@@ -30,6 +30,11 @@ from dns.zone import ZoneData
 
 # Entries mapping to this marker depend on the source address (GSLB answer, no ECS).
 _BY_SOURCE = object()
+# `_respond_cookie` for a query that has no COOKIE option after all.
+_NO_COOKIE = object()
+# How long a query's cookie verdict is reused for the same bytes from the same address:
+# short against a cookie's 30-minute renewal, long against a resolver's query rate.
+_COOKIE_REUSE = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,8 @@ class Engine:
         self._by_source: dict[tuple[bytes, str], tuple] = {}
         self._turns: dict[tuple, list[int]] = {}  # answer -> [next rotation step]
         self._built: dict[tuple, list[bytes]] = {}  # reply shape -> reply bytes (see _slow)
+        # (query[2:], source) -> (placeholder query[2:], reply cookie, verdict, reuse until)
+        self._cookie_seen: dict[tuple[bytes, str], tuple] = {}
         # misses: slow-path queries; errors: FORMERR/NOTIMP/BADVERS answered; dropped: no
         # answer; internal_errors: bugs turned into SERVFAIL (the fuzz test wants 0).
         self.stats = {"misses": 0, "errors": 0, "dropped": 0, "internal_errors": 0}
@@ -134,9 +141,9 @@ class Engine:
         # A COOKIE option (code 10) cannot be there without the bytes 00 0a: a C-speed
         # test keeps queries without one on the plain fast path.
         if not _inner and self.cookies is not None and data.find(b"\x00\x0a", 12) >= 0:
-            info = eo.scan(data)
-            if info is not None and info.cookie is not None:
-                return self._respond_cookie(data, info, source, tcp)
+            reply = self._respond_cookie(data, source, tcp)
+            if reply is not _NO_COOKIE:
+                return reply
         key = data[2:]
         entry = (self._tcp if tcp else self._udp).get(key)
         if entry is not None:
@@ -370,15 +377,44 @@ class Engine:
         w.header(err.query_id, flags, qd, 0, 0, ar)
         return w.getvalue()
 
-    def _respond_cookie(self, data: bytes, info: eo.OptInfo, source: str, tcp: bool) -> bytes | None:
+    def _respond_cookie(self, data: bytes, source: str, tcp: bool) -> Any:
         """A query with a COOKIE option (RFC 7873 5.2): the cached answer, our cookie spliced in.
 
         The answer is the one to the query with a placeholder cookie (`dns.options`), so
-        every client shares the cache; only the 24-byte cookie differs per client.
+        every client shares the cache; only the 24-byte cookie differs per client. A
+        resolver repeats its queries with the same cookie: the verdict on those bytes from
+        that address is kept for `_COOKIE_REUSE` seconds (at most as long as the reply
+        cookie stays fresh), so a repeat costs no option walk and no hash.
+        Returns `_NO_COOKIE` when the query has no COOKIE option.
         """
+        cookies = self.cookies
         try:
-            problem = eo.cookie_problem(info)
-            placeholder = eo.with_placeholder(data, info)
+            now = int(cookies.clock())  # type: ignore[union-attr]
+            seen_key = (data[2:], source)
+            seen = self._cookie_seen.get(seen_key)
+            if seen is not None and now < seen[3]:
+                if seen[0] is None:
+                    return _NO_COOKIE
+                placeholder, cookie, verdict = data[:2] + seen[0], seen[1], seen[2]
+            else:
+                info = eo.scan(data)
+                if info is None or info.cookie is None:
+                    self._remember_cookie(seen_key, (None, None, None, now + _COOKIE_REUSE))
+                    return _NO_COOKIE
+                seen = None
+            if seen is None:
+                problem = eo.cookie_problem(info)
+                placeholder = eo.with_placeholder(data, info)
+                if problem is None:
+                    verdict, cookie = cookies.verdict(info.cookie_data(data), source, now)  # type: ignore[union-attr]
+                    until = now + _COOKIE_REUSE
+                    if verdict == VALID:
+                        # An echoed cookie is renewed once it is half an hour old: reuse it until then.
+                        stamped = int.from_bytes(cookie[12:16], "big")
+                        until = min(until, now + max(0, (stamped + 1801 - now) & 0xFFFFFFFF))
+                    self._remember_cookie(seen_key, (placeholder[2:], cookie, verdict, until))
+            else:
+                problem = None
             if problem is not None:
                 # RFC 7873 5.2.2: a malformed COOKIE option is FORMERR (with an OPT).
                 try:
@@ -390,8 +426,7 @@ class Engine:
                 return self.error_response(data, QueryError(
                     1, problem, query_id=q.id, flags=q.flags, question_end=q.question_end,
                     edns=q.edns), tcp)
-            verdict, cookie = self.cookies.verdict(info.cookie_data(data), source)  # type: ignore[union-attr]
-            if verdict != VALID and self.cookies.require and not tcp:  # type: ignore[union-attr]
+            if verdict != VALID and cookies.require and not tcp:  # type: ignore[union-attr]
                 # RFC 7873 5.2.3/5.2.4: policy wants a valid server cookie before answering
                 # over UDP: BADCOOKIE with a fresh one, which the client sends back. Over TCP
                 # the address is proven by the handshake, so the answer is given.
@@ -413,6 +448,12 @@ class Engine:
             return data[:2] + bytes(((data[2] & 0x79) | 0x80, SERVFAIL)) + bytes(8)
         reply = self.respond(placeholder, source, tcp, True)
         return None if reply is None else eo.splice_cookie(reply, cookie)
+
+    def _remember_cookie(self, key: tuple[bytes, str], value: tuple) -> None:
+        seen = self._cookie_seen
+        if len(seen) >= self.cache_size:
+            del seen[next(iter(seen))]
+        seen[key] = value
 
     # -- explain -----------------------------------------------------------------------
 

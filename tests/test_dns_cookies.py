@@ -307,3 +307,31 @@ def test_a_cookie_from_another_address_is_not_valid(cfg):
     assert ask(e, options=cookie_option(given), source="192.0.2.99").rcode == 23
     v6 = ask(e, options=cookie_option(CLIENT), source="2001:db8::1", tcp=True).cookie
     assert ask(e, options=cookie_option(v6), source="2001:db8::1").rcode == 0
+
+
+def test_repeated_queries_reuse_the_verdict_but_a_cookie_is_renewed_after_half_an_hour(cfg):
+    clock = [T0]
+    e = Engine(dataclasses.replace(cfg, cookies=CookieSettings(secret=SECRET)), clock=lambda: clock[0])
+    first = ask(e, options=cookie_option(CLIENT)).cookie
+    clock[0] += 30
+    assert ask(e, options=cookie_option(CLIENT)).cookie == first   # the same bytes: reused
+    clock[0] += 31
+    fresh = ask(e, options=cookie_option(CLIENT)).cookie             # past the reuse window
+    assert int.from_bytes(fresh[12:16], "big") == clock[0]
+    assert ask(e, options=cookie_option(fresh)).cookie == fresh     # valid: echoed
+    clock[0] += 1800
+    assert ask(e, options=cookie_option(fresh)).cookie == fresh     # 30 minutes old: still echoed
+    clock[0] += 1
+    renewed = ask(e, options=cookie_option(fresh)).cookie           # older: renewed
+    assert renewed != fresh and int.from_bytes(renewed[12:16], "big") == clock[0]
+    clock[0] += 3600
+    e2 = ask(e, options=cookie_option(fresh))                        # expired: a fresh cookie
+    assert e2.rcode == 0 and int.from_bytes(e2.cookie[12:16], "big") == clock[0]
+
+
+def test_verdicts_are_per_address_even_for_the_same_bytes(cfg):
+    e = engine_with(cfg, require=True)
+    given = ask(e, options=cookie_option(CLIENT), source="192.0.2.1", tcp=True).cookie
+    for _ in range(2):
+        assert ask(e, options=cookie_option(given), source="192.0.2.1").rcode == 0
+        assert ask(e, options=cookie_option(given), source="192.0.2.2").rcode == 23
