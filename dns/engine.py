@@ -3,7 +3,8 @@
 Owns everything between a datagram or TCP message and the reply: parsing
 (`dns.wire`), locating the client (`geo`), the zone and policy (`dns.zone`,
 `dns.policy`), EDNS/ECS echo, truncation, and the answer cache. It opens no
-socket and reads no clock: `dns.server` feeds it bytes and the peer address.
+socket and reads no clock but the `clock` it is given (which dates DNS cookies
+only): `dns.server` feeds it bytes and the peer address.
 
 The fast path (DESIGN.md, "DNS fast path"): a reply depends on the query's
 bytes after the ID (name as sent, type, flags, the whole OPT record with its

@@ -131,9 +131,8 @@ def cookie_problem(info: OptInfo) -> str | None:
     """Why the query's COOKIE option gets FORMERR (RFC 7873 5.2.2), or None when it is fine."""
     if info.cookie is None:
         return None
-    if info.cookies > 1:
-        # Two cookies in one query: which to check is undefined, so reject (as with ECS).
-        return "more than one COOKIE option"
+    # RFC 7873 5.2: only the first COOKIE option (nearest the header) counts; later ones
+    # are ignored (and stay in the query, so they are not answered).
     start, end = info.cookie
     if not well_formed(end - start - 4):
         return f"COOKIE option of {end - start - 4} octets (8, or 16 to 40)"

@@ -218,9 +218,13 @@ def test_well_formed_cookie_lengths_are_answered(cfg, length):
     assert r.rcode == 0 and r.cookie[:8] == bytes(range(1, 9))
 
 
-def test_two_cookie_options_are_formerr(cfg):
-    r = ask(engine_with(cfg), options=cookie_option(CLIENT) + cookie_option(CLIENT))
-    assert r.rcode == 1 and r.cookie is None
+def test_only_the_first_of_two_cookie_options_counts(cfg):
+    e = engine_with(cfg)
+    r = ask(e, options=cookie_option(CLIENT) + cookie_option(b"\xff" * 8))
+    assert r.rcode == 0 and r.cookie[:8] == CLIENT and len(r.msg.rr) == 2
+    assert e.cookies.signed_by(r.cookie, socket.inet_aton("192.0.2.1")) == 0
+    r = ask(e, options=cookie_option(CLIENT) + cookie_option(b"bad"))  # a malformed second: ignored
+    assert r.rcode == 0 and r.cookie[:8] == CLIENT
 
 
 def test_require_gives_badcookie_over_udp_without_a_valid_server_cookie(cfg):
