@@ -370,6 +370,19 @@ def test_require_cookie_badcookie_then_answered_with_the_cookie(lab_dir, tmp_pat
         assert srv.stop() == 0
 
 
+def test_workers_share_the_random_secret(lab_dir, tmp_path):
+    """No configured secret: one random secret per start, made before the workers fork."""
+    shutil.copy(lab_dir / "lab.mmdb", tmp_path / "lab.mmdb")
+    srv = Server(write_config(str(tmp_path)), "--workers", "2", log_dir=str(tmp_path))
+    try:
+        given, _ = cookie(dig(srv, "+cookie", "lab.test", "SOA"))
+        # dig uses a new source port each time, so SO_REUSEPORT spreads these over both workers
+        for _ in range(8):
+            assert cookie(dig(srv, f"+cookie={given}", "lab.test", "SOA")) == (given, "good")
+    finally:
+        assert srv.stop() == 0
+
+
 # -- servers of their own -----------------------------------------------------------------------
 
 def test_acceptance_with_the_example_config_as_shipped(tmp_path):
