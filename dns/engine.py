@@ -25,8 +25,8 @@ from dns import chaos as ch
 from dns import options as eo
 from dns import policy as pol
 from dns.cookies import BADCOOKIE, VALID
-from dns.wire import (AA, AXFR, CD, CLASS_IN, IXFR, MAILA, MAILB, NOTIMP, QR, RD, REFUSED, SERVFAIL,
-                      TC, ClientSubnet, Drop, Query, QueryError, Writer, parse_query)
+from dns.wire import (AA, AXFR, BADVERS, CD, CLASS_IN, FORMERR, IXFR, MAILA, MAILB, NOERROR, NOTIMP, QR,
+                      RD, REFUSED, SERVFAIL, TC, ClientSubnet, Drop, Query, QueryError, Writer, parse_query)
 from dns.zone import ZoneData
 
 # Entries mapping to this marker depend on the source address (GSLB answer, no ECS).
@@ -182,16 +182,16 @@ class Engine:
                 extra = self.options.for_reply(data, tcp)
             except ValueError as exc:
                 return self.error_response(data, QueryError(
-                    1, str(exc), query_id=q.id, flags=q.flags, question_end=q.question_end,
+                    FORMERR, str(exc), query_id=q.id, flags=q.flags, question_end=q.question_end,
                     edns=q.edns), tcp)
         if q.qclass == ch.CLASS_CH and self.chaos:
             chaos = ch.answer(self.chaos, q.qname_key, q.qname, q.qtype)
             if chaos is not None:
-                return data[:2] + self.build(q, data, 0, True, chaos, (), (),
+                return data[:2] + self.build(q, data, NOERROR, True, chaos, (), (),
                                              ecs.echo(0) if ecs else None, tcp, extra)[2:]
         refusal = None
         if q.qclass != CLASS_IN:
-            refusal = REFUSED  # class IN only (CHAOS "version.bind" and the like are not ours)
+            refusal = REFUSED  # class IN only (and the CHAOS names configured, above)
         elif q.qtype in (AXFR, IXFR):
             refusal = REFUSED  # no zone transfers (RFC 5936 lets a server refuse them)
         elif q.qtype in (MAILA, MAILB):
@@ -362,7 +362,7 @@ class Engine:
         do = None
         if err.edns is not None:
             do = err.edns.do
-        elif err.rcode in (1, NOTIMP):
+        elif err.rcode in (FORMERR, NOTIMP):
             # The parser stopped before the OPT (QDCOUNT, opcode); if it can be found all
             # the same, answer with one (RFC 6891 7: every reply to an EDNS query has an OPT).
             info = eo.scan(data)
@@ -372,7 +372,7 @@ class Engine:
             # RFC 6891 7: FORMERR caused by the OPT carries an OPT so the client can tell
             # a broken option from a server without EDNS. RFC 6891 6.1.3: BADVERS says version 0
             # (and looks at no option, so it carries none of ours).
-            extra = b"" if err.rcode == 16 else self.options.for_reply(data, tcp, strict=False)
+            extra = b"" if err.rcode == BADVERS else self.options.for_reply(data, tcp, strict=False)
             w.opt(self.payload_max, err.rcode >> 4, do, extra)
             ar = 1
         w.header(err.query_id, flags, qd, 0, 0, ar)
@@ -425,7 +425,7 @@ class Engine:
                 except QueryError as err:
                     return self.error_response(data, err, tcp)
                 return self.error_response(data, QueryError(
-                    1, problem, query_id=q.id, flags=q.flags, question_end=q.question_end,
+                    FORMERR, problem, query_id=q.id, flags=q.flags, question_end=q.question_end,
                     edns=q.edns), tcp)
             if verdict != VALID and cookies.require and not tcp:  # type: ignore[union-attr]
                 # RFC 7873 5.2.3/5.2.4: policy wants a valid server cookie before answering
