@@ -48,7 +48,10 @@ def well_formed(length: int) -> bool:
 def _packed(source: str) -> bytes:
     """The client's address as hashed: 4 octets for IPv4, 16 for IPv6 (RFC 9018 4.4)."""
     host = source.partition("%")[0]  # a link-local peer: "fe80::1%eth0"
-    return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return b""  # no usable peer address (a TCP peer that went away): hash none
 
 
 class Cookies:

@@ -668,6 +668,8 @@ def _cookies(t: Table) -> CookieSettings:
     if extra and secret is None:
         raise t.error("secrets_accepted", "needs `secret` (the one that signs) as well")
     require = t.bool("require", False)
+    if require and not enabled:
+        raise t.error("require", "needs cookies enabled (enabled = true)")
     t.reject_unknown()
     extra = tuple(s for i, s in enumerate(extra) if s != secret and s not in extra[:i])
     return CookieSettings(enabled=enabled, secret=secret, secrets_accepted=extra, require=require)

@@ -339,3 +339,8 @@ def test_verdicts_are_per_address_even_for_the_same_bytes(cfg):
     for _ in range(2):
         assert ask(e, options=cookie_option(given), source="192.0.2.1").rcode == 0
         assert ask(e, options=cookie_option(given), source="192.0.2.2").rcode == 23
+
+
+def test_a_source_that_is_no_address_still_gets_an_answer_with_a_cookie(cfg):
+    r = ask(engine_with(cfg), options=cookie_option(CLIENT), source="", tcp=True)
+    assert r.rcode == 0 and r.cookie[:8] == CLIENT

@@ -221,6 +221,7 @@ def test_config_defaults_cookies_on_with_a_random_secret_nsid_and_chaos_off(tmp_
     ("", 'nsid = "0x123"', "server.nsid: "),
     ("", 'nsid = "' + "x" * 129 + '"', "server.nsid: 129 octets"),
     ('[chaos]\nversion = "a\\u0007b"\n', "", "chaos.version: printable"),
+    ('[cookies]\nenabled = false\nrequire = true\n', "", "cookies.require: needs cookies enabled"),
     ('[chaos]\nversoin = "1"\n', "", "chaos.versoin: unknown key"),
 ])
 def test_config_errors_name_file_line_and_key_and_never_echo_a_secret(tmp_path, extra, server, where):
