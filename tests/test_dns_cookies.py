@@ -344,3 +344,13 @@ def test_verdicts_are_per_address_even_for_the_same_bytes(cfg):
 def test_a_source_that_is_no_address_still_gets_an_answer_with_a_cookie(cfg):
     r = ask(engine_with(cfg), options=cookie_option(CLIENT), source="", tcp=True)
     assert r.rcode == 0 and r.cookie[:8] == CLIENT
+
+
+@pytest.mark.parametrize("subnet", ["::/128", "a:18::/128", "0:a:18::/128", "198.19.5.0/24"])
+def test_the_cookie_goes_in_the_right_place_whatever_the_ecs_echo_holds(cfg, subnet):
+    # ECS addresses made of the placeholder's own bytes (00 0a 00 18, zeros) must not fool the splice
+    e = engine_with(cfg)
+    r = ask(e, options=cookie_option(CLIENT) + ecs_option(subnet))
+    assert r.rcode == 0 and r.cookie[:8] == CLIENT
+    assert e.cookies.signed_by(r.cookie, socket.inet_aton("192.0.2.1")) == 0
+    assert r.options[-1][0] == 8 and r.options[-1][1][4:] == ecs_option(subnet)[8:]
