@@ -244,8 +244,12 @@ def _serve(args: argparse.Namespace) -> int:
     def monitor(publisher: Any) -> HealthMonitor:
         return HealthMonitor(cfg, publisher, control_path=control, control_required=control_required)
 
+    cookies = ("off" if not cfg.cookies.enabled else
+               ("required" if cfg.cookies.require else "on") + (
+                   "" if cfg.cookies.secret else ",random-secret"))
     log("starting", config=cfg.path, zone=cfg.zone.name, workers=workers,
-        geoip_db=geoip or cfg.server.geoip_db or "none", health="on" if cfg.health.enabled else "off")
+        geoip_db=geoip or cfg.server.geoip_db or "none", health="on" if cfg.health.enabled else "off",
+        cookies=cookies)
     if workers == 1:
         def single() -> DnsServer:
             srv = factory(engine)  # the engine validated above

@@ -3,7 +3,8 @@
 Owns everything between a datagram or TCP message and the reply: parsing
 (`dns.wire`), locating the client (`geo`), the zone and policy (`dns.zone`,
 `dns.policy`), EDNS/ECS echo, truncation, and the answer cache. It opens no
-socket and reads no clock: `dns.server` feeds it bytes and the peer address.
+socket and reads no clock but the `clock` it is given (which dates DNS cookies
+only): `dns.server` feeds it bytes and the peer address.
 
 The fast path (DESIGN.md, "DNS fast path"): a reply depends on the query's
 bytes after the ID (name as sent, type, flags, the whole OPT record with its
@@ -20,13 +21,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dns import chaos as ch
+from dns import options as eo
 from dns import policy as pol
-from dns.wire import (AA, AXFR, CD, CLASS_IN, IXFR, MAILA, MAILB, NOTIMP, QR, RD, REFUSED, SERVFAIL,
-                      TC, ClientSubnet, Drop, Query, QueryError, Writer, parse_query)
+from dns.cookies import BADCOOKIE, VALID
+from dns.wire import (AA, AXFR, BADVERS, CD, CLASS_IN, FORMERR, IXFR, MAILA, MAILB, NOERROR, NOTIMP, QR,
+                      RD, REFUSED, SERVFAIL, TC, ClientSubnet, Drop, Query, QueryError, Writer, parse_query)
 from dns.zone import ZoneData
 
 # Entries mapping to this marker depend on the source address (GSLB answer, no ECS).
 _BY_SOURCE = object()
+# `_respond_cookie` for a query that has no COOKIE option after all.
+_NO_COOKIE = object()
+# How long a query's cookie verdict is reused for the same bytes from the same address:
+# short against a cookie's 30-minute renewal, long against a resolver's query rate.
+_COOKIE_REUSE = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +56,7 @@ class Engine:
     """
 
     def __init__(self, cfg: Any, locator: Any = None, health: pol.HealthView | None = None,
-                 *, cache_size: int = 50_000, log_decisions: bool = False) -> None:
+                 *, cache_size: int = 50_000, log_decisions: bool = False, clock: Any = None) -> None:
         from geo.routing import PopSite, Router
 
         self.cfg = cfg
@@ -62,6 +71,10 @@ class Engine:
         health_cfg = getattr(cfg, "health", None)
         self.drained = frozenset(health_cfg.drained) if health_cfg is not None else frozenset()
         self.payload_max = cfg.server.udp_payload_max
+        # COOKIE, NSID, keepalive (dns/options.py); `clock` (time.time) only dates cookies.
+        self.options = eo.ReplyOptions.from_config(cfg, clock)
+        self.cookies = self.options.cookies
+        self.chaos = ch.table(cfg)
         self.cache_size = cache_size
         self.log_decisions = log_decisions
         self._udp: dict[bytes, Any] = {}
@@ -69,6 +82,8 @@ class Engine:
         self._by_source: dict[tuple[bytes, str], tuple] = {}
         self._turns: dict[tuple, list[int]] = {}  # answer -> [next rotation step]
         self._built: dict[tuple, list[bytes]] = {}  # reply shape -> reply bytes (see _slow)
+        # (query[2:], source) -> (placeholder query[2:], reply cookie, verdict, reuse until)
+        self._cookie_seen: dict[tuple[bytes, str], tuple] = {}
         # misses: slow-path queries; errors: FORMERR/NOTIMP/BADVERS answered; dropped: no
         # answer; internal_errors: bugs turned into SERVFAIL (the fuzz test wants 0).
         self.stats = {"misses": 0, "errors": 0, "dropped": 0, "internal_errors": 0}
@@ -116,7 +131,7 @@ class Engine:
 
     # -- the per-query entry point -------------------------------------------------
 
-    def respond(self, data: bytes, source: str, tcp: bool = False) -> bytes | None:
+    def respond(self, data: bytes, source: str, tcp: bool = False, _inner: bool = False) -> bytes | None:
         """The reply to one query from `source` (an IP string), or None to send nothing.
 
         Never raises: whatever the bytes, the worst outcome is a FORMERR,
@@ -124,6 +139,12 @@ class Engine:
         """
         if type(data) is not bytes:
             data = bytes(data)
+        # A COOKIE option (code 10) cannot be there without the bytes 00 0a: a C-speed
+        # test keeps queries without one on the plain fast path.
+        if not _inner and self.cookies is not None and data.find(b"\x00\x0a", 12) >= 0:
+            reply = self._respond_cookie(data, source, tcp)
+            if reply is not _NO_COOKIE:
+                return reply
         key = data[2:]
         entry = (self._tcp if tcp else self._udp).get(key)
         if entry is not None:
@@ -155,9 +176,22 @@ class Engine:
             return self.error_response(data, err, tcp)
 
         ecs = q.edns.client_subnet if q.edns else None
+        extra = b""
+        if q.edns is not None:
+            try:
+                extra = self.options.for_reply(data, tcp)
+            except ValueError as exc:
+                return self.error_response(data, QueryError(
+                    FORMERR, str(exc), query_id=q.id, flags=q.flags, question_end=q.question_end,
+                    edns=q.edns), tcp)
+        if q.qclass == ch.CLASS_CH and self.chaos:
+            chaos = ch.answer(self.chaos, q.qname_key, q.qname, q.qtype)
+            if chaos is not None:
+                return data[:2] + self.build(q, data, NOERROR, True, chaos, (), (),
+                                             ecs.echo(0) if ecs else None, tcp, extra)[2:]
         refusal = None
         if q.qclass != CLASS_IN:
-            refusal = REFUSED  # class IN only (CHAOS "version.bind" and the like are not ours)
+            refusal = REFUSED  # class IN only (and the CHAOS names configured, above)
         elif q.qtype in (AXFR, IXFR):
             refusal = REFUSED  # no zone transfers (RFC 5936 lets a server refuse them)
         elif q.qtype in (MAILA, MAILB):
@@ -165,7 +199,7 @@ class Engine:
         if refusal is not None:
             # RFC 7871 7.2.1: a reply to a query with ECS carries it back; scope 0 here.
             return data[:2] + self.build(q, data, refusal, False, (), (), (),
-                                         ecs.echo(0) if ecs else None, tcp)[2:]
+                                         ecs.echo(0) if ecs else None, tcp, extra)[2:]
 
         placed: list[Any] = []
 
@@ -189,14 +223,14 @@ class Engine:
         # then swap the tail. This keeps misses cheap when many subnets share a region.
         shape = (data[12:q.question_end], q.flags & (RD | CD), ans.rcode, ans.authoritative,
                  ans.answer_variants, ans.authority, ans.additional, self.limit(q.edns, tcp),
-                 None if q.edns is None else q.edns.do, len(echo))
+                 None if q.edns is None else q.edns.do, len(echo), extra)
         built = self._built.get(shape)
         if built is None:
             if len(self._built) >= self.cache_size:
                 del self._built[next(iter(self._built))]
             built = self._built[shape] = [
                 self.build(q, data, ans.rcode, ans.authoritative, a, ans.authority,
-                           ans.additional, echo if ecs else None, tcp)[2:]
+                           ans.additional, echo if ecs else None, tcp, extra)[2:]
                 for a in ans.answer_variants]
             variants = built
         elif echo:
@@ -282,8 +316,11 @@ class Engine:
         return max(512, min(q_edns.udp_payload, self.payload_max))
 
     def build(self, q: Query, data: bytes, rcode: int, aa: bool, answer: tuple, authority: tuple,
-              additional: tuple, ecs_echo: bytes | None, tcp: bool) -> bytes:
-        """Wire bytes of a reply; falls back to dropping glue, then TC=1 (RFC 2181 9)."""
+              additional: tuple, ecs_echo: bytes | None, tcp: bool, extra: bytes = b"") -> bytes:
+        """Wire bytes of a reply; falls back to dropping glue, then TC=1 (RFC 2181 9).
+
+        `extra`: options (`ReplyOptions.for_reply`) written before the ECS echo.
+        """
         flags = QR | (q.flags & (0x7800 | RD | CD)) | (AA if aa else 0) | (rcode & 0xF)
         limit = self.limit(q.edns, tcp)
         qsection = data[12:q.question_end]
@@ -302,7 +339,7 @@ class Engine:
             nadd = len(add)
             if q.edns is not None:
                 # RFC 6891 6.1.1: a reply to an EDNS query carries an OPT; RFC 3225 3: DO copied.
-                w.opt(self.payload_max, rcode >> 4, q.edns.do, ecs_echo or b"")
+                w.opt(self.payload_max, rcode >> 4, q.edns.do, extra + (ecs_echo or b""))
                 nadd += 1
             w.header(0, flags | tc, 1, len(ans), len(auth), nadd)
             if len(w.buf) <= limit:
@@ -312,20 +349,112 @@ class Engine:
     def error_response(self, data: bytes, err: QueryError, tcp: bool) -> bytes:
         """FORMERR/NOTIMP/BADVERS: header, the question when it parsed, an OPT when the query had one."""
         self.stats["errors"] += 1
-        flags = QR | (err.flags & (0x7800 | RD | CD)) | (err.rcode & 0xF)
+        copied = 0x7800 | RD | CD
+        if err.flags & 0x7800:
+            copied = 0x7800  # RD and CD mean something for QUERY only: not echoed for other opcodes
+        flags = QR | (err.flags & copied) | (err.rcode & 0xF)
         w = Writer()
         qd = 0
         if err.question_end:
             w.buf += data[12:err.question_end]
             qd = 1
         ar = 0
+        do = None
         if err.edns is not None:
+            do = err.edns.do
+        elif err.rcode in (FORMERR, NOTIMP):
+            # The parser stopped before the OPT (QDCOUNT, opcode); if it can be found all
+            # the same, answer with one (RFC 6891 7: every reply to an EDNS query has an OPT).
+            info = eo.scan(data)
+            if info is not None and info.version == 0:
+                do = info.do
+        if do is not None:
             # RFC 6891 7: FORMERR caused by the OPT carries an OPT so the client can tell
-            # a broken option from a server without EDNS. RFC 6891 6.1.3: BADVERS says version 0.
-            w.opt(self.payload_max, err.rcode >> 4, err.edns.do, b"")
+            # a broken option from a server without EDNS. RFC 6891 6.1.3: BADVERS says version 0
+            # (and looks at no option, so it carries none of ours).
+            extra = b"" if err.rcode == BADVERS else self.options.for_reply(data, tcp, strict=False)
+            w.opt(self.payload_max, err.rcode >> 4, do, extra)
             ar = 1
         w.header(err.query_id, flags, qd, 0, 0, ar)
         return w.getvalue()
+
+    def _respond_cookie(self, data: bytes, source: str, tcp: bool) -> Any:
+        """A query with a COOKIE option (RFC 7873 5.2): the cached answer, our cookie spliced in.
+
+        The answer is the one to the query with a placeholder cookie (`dns.options`), so
+        every client shares the cache; only the 24-byte cookie differs per client. A
+        resolver repeats its queries with the same cookie: the verdict on those bytes from
+        that address is kept for `_COOKIE_REUSE` seconds (at most as long as the reply
+        cookie stays fresh), so a repeat costs no option walk and no hash.
+        Returns `_NO_COOKIE` when the query has no COOKIE option.
+        """
+        cookies = self.cookies
+        try:
+            now = int(cookies.clock())  # type: ignore[union-attr]
+            seen_key = (data[2:], source)
+            seen = self._cookie_seen.get(seen_key)
+            if seen is not None and now < seen[3]:
+                if seen[0] is None:
+                    return _NO_COOKIE
+                placeholder, cookie, verdict = data[:2] + seen[0], seen[1], seen[2]
+            else:
+                info = eo.scan(data)
+                if info is None or info.cookie is None:
+                    self._remember_cookie(seen_key, (None, None, None, now + _COOKIE_REUSE))
+                    return _NO_COOKIE
+                seen = None
+            if seen is None:
+                problem = eo.cookie_problem(info)
+                placeholder = eo.with_placeholder(data, info)
+                if problem is None:
+                    verdict, cookie = cookies.verdict(info.cookie_data(data), source, now)  # type: ignore[union-attr]
+                    until = now + _COOKIE_REUSE
+                    if verdict == VALID:
+                        # An echoed cookie is renewed once it is half an hour old: reuse it until then.
+                        stamped = int.from_bytes(cookie[12:16], "big")
+                        until = min(until, now + max(0, (stamped + 1801 - now) & 0xFFFFFFFF))
+                    self._remember_cookie(seen_key, (placeholder[2:], cookie, verdict, until))
+            else:
+                problem = None
+            if problem is not None:
+                # RFC 7873 5.2.2: a malformed COOKIE option is FORMERR (with an OPT).
+                try:
+                    q = parse_query(placeholder)
+                except Drop:
+                    return None
+                except QueryError as err:
+                    return self.error_response(data, err, tcp)
+                return self.error_response(data, QueryError(
+                    FORMERR, problem, query_id=q.id, flags=q.flags, question_end=q.question_end,
+                    edns=q.edns), tcp)
+            if verdict != VALID and cookies.require and not tcp:  # type: ignore[union-attr]
+                # RFC 7873 5.2.3/5.2.4: policy wants a valid server cookie before answering
+                # over UDP: BADCOOKIE with a fresh one, which the client sends back. Over TCP
+                # the address is proven by the handshake, so the answer is given.
+                try:
+                    q = parse_query(placeholder)
+                except Drop:
+                    return None
+                except QueryError as err:
+                    reply = self.error_response(placeholder, err, tcp)
+                else:
+                    reply = self.error_response(placeholder, QueryError(
+                        BADCOOKIE, "no valid server cookie", query_id=q.id, flags=q.flags,
+                        question_end=q.question_end, edns=q.edns), tcp)
+                return eo.splice_cookie(reply, cookie)
+        except Exception as exc:  # noqa: BLE001 - as in respond(): one answer lost, not the server
+            self.stats["internal_errors"] += 1
+            from dns.log import log
+            log("internal_error", level="error", client=source, error=repr(exc))
+            return data[:2] + bytes(((data[2] & 0x79) | 0x80, SERVFAIL)) + bytes(8)
+        reply = self.respond(placeholder, source, tcp, True)
+        return None if reply is None else eo.splice_cookie(reply, cookie)
+
+    def _remember_cookie(self, key: tuple[bytes, str], value: tuple) -> None:
+        seen = self._cookie_seen
+        if len(seen) >= self.cache_size:
+            del seen[next(iter(seen))]
+        seen[key] = value
 
     # -- explain -----------------------------------------------------------------------
 

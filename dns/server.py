@@ -149,6 +149,7 @@ class DnsServer:
         self.reuse_port = reuse_port
         self.tcp_idle_timeout = tcp_idle_timeout
         self.tcp_max_connections = tcp_max_connections
+        engine.options.set_keepalive(tcp_idle_timeout)  # RFC 7828: advertise what we apply
         self.tcp_connections: set[TcpProtocol] = set()
         self.stats = {"tcp_refused": 0, "tcp_idle_closed": 0, "udp_send_errors": 0}
         self.monitor: Any = None                        # HealthMonitor, in a single process
@@ -189,6 +190,7 @@ class DnsServer:
             log("reload_failed", level="error", error=str(exc), kept="previous configuration")
             return False
         # The health view (a checker's state) outlives configurations.
+        engine.options.set_keepalive(self.tcp_idle_timeout)
         engine.set_health(self.engine.health)
         old, self.engine = self.engine, engine
         old.close()

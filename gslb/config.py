@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 __all__ = [
     "ConfigError", "TomlDoc", "Table",
     "SOA", "NameServer", "Zone", "Pop", "GslbName", "Policy", "Routing", "HealthSettings",
-    "StaticRecord", "ServerSettings", "DnsConfig", "load_dns_config", "parse_listen",
+    "StaticRecord", "ServerSettings", "CookieSettings", "ChaosSettings", "DnsConfig", "load_dns_config", "parse_listen",
     "RECORD_TYPES", "FALLBACKS", "HEALTH_CHECKS",
 ]
 
@@ -333,6 +333,24 @@ class ServerSettings:
     udp_payload_max: int = 1232
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 512
+    nsid: bytes | None = None        # RFC 5001 payload; None: no NSID in answers
+
+
+@dataclass(frozen=True)
+class CookieSettings:
+    """DNS cookies (RFC 7873, server cookies RFC 9018); every key in docs/configuration.md."""
+    enabled: bool = True
+    secret: bytes | None = field(default=None, repr=False)   # signs; None: random per start
+    secrets_accepted: tuple[bytes, ...] = field(default=(), repr=False)  # also accepted (rollover)
+    require: bool = False            # BADCOOKIE over UDP without a valid server cookie
+
+
+@dataclass(frozen=True)
+class ChaosSettings:
+    """TXT CH answers (dns/chaos.py); None: REFUSED like any other CHAOS name."""
+    version: str | None = None       # version.bind, version.server
+    hostname: str | None = None      # hostname.bind
+    id: str | None = None            # id.server
 
 
 @dataclass(frozen=True)
@@ -346,6 +364,8 @@ class DnsConfig:
     routing: Routing
     records: tuple[StaticRecord, ...]
     health: HealthSettings = HealthSettings()
+    cookies: CookieSettings = CookieSettings()
+    chaos: ChaosSettings = ChaosSettings()
 
     def pop(self, pop_id: str) -> Pop:
         for p in self.pops:
@@ -593,14 +613,82 @@ def load_dns_config(path: str) -> DnsConfig:
         udp_payload_max=sv.int("udp_payload_max", 1232, min=512, max=65535),
         tcp_idle_timeout=sv.float("tcp_idle_timeout", 10.0, min=0.1, max=3600),
         tcp_max_connections=sv.int("tcp_max_connections", 512, min=1, max=65536),
+        nsid=_nsid(sv),
     )
     sv.reject_unknown()
 
-    root.reject_unknown(["zone", "pop", "gslb", "policy", "routing", "health", "record", "server"])
+    cookies = _cookies(root.table("cookies"))
+    chaos = _chaos(root.table("chaos"))
+
+    root.reject_unknown(["zone", "pop", "gslb", "policy", "routing", "health", "record", "server",
+                         "cookies", "chaos"])
     return DnsConfig(
         path=os.path.abspath(path), server=server, zone=zone, pops=tuple(pops), gslb=tuple(names),
         policy=policy, routing=routing, records=tuple(records), health=health,
+        cookies=cookies, chaos=chaos,
     )
+
+
+_HEX = re.compile(r"^[0-9a-fA-F]*$")
+
+
+def _nsid(t: Table) -> bytes | None:
+    """[server] nsid: text, or hexadecimal after "0x" (as Knot writes it); 1-128 octets."""
+    value = t.str("nsid", None)
+    if value is None:
+        return None
+    if value[:2].lower() == "0x":
+        digits = value[2:]
+        if not digits or len(digits) % 2 or not _HEX.match(digits):
+            raise t.error("nsid", f"{value!r}: after 0x, an even number of hexadecimal digits")
+        raw = bytes.fromhex(digits)
+    else:
+        try:
+            raw = value.encode("ascii")
+        except UnicodeEncodeError:
+            raise t.error("nsid", f"{value!r}: ASCII text, or hexadecimal after 0x") from None
+    if len(raw) > 128:
+        raise t.error("nsid", f"{len(raw)} octets; at most 128")
+    return raw
+
+
+def _secret(t: Table, key: str, value: Any) -> bytes:
+    # The value is a secret: the message never repeats it.
+    if not isinstance(value, str) or len(value) != 32 or not _HEX.match(value):
+        raise t.error(key, "a cookie secret is 32 hexadecimal digits (16 bytes, e.g. from "
+                           "`openssl rand -hex 16`)")
+    return bytes.fromhex(value)
+
+
+def _cookies(t: Table) -> CookieSettings:
+    enabled = t.bool("enabled", True)
+    secret = t._get("secret", None)
+    secret = None if secret is None else _secret(t, "secret", secret)
+    accepted = t._get("secrets_accepted", [])
+    if not isinstance(accepted, list):
+        raise t.error("secrets_accepted", "expected a list of secrets (32 hexadecimal digits each)")
+    if len(accepted) > 8:
+        raise t.error("secrets_accepted", f"{len(accepted)} secrets; at most 8")
+    extra = tuple(_secret(t, "secrets_accepted", v) for v in accepted)
+    if extra and secret is None:
+        raise t.error("secrets_accepted", "needs `secret` (the one that signs) as well")
+    require = t.bool("require", False)
+    if require and not enabled:
+        raise t.error("require", "needs cookies enabled (enabled = true)")
+    t.reject_unknown()
+    extra = tuple(s for i, s in enumerate(extra) if s != secret and s not in extra[:i])
+    return CookieSettings(enabled=enabled, secret=secret, secrets_accepted=extra, require=require)
+
+
+def _chaos(t: Table) -> ChaosSettings:
+    values = {}
+    for key in ("version", "hostname", "id"):
+        v = t.str(key, None)
+        if v is not None and (len(v.encode()) > 255 or not v.isprintable()):
+            raise t.error(key, "printable text of at most 255 bytes")
+        values[key] = v
+    t.reject_unknown()
+    return ChaosSettings(**values)
 
 
 def _check_rdata(t: Table, rtype: str, value: str) -> None:

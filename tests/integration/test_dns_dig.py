@@ -66,10 +66,10 @@ def udp_query(port: int, msg: bytes, host: str = "127.0.0.1", timeout: float = 1
             return None
 
 
-def write_config(d, *, extra: str = "", idle: float = 1.0, max_conns: int = 64) -> str:
+def write_config(d, *, extra: str = "", idle: float = 1.0, max_conns: int = 64, server: str = "") -> str:
     text = open(os.path.join(EXAMPLES, "dns.toml")).read()
     text = text.replace("tcp_idle_timeout = 10.0", f"tcp_idle_timeout = {idle}")
-    text = text.replace("tcp_max_connections = 512", f"tcp_max_connections = {max_conns}")
+    text = text.replace("tcp_max_connections = 512", f"tcp_max_connections = {max_conns}\n{server}")
     text += f'\n[[record]]\nname = "big"\ntype = "TXT"\nvalue = "{BIG_TXT}"\n' + extra
     path = os.path.join(d, "dns.toml")
     with open(path, "w") as fh:
@@ -269,6 +269,118 @@ def test_malformed_packets_do_not_stop_the_server(server):
         s.sendall(b"\x00\x05hello\xff\xff")
     assert udp_query(server.port, make_query("lab.test", SOA)) is not None
     assert server.proc.poll() is None
+
+
+# -- cookies, keepalive, NSID, CHAOS (RFC 7873/9018, 7828, 5001) --------------------------------
+
+SECRET = "0123456789abcdef0123456789abcdef"
+
+
+def cookie(text: str) -> tuple[str, str]:
+    """(the COOKIE hex, what dig/kdig says of it) from their output."""
+    m = re.search(r"COOKIE: ([0-9A-Fa-f]+)(?: \((\w+)\))?", text)
+    assert m, text
+    return m.group(1).lower(), m.group(2) or ""
+
+
+@pytest.fixture(scope="module")
+def ident_server(lab_dir, tmp_path_factory):
+    """A server with a configured cookie secret, an NSID and CHAOS names."""
+    d = tmp_path_factory.mktemp("dnsident")
+    shutil.copy(lab_dir / "lab.mmdb", d / "lab.mmdb")
+    srv = Server(write_config(str(d), server='nsid = "ns1-gdp"', extra=f"""
+[cookies]
+secret = "{SECRET}"
+
+[chaos]
+version = "gslb-edge test"
+id = "ns1.lab.test"
+"""), log_dir=str(d))
+    yield srv
+    assert srv.stop() == 0
+
+
+def test_dig_cookie_gets_a_server_cookie_which_is_validated_when_sent_back(server):
+    out = dig(server, "+cookie", "demo.app.lab.test", "+subnet=198.19.5.0/24")
+    assert status(out) == "NOERROR" and len(answers(out)) == 2
+    given, _ = cookie(out)
+    assert len(given) == 48 and given[16:24] == "01000000"  # client 8 | version 1, reserved 0 | ...
+    back = dig(server, f"+cookie={given}", "demo.app.lab.test", "+subnet=198.19.5.0/24")
+    assert cookie(back) == (given, "good") and len(answers(back)) == 2  # valid: echoed unchanged
+    tampered = given[:-2] + ("00" if given[-2:] != "00" else "01")
+    again, _ = cookie(dig(server, f"+cookie={tampered}", "lab.test", "SOA"))
+    assert again[:16] == given[:16] and again != tampered  # answered, with a fresh cookie
+
+
+def test_kdig_cookie_and_a_malformed_cookie_is_formerr(server):
+    got, _ = cookie(kdig(server, "+cookie", "lab.test", "SOA"))
+    assert len(got) == 48
+    assert status(dig(server, "+cookie=0011223344", "lab.test", "SOA")) == "FORMERR"
+
+
+def test_dig_keepalive_over_tcp_only(server):
+    out = dig(server, "+tcp", "+keepalive", "lab.test", "SOA")
+    assert "TCP KEEPALIVE: 1.0 secs" in out and "(TCP)" in out  # tcp_idle_timeout = 1.0 here
+    assert "KEEPALIVE" not in dig(server, "+keepalive", "lab.test", "SOA")
+    assert "KEEPALIVE" not in dig(server, "+tcp", "lab.test", "SOA")
+
+
+def test_dig_and_kdig_nsid(ident_server, server):
+    out = dig(ident_server, "+nsid", "lab.test", "SOA")
+    assert re.search(r'NSID: .*\("ns1-gdp"\)', out), out
+    assert '"ns1-gdp"' in kdig(ident_server, "+nsid", "lab.test", "SOA")
+    assert "NSID" not in dig(server, "+nsid", "lab.test", "SOA")  # off unless configured
+
+
+def test_chaos_txt_answers_only_when_configured(ident_server, server):
+    out = dig(ident_server, "version.bind", "CH", "TXT")
+    assert status(out) == "NOERROR" and re.search(r'version\.bind\.\s+0\s+CH\s+TXT\s+"gslb-edge test"', out)
+    assert '"ns1.lab.test"' in kdig(ident_server, "id.server", "CH", "TXT")
+    assert status(dig(ident_server, "hostname.bind", "CH", "TXT")) == "REFUSED"
+    assert status(dig(server, "version.bind", "CH", "TXT")) == "REFUSED"
+
+
+def test_configured_secret_signs_the_cookie(ident_server):
+    from dns.cookies import Cookies
+    given, _ = cookie(dig(ident_server, "+cookie", "lab.test", "SOA"))
+    jar = Cookies((bytes.fromhex(SECRET),))
+    assert jar.signed_by(bytes.fromhex(given), socket.inet_aton("127.0.0.1")) == 0
+
+
+def test_notimp_to_an_edns_query_has_an_opt_and_no_rd(server):
+    out = dig(server, "+opcode=notify", "lab.test", "SOA")
+    assert status(out) == "NOTIMP" and "OPT PSEUDOSECTION" in out and "rd" not in flags(out)
+
+
+def test_require_cookie_badcookie_then_answered_with_the_cookie(lab_dir, tmp_path):
+    shutil.copy(lab_dir / "lab.mmdb", tmp_path / "lab.mmdb")
+    srv = Server(write_config(str(tmp_path), extra=f'[cookies]\nsecret = "{SECRET}"\nrequire = true\n'),
+                 log_dir=str(tmp_path))
+    try:
+        out = dig(srv, "+cookie", "+nobadcookie", "demo.app.lab.test")
+        assert status(out) == "BADCOOKIE" and not answers(out)
+        given, _ = cookie(out)
+        back = dig(srv, f"+cookie={given}", "demo.app.lab.test")
+        assert status(back) == "NOERROR" and len(answers(back)) == 2
+        retried = dig(srv, "+cookie", "demo.app.lab.test")  # dig resends with the cookie by itself
+        assert status(retried) == "NOERROR" and len(answers(retried)) == 2, retried
+        assert len(answers(dig(srv, "+tcp", "+cookie", "demo.app.lab.test"))) == 2  # TCP: answered
+        assert len(answers(dig(srv, "+nocookie", "demo.app.lab.test"))) == 2       # no cookie: answered
+    finally:
+        assert srv.stop() == 0
+
+
+def test_workers_share_the_random_secret(lab_dir, tmp_path):
+    """No configured secret: one random secret per start, made before the workers fork."""
+    shutil.copy(lab_dir / "lab.mmdb", tmp_path / "lab.mmdb")
+    srv = Server(write_config(str(tmp_path)), "--workers", "2", log_dir=str(tmp_path))
+    try:
+        given, _ = cookie(dig(srv, "+cookie", "lab.test", "SOA"))
+        # dig uses a new source port each time, so SO_REUSEPORT spreads these over both workers
+        for _ in range(8):
+            assert cookie(dig(srv, f"+cookie={given}", "lab.test", "SOA")) == (given, "good")
+    finally:
+        assert srv.stop() == 0
 
 
 # -- servers of their own -----------------------------------------------------------------------
