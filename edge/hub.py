@@ -6,13 +6,13 @@ lookup the edge front uses to route a connection, and the edge side of an
 agent's tunnel session (`agent_protocol_factory`: auth, binds, heartbeats,
 proxy streams). Must not touch: listeners, TLS contexts, HTTP (edge/front/).
 
-The hub's own tables hold the endpoints bound *at this PoP* (their agent
-sessions are here). With a `registry` (edge/registry/, in memory or etcd),
-every bind also goes through it first, so a name is unique across all PoPs
-and TCP ports are allocated globally; `lookup` then answers for endpoints
-bound at other PoPs too, with a `RemoteBinding` whose stream crosses the
-peer link (edge/peer/). Without a registry (unit tests, tools) the hub is
-the single-node registry it always was.
+Every bind goes through a `Registry` (edge/registry/): a `MemoryRegistry`
+on a single node, etcd across PoPs. The registry decides (a name is unique
+across all PoPs, TCP ports are allocated globally); the hub's own tables
+then hold the endpoints bound *at this PoP* (their agent sessions are
+here). With peer links, `lookup` also answers for endpoints bound at other
+PoPs, with a `RemoteEndpoint` whose stream crosses the peer link
+(edge/peer/).
 
 Usage by the front:
 
@@ -20,9 +20,9 @@ Usage by the front:
     factory = agent_protocol_factory(hub)
     await loop.connect_accepted_socket(factory, sock, ssl=ctx)   # SNI connect.<zone>
     ...
-    binding = hub.lookup("http", "demo.app.lab.test")   # or ("tcp", 20001)
-    if binding is None: answer 404 / close
-    stream = binding.open_stream(client_addr="198.19.5.10", client_port=51234, sni=...)
+    endpoint = hub.lookup("http", "demo.app.lab.test")   # or ("tcp", 20001)
+    if endpoint is None: answer 404 / close
+    stream = endpoint.open_stream(client_addr="198.19.5.10", client_port=51234, sni=...)
     stream.set_protocol(relay)        # Stream is shaped like an asyncio.Transport
 """
 from __future__ import annotations
@@ -40,7 +40,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from edge.registry import LeaseLost, NameTaken, PortsExhausted, RegistryError, RegistryUnavailable
+from edge.registry import (LeaseLost, MemoryRegistry, NameTaken, PortsExhausted, Registry, RegistryError,
+                           RegistryUnavailable)
 from edge.registry.model import BindingEvent
 from edge.tunnel import messages as M
 from edge.tunnel.errors import ControlError, MessageError, SessionClosedError
@@ -91,7 +92,7 @@ class _EndpointOptions:
 
 
 @dataclass(frozen=True, eq=False)
-class Binding(_EndpointOptions):
+class LocalEndpoint(_EndpointOptions):
     """One endpoint bound by an agent session."""
 
     binding_id: str
@@ -143,24 +144,30 @@ def _fingerprint(token: str) -> bytes:
 class Hub:
     """In-memory registry of bindings (see module docstring)."""
 
-    def __init__(self, config: HubConfig, authtokens: Iterable[str] = (), *, registry: Any = None,
+    def __init__(self, config: HubConfig, authtokens: Iterable[str] = (), *, registry: Registry | None = None,
                  peers: Any = None) -> None:
         self.config = config
-        self.registry = registry  # edge.registry.Registry, or None: this hub alone
         self.peers = peers  # edge.peer.links.PeerLinks, or None: no cross-PoP routes
-        self._remote: dict[tuple[str, str], RemoteBinding] = {}
+        self._remote: dict[tuple[str, str], RemoteEndpoint] = {}
         self._unsubscribe: Callable[[], None] | None = None
         self._tokens = [_fingerprint(t) for t in authtokens]
-        self._by_host: dict[str, Binding] = {}
-        self._by_port: dict[int, Binding] = {}
-        self._by_id: dict[str, Binding] = {}
-        self._listeners: list[Callable[[str, Binding], None]] = []
+        self._by_host: dict[str, LocalEndpoint] = {}
+        self._by_port: dict[int, LocalEndpoint] = {}
+        self._by_id: dict[str, LocalEndpoint] = {}
+        self._listeners: list[Callable[[str, LocalEndpoint], None]] = []
         self.connections: set[AgentConnection] = set()
-        if registry is not None:
-            self.attach(registry, peers)
+        # A single node's registry is a MemoryRegistry; `attach` swaps in a
+        # shared one (etcd) before the first bind.
+        self.registry: Registry = MemoryRegistry()
+        self.attach(registry if registry is not None else self.registry, peers)
 
-    def attach(self, registry: Any, peers: Any = None) -> None:
-        """Use a started registry (and peer links) from now on."""
+    def attach(self, registry: Registry, peers: Any = None) -> None:
+        """Use a started registry (and peer links) from now on; only before
+        the first bind (the names bound so far live in the old registry)."""
+        if self._by_id:
+            raise RuntimeError("attach a registry before the first bind")
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         self.registry = registry
         self.peers = peers
         # Routes to other PoPs are cached; any change of the name drops it.
@@ -206,54 +213,112 @@ class Hub:
         h = key.strip().lower().rstrip(".")
         return h if "." in h else self.hostname_for(h)
 
-    def add_listener(self, fn: Callable[[str, Binding], None]) -> None:
+    def add_listener(self, fn: Callable[[str, LocalEndpoint], None]) -> None:
         """fn("bind" | "unbind", binding) after every change (e.g. the front
         opening and closing TCP listeners)."""
         self._listeners.append(fn)
 
-    def _notify(self, what: str, b: Binding) -> None:
+    def _notify(self, what: str, b: LocalEndpoint) -> None:
         for fn in self._listeners:
             try:
                 fn(what, b)
             except Exception:
                 log.exception("event=hub_listener_failed change=%s binding=%s", what, b.binding_id)
 
-    def bind(self, conn: "AgentConnection", kind: str, name: str, options: Mapping[str, Any], *,
-             port: int | None = None, registry_name: str | None = None) -> Binding:
-        """Bind an endpoint for `conn`. Raises ControlError with code
-        name_in_use, port_range_exhausted, too_many_bindings or bad_request;
-        on error nothing changes."""
+    async def bind(self, conn: "AgentConnection", kind: str, name: str, options: Mapping[str, Any]) -> "LocalEndpoint":
+        """Bind an endpoint for `conn`, through the registry (docs/registry.md
+        "How the hub uses it"): the registry decides, then this PoP's tables
+        follow. Raises ControlError with code bad_request, too_many_bindings,
+        name_in_use, port_range_exhausted, registry_unavailable (retryable) or
+        internal; on error nothing changes."""
         opts = _validate_options(kind, options)
         if len(conn.bindings) >= self.config.max_bindings_per_session:
             raise ControlError(M.ERR_TOO_MANY_BINDINGS, f"at most {self.config.max_bindings_per_session} endpoints per session")
-        bid = secrets.token_hex(8)
+        name = name.lower()
+        host: str | None = None
+        replaced: str | None = None  # the session of this PoP whose name this bind takes over
         if kind in ("http", "tls"):
-            name = name.lower()
             if not _LABEL.match(name):
                 raise ControlError(M.ERR_BAD_REQUEST, f"name {name!r} is not a DNS label (a-z, 0-9, '-', 1-63 characters)")
             host = self.hostname_for(name)
             existing = self._by_host.get(host)
-            if existing is not None:
-                if existing.connection.takes_over(conn):
-                    # the same agent reconnected before the edge noticed the
-                    # old session died: the new session wins
-                    log.info("event=session_takeover hostname=%s old_session=%s", host, existing.connection.session_id)
-                    existing.connection.close()
-                    self.unbind_connection(existing.connection)
-                else:
-                    raise ControlError(M.ERR_NAME_IN_USE, f"{host} is already online (bound by another agent session)")
+            if existing is not None and existing.connection is not conn:
+                if not existing.connection.takes_over(conn):
+                    raise ControlError(M.ERR_NAME_IN_USE, f"{host} is already online (bound by another agent session at this PoP)")
+                # The same agent reconnected before the edge noticed the old
+                # session died: the new session wins, the old one goes.
+                old = existing.connection
+                replaced = old.session_id
+                log.info("event=session_takeover hostname=%s old_session=%s", host, old.session_id)
+                old.close()
+                self.unbind_connection(old)
+        elif name:
+            raise ControlError(M.ERR_BAD_REQUEST, "tcp endpoints have no name; the edge allocates a port")
+        try:
+            rname = await self._bind_registry(conn, kind, host, opts, replaced)
+        except NameTaken as exc:
+            where = f"at PoP {exc.pop}" if exc.pop != self.config.pop else "at this PoP"
+            raise ControlError(M.ERR_NAME_IN_USE, f"{exc.name} is already online (bound by another agent session {where})") from None
+        except PortsExhausted as exc:
+            raise ControlError(M.ERR_PORT_RANGE_EXHAUSTED, f"port range exhausted: {exc}") from None
+        except (RegistryUnavailable, LeaseLost) as exc:
+            log.warning("event=bind_registry_unavailable session=%s kind=%s error=%r", conn.session_id, kind, str(exc))
+            raise ControlError(M.ERR_REGISTRY_UNAVAILABLE,
+                               "the endpoint registry is unavailable (no etcd quorum?): new binds fail until it is back; "
+                               "retry later") from None
+        except RegistryError as exc:
+            log.warning("event=bind_registry_error session=%s error=%r", conn.session_id, str(exc))
+            raise ControlError(M.ERR_INTERNAL, f"registry error: {type(exc).__name__}") from None
+        if conn.is_closed:
+            # the session died while the registry answered: its lease goes with it
+            raise ControlError(M.ERR_INTERNAL, "session closed")
+        return self._add_local(conn, kind, host, opts, rname)
+
+    async def _bind_registry(self, conn: "AgentConnection", kind: str, host: str | None, opts: Mapping[str, Any],
+                             replaced: str | None) -> str:
+        """Claim the name (or a TCP port) in the registry; returns its registry name."""
+        reg = self.registry
+        lease = await conn.ensure_lease()
+        meta = {"kind": kind, "options": dict(opts), "takeover": conn.takeover_key or ""}
+        pop, sid = self.config.pop, conn.session_id
+        if host is None:
+            lo, hi = self.config.tcp_port_range
+            port = await reg.allocate_port(sid, lease, lo, hi)
+            try:
+                await reg.bind("tcp", str(port), pop, sid, lease, meta)
+            except BaseException:
+                await reg.release_port(port, sid, lease)
+                raise
+            return str(port)
+        try:
+            await reg.bind("http", host, pop, sid, lease, meta)
+        except NameTaken:
+            held = reg.lookup("http", host)
+            key = conn.takeover_key
+            if held is None or not key or not hmac.compare_digest(str(held.meta.get("takeover", "")), key):
+                raise
+            # The same agent (agent_id and authtoken) reconnected, maybe at
+            # another PoP, before its old session's lease ended.
+            if held.session != replaced:  # a takeover at this PoP is logged above
+                log.info("event=session_takeover hostname=%s old_pop=%s old_session=%s", host, held.pop, held.session)
+            await reg.take_over(held, pop, sid, lease, meta)
+        return host
+
+    def _add_local(self, conn: "AgentConnection", kind: str, host: str | None, opts: Mapping[str, Any],
+                   rname: str) -> "LocalEndpoint":
+        """The registry agreed: enter the endpoint in this PoP's tables."""
+        bid = secrets.token_hex(8)
+        if host is not None:
             url = f"https://{host}" if kind == "http" else f"tls://{host}:443"
-            b = Binding(bid, kind, host, None, url, MappingProxyType(opts), conn, registry_name)
+            b = LocalEndpoint(bid, kind, host, None, url, MappingProxyType(dict(opts)), conn, rname)
             self._by_host[host] = b
         else:
-            if name:
-                raise ControlError(M.ERR_BAD_REQUEST, "tcp endpoints have no name; the edge allocates a port")
-            if port is None:
-                port = self._free_port()
-            elif port in self._by_port:
+            port = int(rname)
+            if port in self._by_port:
                 raise ControlError(M.ERR_PORT_RANGE_EXHAUSTED, f"port {port} is bound at this PoP already")
-            host = self.config.tcp_host or self.config.domain
-            b = Binding(bid, kind, None, port, f"tcp://{host}:{port}", MappingProxyType(opts), conn, registry_name)
+            tcp_host = self.config.tcp_host or self.config.domain
+            b = LocalEndpoint(bid, kind, None, port, f"tcp://{tcp_host}:{port}", MappingProxyType(dict(opts)), conn,
+                              rname)
             self._by_port[port] = b
         self._by_id[bid] = b
         conn.bindings[bid] = b
@@ -261,18 +326,25 @@ class Hub:
         self._notify("bind", b)
         return b
 
-    def _free_port(self) -> int:
-        lo, hi = self.config.tcp_port_range
-        for port in range(lo, hi + 1):
-            if port not in self._by_port:
-                return port
-        raise ControlError(M.ERR_PORT_RANGE_EXHAUSTED, f"every TCP port in {lo}-{hi} is bound")
-
-    def unbind(self, binding_id: str, conn: "AgentConnection | None" = None) -> Binding:
+    async def unbind(self, conn: "AgentConnection", binding_id: str) -> "LocalEndpoint":
+        """Unbind one of `conn`'s endpoints, here and in the registry. Raises
+        ControlError unknown_binding when `conn` holds no such binding."""
         b = self._by_id.get(binding_id)
-        if b is None or (conn is not None and b.connection is not conn):
+        if b is None or b.connection is not conn:
             raise ControlError(M.ERR_UNKNOWN_BINDING, f"no binding {binding_id!r} on this session")
-        del self._by_id[binding_id]
+        self._drop(binding_id)
+        if conn.lease is not None:
+            try:
+                await self.registry.unbind("tcp" if b.kind == "tcp" else "http", b.registry_name, conn.session_id,
+                                           conn.lease)
+            except RegistryError as exc:
+                # the name stays held by this session's lease until it ends
+                log.warning("event=unbind_registry_failed session=%s url=%s error=%r", conn.session_id, b.url, str(exc))
+        return b
+
+    def _drop(self, binding_id: str) -> "LocalEndpoint":
+        """Forget a binding at this PoP (the registry follows by unbind or lease end)."""
+        b = self._by_id.pop(binding_id)
         b.connection.bindings.pop(binding_id, None)
         if b.hostname is not None and self._by_host.get(b.hostname) is b:
             del self._by_host[b.hostname]
@@ -283,21 +355,23 @@ class Hub:
         return b
 
     def unbind_connection(self, conn: "AgentConnection") -> None:
+        """The session ended (or lost its names): drop its bindings here; its
+        lease's end removes them from the registry."""
         for bid in list(conn.bindings):
-            self.unbind(bid)
+            self._drop(bid)
 
-    def lookup(self, kind: str, key: str | int) -> Binding | None:
+    def lookup(self, kind: str, key: str | int) -> LocalEndpoint | None:
         """The binding serving a connection: kind "http"/"tls" with the SNI or
         Host name (or a bare label), kind "tcp" with the port. None if no
         agent is online for it (or it is bound with another kind)."""
         b = self.local_lookup(kind, key)
         if b is not None:
             return b
-        if self.registry is None or self.peers is None:
-            return None
+        if self.peers is None:
+            return None  # a single node: every endpoint it serves is local
         return self._lookup_remote(kind, key)
 
-    def local_lookup(self, kind: str, key: str | int) -> "Binding | None":
+    def local_lookup(self, kind: str, key: str | int) -> "LocalEndpoint | None":
         """Only endpoints whose agent session is at this PoP (the peer link's
         Y side serves those)."""
         if kind == "tcp":
@@ -321,7 +395,7 @@ class Hub:
             return "tcp", str(int(key))
         return "http", str(key)
 
-    def _lookup_remote(self, kind: str, key: str | int) -> "RemoteBinding | None":
+    def _lookup_remote(self, kind: str, key: str | int) -> "RemoteEndpoint | None":
         try:
             rkind, rname = self._registry_key(kind, key if kind == "tcp" else self._normalize_host(str(key)))
         except (TypeError, ValueError):
@@ -331,7 +405,7 @@ class Hub:
             rb = self.registry.lookup(rkind, rname)
             if rb is None or rb.pop == self.config.pop:
                 return None  # not bound, or bound here by a session that is gone
-            cached = RemoteBinding.from_registry(rb, self)
+            cached = RemoteEndpoint.from_registry(rb, self)
             if cached is None:
                 return None
             self._remote[(rkind, rname)] = cached
@@ -349,95 +423,9 @@ class Hub:
                 ev.binding.pop != self.config.pop or ev.binding.session != local.connection.session_id):
             log.info("event=binding_moved url=%s to_pop=%s to_session=%s", local.url, ev.binding.pop,
                      ev.binding.session)
-            self.unbind(local.binding_id)
+            self._drop(local.binding_id)
 
-    async def bind_global(self, conn: "AgentConnection", msg: M.Bind) -> M.Message:
-        """A bind through the registry (docs/registry.md "How the hub uses it"):
-        the registry decides, then the local tables follow. Errors are control
-        errors for the agent; RegistryUnavailable is retryable."""
-        kind = msg.kind
-        try:
-            opts = _validate_options(kind, msg.options)
-            if len(conn.bindings) >= self.config.max_bindings_per_session:
-                raise ControlError(M.ERR_TOO_MANY_BINDINGS,
-                                   f"at most {self.config.max_bindings_per_session} endpoints per session")
-            name = msg.name.lower()
-            if kind in ("http", "tls"):
-                if not _LABEL.match(name):
-                    raise ControlError(M.ERR_BAD_REQUEST, f"name {name!r} is not a DNS label (a-z, 0-9, '-', 1-63 characters)")
-                host = self.hostname_for(name)
-                existing = self._by_host.get(host)
-                if existing is not None and existing.connection is not conn and not existing.connection.takes_over(conn):
-                    raise ControlError(M.ERR_NAME_IN_USE, f"{host} is already online (bound by another agent session at this PoP)")
-            elif name:
-                raise ControlError(M.ERR_BAD_REQUEST, "tcp endpoints have no name; the edge allocates a port")
-            lease = await conn.ensure_lease()
-            meta = {"kind": kind, "options": dict(opts), "takeover": conn.takeover_key or ""}
-            reg = self.registry
-            pop, sid = self.config.pop, conn.session_id
-            if kind == "tcp":
-                lo, hi = self.config.tcp_port_range
-                port = await reg.allocate_port(sid, lease, lo, hi)
-                try:
-                    await reg.bind("tcp", str(port), pop, sid, lease, meta)
-                except BaseException:
-                    await reg.release_port(port, sid, lease)
-                    raise
-                rname = str(port)
-            else:
-                rname = host
-                try:
-                    await reg.bind("http", host, pop, sid, lease, meta)
-                except NameTaken:
-                    held = reg.lookup("http", host)
-                    key = conn.takeover_key
-                    if held is None or not key or not hmac.compare_digest(str(held.meta.get("takeover", "")), key):
-                        raise
-                    # The same agent (agent_id and authtoken) reconnected, maybe
-                    # at another PoP, before its old session's lease ended.
-                    log.info("event=session_takeover hostname=%s old_pop=%s old_session=%s", host, held.pop,
-                             held.session)
-                    await reg.take_over(held, pop, sid, lease, meta)
-        except ControlError as exc:
-            return M.Error(msg.id, exc.code, exc.message)
-        except NameTaken as exc:
-            where = f"at PoP {exc.pop}" if exc.pop != self.config.pop else "at this PoP"
-            return M.Error(msg.id, M.ERR_NAME_IN_USE, f"{exc.name} is already online (bound by another agent session {where})")
-        except PortsExhausted as exc:
-            return M.Error(msg.id, M.ERR_PORT_RANGE_EXHAUSTED, f"port range exhausted: {exc}")
-        except (RegistryUnavailable, LeaseLost) as exc:
-            log.warning("event=bind_registry_unavailable session=%s kind=%s error=%r", conn.session_id, kind, str(exc))
-            return M.Error(msg.id, M.ERR_REGISTRY_UNAVAILABLE,
-                           "the endpoint registry is unavailable (no etcd quorum?): new binds fail until it is back; "
-                           "retry later")
-        except RegistryError as exc:
-            log.warning("event=bind_registry_error session=%s error=%r", conn.session_id, str(exc))
-            return M.Error(msg.id, M.ERR_INTERNAL, f"registry error: {type(exc).__name__}")
-        if conn.is_closed:
-            # the session died while the registry answered: its lease goes with it
-            return M.Error(msg.id, M.ERR_INTERNAL, "session closed")
-        # Local tables: the same code as a single node, now that the registry agreed.
-        try:
-            b = self.bind(conn, kind, name, opts, port=int(rname) if kind == "tcp" else None, registry_name=rname)
-        except ControlError as exc:
-            return M.Error(msg.id, exc.code, exc.message)
-        return M.BindOk(msg.id, b.binding_id, b.url, b.hostname, b.port)
-
-    async def unbind_global(self, conn: "AgentConnection", msg: M.Unbind) -> M.Message:
-        try:
-            b = self.unbind(msg.binding_id, conn)
-        except ControlError as exc:
-            return M.Error(msg.id, exc.code, exc.message)
-        if conn.lease is not None and b.registry_name is not None:
-            try:
-                await self.registry.unbind("tcp" if b.kind == "tcp" else "http", b.registry_name,
-                                           conn.session_id, conn.lease)
-            except RegistryError as exc:
-                # the name stays held by this session's lease until it ends
-                log.warning("event=unbind_registry_failed session=%s url=%s error=%r", conn.session_id, b.url, str(exc))
-        return M.UnbindOk(msg.id)
-
-    def bindings(self) -> list[Binding]:
+    def bindings(self) -> list[LocalEndpoint]:
         return list(self._by_id.values())
 
     def stats(self) -> dict[str, int]:
@@ -514,7 +502,7 @@ class AgentConnection(Session):
         self.token_fp: bytes | None = None
         self.authenticated = False
         self.heartbeat_timeout = hub.config.heartbeat_timeout_max  # set by auth
-        self.bindings: dict[str, Binding] = {}
+        self.bindings: dict[str, LocalEndpoint] = {}
         self._control: Stream | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.lease: Any = None  # registry lease, opened at the first bind
@@ -534,7 +522,7 @@ class AgentConnection(Session):
             if self.lease is None or not self.lease.alive:
                 self.lease = await self.hub.registry.open_session(self.hub.config.pop, self.session_id,
                                                                   ttl=self.hub.config.lease_ttl)
-                self._tasks.append(self._loop.create_task(self._watch_lease(self.lease)))
+                self._tasks.append(asyncio.get_running_loop().create_task(self._watch_lease(self.lease)))
             return self.lease
 
     async def _watch_lease(self, lease: Any) -> None:
@@ -655,23 +643,22 @@ class AgentConnection(Session):
             return M.AuthOk(msg.id, self.session_id, ingress=[dict(e) for e in cfg.ingress] or None)
         if not self.authenticated:
             return M.Error(msg.id, M.ERR_NOT_AUTHENTICATED, "the first message must be auth")
+        if isinstance(msg, M.Heartbeat):
+            return M.HeartbeatOk(msg.id)
+        if isinstance(msg, (M.Bind, M.Unbind)):
+            return self._request(msg)  # type: ignore[return-value]
+        return M.Error(msg.id, M.ERR_BAD_REQUEST, f"{msg.type} is not a request the edge serves")
+
+    async def _request(self, msg: M.Bind | M.Unbind) -> M.Message:
         try:
-            if isinstance(msg, M.Heartbeat):
-                return M.HeartbeatOk(msg.id)
-            if isinstance(msg, M.Bind) and self.hub.registry is not None:
-                return self.hub.bind_global(self, msg)  # type: ignore[return-value]
-            if isinstance(msg, M.Unbind) and self.hub.registry is not None:
-                return self.hub.unbind_global(self, msg)  # type: ignore[return-value]
             if isinstance(msg, M.Bind):
-                b = self.hub.bind(self, msg.kind, msg.name, msg.options)
+                b = await self.hub.bind(self, msg.kind, msg.name, msg.options)
                 return M.BindOk(msg.id, b.binding_id, b.url, b.hostname, b.port)
-            if isinstance(msg, M.Unbind):
-                self.hub.unbind(msg.binding_id, self)
-                return M.UnbindOk(msg.id)
+            await self.hub.unbind(self, msg.binding_id)
+            return M.UnbindOk(msg.id)
         except ControlError as exc:
             log.info("event=control_refused session=%s type=%s code=%s", self.session_id, msg.type, exc.code)
             return M.Error(msg.id, exc.code, exc.message)
-        return M.Error(msg.id, M.ERR_BAD_REQUEST, f"{msg.type} is not a request the edge serves")
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
@@ -685,8 +672,8 @@ async def _close_lease(lease: Any, session_id: str) -> None:
         log.warning("event=lease_revoke_failed session=%s error=%r", session_id, str(exc))
 
 
-class RemoteBinding(_EndpointOptions):
-    """An endpoint bound at another PoP: same face as `Binding` for the front,
+class RemoteEndpoint(_EndpointOptions):
+    """An endpoint bound at another PoP: same face as `LocalEndpoint` for the front,
     but its stream crosses the peer link to that PoP (an awaitable open)."""
 
     __slots__ = ("kind", "hostname", "port", "options", "pop", "session", "registry_name", "binding_id", "url", "_hub")
@@ -705,7 +692,7 @@ class RemoteBinding(_EndpointOptions):
         self.url = f"tcp://{tcp_host}:{name}" if kind == "tcp" else f"https://{name}"
 
     @classmethod
-    def from_registry(cls, rb: Any, hub: Hub) -> "RemoteBinding | None":
+    def from_registry(cls, rb: Any, hub: Hub) -> "RemoteEndpoint | None":
         meta = rb.meta
         kind = meta.get("kind", "tcp" if rb.kind == "tcp" else "http")
         opts = meta.get("options", {})

@@ -1,8 +1,13 @@
 """In-memory registry for a single edge node: no etcd, same interface.
 
+What a single edge node runs (the hub binds through it when `[registry]
+kind = "memory"`, the default); two hubs sharing one play two PoPs in tests.
 Atomicity is free (one event loop, no await between check and write). A
 lease never expires on its own here: the only holder is this process, and if
 it dies its bindings die with it. `Lease.close()` removes what it held.
+TCP ports are allocated lowest first (no other PoP allocates at the same
+time, so there is nothing to spread out), unless an `rng` asks for the
+random start `EtcdRegistry` uses.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ class MemoryRegistry(Registry):
         self._ports: dict[int, MemoryLease] = {}
         self._revision = itertools.count(1)
         self._lease_ids = itertools.count(1)
-        self._rng = rng or random.Random()
+        self._rng = rng  # None: lowest port first
 
     async def open_session(self, pop: str, session_id: str, ttl: float = 10.0) -> Lease:
         check_id("pop", pop)
@@ -128,10 +133,11 @@ class MemoryRegistry(Registry):
         log.info("event=session_closed pop=%s session=%s lease=%x", lease.pop, lease.session_id, lease.id)
 
 
-def port_candidates(lo: int, hi: int, preferred: int | None, rng: random.Random) -> list[int]:
+def port_candidates(lo: int, hi: int, preferred: int | None, rng: random.Random | None) -> list[int]:
     """Ports to try, in order: `preferred`, then every port of [lo, hi] from a
-    random start, wrapping. Starting at random spreads concurrent allocators
-    (on other PoPs) over the range instead of all racing for `lo`."""
+    random start (from `lo` without an rng), wrapping. Starting at random
+    spreads concurrent allocators (on other PoPs) over the range instead of
+    all racing for `lo`."""
     keys.check_port(lo)
     keys.check_port(hi)
     if lo > hi:
@@ -139,7 +145,7 @@ def port_candidates(lo: int, hi: int, preferred: int | None, rng: random.Random)
     if preferred is not None and not lo <= keys.check_port(preferred) <= hi:
         raise InvalidKey(f"preferred port {preferred} is outside {lo}-{hi}")
     size = hi - lo + 1
-    start = rng.randrange(size)
+    start = rng.randrange(size) if rng is not None else 0
     order = [lo + (start + i) % size for i in range(size)]
     if preferred is not None:
         order.remove(preferred)
