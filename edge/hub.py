@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import inspect
 import ipaddress
 import logging
 import re
@@ -44,8 +43,11 @@ from edge.registry import (LeaseLost, MemoryRegistry, NameTaken, PortsExhausted,
                            RegistryUnavailable)
 from edge.registry.model import BindingEvent
 from edge.tunnel import messages as M
-from edge.tunnel.errors import ControlError, MessageError, SessionClosedError
+from edge.tunnel.errors import ControlError, SessionClosedError
+from edge.tunnel.control import (NEED_DATA, AuthRequest, BindRequest, ControlChannel, ControlLimits, Event,
+                                 ProtocolError, Reply, State)
 from edge.tunnel.session import Session, SessionConfig, Stream
+from edge.tunnel.session_protocol import SessionProtocol
 
 log = logging.getLogger("edge.hub")
 
@@ -228,12 +230,10 @@ class Hub:
     async def bind(self, conn: "AgentConnection", kind: str, name: str, options: Mapping[str, Any]) -> "LocalEndpoint":
         """Bind an endpoint for `conn`, through the registry (docs/registry.md
         "How the hub uses it"): the registry decides, then this PoP's tables
-        follow. Raises ControlError with code bad_request, too_many_bindings,
-        name_in_use, port_range_exhausted, registry_unavailable (retryable) or
+        follow. (The per-session limit is the control channel's rule.)
+        Raises ControlError with code bad_request, name_in_use, port_range_exhausted, registry_unavailable (retryable) or
         internal; on error nothing changes."""
         opts = _validate_options(kind, options)
-        if len(conn.bindings) >= self.config.max_bindings_per_session:
-            raise ControlError(M.ERR_TOO_MANY_BINDINGS, f"at most {self.config.max_bindings_per_session} endpoints per session")
         name = name.lower()
         host: str | None = None
         replaced: str | None = None  # the session of this PoP whose name this bind takes over
@@ -345,7 +345,7 @@ class Hub:
     def _drop(self, binding_id: str) -> "LocalEndpoint":
         """Forget a binding at this PoP (the registry follows by unbind or lease end)."""
         b = self._by_id.pop(binding_id)
-        b.connection.bindings.pop(binding_id, None)
+        b.connection.binding_gone(binding_id)
         if b.hostname is not None and self._by_host.get(b.hostname) is b:
             del self._by_host[b.hostname]
         if b.port is not None and self._by_port.get(b.port) is b:
@@ -487,26 +487,54 @@ def _validate_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class AgentConnection(Session):
-    """Edge side of one agent's tunnel session: the first stream the agent
-    opens is the control stream (docs/protocol.md 3); the edge opens proxy
-    streams (docs/protocol.md 4). Dies on auth timeout, heartbeat timeout,
-    protocol error; its bindings die with it."""
+class AgentConnection(SessionProtocol):
+    """Edge side of one agent's tunnel session: the asyncio shell around a
+    `Session` (the yamux framing) and a `ControlChannel` (the rules of the
+    control stream, docs/protocol.md 3). The first stream the agent opens is
+    the control stream; the edge opens proxy streams (docs/protocol.md 4).
+    Dies on auth timeout, heartbeat timeout, protocol error; its bindings
+    die with it."""
 
-    def __init__(self, hub: Hub) -> None:
-        super().__init__(client=False, config=hub.config.session, name="agent")
+    def __init__(self, hub: Hub, on_closed: Callable[[], None] | None = None) -> None:
+        cfg = hub.config
+        super().__init__(Session(client=False, config=cfg.session, name="agent", on_stream=self._on_stream,
+                                 on_lost=self._on_lost), on_made=self._on_made)
         self.hub = hub
-        self.on_stream = self._on_stream
+        self._on_closed = on_closed
         self.session_id = secrets.token_hex(8)
-        self.agent_id: str | None = None
+        self.peer = "?"
         self.token_fp: bytes | None = None
-        self.authenticated = False
-        self.heartbeat_timeout = hub.config.heartbeat_timeout_max  # set by auth
+        self.control = ControlChannel(ControlLimits(cfg.auth_timeout, cfg.heartbeat_timeout_min,
+                                                    cfg.heartbeat_timeout_max, cfg.max_bindings_per_session),
+                                      now=asyncio.get_running_loop().time())
         self.bindings: dict[str, LocalEndpoint] = {}
         self._control: Stream | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.lease: Any = None  # registry lease, opened at the first bind
         self._lease_lock = asyncio.Lock()
+
+    # the session's face, for the hub and the shell
+    @property
+    def is_closed(self) -> bool:
+        return self.session.is_closed
+
+    @property
+    def streams(self) -> Mapping[int, Stream]:
+        return self.session.streams
+
+    @property
+    def agent_id(self) -> str | None:
+        return self.control.agent_id
+
+    def open_stream(self) -> Stream:
+        return self.session.open_stream()
+
+    def close(self) -> None:
+        """Go-away (normal), then close."""
+        self.session.close()
+
+    def abort(self) -> None:
+        self.session.abort()
 
     @property
     def takeover_key(self) -> str | None:
@@ -516,6 +544,22 @@ class AgentConnection(Session):
         if self.agent_id is None or self.token_fp is None:
             return None
         return hashlib.sha256(self.agent_id.encode() + b"\0" + self.token_fp).hexdigest()
+
+    def takes_over(self, other: "AgentConnection") -> bool:
+        """Same agent process and same authtoken, reconnected."""
+        return (
+            self.agent_id is not None
+            and other is not self
+            and self.agent_id == other.agent_id
+            and self.token_fp is not None
+            and other.token_fp is not None
+            and hmac.compare_digest(self.token_fp, other.token_fp)
+        )
+
+    def binding_gone(self, binding_id: str) -> None:
+        """The hub dropped one of this session's bindings."""
+        self.bindings.pop(binding_id, None)
+        self.control.binding_gone(binding_id)
 
     async def ensure_lease(self) -> Any:
         async with self._lease_lock:
@@ -532,39 +576,28 @@ class AgentConnection(Session):
             log.warning("event=session_lease_expired session=%s", self.session_id)
             self.close()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+    # ------------------------------------------------------- session events
+    def _on_made(self, transport: asyncio.BaseTransport) -> None:
         self.hub.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.name = self.session_id
+        self.session.name = self.session_id
         log.info("event=agent_connected session=%s peer=%s", self.session_id, self.peer)
-        self._tasks.append(self._loop.create_task(self._watchdog()))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watchdog()))
 
-    def connection_lost(self, exc: BaseException | None) -> None:
+    def _on_lost(self, session: Session, exc: BaseException | None) -> None:
         self.hub.unbind_connection(self)
         self.hub.connections.discard(self)
         for t in self._tasks:
             t.cancel()
         if self.lease is not None and self.lease.alive:
             # revoke now: its names free at once on every PoP, not after a TTL
-            lease = self.lease
-            task = self._loop.create_task(_close_lease(lease, self.session_id))
+            task = asyncio.get_running_loop().create_task(_close_lease(self.lease, self.session_id))
             _BACKGROUND.add(task)
             task.add_done_callback(_BACKGROUND.discard)
         log.info("event=agent_disconnected session=%s peer=%s error=%r", self.session_id, self.peer, str(exc) if exc else "")
-        super().connection_lost(exc)
-
-    def takes_over(self, other: "AgentConnection") -> bool:
-        """Same agent process and same authtoken, reconnected."""
-        return (
-            self.agent_id is not None
-            and other is not self
-            and self.agent_id == other.agent_id
-            and self.token_fp is not None
-            and other.token_fp is not None
-            and hmac.compare_digest(self.token_fp, other.token_fp)
-        )
+        if self._on_closed is not None:
+            self._on_closed()
 
     def _on_stream(self, stream: Stream) -> None:
         if self._control is not None:
@@ -572,93 +605,80 @@ class AgentConnection(Session):
             stream.abort()
             return
         self._control = stream
-        self._tasks.append(self._loop.create_task(self._control_loop(stream)))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._control_loop(stream)))
 
     async def _watchdog(self) -> None:
-        """Before auth: auth_timeout from connect, whatever arrives (pings do
-        not keep an unauthenticated session alive). After: no frame at all
-        for heartbeat_timeout -> the session is dead (docs/protocol.md 3.5)."""
-        deadline = self._loop.time() + self.hub.config.auth_timeout
+        """Close the session when the control channel's deadline passes (docs/protocol.md 3.5)."""
+        loop = asyncio.get_running_loop()
         while True:
-            now = self._loop.time()
-            if not self.authenticated:
-                left = deadline - now
-                if left <= 0:
-                    log.warning("event=auth_timeout session=%s peer=%s", self.session_id, self.peer)
-                    self.abort()
-                    return
-            else:
-                idle = now - self.last_received
-                left = self.heartbeat_timeout - idle
-                if left <= 0:
-                    log.warning("event=agent_timeout session=%s peer=%s idle=%.1f", self.session_id, self.peer, idle)
-                    self.abort()
-                    return
+            now = loop.time()
+            why = self.control.expired(now, self.session.last_received)
+            if why == "auth_timeout":
+                log.warning("event=auth_timeout session=%s peer=%s", self.session_id, self.peer)
+                self.abort()
+                return
+            if why == "agent_timeout":
+                log.warning("event=agent_timeout session=%s peer=%s idle=%.1f", self.session_id, self.peer,
+                            now - self.session.last_received)
+                self.abort()
+                return
+            left = self.control.deadline(self.session.last_received) - now
             await asyncio.sleep(min(left, 1.0) + 0.01)
 
+    # ------------------------------------------------------- control stream
     async def _control_loop(self, stream: Stream) -> None:
-        reader = M.MessageReader()
+        ch = self.control
         try:
             while True:
                 data = await stream.read()
                 if not data:
                     break
-                for obj in reader.feed(data):
-                    reply = self._handle(obj)
-                    if inspect.isawaitable(reply):
-                        reply = await reply  # a registry round trip; requests stay in order
-                    stream.write(M.encode_message(reply))
-                    if isinstance(reply, M.Error) and reply.code == M.ERR_AUTH_FAILED:
+                ch.receive_data(data)
+                while (ev := ch.next_event()) is not NEED_DATA:
+                    if isinstance(ev, ProtocolError):
+                        log.warning("event=control_protocol_error session=%s error=%r", self.session_id, ev.reason)
                         self.close()
                         return
-        except MessageError as exc:
-            log.warning("event=control_protocol_error session=%s error=%r", self.session_id, str(exc))
+                    stream.write(M.encode_message(await self._serve(ev)))  # type: ignore[arg-type]
+                    if ch.state is State.CLOSING:
+                        self.close()
+                        return
         except SessionClosedError:
             return
         except Exception:
             log.exception("event=control_failed session=%s", self.session_id)
         self.close()
 
-    def _handle(self, obj: dict[str, Any]) -> M.Message:
-        mid = obj.get("id") if isinstance(obj.get("id"), int) and not isinstance(obj.get("id"), bool) else 0
-        try:
-            msg = M.parse_message(obj)
-        except MessageError as exc:
-            return M.Error(mid, M.ERR_BAD_REQUEST, str(exc))
-        if isinstance(msg, M.Auth):
-            if self.authenticated:
-                return M.Error(msg.id, M.ERR_BAD_REQUEST, "already authenticated")
-            if not self.hub.check_authtoken(msg.authtoken):
+    async def _serve(self, ev: Event) -> M.Message:
+        """Do what the control channel asks; requests are served one at a
+        time (a registry round trip must not let a later request overtake)."""
+        ch = self.control
+        if isinstance(ev, Reply):
+            if ev.refused:
+                log.info("event=control_refused session=%s type=%s code=%s", self.session_id,
+                         ev.message.type, ev.message.code)  # type: ignore[union-attr]
+            return ev.message
+        if isinstance(ev, AuthRequest):
+            if not self.hub.check_authtoken(ev.message.authtoken):
                 log.warning("event=auth_failed session=%s peer=%s", self.session_id, self.peer)
-                return M.Error(msg.id, M.ERR_AUTH_FAILED, "the authtoken is not valid on this edge")
-            self.authenticated = True
-            self.token_fp = _fingerprint(msg.authtoken)
-            self.agent_id = msg.agent_id or None
-            cfg = self.hub.config
-            self.heartbeat_timeout = min(max(msg.heartbeat_timeout, cfg.heartbeat_timeout_min), cfg.heartbeat_timeout_max)
+                return ch.auth_refused()
+            self.token_fp = _fingerprint(ev.message.authtoken)
+            ok = ch.auth_accepted(self.session_id, self.hub.config.ingress)
             log.info(
                 "event=agent_authenticated session=%s peer=%s agent_version=%s heartbeat_timeout=%.1f",
-                self.session_id, self.peer, msg.agent_version, self.heartbeat_timeout,
+                self.session_id, self.peer, ev.message.agent_version, ch.heartbeat_timeout,
             )
-            return M.AuthOk(msg.id, self.session_id, ingress=[dict(e) for e in cfg.ingress] or None)
-        if not self.authenticated:
-            return M.Error(msg.id, M.ERR_NOT_AUTHENTICATED, "the first message must be auth")
-        if isinstance(msg, M.Heartbeat):
-            return M.HeartbeatOk(msg.id)
-        if isinstance(msg, (M.Bind, M.Unbind)):
-            return self._request(msg)  # type: ignore[return-value]
-        return M.Error(msg.id, M.ERR_BAD_REQUEST, f"{msg.type} is not a request the edge serves")
-
-    async def _request(self, msg: M.Bind | M.Unbind) -> M.Message:
+            return ok
+        msg = ev.message  # type: ignore[union-attr]
         try:
-            if isinstance(msg, M.Bind):
+            if isinstance(ev, BindRequest):
                 b = await self.hub.bind(self, msg.kind, msg.name, msg.options)
-                return M.BindOk(msg.id, b.binding_id, b.url, b.hostname, b.port)
+                return ch.bind_done(b.binding_id, b.url, b.hostname, b.port)
             await self.hub.unbind(self, msg.binding_id)
-            return M.UnbindOk(msg.id)
+            return ch.unbind_done()
         except ControlError as exc:
             log.info("event=control_refused session=%s type=%s code=%s", self.session_id, msg.type, exc.code)
-            return M.Error(msg.id, exc.code, exc.message)
+            return ch.request_failed(exc.code, exc.message)
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
@@ -712,11 +732,13 @@ class RemoteEndpoint(_EndpointOptions):
         return self._hub.peers.open_stream(self.pop, header)
 
 
-def agent_protocol_factory(hub: Hub) -> Callable[[], asyncio.Protocol]:
+def agent_protocol_factory(hub: Hub) -> Callable[..., asyncio.Protocol]:
     """Protocol factory for agents' TLS connections (SNI connect.<zone>):
-    `loop.connect_accepted_socket(agent_protocol_factory(hub), sock, ssl=ctx)`."""
+    `loop.connect_accepted_socket(agent_protocol_factory(hub), sock, ssl=ctx)`.
+    `factory(on_closed=fn)`: fn() once the session is gone (the edge's
+    connection count)."""
 
-    def factory() -> asyncio.Protocol:
-        return AgentConnection(hub)
+    def factory(on_closed: Callable[[], None] | None = None) -> asyncio.Protocol:
+        return AgentConnection(hub, on_closed)
 
     return factory

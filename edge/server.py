@@ -134,7 +134,7 @@ class EdgeServer:
         hub: Any,
         certs: CertStore,
         *,
-        agent_protocol_factory: Callable[[], asyncio.Protocol] | None = None,
+        agent_protocol_factory: Callable[..., asyncio.Protocol] | None = None,  # (on_closed=fn)
         chain: Chain | None = None,
     ) -> None:
         self.cfg = cfg
@@ -286,7 +286,8 @@ class EdgeServer:
                 log.info(kv("agent_ingress_disabled", client=peer2[0], sni=sni))
                 self.release(sock)
                 return
-            self._spawn(self._accept_tls(sock, peer2, sni, self.agent_protocol_factory,
+            agent_factory = self.agent_protocol_factory
+            self._spawn(self._accept_tls(sock, peer2, sni, lambda: agent_factory(on_closed=self._closed),
                                          names=self.cfg.ingress_names, alpn=()))
             return
         tls_binding = self.lookup("tls", sni)
@@ -307,7 +308,8 @@ class EdgeServer:
             self.release(sock)
             return
         if self.is_https_name(sni):
-            self._spawn(self._accept_tls(sock, peer2, sni, lambda: HttpFront(self, sni), names=(sni,),
+            self._spawn(self._accept_tls(sock, peer2, sni, lambda: HttpFront(self, sni, on_closed=self._closed),
+                                         names=(sni,),
                                          alpn=("http/1.1",)))
             return
         log.info(kv("unknown_sni", client=peer2[0], sni=sni))
@@ -319,22 +321,14 @@ class EdgeServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _counted(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
-        """Wrap a protocol so the open-connection count drops when it ends."""
-        def make() -> asyncio.Protocol:
-            proto = factory()
-            orig = proto.connection_lost
-
-            def lost(exc: BaseException | None) -> None:
-                self.release(None)
-                orig(exc)
-            proto.connection_lost = lost  # type: ignore[method-assign]
-            return proto
-        return make
+    def _closed(self, *_: Any) -> None:
+        """A protocol's connection ended: the open-connection count drops
+        (the protocols call it, as on_closed, from their connection_lost)."""
+        self.release(None)
 
     async def _accept_plain(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
         try:
-            await self.loop.connect_accepted_socket(self._counted(factory), sock)
+            await self.loop.connect_accepted_socket(factory, sock)
         except OSError as exc:
             log.info(kv("accept_failed", error=type(exc).__name__))
             self.release(sock)
@@ -353,7 +347,7 @@ class EdgeServer:
             return
         try:
             await self.loop.connect_accepted_socket(
-                self._counted(factory), sock, ssl=ctx, ssl_handshake_timeout=self.cfg.timeouts.handshake)
+                factory, sock, ssl=ctx, ssl_handshake_timeout=self.cfg.timeouts.handshake)
         except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
             log.info(kv("tls_handshake_failed", client=peer[0], sni=sni, error=type(exc).__name__))
             # uvloop/asyncio closed the transport (and so the socket) already
@@ -400,7 +394,7 @@ class EdgeServer:
             return proxy_v2_encode(relay.peer, (str(local[0]), int(local[1])) if local else None,
                                    authority=sni)
 
-        return RawRelay(opener, first, idle_timeout=self.idle_timeout)
+        return RawRelay(opener, first, on_closed=self._closed, idle_timeout=self.idle_timeout)
 
     # -- TCP endpoints ----------------------------------------------------------------------
     def _tcp_front(self, port: int) -> asyncio.Protocol:
@@ -419,7 +413,7 @@ class EdgeServer:
                 return None
             return binding
 
-        return self._counted(lambda: self._relay(None, "tcp", None, resolve))()
+        return self._relay(None, "tcp", None, resolve)
 
     # -- health ----------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:

@@ -38,6 +38,9 @@ class FakeConn:
     async def _watch_lease(self, lease):
         await lease.wait_lost()
 
+    def binding_gone(self, binding_id):
+        self.bindings.pop(binding_id, None)
+
     def close(self):
         self.is_closed = True
 

@@ -14,7 +14,7 @@ import asyncio
 import inspect
 import ipaddress
 import logging
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from edge.front.http1 import HttpError, RequestHead, RequestRewriter, error_response
 from edge.front.relay import ClientSide, kv, log, start_stream
@@ -52,9 +52,11 @@ def _host_name(host: str) -> str:
 
 
 class HttpFront(ClientSide):
-    def __init__(self, ctx: FrontContext, sni: str) -> None:
+    def __init__(self, ctx: FrontContext, sni: str,
+                 on_closed: Callable[[BaseException | None], None] | None = None) -> None:
         super().__init__()
         self.ctx = ctx
+        self._on_closed = on_closed  # fn(exc) once the client connection is gone
         self.sni = sni
         self.idle_timeout = ctx.idle_timeout
         self.rw: RequestRewriter | None = None
@@ -207,6 +209,10 @@ class HttpFront(ClientSide):
             data = self.resp.feed(data)
             self.bytes_down += n - len(data)  # count what the agent sent, not our Via
         super().from_stream(data)
+
+    def on_closed(self, exc: BaseException | None) -> None:
+        if self._on_closed is not None:
+            self._on_closed(exc)
 
     # -- stream end ---------------------------------------------------------------
     def stream_eof(self) -> None:

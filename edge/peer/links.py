@@ -26,6 +26,7 @@ from edge.peer.header import PeerHeader
 from edge.tunnel import messages as M
 from edge.tunnel.errors import MessageError, SessionClosedError, TunnelError
 from edge.tunnel.session import Session, SessionConfig, Stream
+from edge.tunnel.session_protocol import SessionProtocol
 
 log = logging.getLogger("edge.peer")
 
@@ -83,6 +84,17 @@ def splice(a: Stream, b: Stream, first_to_b: bytes = b"") -> None:
         b.write(first_to_b)  # after set_protocol: a full buffer must pause `a`
 
 
+class _Link:
+    """One peer session and the PoP at its other end (None until an
+    accepted link has shown its certificate)."""
+
+    __slots__ = ("pop", "session")
+
+    def __init__(self, pop: str | None) -> None:
+        self.pop = pop
+        self.session: Session = None  # type: ignore[assignment]  # set right after
+
+
 def peer_pop(cert: dict[str, Any] | None, zone: str) -> str | None:
     """The PoP id in a verified peer certificate (<pop>.peer.<zone>), else None."""
     suffix = f".peer.{zone}"
@@ -129,7 +141,7 @@ class PeerLinks:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for host, port in self.cfg.peer_listen:
-            srv = await loop.create_server(lambda: self._new_session(None), host, port, ssl=self.server_ctx,
+            srv = await loop.create_server(self._accept, host, port, ssl=self.server_ctx,
                                            reuse_address=True,
                                            ssl_handshake_timeout=self.cfg.peer.connect_timeout)
             self._servers.append(srv)
@@ -152,34 +164,38 @@ class PeerLinks:
         t.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------ sessions
-    def _new_session(self, pop: str | None) -> Session:
-        s = Session(client=pop is not None, config=self.session_config, name=f"peer-{pop or '?'}",
-                    on_lost=self._lost)
-        s.on_stream = lambda st, s=s: self._on_stream(s, st)
-        s.peer_pop = pop  # type: ignore[attr-defined]
-        if pop is None:
-            # accepted: learn who it is from its verified certificate
-            orig = s.connection_made
+    def _new_session(self, pop: str) -> Session:
+        """The session of a link this edge opens to `pop`."""
+        link = _Link(pop)
+        link.session = self._new_session_for(link)
+        return link.session
 
-            def made(transport: asyncio.BaseTransport) -> None:
-                orig(transport)
-                who = peer_pop(transport.get_extra_info("peercert"), self.cfg.zone)
-                if who is None or who == self.pop:
-                    log.warning(kv("peer_refused", reason="certificate is not <pop>.peer.<zone>"))
-                    transport.abort()  # type: ignore[attr-defined]
-                    return
-                s.peer_pop = who  # type: ignore[attr-defined]
-                s.name = f"peer-{who}"
-                log.info(kv("peer_accepted", peer=who))
-                # the link serves both ways: reuse it for our streams to them
-                self.sessions.setdefault(who, s)
-                self._spawn(self._keepalive(who, s))
-            s.connection_made = made  # type: ignore[method-assign]
-        return s
+    def _accept(self) -> SessionProtocol:
+        link = _Link(None)
+        link.session = self._new_session_for(link)
+        return SessionProtocol(link.session, on_made=lambda transport: self._accepted(link, transport))
 
-    def _lost(self, s: Session, exc: BaseException | None) -> None:
-        pop = getattr(s, "peer_pop", None)
-        if pop is not None and self.sessions.get(pop) is s:
+    def _new_session_for(self, link: "_Link") -> Session:
+        return Session(client=link.pop is not None, config=self.session_config, name=f"peer-{link.pop or '?'}",
+                       on_stream=lambda st: self._on_stream(link, st),
+                       on_lost=lambda s, exc: self._lost(link, exc))
+
+    def _accepted(self, link: "_Link", transport: asyncio.BaseTransport) -> None:
+        who = peer_pop(transport.get_extra_info("peercert"), self.cfg.zone)
+        if who is None or who == self.pop:
+            log.warning(kv("peer_refused", reason="certificate is not <pop>.peer.<zone>"))
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        link.pop = who
+        link.session.name = f"peer-{who}"
+        log.info(kv("peer_accepted", peer=who))
+        # the link serves both ways: reuse it for our streams to them
+        self.sessions.setdefault(who, link.session)
+        self._spawn(self._keepalive(who, link.session))
+
+    def _lost(self, link: "_Link", exc: BaseException | None) -> None:
+        pop = link.pop
+        if pop is not None and self.sessions.get(pop) is link.session:
             del self.sessions[pop]
             log.warning(kv("peer_link_lost", peer=pop, error=repr(str(exc)) if exc else None))
 
@@ -240,17 +256,17 @@ class PeerLinks:
         return st
 
     # ------------------------------------------------------------ Y side
-    def _on_stream(self, session: Session, stream: Stream) -> None:
-        self._spawn(self._serve_guarded(session, stream))
+    def _on_stream(self, link: "_Link", stream: Stream) -> None:
+        self._spawn(self._serve_guarded(link, stream))
 
-    async def _serve_guarded(self, session: Session, stream: Stream) -> None:
+    async def _serve_guarded(self, link: "_Link", stream: Stream) -> None:
         try:
-            await self._serve(session, stream)
+            await self._serve(link, stream)
         except Exception:  # noqa: BLE001 - one stream's fault must not go unnoticed or touch others
-            log.exception(kv("peer_stream_failed", peer=getattr(session, "peer_pop", "?")))
+            log.exception(kv("peer_stream_failed", peer=link.pop or "?"))
             stream.abort()
 
-    async def _serve(self, session: Session, stream: Stream) -> None:
+    async def _serve(self, link: "_Link", stream: Stream) -> None:
         reader = M.MessageReader(max_messages=1)
         try:
             obj = None
@@ -264,13 +280,13 @@ class PeerLinks:
                     obj = got[0] if got else None
             header = PeerHeader.from_dict(obj)
         except (MessageError, asyncio.TimeoutError, TunnelError) as exc:
-            log.warning(kv("bad_peer_header", peer=getattr(session, "peer_pop", "?"), error=type(exc).__name__))
+            log.warning(kv("bad_peer_header", peer=link.pop or "?", error=type(exc).__name__))
             stream.abort()
             return
         binding = self.local_lookup(header.kind, header.endpoint)
         if binding is None:
             # The agent left this PoP (or never was here): reset; X answers 502.
-            log.info(kv("peer_stream_no_binding", peer=getattr(session, "peer_pop", "?"), kind=header.kind,
+            log.info(kv("peer_stream_no_binding", peer=link.pop or "?", kind=header.kind,
                         endpoint=header.endpoint))
             stream.abort()
             return

@@ -218,7 +218,7 @@ def test_64_mib_through_one_stream_window_grows(tmp_path):
                 assert data
                 got.update(data)
                 received += len(data)
-                windows.append(b.connection.conn.receive_window(st.stream_id))
+                windows.append(b.connection.session.conn.receive_window(st.stream_id))
 
         rtask = asyncio.ensure_future(reader())
         sent = hashlib.sha256()
@@ -364,7 +364,7 @@ def test_agent_detects_dead_edge_by_heartbeat_timeout_and_reconnects(tmp_path):
         b1 = await edge.wait_binding("http", "demo")
         conn = b1.connection
         # the edge stops reading this session: heartbeats go unanswered
-        conn._transport.pause_reading()
+        conn.session._transport.pause_reading()
         loop = asyncio.get_running_loop()
         end = loop.time() + 15
         while agent.sessions_started < 2 and loop.time() < end:
@@ -444,8 +444,8 @@ def test_stream_churn_many_short_streams_half_closed_both_ways(tmp_path):
         results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(600))), 60)
         assert all(results)
         # every proxy stream fully closed on the edge (1 is the control stream)
-        assert list(b.connection.streams) == [1]
-        assert b.connection.conn.open_streams == 1  # the sans-IO core forgot them too
+        assert list(b.connection.session.streams) == [1]
+        assert b.connection.session.conn.open_streams == 1  # the sans-IO core forgot them too
         assert edge.hub.stats() == {"sessions": 1, "bindings": 1, "streams": 1}
         for _ in range(100):
             if list(agent.session.streams) == [1]:
