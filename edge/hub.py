@@ -20,9 +20,9 @@ Usage by the front:
     factory = agent_protocol_factory(hub)
     await loop.connect_accepted_socket(factory, sock, ssl=ctx)   # SNI connect.<zone>
     ...
-    endpoint = hub.lookup("http", "demo.app.lab.test")   # or ("tcp", 20001)
+    endpoint = hub.lookup("http", "demo.app.lab.test")   # or ("tcp", 20001): an edge.endpoint.Endpoint
     if endpoint is None: answer 404 / close
-    stream = endpoint.open_stream(client_addr="198.19.5.10", client_port=51234, sni=...)
+    stream = await endpoint.open_stream(client_addr="198.19.5.10", client_port=51234, sni=...)
     stream.set_protocol(relay)        # Stream is shaped like an asyncio.Transport
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
+from edge.endpoint import Endpoint
 from edge.registry import (LeaseLost, MemoryRegistry, NameTaken, PortsExhausted, Registry, RegistryError,
                            RegistryUnavailable)
 from edge.registry.model import BindingEvent
@@ -78,24 +79,9 @@ class HubConfig:
             raise ValueError(f"tcp_port_range {lo}-{hi} is not a valid port range")
 
 
-class _EndpointOptions:
-    """What the front reads from a binding's options, local or remote alike."""
-
-    __slots__ = ()
-    options: Mapping[str, Any]
-
-    @property
-    def proxy_protocol(self) -> bool:
-        return bool(self.options.get("proxy_protocol", False))
-
-    @property
-    def terminate_at(self) -> str | None:
-        return self.options.get("terminate_at")
-
-
 @dataclass(frozen=True, eq=False)
-class LocalEndpoint(_EndpointOptions):
-    """One endpoint bound by an agent session."""
+class LocalEndpoint(Endpoint):
+    """An endpoint bound by an agent session at this PoP."""
 
     binding_id: str
     kind: str  # http | tls | tcp
@@ -110,18 +96,11 @@ class LocalEndpoint(_EndpointOptions):
     def pop(self) -> str:
         return self.connection.hub.config.pop
 
-
-    def open_stream(
-        self,
-        client_addr: str,
-        client_port: int,
-        *,
-        sni: str | None = None,
-        tls_terminated: bool = False,
-    ) -> Stream:
-        """Open a proxy stream to the agent and write its header; returns at
-        once (no round trip). Raises SessionClosedError if the agent is gone.
-        The caller writes the PROXY v2 header next if `proxy_protocol`."""
+    async def open_stream(self, client_addr: str, client_port: int, *, sni: str | None = None,
+                          tls_terminated: bool = False) -> Stream:
+        """Open a proxy stream to the agent and write its header; no round
+        trip (the header goes out with the stream's first frame). Raises
+        SessionClosedError if the agent is gone."""
         header = M.ProxyHeader(
             binding_id=self.binding_id,
             kind=self.kind,
@@ -692,9 +671,9 @@ async def _close_lease(lease: Any, session_id: str) -> None:
         log.warning("event=lease_revoke_failed session=%s error=%r", session_id, str(exc))
 
 
-class RemoteEndpoint(_EndpointOptions):
-    """An endpoint bound at another PoP: same face as `LocalEndpoint` for the front,
-    but its stream crosses the peer link to that PoP (an awaitable open)."""
+class RemoteEndpoint(Endpoint):
+    """An endpoint bound at another PoP: same face as `LocalEndpoint` for the
+    front, but its stream crosses the peer link to that PoP."""
 
     __slots__ = ("kind", "hostname", "port", "options", "pop", "session", "registry_name", "binding_id", "url", "_hub")
 
@@ -720,16 +699,15 @@ class RemoteEndpoint(_EndpointOptions):
             return None
         return cls(hub, kind, rb.name, rb.pop, rb.session, opts)
 
-
-    def open_stream(self, client_addr: str, client_port: int, *, sni: str | None = None,
-                    tls_terminated: bool = False) -> Any:
-        """An awaitable of the stream to the agent, through the peer link."""
+    async def open_stream(self, client_addr: str, client_port: int, *, sni: str | None = None,
+                          tls_terminated: bool = False) -> Stream:
+        """The stream to the agent, through the peer link (PeerUnavailable when there is none)."""
         from edge.peer.header import PeerHeader
 
         header = PeerHeader(kind=self.kind, endpoint=self.registry_name, session=self.session,
                             client_addr=client_addr, client_port=client_port, sni=sni,
                             tls_terminated=tls_terminated)
-        return self._hub.peers.open_stream(self.pop, header)
+        return await self._hub.peers.open_stream(self.pop, header)
 
 
 def agent_protocol_factory(hub: Hub) -> Callable[..., asyncio.Protocol]:

@@ -15,8 +15,9 @@ handshake timeouts, and the choice of front for each connection:
     anything else, no SNI, not TLS                 -> closed, one log line
 
 Must not touch: the tunnel's framing or the sessions' registry (`edge.hub`):
-it calls `hub.lookup(kind, key)`, `hub.add_listener(fn)` and
-`binding.open_stream(client_addr, client_port, sni=..., tls_terminated=...)`.
+it calls `hub.lookup(kind, key)` (an `edge.endpoint.Endpoint` or None),
+`hub.add_listener(fn)` and `await endpoint.open_stream(client_addr,
+client_port, sni=..., tls_terminated=...)`.
 """
 from __future__ import annotations
 
@@ -29,18 +30,22 @@ import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from edge.certs import CertStore
 from edge.config import EdgeConfig
 from edge.front.http_front import HttpFront
 from edge.front.proxy_v2 import encode as proxy_v2_encode
 from edge.front.redirect import RedirectFront
-from edge.front.relay import RawRelay, kv, start_stream
+from edge.endpoint import Endpoint, open_stream_within
+from edge.front.relay import RawRelay, kv
 from edge.front.tls_hello import ClientHello, ClientHelloError, parse_client_hello
 from edge.memtrim import HeapTrimmer
 from edge.modules import Chain, Subject, Verdict, build_chain
 from edge.modules import base as modbase
+
+if TYPE_CHECKING:
+    from edge.hub import Hub
 
 log = logging.getLogger("gslb.edge")
 
@@ -131,7 +136,7 @@ class EdgeServer:
     def __init__(
         self,
         cfg: EdgeConfig,
-        hub: Any,
+        hub: "Hub",
         certs: CertStore,
         *,
         agent_protocol_factory: Callable[..., asyncio.Protocol] | None = None,  # (on_closed=fn)
@@ -162,8 +167,7 @@ class EdgeServer:
         # over a certificate the endpoint's owner never asked the edge to hold.
         self._tls_names: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
-        if hub is not None and hasattr(hub, "add_listener"):
-            hub.add_listener(self._on_binding_change)
+        hub.add_listener(self._on_binding_change)
 
     # -- routing helpers (FrontContext) ------------------------------------------
     def endpoint_label(self, host: str) -> str | None:
@@ -175,17 +179,15 @@ class EdgeServer:
                 return label
         return None
 
-    def lookup(self, kind: str, key: str | int) -> Any:
-        """The hub's binding for an endpoint (host name or TCP port), None when offline."""
-        if self.hub is None:
-            return None
+    def lookup(self, kind: str, key: str | int) -> Endpoint | None:
+        """The hub's endpoint (by host name or TCP port), None when offline."""
         return self.hub.lookup(kind, key)
 
-    def _on_binding_change(self, what: str, binding: Any) -> None:
-        host = getattr(binding, "hostname", None)
+    def _on_binding_change(self, what: str, endpoint: Endpoint) -> None:
+        host = endpoint.hostname
         if not host or what != "bind":
             return
-        if binding.kind == "tls":
+        if endpoint.kind == "tls":
             self._tls_names[host] = None
             self._tls_names.move_to_end(host)
             while len(self._tls_names) > _MAX_TLS_NAMES:
@@ -290,17 +292,16 @@ class EdgeServer:
             self._spawn(self._accept_tls(sock, peer2, sni, lambda: agent_factory(on_closed=self._closed),
                                          names=self.cfg.ingress_names, alpn=()))
             return
-        tls_binding = self.lookup("tls", sni)
-        if tls_binding is not None:
-            if not self._admit_conn(tls_binding, "tls", sni, peer2):
+        tls_endpoint = self.lookup("tls", sni)
+        if tls_endpoint is not None:
+            if not self._admit_conn(tls_endpoint, "tls", sni, peer2):
                 self.release(sock)
                 return
-            options = getattr(tls_binding, "options", None) or {}
-            if options.get("terminate_at", "agent") == "edge":
-                factory = lambda: self._relay(tls_binding, "tls", sni, tls_terminated=True)  # noqa: E731
+            if tls_endpoint.terminate_at == "edge":
+                factory = lambda: self._relay(tls_endpoint, "tls", sni, tls_terminated=True)  # noqa: E731
                 self._spawn(self._accept_tls(sock, peer2, sni, factory, names=(sni,), alpn=()))
             else:
-                factory = lambda: self._relay(tls_binding, "tls", sni)  # noqa: E731
+                factory = lambda: self._relay(tls_endpoint, "tls", sni)  # noqa: E731
                 self._spawn(self._accept_plain(sock, factory))
             return
         if sni in self._tls_names and self.lookup("http", sni) is None:
@@ -357,12 +358,12 @@ class EdgeServer:
             self.release(None)
 
     # -- module chain for TLS/TCP ---------------------------------------------------------
-    def _admit_conn(self, binding: Any, kind: str, endpoint: str, peer: tuple[str, int]) -> bool:
+    def _admit_conn(self, target: Endpoint, kind: str, endpoint: str, peer: tuple[str, int]) -> bool:
         if not self.chain.modules:
             return True
         decision = self.chain.decide(Subject(
             client_ip=modbase.client_ip(peer[0]), client_port=peer[1], kind=kind, endpoint=endpoint,
-            options=getattr(binding, "options", None) or {},
+            options=target.options,
         ))
         if decision.verdict is Verdict.ANSWER:
             log.info(kv("connection_refused", client=peer[0], kind=kind, endpoint=endpoint,
@@ -370,23 +371,24 @@ class EdgeServer:
             return False
         return True
 
-    def _relay(self, binding: Any, kind: str, sni: str | None,
-               resolve: Callable[[tuple[str, int]], Any] | None = None,
+    def _relay(self, endpoint: Endpoint | None, kind: str, sni: str | None,
+               resolve: Callable[[tuple[str, int]], Endpoint | None] | None = None,
                tls_terminated: bool = False) -> RawRelay:
-        """A raw relay to `binding` (or to what `resolve(peer)` finds when it opens; None: close)."""
-        state: dict[str, Any] = {"binding": binding}
+        """A raw relay to `endpoint` (or to what `resolve(peer)` finds when it opens; None: close)."""
+        state: dict[str, Endpoint | None] = {"endpoint": endpoint}
 
         def opener(relay: RawRelay) -> Any:
-            b = state["binding"]
-            if b is None and resolve is not None:
-                b = state["binding"] = resolve(relay.peer)
-            if b is None:
+            ep = state["endpoint"]
+            if ep is None and resolve is not None:
+                ep = state["endpoint"] = resolve(relay.peer)
+            if ep is None:
                 return None
             ip = str(modbase.client_ip(relay.peer[0]))
-            return start_stream(b, (ip, relay.peer[1]), sni, tls_terminated, self.stream_open_timeout)
+            return open_stream_within(ep, (ip, relay.peer[1]), sni, tls_terminated, self.stream_open_timeout)
 
         def first(relay: RawRelay) -> bytes:
-            if not getattr(state["binding"], "proxy_protocol", False):
+            ep = state["endpoint"]
+            if ep is None or not ep.proxy_protocol:
                 return b""
             client = relay.client
             local = client.get_extra_info("sockname") if client else None
@@ -404,30 +406,29 @@ class EdgeServer:
             return _Refuse()
         self.stats.open += 1
 
-        def resolve(peer: tuple[str, int]) -> Any:
-            binding = self.lookup("tcp", port)
-            if binding is None:
+        def resolve(peer: tuple[str, int]) -> Endpoint | None:
+            endpoint = self.lookup("tcp", port)
+            if endpoint is None:
                 log.info(kv("tcp_endpoint_offline", client=peer[0], port=port))
                 return None
-            if not self._admit_conn(binding, "tcp", str(port), peer):
+            if not self._admit_conn(endpoint, "tcp", str(port), peer):
                 return None
-            return binding
+            return endpoint
 
         return self._relay(None, "tcp", None, resolve)
 
     # -- health ----------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
-        sessions = len(getattr(self.hub, "connections", ())) if self.hub is not None else 0
-        bindings = len(self.hub.bindings()) if self.hub is not None else 0
+        sessions = len(self.hub.connections)
+        bindings = len(self.hub.bindings())
         extra: dict[str, Any] = {}
-        registry = getattr(self.hub, "registry", None)
-        if registry is not None:
-            # Informational: a registry outage must not take the PoP out of the
-            # DNS (running sessions and cached routes still work), so "status"
-            # stays "ok".
-            peers = getattr(self.hub, "peers", None)
-            extra = {"registry_endpoints": len(registry.bindings()),
-                     "peer_links": sorted(peers.sessions) if peers is not None else []}
+        peers = self.hub.peers
+        if peers is not None:
+            # A shared registry (etcd) and peer links. Informational: a registry
+            # outage must not take the PoP out of the DNS (running sessions and
+            # cached routes still work), so "status" stays "ok".
+            extra = {"registry_endpoints": len(self.hub.registry.bindings()),
+                     "peer_links": sorted(peers.sessions)}
         return {
             "status": "ok",
             "pop": self.cfg.pop,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 from types import MappingProxyType
 
+from edge.endpoint import Endpoint
 from edge.front.http_front import HttpFront
 from edge.front.relay import RawRelay
 from edge.modules import build_chain
@@ -148,12 +149,14 @@ def test_opener_returning_none_closes_the_client():
     asyncio.run(main())
 
 
-class FakeBinding:
+class FakeBinding(Endpoint):
+    kind, hostname, port, url = "http", "demo.app.lab.test", None, "https://demo.app.lab.test"
+
     def __init__(self, options=None):
         self.options = MappingProxyType(options or {})
         self.streams = []
 
-    def open_stream(self, client_addr, client_port, *, sni=None, tls_terminated=False):
+    async def open_stream(self, client_addr, client_port, *, sni=None, tls_terminated=False):
         s = FakeTransport()
         s.opened_with = (client_addr, client_port, sni, tls_terminated)
         self.streams.append(s)
@@ -165,6 +168,7 @@ class Ctx:
     max_header_bytes = 8192
     stream_open_timeout = 5.0
     idle_timeout = 60.0
+    via = None
 
     def __init__(self, binding, deny=()):
         self.binding = binding
@@ -312,7 +316,7 @@ def test_idle_connection_is_aborted_after_a_quiet_period_but_not_while_busy():
 
 def test_http_front_agent_gone_at_open_is_502():
     class GoneBinding(FakeBinding):
-        def open_stream(self, *a, **kw):
+        async def open_stream(self, *a, **kw):
             raise ConnectionError("session closed")
 
     async def main():
@@ -320,6 +324,7 @@ def test_http_front_agent_gone_at_open_is_502():
         client = FakeTransport(tls=True)
         front.connection_made(client)
         front.data_received(REQ)
+        await _settle()
         assert client.data.startswith(b"HTTP/1.1 502") and client.closed
 
     asyncio.run(main())
@@ -333,7 +338,7 @@ def test_http_front_async_open_keeps_request_order():
 
         async def open_stream(self, *a, **kw):
             await self.gate.wait()
-            return FakeBinding.open_stream(self, *a, **kw)
+            return await FakeBinding.open_stream(self, *a, **kw)
 
     async def main():
         b = SlowBinding()

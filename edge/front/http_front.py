@@ -1,7 +1,7 @@
 """The HTTPS endpoint front: TLS terminated, HTTP/1.1 relayed to a tunnel stream.
 
-Owns: one client connection's requests: route (by SNI) to the endpoint's
-binding, ask the module chain, open one tunnel stream for the connection
+Owns: one client connection's requests: route (by SNI) to the `Endpoint`
+(edge/endpoint.py, local or at another PoP alike), ask the module chain, open one tunnel stream for the connection
 (keep-alive requests share it; the agent keeps one upstream connection per
 stream), rewrite request heads (`http1.RequestRewriter`) and stream bodies,
 relay responses back byte for byte, answer offline (404 ERR_GSLB_3200),
@@ -11,13 +11,13 @@ Must not touch: TLS (done by the transport) or the tunnel's framing.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import ipaddress
 import logging
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 from edge.front.http1 import HttpError, RequestHead, RequestRewriter, error_response
-from edge.front.relay import ClientSide, kv, log, start_stream
+from edge.endpoint import Endpoint, open_stream_within
+from edge.front.relay import ClientSide, kv, log
 from edge.front.response import ResponseRewriter, add_via
 from edge.modules import Chain, Subject, Verdict
 from edge.modules import base as modbase
@@ -35,10 +35,9 @@ class FrontContext(Protocol):
     stream_open_timeout: float
     idle_timeout: float
 
-    def lookup(self, kind: str, name: str) -> Any: ...
+    via: str | None  # received-by of this PoP for Via (RFC 9110 7.6.3), e.g. "eu.lab.test"; None: no Via
 
-    # received-by of this PoP for Via (RFC 9110 7.6.3), e.g. "eu.lab.test";
-    # a context without it (tests' stand-ins) adds no Via.
+    def lookup(self, kind: str, name: str) -> Endpoint | None: ...
 
 
 def _host_name(host: str) -> str:
@@ -60,7 +59,7 @@ class HttpFront(ClientSide):
         self.sni = sni
         self.idle_timeout = ctx.idle_timeout
         self.rw: RequestRewriter | None = None
-        self.binding: Any = None
+        self.endpoint: Endpoint | None = None
         self._opening = False
         self._answer_when_done: bytes | None = None   # page to send once the stream ends
         self._stop = False                            # no more client bytes are forwarded
@@ -69,7 +68,7 @@ class HttpFront(ClientSide):
         self._open_task: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
         self._finished = False
         self._log_requests = log.isEnabledFor(logging.INFO)  # `gslb edge -v`; checked once a connection
-        via = getattr(ctx, "via", None)
+        via = ctx.via
         self._via = f"1.1 {via}".encode("ascii") if via else None
         self.resp: ResponseRewriter | None = ResponseRewriter(f"1.1 {via}") if via else None
 
@@ -114,9 +113,9 @@ class HttpFront(ClientSide):
             self._refuse(421, "ERR_GSLB_3421", "Misdirected request",
                          f"This connection is for {self.sni}, not {_host_name(head.host)}.")
             return False
-        if self.binding is None:
-            self.binding = self.ctx.lookup("http", self.sni)
-            if self.binding is None:
+        if self.endpoint is None:
+            self.endpoint = self.ctx.lookup("http", self.sni)
+            if self.endpoint is None:
                 log.info(kv("endpoint_offline", client=self.peer[0], sni=self.sni, code=ERR_OFFLINE))
                 self._refuse(404, ERR_OFFLINE, "Endpoint offline",
                              f"The endpoint {self.sni} is offline: no agent serves it right now.")
@@ -124,7 +123,7 @@ class HttpFront(ClientSide):
         if self.ctx.chain.modules:
             decision = self.ctx.chain.decide(Subject(
                 client_ip=self._ip, client_port=self.peer[1], kind="http", endpoint=self.sni,  # type: ignore[arg-type]
-                options=getattr(self.binding, "options", None) or {},
+                options=self.endpoint.options,
                 request=modbase.RequestHead(head.method, head.target, head.host),
             ))
             if decision.verdict is Verdict.ANSWER:
@@ -143,39 +142,24 @@ class HttpFront(ClientSide):
         return True
 
     def _start_stream(self) -> bool:
-        try:
-            res = start_stream(self.binding, (str(self._ip), self.peer[1]), self.sni, True,
-                               self.ctx.stream_open_timeout)
-        except Exception as exc:  # noqa: BLE001 - the agent went away or the tunnel failed
-            self._open_failed(exc)
-            return False
-        if inspect.isawaitable(res):
-            self._opening = True
-            self.set_client_paused("opening", True)
-            self._open_task = asyncio.get_running_loop().create_task(self._wait_open(res))
-            return True
-        if res is None:
-            self._refuse(404, ERR_OFFLINE, "Endpoint offline", f"The endpoint {self.sni} is offline.")
-            return False
-        self.attach_stream(res)
-        return not self._stop
+        """Open the connection's stream; requests read meanwhile wait in order."""
+        self._opening = True
+        self.set_client_paused("opening", True)
+        self._open_task = asyncio.get_running_loop().create_task(self._open(self.endpoint))
+        return True
 
-    async def _wait_open(self, res: Any) -> None:
+    async def _open(self, endpoint: Endpoint) -> None:
         try:
-            stream = await res
-        except Exception as exc:  # noqa: BLE001
+            stream = await open_stream_within(endpoint, (str(self._ip), self.peer[1]), self.sni, True,
+                                              self.ctx.stream_open_timeout)
+        except Exception as exc:  # noqa: BLE001 - the agent went away, the tunnel or the peer link failed
             self._opening = False
             self._pending.clear()
             self._open_failed(exc)
             return
         self._opening = False
         if self._closed:
-            if stream is not None:
-                stream.abort()
-            return
-        if stream is None:
-            self._pending.clear()
-            self._refuse(404, ERR_OFFLINE, "Endpoint offline", f"The endpoint {self.sni} is offline.")
+            stream.abort()
             return
         self.attach_stream(stream)
 

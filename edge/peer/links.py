@@ -4,7 +4,7 @@ Owns: this edge's peer listener(s), one yamux session per peer PoP (opened on
 demand, kept open and reused, pinged while idle, opened again after a loss),
 mutual TLS with the lab CA (each edge holds a certificate for
 <pop>.peer.<zone> with serverAuth and clientAuth; both sides verify), and the
-serving side: a stream from a peer -> the local agent binding -> splice.
+serving side: a stream from a peer -> the local endpoint's agent -> splice.
 Must not touch: the registry (the hub decides where an endpoint lives) or
 HTTP (the front rewrites; the link carries bytes).
 
@@ -283,16 +283,16 @@ class PeerLinks:
             log.warning(kv("bad_peer_header", peer=link.pop or "?", error=type(exc).__name__))
             stream.abort()
             return
-        binding = self.local_lookup(header.kind, header.endpoint)
-        if binding is None:
+        endpoint = self.local_lookup(header.kind, header.endpoint)
+        if endpoint is None:
             # The agent left this PoP (or never was here): reset; X answers 502.
             log.info(kv("peer_stream_no_binding", peer=link.pop or "?", kind=header.kind,
                         endpoint=header.endpoint))
             stream.abort()
             return
         try:
-            agent_stream = binding.open_stream(header.client_addr, header.client_port, sni=header.sni,
-                                               tls_terminated=header.tls_terminated)
+            agent_stream = await endpoint.open_stream(header.client_addr, header.client_port, sni=header.sni,
+                                                      tls_terminated=header.tls_terminated)
         except (SessionClosedError, TunnelError):
             stream.abort()
             return

@@ -1,7 +1,7 @@
 """The edge front on 127.0.0.1 with real curl, websockets and ssl clients.
 
 The edge runs in a thread on its own uvloop loop. The hub is a stand-in
-with the real hub's interface (`lookup`, `Binding.open_stream`), whose
+with the real hub's interface (`lookup`, `add_listener`, `Endpoint.open_stream`), whose
 streams are loopback TCP connections straight to local upstreams, so these
 tests pin the front (SNI dispatch, TLS, HTTP rewriting, relaying, modules)
 apart from the tunnel.
@@ -25,6 +25,7 @@ import pytest
 
 from edge.certs import CertAuthority, CertStore
 from edge.config import EdgeConfig, Limits, Timeouts
+from edge.endpoint import Endpoint
 from edge.front.proxy_v2 import decode as proxy_decode
 from edge.server import EdgeServer
 
@@ -119,16 +120,13 @@ class LoopbackStream(asyncio.Protocol):
         return self.t.get_extra_info(name, default)
 
 
-class FakeBinding:
+class FakeBinding(Endpoint):
     def __init__(self, kind, hostname, port, upstream, options=None):
         self.kind, self.hostname, self.port = kind, hostname, port
+        self.url = f"tcp://127.0.0.1:{port}" if kind == "tcp" else f"https://{hostname}"
         self.upstream = upstream
         self.options = MappingProxyType(dict(options or {}))
         self.opened: list[dict] = []
-
-    @property
-    def proxy_protocol(self):
-        return bool(self.options.get("proxy_protocol"))
 
     async def open_stream(self, client_addr, client_port, *, sni=None, tls_terminated=False):
         self.opened.append(dict(client_addr=client_addr, client_port=client_port, sni=sni,
@@ -143,12 +141,19 @@ class FakeHub:
         self.by_host: dict[str, FakeBinding] = {}
         self.by_port: dict[int, FakeBinding] = {}
         self.connections: set = set()
+        self.peers = None  # one node: no peer links
+        self.listeners: list = []
+
+    def add_listener(self, fn):
+        self.listeners.append(fn)
 
     def add(self, b: FakeBinding):
         if b.kind == "tcp":
             self.by_port[b.port] = b
         else:
             self.by_host[b.hostname] = b
+        for fn in self.listeners:
+            fn("bind", b)
         return b
 
     def lookup(self, kind, key):
