@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import logging
 import re
 import secrets
@@ -40,6 +39,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 from edge.endpoint import Endpoint
+from edge.modules import check_bind_option
 from edge.registry import (LeaseLost, MemoryRegistry, NameTaken, PortsExhausted, Registry, RegistryError,
                            RegistryUnavailable)
 from edge.registry.model import BindingEvent
@@ -435,31 +435,28 @@ class Hub:
 
 
 def _validate_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """docs/protocol.md 3.2: known keys only, right types."""
+    """docs/protocol.md 3.2: known keys only, right types. The tunnel's own
+    options here; every other key belongs to a module (edge/modules/), which
+    checks and normalizes it."""
     if not isinstance(options, Mapping):
         raise ControlError(M.ERR_BAD_REQUEST, "options must be an object")
-    allowed = {"proxy_protocol", "allow_cidrs", "deny_cidrs"}
-    if kind == "tls":
-        allowed.add("terminate_at")
     out: dict[str, Any] = {}
     for key, value in options.items():
-        if key not in allowed:
-            raise ControlError(M.ERR_BAD_REQUEST, f"option {key!r} is not valid for {kind} endpoints")
         if key == "proxy_protocol":
             if not isinstance(value, bool):
                 raise ControlError(M.ERR_BAD_REQUEST, "option 'proxy_protocol' must be true or false")
             if value and kind == "http":
                 raise ControlError(M.ERR_BAD_REQUEST, "http endpoints carry the client address in headers, not PROXY protocol")
-        elif key == "terminate_at":
+        elif key == "terminate_at" and kind == "tls":
             if value not in M.TERMINATE_AT:
                 raise ControlError(M.ERR_BAD_REQUEST, "option 'terminate_at' must be 'edge' or 'agent'")
         else:
-            if not isinstance(value, list) or len(value) > 256:
-                raise ControlError(M.ERR_BAD_REQUEST, f"option {key!r} must be a list of at most 256 CIDRs")
             try:
-                value = [str(ipaddress.ip_network(v, strict=False)) for v in value]
-            except (TypeError, ValueError) as exc:
-                raise ControlError(M.ERR_BAD_REQUEST, f"option {key!r}: {exc}") from None
+                value = check_bind_option(kind, key, value)
+            except KeyError:
+                raise ControlError(M.ERR_BAD_REQUEST, f"option {key!r} is not valid for {kind} endpoints") from None
+            except ValueError as exc:
+                raise ControlError(M.ERR_BAD_REQUEST, str(exc)) from None
         out[key] = value
     if kind == "tls":
         out.setdefault("terminate_at", "agent")

@@ -41,7 +41,7 @@ from edge.endpoint import Endpoint, open_stream_within
 from edge.front.relay import RawRelay, kv
 from edge.front.tls_hello import ClientHello, ClientHelloError, parse_client_hello
 from edge.memtrim import HeapTrimmer
-from edge.modules import Chain, Subject, Verdict, build_chain
+from edge.modules import Chain, EffectResult, HttpCall, Outcome, Subject, Verdict, build_chain
 from edge.modules import base as modbase
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ log = logging.getLogger("gslb.edge")
 _MAX_TLS_NAMES = 10000     # remembered TLS endpoint names (offline ones close)
 _ACCEPT_BATCH = 64          # accepts per readiness event: fairness between listeners
 _PEEK_RETRY = (0.005, 0.01, 0.02, 0.05, 0.1)   # s, while a ClientHello trickles in
+MAX_EFFECT_BODY = 64 * 1024  # bytes of a module effect's response the module gets
 
 
 @dataclass
@@ -167,6 +168,7 @@ class EdgeServer:
         # over a certificate the endpoint's owner never asked the edge to hold.
         self._tls_names: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._effects: Any = None  # aiohttp ClientSession for module effects, made on first use
         hub.add_listener(self._on_binding_change)
 
     # -- routing helpers (FrontContext) ------------------------------------------
@@ -247,6 +249,9 @@ class EdgeServer:
         if self._health_runner is not None:
             await self._health_runner.cleanup()
             self._health_runner = None
+        if self._effects is not None:
+            await self._effects.close()
+            self._effects = None
 
     # -- :443 -------------------------------------------------------------------------
     def _on_acceptable(self, lsock: socket.socket) -> None:
@@ -294,14 +299,16 @@ class EdgeServer:
             return
         tls_endpoint = self.lookup("tls", sni)
         if tls_endpoint is not None:
-            if not self._admit_conn(tls_endpoint, "tls", sni, peer2):
+            admitted, subject = self._admit_conn(tls_endpoint, "tls", sni, peer2)
+            if not admitted:
                 self.release(sock)
                 return
             if tls_endpoint.terminate_at == "edge":
-                factory = lambda: self._relay(tls_endpoint, "tls", sni, tls_terminated=True)  # noqa: E731
+                factory = lambda: self._relay(tls_endpoint, "tls", sni, tls_terminated=True,  # noqa: E731
+                                              subject=subject)
                 self._spawn(self._accept_tls(sock, peer2, sni, factory, names=(sni,), alpn=()))
             else:
-                factory = lambda: self._relay(tls_endpoint, "tls", sni)  # noqa: E731
+                factory = lambda: self._relay(tls_endpoint, "tls", sni, subject=subject)  # noqa: E731
                 self._spawn(self._accept_plain(sock, factory))
             return
         if sni in self._tls_names and self.lookup("http", sni) is None:
@@ -357,30 +364,64 @@ class EdgeServer:
             log.info(kv("tls_handshake_failed", client=peer[0], sni=sni, error=type(exc).__name__))
             self.release(None)
 
+    # -- module effects -------------------------------------------------------------------
+    async def perform(self, effect: HttpCall) -> EffectResult:
+        """Do an HTTP call a module asked for (Verdict.PERFORM) and hand back
+        what came of it; the body is read up to MAX_EFFECT_BODY bytes. A
+        failure is a result too (`error`): the module decides what it means."""
+        from aiohttp import ClientError, ClientSession, ClientTimeout
+
+        if self._effects is None:
+            # aiohttp off the data path (docs/configuration.md): one client session, made on first use
+            self._effects = ClientSession()
+        try:
+            async with self._effects.request(effect.method, effect.url, headers=list(effect.headers),
+                                             data=effect.body or None, allow_redirects=False,
+                                             timeout=ClientTimeout(total=effect.timeout)) as resp:
+                body = await resp.content.read(MAX_EFFECT_BODY + 1)
+                if len(body) > MAX_EFFECT_BODY:
+                    return EffectResult(error="body_too_large")
+                return EffectResult(resp.status, tuple(resp.headers.items()), body)
+        except asyncio.TimeoutError:
+            return EffectResult(error="timeout")
+        except (ClientError, OSError) as exc:
+            return EffectResult(error=type(exc).__name__)
+
     # -- module chain for TLS/TCP ---------------------------------------------------------
-    def _admit_conn(self, target: Endpoint, kind: str, endpoint: str, peer: tuple[str, int]) -> bool:
+    def _admit_conn(self, target: Endpoint, kind: str, endpoint: str,
+                    peer: tuple[str, int]) -> tuple[bool, Subject | None]:
+        """(allowed, the subject the chain decided on: None without modules)."""
         if not self.chain.modules:
-            return True
-        decision = self.chain.decide(Subject(
-            client_ip=modbase.client_ip(peer[0]), client_port=peer[1], kind=kind, endpoint=endpoint,
-            options=target.options,
-        ))
+            return True, None
+        subject = Subject(client_ip=modbase.client_ip(peer[0]), client_port=peer[1], kind=kind, endpoint=endpoint,
+                          options=target.options, now=self.loop.time())
+        decision = self.chain.decide(subject)
+        if decision.verdict is Verdict.PERFORM:
+            # Effects run for HTTP requests only (edge/modules/README.md): a
+            # connection is decided at once, before its first byte is read.
+            log.info(kv("connection_refused", client=peer[0], kind=kind, endpoint=endpoint,
+                        module=decision.module, reason="a module effect needs an HTTP request"))
+            return False, None
         if decision.verdict is Verdict.ANSWER:
             log.info(kv("connection_refused", client=peer[0], kind=kind, endpoint=endpoint,
                         module=decision.module, reason=decision.reason))
-            return False
-        return True
+            return False, None
+        return True, subject
 
     def _relay(self, endpoint: Endpoint | None, kind: str, sni: str | None,
-               resolve: Callable[[tuple[str, int]], Endpoint | None] | None = None,
-               tls_terminated: bool = False) -> RawRelay:
-        """A raw relay to `endpoint` (or to what `resolve(peer)` finds when it opens; None: close)."""
-        state: dict[str, Endpoint | None] = {"endpoint": endpoint}
+               resolve: Callable[[tuple[str, int]], tuple[Endpoint, Subject | None] | None] | None = None,
+               tls_terminated: bool = False, subject: Subject | None = None) -> RawRelay:
+        """A raw relay to `endpoint` (or to what `resolve(peer)` finds when it
+        opens; None: close); the chain observes `subject`'s outcome at the end."""
+        state: dict[str, Any] = {"endpoint": endpoint, "subject": subject}
 
         def opener(relay: RawRelay) -> Any:
             ep = state["endpoint"]
             if ep is None and resolve is not None:
-                ep = state["endpoint"] = resolve(relay.peer)
+                found = resolve(relay.peer)
+                if found is not None:
+                    ep, state["subject"] = found
+                    state["endpoint"] = ep
             if ep is None:
                 return None
             ip = str(modbase.client_ip(relay.peer[0]))
@@ -396,7 +437,14 @@ class EdgeServer:
             return proxy_v2_encode(relay.peer, (str(local[0]), int(local[1])) if local else None,
                                    authority=sni)
 
-        return RawRelay(opener, first, on_closed=self._closed, idle_timeout=self.idle_timeout)
+        def closed(relay: RawRelay, exc: BaseException | None) -> None:
+            self.release(None)
+            subj = state["subject"]
+            if subj is not None and self.chain.observes:
+                self.chain.observe(subj, Outcome(0, relay.bytes_up, relay.bytes_down, self.loop.time() - subj.now,
+                                                 type(exc).__name__ if exc else ""))
+
+        return RawRelay(opener, first, on_closed=closed, idle_timeout=self.idle_timeout)
 
     # -- TCP endpoints ----------------------------------------------------------------------
     def _tcp_front(self, port: int) -> asyncio.Protocol:
@@ -406,14 +454,13 @@ class EdgeServer:
             return _Refuse()
         self.stats.open += 1
 
-        def resolve(peer: tuple[str, int]) -> Endpoint | None:
+        def resolve(peer: tuple[str, int]) -> tuple[Endpoint, Subject | None] | None:
             endpoint = self.lookup("tcp", port)
             if endpoint is None:
                 log.info(kv("tcp_endpoint_offline", client=peer[0], port=port))
                 return None
-            if not self._admit_conn(endpoint, "tcp", str(port), peer):
-                return None
-            return endpoint
+            admitted, subject = self._admit_conn(endpoint, "tcp", str(port), peer)
+            return (endpoint, subject) if admitted else None
 
         return self._relay(None, "tcp", None, resolve)
 
