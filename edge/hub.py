@@ -40,13 +40,13 @@ from typing import Any, Callable, Iterable, Mapping
 
 from edge.endpoint import Endpoint
 from edge.modules import check_bind_option
-from edge.registry import (LeaseLost, MemoryRegistry, NameTaken, PortsExhausted, Registry, RegistryError,
+from edge.registry import (Lease, LeaseLost, MemoryRegistry, NameTaken, PortsExhausted, Registry, RegistryError,
                            RegistryUnavailable)
-from edge.registry.model import BindingEvent
+from edge.registry.model import Binding, BindingEvent
 from edge.tunnel import messages as M
-from edge.tunnel.errors import ControlError, SessionClosedError
 from edge.tunnel.control import (NEED_DATA, AuthRequest, BindRequest, ControlChannel, ControlLimits, Event,
                                  ProtocolError, Reply, State)
+from edge.tunnel.errors import ControlError, SessionClosedError
 from edge.tunnel.session import Session, SessionConfig, Stream
 from edge.tunnel.session_protocol import SessionProtocol
 
@@ -111,7 +111,7 @@ class LocalEndpoint(Endpoint):
             proxy_protocol=self.proxy_protocol,
             tls_terminated=tls_terminated,
         )
-        stream = self.connection.open_stream()
+        stream = self.connection.session.open_stream()
         stream.extra["binding"] = self
         stream.extra["peername"] = (client_addr, client_port)
         stream.write(header.encode())
@@ -123,7 +123,8 @@ def _fingerprint(token: str) -> bytes:
 
 
 class Hub:
-    """In-memory registry of bindings (see module docstring)."""
+    """This PoP's agent sessions and their endpoints, bound through a
+    `Registry` (see module docstring)."""
 
     def __init__(self, config: HubConfig, authtokens: Iterable[str] = (), *, registry: Registry | None = None,
                  peers: Any = None) -> None:
@@ -412,7 +413,7 @@ class Hub:
         return {
             "sessions": len(self.connections),
             "bindings": len(self._by_id),
-            "streams": sum(len(c.streams) for c in self.connections),
+            "streams": sum(len(c.session.streams) for c in self.connections),
         }
 
     async def aclose(self) -> None:
@@ -486,7 +487,7 @@ class AgentConnection(SessionProtocol):
         self.bindings: dict[str, LocalEndpoint] = {}
         self._control: Stream | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.lease: Any = None  # registry lease, opened at the first bind
+        self.lease: Lease | None = None  # registry lease, opened at the first bind
         self._lease_lock = asyncio.Lock()
 
     # the session's face, for the hub and the shell
@@ -495,15 +496,8 @@ class AgentConnection(SessionProtocol):
         return self.session.is_closed
 
     @property
-    def streams(self) -> Mapping[int, Stream]:
-        return self.session.streams
-
-    @property
     def agent_id(self) -> str | None:
         return self.control.agent_id
-
-    def open_stream(self) -> Stream:
-        return self.session.open_stream()
 
     def close(self) -> None:
         """Go-away (normal), then close."""
@@ -537,7 +531,7 @@ class AgentConnection(SessionProtocol):
         self.bindings.pop(binding_id, None)
         self.control.binding_gone(binding_id)
 
-    async def ensure_lease(self) -> Any:
+    async def ensure_lease(self) -> Lease:
         async with self._lease_lock:
             if self.lease is None or not self.lease.alive:
                 self.lease = await self.hub.registry.open_session(self.hub.config.pop, self.session_id,
@@ -545,7 +539,7 @@ class AgentConnection(SessionProtocol):
                 self._tasks.append(asyncio.get_running_loop().create_task(self._watch_lease(self.lease)))
             return self.lease
 
-    async def _watch_lease(self, lease: Any) -> None:
+    async def _watch_lease(self, lease: Lease) -> None:
         reason = await lease.wait_lost()
         if reason == "expired" and not self.is_closed:
             # Its names are gone from the registry: the agent must bind again.
@@ -660,7 +654,7 @@ class AgentConnection(SessionProtocol):
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
-async def _close_lease(lease: Any, session_id: str) -> None:
+async def _close_lease(lease: Lease, session_id: str) -> None:
     try:
         await lease.close()
     except RegistryError as exc:
@@ -688,7 +682,7 @@ class RemoteEndpoint(Endpoint):
         self.url = f"tcp://{tcp_host}:{name}" if kind == "tcp" else f"https://{name}"
 
     @classmethod
-    def from_registry(cls, rb: Any, hub: Hub) -> "RemoteEndpoint | None":
+    def from_registry(cls, rb: Binding, hub: Hub) -> "RemoteEndpoint | None":
         meta = rb.meta
         kind = meta.get("kind", "tcp" if rb.kind == "tcp" else "http")
         opts = meta.get("options", {})

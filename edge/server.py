@@ -2,7 +2,9 @@
 
 Owns: sockets on the PoP's addresses (:443 with SNI dispatch, :80 redirects,
 the TCP endpoint range, the health endpoint), connection limits and
-handshake timeouts, and the choice of front for each connection:
+handshake timeouts, the HTTP calls modules ask for (`perform`, module
+effects: edge/modules/README.md), and the choice of front for each
+connection:
 
     SNI == connect.<zone> | <pop>.connect.<zone>  -> TLS with the edge's
         certificate, handed to the hub's agent protocol (tunnel sessions)

@@ -3,41 +3,13 @@ sockets: a stand-in agent connection with the real takeover and lease code."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 
 import pytest
 
-from edge.hub import AgentConnection, Hub, HubConfig, _fingerprint
+from _hub_fakes import FakeConn
+from edge.hub import Hub, HubConfig
 from edge.registry import MemoryRegistry
 from edge.tunnel.errors import ControlError
-
-
-class FakeConn:
-    takeover_key = AgentConnection.takeover_key
-    takes_over = AgentConnection.takes_over
-    ensure_lease = AgentConnection.ensure_lease
-
-    def __init__(self, hub, agent_id=None, token="good-token"):
-        self.hub = hub
-        self.bindings = {}
-        self.is_closed = False
-        self.session_id = secrets.token_hex(4)
-        self.agent_id = agent_id
-        self.token_fp = _fingerprint(token)
-        self.lease = None
-        self._lease_lock = asyncio.Lock()
-        self._tasks = []
-        self.closed = False
-
-    async def _watch_lease(self, lease):
-        await lease.wait_lost()
-
-    def binding_gone(self, binding_id):
-        self.bindings.pop(binding_id, None)
-
-    def close(self):
-        self.closed = True
-        self.is_closed = True
 
 
 def hub(**kw):

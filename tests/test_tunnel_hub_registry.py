@@ -5,9 +5,9 @@ PoPs; a registry that fails writes plays etcd without quorum."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 
-from edge.hub import AgentConnection, Hub, HubConfig, LocalEndpoint, RemoteEndpoint, _fingerprint
+from _hub_fakes import FakeConn
+from edge.hub import Hub, HubConfig, LocalEndpoint, RemoteEndpoint
 from edge.registry import MemoryRegistry, RegistryUnavailable
 from edge.tunnel import messages as M
 from edge.tunnel.errors import ControlError
@@ -15,34 +15,6 @@ from edge.tunnel.errors import ControlError
 
 def run(coro):
     return asyncio.run(coro)
-
-
-class FakeConn:
-    """What Hub.bind needs of an AgentConnection, without a transport."""
-
-    takeover_key = AgentConnection.takeover_key
-    takes_over = AgentConnection.takes_over
-    ensure_lease = AgentConnection.ensure_lease
-
-    def __init__(self, hub: Hub, agent_id: str | None = None, token: str = "good-token") -> None:
-        self.hub = hub
-        self.bindings: dict = {}
-        self.session_id = secrets.token_hex(4)
-        self.is_closed = False
-        self.lease = None
-        self._lease_lock = asyncio.Lock()
-        self._tasks: list = []
-        self.agent_id = agent_id
-        self.token_fp = _fingerprint(token)
-
-    async def _watch_lease(self, lease):
-        await lease.wait_lost()
-
-    def binding_gone(self, binding_id):
-        self.bindings.pop(binding_id, None)
-
-    def close(self):
-        self.is_closed = True
 
 
 class Peers:

@@ -23,10 +23,10 @@ from typing import Any, Callable
 from edge.certs import CertAuthority, _write_private, _write_public
 from edge.config import EdgeConfig
 from edge.peer.header import PeerHeader
-from edge.tunnel import messages as M
 from edge.tunnel.errors import MessageError, SessionClosedError, TunnelError
 from edge.tunnel.session import Session, SessionConfig, Stream
 from edge.tunnel.session_protocol import SessionProtocol
+from edge.tunnel.stream_header import read_header
 
 log = logging.getLogger("edge.peer")
 
@@ -267,17 +267,11 @@ class PeerLinks:
             stream.abort()
 
     async def _serve(self, link: "_Link", stream: Stream) -> None:
-        reader = M.MessageReader(max_messages=1)
         try:
-            obj = None
-            async with asyncio.timeout(HEADER_TIMEOUT):
-                while obj is None:
-                    data = await stream.read()
-                    if not data:
-                        stream.abort()
-                        return
-                    got = reader.feed(data)
-                    obj = got[0] if got else None
+            obj, rest = await read_header(stream, HEADER_TIMEOUT)
+            if obj is None:
+                stream.abort()
+                return
             header = PeerHeader.from_dict(obj)
         except (MessageError, asyncio.TimeoutError, TunnelError) as exc:
             log.warning(kv("bad_peer_header", peer=link.pop or "?", error=type(exc).__name__))
@@ -297,4 +291,4 @@ class PeerLinks:
             stream.abort()
             return
         self.streams_served += 1
-        splice(stream, agent_stream, reader.rest)
+        splice(stream, agent_stream, rest)

@@ -15,13 +15,13 @@ import itertools
 import logging
 import random
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from edge.registry import keys
-from edge.registry.base import Lease, Registry, check_lease
+from edge.registry.base import CachedRegistry, Lease, check_lease
 from edge.registry.cache import BindingCache
 from edge.registry.errors import InvalidKey, NameTaken, PortNotHeld, PortsExhausted
-from edge.registry.model import Binding, BindingEvent, check_id, encode_meta
+from edge.registry.model import Binding, check_id, encode_meta
 
 log = logging.getLogger("edge.registry")
 
@@ -37,7 +37,7 @@ class MemoryLease(Lease):
             self._registry._drop_lease(self)
 
 
-class MemoryRegistry(Registry):
+class MemoryRegistry(CachedRegistry):
     def __init__(self, *, rng: random.Random | None = None) -> None:
         self._cache = BindingCache()
         self._ports: dict[int, MemoryLease] = {}
@@ -97,15 +97,6 @@ class MemoryRegistry(Registry):
             self._ports.pop(int(name), None)
         log.info("event=unbound kind=%s name=%s session=%s", kind, name, session_id)
         return True
-
-    def lookup(self, kind: str, name: str | int) -> Binding | None:
-        return self._cache.lookup(kind, name)
-
-    def bindings(self) -> list[Binding]:
-        return self._cache.bindings()
-
-    def subscribe(self, callback: Callable[[BindingEvent], None]) -> Callable[[], None]:
-        return self._cache.subscribe(callback)
 
     async def allocate_port(self, session_id: str, lease: Lease, lo: int, hi: int,
                             preferred: int | None = None) -> int:
