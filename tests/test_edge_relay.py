@@ -514,3 +514,23 @@ def test_http_front_tells_observing_modules_each_responses_status_and_bytes():
         assert first.bytes_up > 0 and first.duration >= 0
 
     asyncio.run(main())
+
+
+def test_http_front_an_endpoint_that_never_opens_is_502_after_stream_open_timeout():
+    class Stuck(FakeBinding):
+        async def open_stream(self, *a, **kw):
+            await asyncio.Event().wait()  # a peer link that never answers
+
+    async def main():
+        ctx = Ctx(Stuck())
+        ctx.stream_open_timeout = 0.01
+        front = HttpFront(ctx, "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(REQ)
+        async with asyncio.timeout(10):  # bounded wait for the edge's own timeout to fire
+            while not client.closed:
+                await asyncio.sleep(0.01)
+        assert client.data.startswith(b"HTTP/1.1 502") and b"ERR_GSLB_3502" in client.data
+
+    asyncio.run(main())

@@ -1,11 +1,14 @@
 """The HTTPS endpoint front: TLS terminated, HTTP/1.1 relayed to a tunnel stream.
 
 Owns: one client connection's requests: route (by SNI) to the `Endpoint`
-(edge/endpoint.py, local or at another PoP alike), ask the module chain, open one tunnel stream for the connection
-(keep-alive requests share it; the agent keeps one upstream connection per
-stream), rewrite request heads (`http1.RequestRewriter`) and stream bodies,
-relay responses back byte for byte, answer offline (404 ERR_GSLB_3200),
-denied (403) and broken (400/431/502) requests itself.
+(edge/endpoint.py, local or at another PoP alike), ask the module chain
+(edge/modules/README.md: its answers, header edits upstream and effects,
+and the outcome of each request for modules that observe), open one tunnel
+stream for the connection (keep-alive requests share it; the agent keeps
+one upstream connection per stream), rewrite request heads
+(`http1.RequestRewriter`) and stream bodies, relay responses back byte for
+byte, answer offline (404 ERR_GSLB_3200), denied (403) and broken
+(400/431/502) requests itself.
 Must not touch: TLS (done by the transport) or the tunnel's framing.
 """
 from __future__ import annotations
@@ -16,8 +19,8 @@ import logging
 from collections import deque
 from typing import Any, Callable, Protocol
 
-from edge.front.http1 import HttpError, RequestHead, RequestRewriter, error_response
 from edge.endpoint import Endpoint, open_stream_within
+from edge.front.http1 import HttpError, RequestHead, RequestRewriter, error_response
 from edge.front.relay import ClientSide, kv, log
 from edge.front.response import ResponseRewriter, add_via
 from edge.modules import Chain, Decision, EffectResult, HttpCall, Outcome, Subject, Verdict
@@ -35,7 +38,6 @@ class FrontContext(Protocol):
     max_header_bytes: int
     stream_open_timeout: float
     idle_timeout: float
-
     via: str | None  # received-by of this PoP for Via (RFC 9110 7.6.3), e.g. "eu.lab.test"; None: no Via
 
     def lookup(self, kind: str, name: str) -> Endpoint | None: ...
