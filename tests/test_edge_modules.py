@@ -152,8 +152,9 @@ class Login(Module):
 
 
 def http_subj(now=0.0, **headers):
+    head = "GET / HTTP/1.1\r\nHost: demo\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     return Subject(client_ip=client_ip("192.0.2.1"), client_port=1, kind="http", endpoint="demo", now=now,
-                   request=RequestHead("GET", "/", "demo", tuple(headers.items())))
+                   request=RequestHead("GET", "/", "demo", head.encode("latin-1")))
 
 
 def test_header_edits_of_passing_modules_reach_the_allow():
@@ -257,3 +258,9 @@ def test_modules_own_their_bind_options():
         check_bind_option("http", "deny_cidrs", ["10.0.0.0/8"] * 257)
     with pytest.raises(ValueError, match="option 'deny_cidrs': "):
         check_bind_option("http", "deny_cidrs", ["nope"])
+
+
+def test_request_head_fields_are_parsed_from_the_forwarded_head_on_first_use():
+    head = RequestHead("GET", "/", "demo", b"GET / HTTP/1.1\r\nHost: demo\r\nX-Code:  42 \r\nx-code: 43\r\n\r\n")
+    assert head.headers == (("Host", "demo"), ("X-Code", "42"), ("x-code", "43"))
+    assert head.header("x-CODE") == "42" and head.header("Cookie") is None

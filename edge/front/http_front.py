@@ -55,15 +55,6 @@ def _host_name(host: str) -> str:
     return h.rstrip(".")
 
 
-def head_fields(head: bytes) -> tuple[tuple[str, str], ...]:
-    """The header fields of a request head (CRLF CRLF at the end), for modules."""
-    out = []
-    for line in head[:-4].split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        out.append((name.decode("latin-1"), value.strip().decode("latin-1")))
-    return tuple(out)
-
-
 def edit_head(head: bytes, add: tuple[tuple[str, str], ...], strip: tuple[str, ...]) -> bytes:
     """A request head with the fields named in `strip` removed (any case),
     then `add` appended: a module strips what a client must not send (its
@@ -187,7 +178,7 @@ class HttpFront(ClientSide):
                 subject = Subject(
                     client_ip=self._ip, client_port=self.peer[1], kind="http", endpoint=self.sni,  # type: ignore[arg-type]
                     options=self.endpoint.options, now=asyncio.get_running_loop().time(),
-                    request=modbase.RequestHead(head.method, head.target, head.host, head_fields(data)),
+                    request=modbase.RequestHead(head.method, head.target, head.host, data),
                 )
                 decision = self.ctx.chain.decide(subject)
             if decision.verdict is Verdict.PERFORM:
