@@ -92,7 +92,7 @@ class _Link:
 
     def __init__(self, pop: str | None) -> None:
         self.pop = pop
-        self.session: Session = None  # type: ignore[assignment]  # set right after
+        self.session: Session = None  # type: ignore[assignment]  # PeerLinks._link sets it
 
 
 def peer_pop(cert: dict[str, Any] | None, zone: str) -> str | None:
@@ -164,23 +164,20 @@ class PeerLinks:
         t.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------ sessions
-    def _new_session(self, pop: str) -> Session:
-        """The session of a link this edge opens to `pop`."""
+    def _link(self, pop: str | None) -> _Link:
+        """A new link and its session: to `pop` (this edge connects), or
+        accepted (pop None until `_accepted` reads the peer's certificate)."""
         link = _Link(pop)
-        link.session = self._new_session_for(link)
-        return link.session
+        link.session = Session(client=pop is not None, config=self.session_config, name=f"peer-{pop or '?'}",
+                               on_stream=lambda st: self._on_stream(link, st),
+                               on_lost=lambda s, exc: self._lost(link, exc))
+        return link
 
     def _accept(self) -> SessionProtocol:
-        link = _Link(None)
-        link.session = self._new_session_for(link)
+        link = self._link(None)
         return SessionProtocol(link.session, on_made=lambda transport: self._accepted(link, transport))
 
-    def _new_session_for(self, link: "_Link") -> Session:
-        return Session(client=link.pop is not None, config=self.session_config, name=f"peer-{link.pop or '?'}",
-                       on_stream=lambda st: self._on_stream(link, st),
-                       on_lost=lambda s, exc: self._lost(link, exc))
-
-    def _accepted(self, link: "_Link", transport: asyncio.BaseTransport) -> None:
+    def _accepted(self, link: _Link, transport: asyncio.BaseTransport) -> None:
         who = peer_pop(transport.get_extra_info("peercert"), self.cfg.zone)
         if who is None or who == self.pop:
             log.warning(kv("peer_refused", reason="certificate is not <pop>.peer.<zone>"))
@@ -193,7 +190,7 @@ class PeerLinks:
         self.sessions.setdefault(who, link.session)
         self._spawn(self._keepalive(who, link.session))
 
-    def _lost(self, link: "_Link", exc: BaseException | None) -> None:
+    def _lost(self, link: _Link, exc: BaseException | None) -> None:
         pop = link.pop
         if pop is not None and self.sessions.get(pop) is link.session:
             del self.sessions[pop]
@@ -218,7 +215,7 @@ class PeerLinks:
             loop = asyncio.get_running_loop()
             t = self.cfg.peer.connect_timeout
             _, s = await asyncio.wait_for(loop.create_connection(
-                lambda: self._new_session(pop), addr[0], addr[1], ssl=self.client_ctx,
+                lambda: self._link(pop).session, addr[0], addr[1], ssl=self.client_ctx,
                 server_hostname=f"{pop}.peer.{self.cfg.zone}", ssl_handshake_timeout=t), t)
             self.sessions[pop] = s  # type: ignore[assignment]
             log.info(kv("peer_connected", peer=pop, address=f"{addr[0]}:{addr[1]}"))
@@ -256,17 +253,17 @@ class PeerLinks:
         return st
 
     # ------------------------------------------------------------ Y side
-    def _on_stream(self, link: "_Link", stream: Stream) -> None:
+    def _on_stream(self, link: _Link, stream: Stream) -> None:
         self._spawn(self._serve_guarded(link, stream))
 
-    async def _serve_guarded(self, link: "_Link", stream: Stream) -> None:
+    async def _serve_guarded(self, link: _Link, stream: Stream) -> None:
         try:
             await self._serve(link, stream)
         except Exception:  # noqa: BLE001 - one stream's fault must not go unnoticed or touch others
             log.exception(kv("peer_stream_failed", peer=link.pop or "?"))
             stream.abort()
 
-    async def _serve(self, link: "_Link", stream: Stream) -> None:
+    async def _serve(self, link: _Link, stream: Stream) -> None:
         try:
             obj, rest = await read_header(stream, HEADER_TIMEOUT)
             if obj is None:
