@@ -481,9 +481,10 @@ class AgentConnection(SessionProtocol):
         self.session_id = secrets.token_hex(8)
         self.peer = "?"
         self.token_fp: bytes | None = None
-        self.control = ControlChannel(ControlLimits(cfg.auth_timeout, cfg.heartbeat_timeout_min,
-                                                    cfg.heartbeat_timeout_max, cfg.max_bindings_per_session),
-                                      now=asyncio.get_running_loop().time())
+        self._limits = ControlLimits(cfg.auth_timeout, cfg.heartbeat_timeout_min, cfg.heartbeat_timeout_max,
+                                     cfg.max_bindings_per_session)
+        # made again when the transport is up (after TLS): auth_timeout runs from there
+        self.control = ControlChannel(self._limits, now=asyncio.get_running_loop().time())
         self.bindings: dict[str, LocalEndpoint] = {}
         self._control: Stream | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -552,6 +553,7 @@ class AgentConnection(SessionProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.session.name = self.session_id
+        self.control = ControlChannel(self._limits, now=asyncio.get_running_loop().time())
         log.info("event=agent_connected session=%s peer=%s", self.session_id, self.peer)
         self._tasks.append(asyncio.get_running_loop().create_task(self._watchdog()))
 
