@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from edge.certs import CertStore
 from edge.config import EdgeConfig
+from edge.endpoint import Endpoint, open_stream_within
 from edge.front.http_front import HttpFront
 from edge.front.proxy_v2 import encode as proxy_v2_encode
 from edge.front.redirect import RedirectFront
-from edge.endpoint import Endpoint, open_stream_within
 from edge.front.relay import RawRelay, kv
 from edge.front.tls_hello import ClientHello, ClientHelloError, parse_client_hello
 from edge.memtrim import HeapTrimmer
