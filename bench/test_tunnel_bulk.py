@@ -45,9 +45,12 @@ async def main():
             b = hub.lookup("tcp", 20000)
             if b is None:
                 t.close(); return
-            st = b.open_stream(*t.get_extra_info("peername")[:2])
+            t.pause_reading()  # until the stream is open (Endpoint.open_stream is async)
+            self.opening = asyncio.ensure_future(self.opened(t, b.open_stream(*t.get_extra_info("peername")[:2])))
+        async def opened(self, t, opening):
+            st = await opening
             self.inner = UpstreamProtocol(st); self.inner.connection_made(t)
-            st.set_protocol(StreamToUpstream(t))
+            st.set_protocol(StreamToUpstream(t)); t.resume_reading()
         def data_received(self, d): self.inner.data_received(d)
         def eof_received(self): return self.inner.eof_received()
         def pause_writing(self): self.inner.pause_writing()

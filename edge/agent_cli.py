@@ -72,8 +72,12 @@ def _endpoint_flags(p: argparse.ArgumentParser, *, proxy_protocol: bool) -> None
     p.add_argument("--host", default="127.0.0.1", help="local address of the service (default 127.0.0.1)")
     if proxy_protocol:
         p.add_argument("--proxy-protocol", action="store_true", help="the edge sends a PROXY protocol v2 header first")
-    p.add_argument("--allow-cidr", action="append", default=[], metavar="CIDR", help="only these client networks (repeatable)")
-    p.add_argument("--deny-cidr", action="append", default=[], metavar="CIDR", help="refuse these client networks (repeatable)")
+    from edge.modules import BIND_OPTIONS
+
+    for key, opt in BIND_OPTIONS.items():  # the modules' own bind options (edge/modules/*/README.md)
+        if opt.flag:
+            p.add_argument(opt.flag, action="append", default=[], metavar=opt.metavar, help=opt.help,
+                           dest=f"bind_{key}")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -124,11 +128,14 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):  
         EndpointConfig,
         check_timers,
         load_agent_config,
+        module_options,
         read_authtoken,
         split_host_port,
         validate_endpoint,
     )
     import dataclasses
+
+    from edge.modules import BIND_OPTIONS
 
     env = dict(os.environ) if env is None else env
     servers = server_list(args, env)
@@ -151,8 +158,9 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):  
                 host=args.host,
                 terminate_at=getattr(args, "terminate_at", None),
                 proxy_protocol=getattr(args, "proxy_protocol", False),
-                allow_cidrs=tuple(args.allow_cidr),
-                deny_cidrs=tuple(args.deny_cidr),
+                module_options=module_options(
+                    {key: getattr(args, f"bind_{key}") for key, opt in BIND_OPTIONS.items()
+                     if opt.flag and getattr(args, f"bind_{key}")}),
             )
         )
         if server:

@@ -146,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
 async def _attach_registry(cfg: Any, certs: Any, hub: Any) -> tuple[Any, Any]:
     """[registry] kind = "etcd": every bind goes through etcd, and endpoints
     bound at other PoPs are reached over peer links. kind = "memory" (the
-    default): the hub's own tables are the registry (one node, no peers)."""
+    default): the hub keeps its own MemoryRegistry (one node, no peers)."""
     if cfg.registry.kind != "etcd":
         return None, None
     from edge.peer.links import PeerLinks

@@ -6,13 +6,13 @@ lookup the edge front uses to route a connection, and the edge side of an
 agent's tunnel session (`agent_protocol_factory`: auth, binds, heartbeats,
 proxy streams). Must not touch: listeners, TLS contexts, HTTP (edge/front/).
 
-The hub's own tables hold the endpoints bound *at this PoP* (their agent
-sessions are here). With a `registry` (edge/registry/, in memory or etcd),
-every bind also goes through it first, so a name is unique across all PoPs
-and TCP ports are allocated globally; `lookup` then answers for endpoints
-bound at other PoPs too, with a `RemoteBinding` whose stream crosses the
-peer link (edge/peer/). Without a registry (unit tests, tools) the hub is
-the single-node registry it always was.
+Every bind goes through a `Registry` (edge/registry/): a `MemoryRegistry`
+on a single node, etcd across PoPs. The registry decides (a name is unique
+across all PoPs, TCP ports are allocated globally); the hub's own tables
+then hold the endpoints bound *at this PoP* (their agent sessions are
+here). With peer links, `lookup` also answers for endpoints bound at other
+PoPs, with a `RemoteEndpoint` whose stream crosses the peer link
+(edge/peer/).
 
 Usage by the front:
 
@@ -20,9 +20,9 @@ Usage by the front:
     factory = agent_protocol_factory(hub)
     await loop.connect_accepted_socket(factory, sock, ssl=ctx)   # SNI connect.<zone>
     ...
-    binding = hub.lookup("http", "demo.app.lab.test")   # or ("tcp", 20001)
-    if binding is None: answer 404 / close
-    stream = binding.open_stream(client_addr="198.19.5.10", client_port=51234, sni=...)
+    endpoint = hub.lookup("http", "demo.app.lab.test")   # or ("tcp", 20001): an edge.endpoint.Endpoint
+    if endpoint is None: answer 404 / close
+    stream = await endpoint.open_stream(client_addr="198.19.5.10", client_port=51234, sni=...)
     stream.set_protocol(relay)        # Stream is shaped like an asyncio.Transport
 """
 from __future__ import annotations
@@ -30,8 +30,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import inspect
-import ipaddress
 import logging
 import re
 import secrets
@@ -40,11 +38,17 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from edge.registry import LeaseLost, NameTaken, PortsExhausted, RegistryError, RegistryUnavailable
-from edge.registry.model import BindingEvent
+from edge.endpoint import Endpoint
+from edge.modules import check_bind_option
+from edge.registry import (Lease, LeaseLost, MemoryRegistry, NameTaken, PortsExhausted, Registry, RegistryError,
+                           RegistryUnavailable)
+from edge.registry.model import Binding, BindingEvent
 from edge.tunnel import messages as M
-from edge.tunnel.errors import ControlError, MessageError, SessionClosedError
+from edge.tunnel.control import (NEED_DATA, AuthRequest, BindRequest, ControlChannel, ControlLimits, Event,
+                                 ProtocolError, Reply, State)
+from edge.tunnel.errors import ControlError, SessionClosedError
 from edge.tunnel.session import Session, SessionConfig, Stream
+from edge.tunnel.session_protocol import SessionProtocol
 
 log = logging.getLogger("edge.hub")
 
@@ -75,24 +79,9 @@ class HubConfig:
             raise ValueError(f"tcp_port_range {lo}-{hi} is not a valid port range")
 
 
-class _EndpointOptions:
-    """What the front reads from a binding's options, local or remote alike."""
-
-    __slots__ = ()
-    options: Mapping[str, Any]
-
-    @property
-    def proxy_protocol(self) -> bool:
-        return bool(self.options.get("proxy_protocol", False))
-
-    @property
-    def terminate_at(self) -> str | None:
-        return self.options.get("terminate_at")
-
-
 @dataclass(frozen=True, eq=False)
-class Binding(_EndpointOptions):
-    """One endpoint bound by an agent session."""
+class LocalEndpoint(Endpoint):
+    """An endpoint bound by an agent session at this PoP."""
 
     binding_id: str
     kind: str  # http | tls | tcp
@@ -107,18 +96,11 @@ class Binding(_EndpointOptions):
     def pop(self) -> str:
         return self.connection.hub.config.pop
 
-
-    def open_stream(
-        self,
-        client_addr: str,
-        client_port: int,
-        *,
-        sni: str | None = None,
-        tls_terminated: bool = False,
-    ) -> Stream:
-        """Open a proxy stream to the agent and write its header; returns at
-        once (no round trip). Raises SessionClosedError if the agent is gone.
-        The caller writes the PROXY v2 header next if `proxy_protocol`."""
+    async def open_stream(self, client_addr: str, client_port: int, *, sni: str | None = None,
+                          tls_terminated: bool = False) -> Stream:
+        """Open a proxy stream to the agent and write its header; no round
+        trip (the header goes out with the stream's first frame). Raises
+        SessionClosedError if the agent is gone."""
         header = M.ProxyHeader(
             binding_id=self.binding_id,
             kind=self.kind,
@@ -129,7 +111,7 @@ class Binding(_EndpointOptions):
             proxy_protocol=self.proxy_protocol,
             tls_terminated=tls_terminated,
         )
-        stream = self.connection.open_stream()
+        stream = self.connection.session.open_stream()
         stream.extra["binding"] = self
         stream.extra["peername"] = (client_addr, client_port)
         stream.write(header.encode())
@@ -141,26 +123,33 @@ def _fingerprint(token: str) -> bytes:
 
 
 class Hub:
-    """In-memory registry of bindings (see module docstring)."""
+    """This PoP's agent sessions and their endpoints, bound through a
+    `Registry` (see module docstring)."""
 
-    def __init__(self, config: HubConfig, authtokens: Iterable[str] = (), *, registry: Any = None,
+    def __init__(self, config: HubConfig, authtokens: Iterable[str] = (), *, registry: Registry | None = None,
                  peers: Any = None) -> None:
         self.config = config
-        self.registry = registry  # edge.registry.Registry, or None: this hub alone
         self.peers = peers  # edge.peer.links.PeerLinks, or None: no cross-PoP routes
-        self._remote: dict[tuple[str, str], RemoteBinding] = {}
+        self._remote: dict[tuple[str, str], RemoteEndpoint] = {}
         self._unsubscribe: Callable[[], None] | None = None
         self._tokens = [_fingerprint(t) for t in authtokens]
-        self._by_host: dict[str, Binding] = {}
-        self._by_port: dict[int, Binding] = {}
-        self._by_id: dict[str, Binding] = {}
-        self._listeners: list[Callable[[str, Binding], None]] = []
+        self._by_host: dict[str, LocalEndpoint] = {}
+        self._by_port: dict[int, LocalEndpoint] = {}
+        self._by_id: dict[str, LocalEndpoint] = {}
+        self._listeners: list[Callable[[str, LocalEndpoint], None]] = []
         self.connections: set[AgentConnection] = set()
-        if registry is not None:
-            self.attach(registry, peers)
+        # A single node's registry is a MemoryRegistry; `attach` swaps in a
+        # shared one (etcd) before the first bind.
+        self.registry: Registry = MemoryRegistry()
+        self.attach(registry if registry is not None else self.registry, peers)
 
-    def attach(self, registry: Any, peers: Any = None) -> None:
-        """Use a started registry (and peer links) from now on."""
+    def attach(self, registry: Registry, peers: Any = None) -> None:
+        """Use a started registry (and peer links) from now on; only before
+        the first bind (the names bound so far live in the old registry)."""
+        if self._by_id:
+            raise RuntimeError("attach a registry before the first bind")
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         self.registry = registry
         self.peers = peers
         # Routes to other PoPs are cached; any change of the name drops it.
@@ -206,54 +195,110 @@ class Hub:
         h = key.strip().lower().rstrip(".")
         return h if "." in h else self.hostname_for(h)
 
-    def add_listener(self, fn: Callable[[str, Binding], None]) -> None:
+    def add_listener(self, fn: Callable[[str, LocalEndpoint], None]) -> None:
         """fn("bind" | "unbind", binding) after every change (e.g. the front
         opening and closing TCP listeners)."""
         self._listeners.append(fn)
 
-    def _notify(self, what: str, b: Binding) -> None:
+    def _notify(self, what: str, b: LocalEndpoint) -> None:
         for fn in self._listeners:
             try:
                 fn(what, b)
             except Exception:
                 log.exception("event=hub_listener_failed change=%s binding=%s", what, b.binding_id)
 
-    def bind(self, conn: "AgentConnection", kind: str, name: str, options: Mapping[str, Any], *,
-             port: int | None = None, registry_name: str | None = None) -> Binding:
-        """Bind an endpoint for `conn`. Raises ControlError with code
-        name_in_use, port_range_exhausted, too_many_bindings or bad_request;
-        on error nothing changes."""
+    async def bind(self, conn: "AgentConnection", kind: str, name: str, options: Mapping[str, Any]) -> "LocalEndpoint":
+        """Bind an endpoint for `conn`, through the registry (docs/registry.md
+        "How the hub uses it"): the registry decides, then this PoP's tables
+        follow. (The per-session limit is the control channel's rule.)
+        Raises ControlError with code bad_request, name_in_use, port_range_exhausted, registry_unavailable (retryable) or
+        internal; on error nothing changes."""
         opts = _validate_options(kind, options)
-        if len(conn.bindings) >= self.config.max_bindings_per_session:
-            raise ControlError(M.ERR_TOO_MANY_BINDINGS, f"at most {self.config.max_bindings_per_session} endpoints per session")
-        bid = secrets.token_hex(8)
+        name = name.lower()
+        host: str | None = None
+        replaced: str | None = None  # the session of this PoP whose name this bind takes over
         if kind in ("http", "tls"):
-            name = name.lower()
             if not _LABEL.match(name):
                 raise ControlError(M.ERR_BAD_REQUEST, f"name {name!r} is not a DNS label (a-z, 0-9, '-', 1-63 characters)")
             host = self.hostname_for(name)
             existing = self._by_host.get(host)
-            if existing is not None:
-                if existing.connection.takes_over(conn):
-                    # the same agent reconnected before the edge noticed the
-                    # old session died: the new session wins
-                    log.info("event=session_takeover hostname=%s old_session=%s", host, existing.connection.session_id)
-                    existing.connection.close()
-                    self.unbind_connection(existing.connection)
-                else:
-                    raise ControlError(M.ERR_NAME_IN_USE, f"{host} is already online (bound by another agent session)")
+            if existing is not None and existing.connection is not conn:
+                if not existing.connection.takes_over(conn):
+                    raise ControlError(M.ERR_NAME_IN_USE, f"{host} is already online (bound by another agent session at this PoP)")
+                # The same agent reconnected before the edge noticed the old
+                # session died: the new session wins, the old one goes.
+                old = existing.connection
+                replaced = old.session_id
+                log.info("event=session_takeover hostname=%s old_session=%s", host, old.session_id)
+                old.close()
+                self.unbind_connection(old)
+        elif name:
+            raise ControlError(M.ERR_BAD_REQUEST, "tcp endpoints have no name; the edge allocates a port")
+        try:
+            rname = await self._bind_registry(conn, kind, host, opts, replaced)
+        except NameTaken as exc:
+            where = f"at PoP {exc.pop}" if exc.pop != self.config.pop else "at this PoP"
+            raise ControlError(M.ERR_NAME_IN_USE, f"{exc.name} is already online (bound by another agent session {where})") from None
+        except PortsExhausted as exc:
+            raise ControlError(M.ERR_PORT_RANGE_EXHAUSTED, f"port range exhausted: {exc}") from None
+        except (RegistryUnavailable, LeaseLost) as exc:
+            log.warning("event=bind_registry_unavailable session=%s kind=%s error=%r", conn.session_id, kind, str(exc))
+            raise ControlError(M.ERR_REGISTRY_UNAVAILABLE,
+                               "the endpoint registry is unavailable (no etcd quorum?): new binds fail until it is back; "
+                               "retry later") from None
+        except RegistryError as exc:
+            log.warning("event=bind_registry_error session=%s error=%r", conn.session_id, str(exc))
+            raise ControlError(M.ERR_INTERNAL, f"registry error: {type(exc).__name__}") from None
+        if conn.is_closed:
+            # the session died while the registry answered: its lease goes with it
+            raise ControlError(M.ERR_INTERNAL, "session closed")
+        return self._add_local(conn, kind, host, opts, rname)
+
+    async def _bind_registry(self, conn: "AgentConnection", kind: str, host: str | None, opts: Mapping[str, Any],
+                             replaced: str | None) -> str:
+        """Claim the name (or a TCP port) in the registry; returns its registry name."""
+        reg = self.registry
+        lease = await conn.ensure_lease()
+        meta = {"kind": kind, "options": dict(opts), "takeover": conn.takeover_key or ""}
+        pop, sid = self.config.pop, conn.session_id
+        if host is None:
+            lo, hi = self.config.tcp_port_range
+            port = await reg.allocate_port(sid, lease, lo, hi)
+            try:
+                await reg.bind("tcp", str(port), pop, sid, lease, meta)
+            except BaseException:
+                await reg.release_port(port, sid, lease)
+                raise
+            return str(port)
+        try:
+            await reg.bind("http", host, pop, sid, lease, meta)
+        except NameTaken:
+            held = reg.lookup("http", host)
+            key = conn.takeover_key
+            if held is None or not key or not hmac.compare_digest(str(held.meta.get("takeover", "")), key):
+                raise
+            # The same agent (agent_id and authtoken) reconnected, maybe at
+            # another PoP, before its old session's lease ended.
+            if held.session != replaced:  # a takeover at this PoP is logged above
+                log.info("event=session_takeover hostname=%s old_pop=%s old_session=%s", host, held.pop, held.session)
+            await reg.take_over(held, pop, sid, lease, meta)
+        return host
+
+    def _add_local(self, conn: "AgentConnection", kind: str, host: str | None, opts: Mapping[str, Any],
+                   rname: str) -> "LocalEndpoint":
+        """The registry agreed: enter the endpoint in this PoP's tables."""
+        bid = secrets.token_hex(8)
+        if host is not None:
             url = f"https://{host}" if kind == "http" else f"tls://{host}:443"
-            b = Binding(bid, kind, host, None, url, MappingProxyType(opts), conn, registry_name)
+            b = LocalEndpoint(bid, kind, host, None, url, MappingProxyType(dict(opts)), conn, rname)
             self._by_host[host] = b
         else:
-            if name:
-                raise ControlError(M.ERR_BAD_REQUEST, "tcp endpoints have no name; the edge allocates a port")
-            if port is None:
-                port = self._free_port()
-            elif port in self._by_port:
+            port = int(rname)
+            if port in self._by_port:
                 raise ControlError(M.ERR_PORT_RANGE_EXHAUSTED, f"port {port} is bound at this PoP already")
-            host = self.config.tcp_host or self.config.domain
-            b = Binding(bid, kind, None, port, f"tcp://{host}:{port}", MappingProxyType(opts), conn, registry_name)
+            tcp_host = self.config.tcp_host or self.config.domain
+            b = LocalEndpoint(bid, kind, None, port, f"tcp://{tcp_host}:{port}", MappingProxyType(dict(opts)), conn,
+                              rname)
             self._by_port[port] = b
         self._by_id[bid] = b
         conn.bindings[bid] = b
@@ -261,19 +306,26 @@ class Hub:
         self._notify("bind", b)
         return b
 
-    def _free_port(self) -> int:
-        lo, hi = self.config.tcp_port_range
-        for port in range(lo, hi + 1):
-            if port not in self._by_port:
-                return port
-        raise ControlError(M.ERR_PORT_RANGE_EXHAUSTED, f"every TCP port in {lo}-{hi} is bound")
-
-    def unbind(self, binding_id: str, conn: "AgentConnection | None" = None) -> Binding:
+    async def unbind(self, conn: "AgentConnection", binding_id: str) -> "LocalEndpoint":
+        """Unbind one of `conn`'s endpoints, here and in the registry. Raises
+        ControlError unknown_binding when `conn` holds no such binding."""
         b = self._by_id.get(binding_id)
-        if b is None or (conn is not None and b.connection is not conn):
+        if b is None or b.connection is not conn:
             raise ControlError(M.ERR_UNKNOWN_BINDING, f"no binding {binding_id!r} on this session")
-        del self._by_id[binding_id]
-        b.connection.bindings.pop(binding_id, None)
+        self._drop(binding_id)
+        if conn.lease is not None:
+            try:
+                await self.registry.unbind("tcp" if b.kind == "tcp" else "http", b.registry_name, conn.session_id,
+                                           conn.lease)
+            except RegistryError as exc:
+                # the name stays held by this session's lease until it ends
+                log.warning("event=unbind_registry_failed session=%s url=%s error=%r", conn.session_id, b.url, str(exc))
+        return b
+
+    def _drop(self, binding_id: str) -> "LocalEndpoint":
+        """Forget a binding at this PoP (the registry follows by unbind or lease end)."""
+        b = self._by_id.pop(binding_id)
+        b.connection.binding_gone(binding_id)
         if b.hostname is not None and self._by_host.get(b.hostname) is b:
             del self._by_host[b.hostname]
         if b.port is not None and self._by_port.get(b.port) is b:
@@ -283,21 +335,23 @@ class Hub:
         return b
 
     def unbind_connection(self, conn: "AgentConnection") -> None:
+        """The session ended (or lost its names): drop its bindings here; its
+        lease's end removes them from the registry."""
         for bid in list(conn.bindings):
-            self.unbind(bid)
+            self._drop(bid)
 
-    def lookup(self, kind: str, key: str | int) -> Binding | None:
+    def lookup(self, kind: str, key: str | int) -> LocalEndpoint | None:
         """The binding serving a connection: kind "http"/"tls" with the SNI or
         Host name (or a bare label), kind "tcp" with the port. None if no
         agent is online for it (or it is bound with another kind)."""
         b = self.local_lookup(kind, key)
         if b is not None:
             return b
-        if self.registry is None or self.peers is None:
-            return None
+        if self.peers is None:
+            return None  # a single node: every endpoint it serves is local
         return self._lookup_remote(kind, key)
 
-    def local_lookup(self, kind: str, key: str | int) -> "Binding | None":
+    def local_lookup(self, kind: str, key: str | int) -> "LocalEndpoint | None":
         """Only endpoints whose agent session is at this PoP (the peer link's
         Y side serves those)."""
         if kind == "tcp":
@@ -321,7 +375,7 @@ class Hub:
             return "tcp", str(int(key))
         return "http", str(key)
 
-    def _lookup_remote(self, kind: str, key: str | int) -> "RemoteBinding | None":
+    def _lookup_remote(self, kind: str, key: str | int) -> "RemoteEndpoint | None":
         try:
             rkind, rname = self._registry_key(kind, key if kind == "tcp" else self._normalize_host(str(key)))
         except (TypeError, ValueError):
@@ -331,7 +385,7 @@ class Hub:
             rb = self.registry.lookup(rkind, rname)
             if rb is None or rb.pop == self.config.pop:
                 return None  # not bound, or bound here by a session that is gone
-            cached = RemoteBinding.from_registry(rb, self)
+            cached = RemoteEndpoint.from_registry(rb, self)
             if cached is None:
                 return None
             self._remote[(rkind, rname)] = cached
@@ -349,95 +403,9 @@ class Hub:
                 ev.binding.pop != self.config.pop or ev.binding.session != local.connection.session_id):
             log.info("event=binding_moved url=%s to_pop=%s to_session=%s", local.url, ev.binding.pop,
                      ev.binding.session)
-            self.unbind(local.binding_id)
+            self._drop(local.binding_id)
 
-    async def bind_global(self, conn: "AgentConnection", msg: M.Bind) -> M.Message:
-        """A bind through the registry (docs/registry.md "How the hub uses it"):
-        the registry decides, then the local tables follow. Errors are control
-        errors for the agent; RegistryUnavailable is retryable."""
-        kind = msg.kind
-        try:
-            opts = _validate_options(kind, msg.options)
-            if len(conn.bindings) >= self.config.max_bindings_per_session:
-                raise ControlError(M.ERR_TOO_MANY_BINDINGS,
-                                   f"at most {self.config.max_bindings_per_session} endpoints per session")
-            name = msg.name.lower()
-            if kind in ("http", "tls"):
-                if not _LABEL.match(name):
-                    raise ControlError(M.ERR_BAD_REQUEST, f"name {name!r} is not a DNS label (a-z, 0-9, '-', 1-63 characters)")
-                host = self.hostname_for(name)
-                existing = self._by_host.get(host)
-                if existing is not None and existing.connection is not conn and not existing.connection.takes_over(conn):
-                    raise ControlError(M.ERR_NAME_IN_USE, f"{host} is already online (bound by another agent session at this PoP)")
-            elif name:
-                raise ControlError(M.ERR_BAD_REQUEST, "tcp endpoints have no name; the edge allocates a port")
-            lease = await conn.ensure_lease()
-            meta = {"kind": kind, "options": dict(opts), "takeover": conn.takeover_key or ""}
-            reg = self.registry
-            pop, sid = self.config.pop, conn.session_id
-            if kind == "tcp":
-                lo, hi = self.config.tcp_port_range
-                port = await reg.allocate_port(sid, lease, lo, hi)
-                try:
-                    await reg.bind("tcp", str(port), pop, sid, lease, meta)
-                except BaseException:
-                    await reg.release_port(port, sid, lease)
-                    raise
-                rname = str(port)
-            else:
-                rname = host
-                try:
-                    await reg.bind("http", host, pop, sid, lease, meta)
-                except NameTaken:
-                    held = reg.lookup("http", host)
-                    key = conn.takeover_key
-                    if held is None or not key or not hmac.compare_digest(str(held.meta.get("takeover", "")), key):
-                        raise
-                    # The same agent (agent_id and authtoken) reconnected, maybe
-                    # at another PoP, before its old session's lease ended.
-                    log.info("event=session_takeover hostname=%s old_pop=%s old_session=%s", host, held.pop,
-                             held.session)
-                    await reg.take_over(held, pop, sid, lease, meta)
-        except ControlError as exc:
-            return M.Error(msg.id, exc.code, exc.message)
-        except NameTaken as exc:
-            where = f"at PoP {exc.pop}" if exc.pop != self.config.pop else "at this PoP"
-            return M.Error(msg.id, M.ERR_NAME_IN_USE, f"{exc.name} is already online (bound by another agent session {where})")
-        except PortsExhausted as exc:
-            return M.Error(msg.id, M.ERR_PORT_RANGE_EXHAUSTED, f"port range exhausted: {exc}")
-        except (RegistryUnavailable, LeaseLost) as exc:
-            log.warning("event=bind_registry_unavailable session=%s kind=%s error=%r", conn.session_id, kind, str(exc))
-            return M.Error(msg.id, M.ERR_REGISTRY_UNAVAILABLE,
-                           "the endpoint registry is unavailable (no etcd quorum?): new binds fail until it is back; "
-                           "retry later")
-        except RegistryError as exc:
-            log.warning("event=bind_registry_error session=%s error=%r", conn.session_id, str(exc))
-            return M.Error(msg.id, M.ERR_INTERNAL, f"registry error: {type(exc).__name__}")
-        if conn.is_closed:
-            # the session died while the registry answered: its lease goes with it
-            return M.Error(msg.id, M.ERR_INTERNAL, "session closed")
-        # Local tables: the same code as a single node, now that the registry agreed.
-        try:
-            b = self.bind(conn, kind, name, opts, port=int(rname) if kind == "tcp" else None, registry_name=rname)
-        except ControlError as exc:
-            return M.Error(msg.id, exc.code, exc.message)
-        return M.BindOk(msg.id, b.binding_id, b.url, b.hostname, b.port)
-
-    async def unbind_global(self, conn: "AgentConnection", msg: M.Unbind) -> M.Message:
-        try:
-            b = self.unbind(msg.binding_id, conn)
-        except ControlError as exc:
-            return M.Error(msg.id, exc.code, exc.message)
-        if conn.lease is not None and b.registry_name is not None:
-            try:
-                await self.registry.unbind("tcp" if b.kind == "tcp" else "http", b.registry_name,
-                                           conn.session_id, conn.lease)
-            except RegistryError as exc:
-                # the name stays held by this session's lease until it ends
-                log.warning("event=unbind_registry_failed session=%s url=%s error=%r", conn.session_id, b.url, str(exc))
-        return M.UnbindOk(msg.id)
-
-    def bindings(self) -> list[Binding]:
+    def bindings(self) -> list[LocalEndpoint]:
         return list(self._by_id.values())
 
     def stats(self) -> dict[str, int]:
@@ -445,7 +413,7 @@ class Hub:
         return {
             "sessions": len(self.connections),
             "bindings": len(self._by_id),
-            "streams": sum(len(c.streams) for c in self.connections),
+            "streams": sum(len(c.session.streams) for c in self.connections),
         }
 
     async def aclose(self) -> None:
@@ -468,57 +436,76 @@ class Hub:
 
 
 def _validate_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """docs/protocol.md 3.2: known keys only, right types."""
+    """docs/protocol.md 3.2: known keys only, right types. The tunnel's own
+    options here; every other key belongs to a module (edge/modules/), which
+    checks and normalizes it."""
     if not isinstance(options, Mapping):
         raise ControlError(M.ERR_BAD_REQUEST, "options must be an object")
-    allowed = {"proxy_protocol", "allow_cidrs", "deny_cidrs"}
-    if kind == "tls":
-        allowed.add("terminate_at")
     out: dict[str, Any] = {}
     for key, value in options.items():
-        if key not in allowed:
-            raise ControlError(M.ERR_BAD_REQUEST, f"option {key!r} is not valid for {kind} endpoints")
         if key == "proxy_protocol":
             if not isinstance(value, bool):
                 raise ControlError(M.ERR_BAD_REQUEST, "option 'proxy_protocol' must be true or false")
             if value and kind == "http":
                 raise ControlError(M.ERR_BAD_REQUEST, "http endpoints carry the client address in headers, not PROXY protocol")
-        elif key == "terminate_at":
+        elif key == "terminate_at" and kind == "tls":
             if value not in M.TERMINATE_AT:
                 raise ControlError(M.ERR_BAD_REQUEST, "option 'terminate_at' must be 'edge' or 'agent'")
         else:
-            if not isinstance(value, list) or len(value) > 256:
-                raise ControlError(M.ERR_BAD_REQUEST, f"option {key!r} must be a list of at most 256 CIDRs")
             try:
-                value = [str(ipaddress.ip_network(v, strict=False)) for v in value]
-            except (TypeError, ValueError) as exc:
-                raise ControlError(M.ERR_BAD_REQUEST, f"option {key!r}: {exc}") from None
+                value = check_bind_option(kind, key, value)
+            except KeyError:
+                raise ControlError(M.ERR_BAD_REQUEST, f"option {key!r} is not valid for {kind} endpoints") from None
+            except ValueError as exc:
+                raise ControlError(M.ERR_BAD_REQUEST, str(exc)) from None
         out[key] = value
     if kind == "tls":
         out.setdefault("terminate_at", "agent")
     return out
 
 
-class AgentConnection(Session):
-    """Edge side of one agent's tunnel session: the first stream the agent
-    opens is the control stream (docs/protocol.md 3); the edge opens proxy
-    streams (docs/protocol.md 4). Dies on auth timeout, heartbeat timeout,
-    protocol error; its bindings die with it."""
+class AgentConnection(SessionProtocol):
+    """Edge side of one agent's tunnel session: the asyncio shell around a
+    `Session` (the yamux framing) and a `ControlChannel` (the rules of the
+    control stream, docs/protocol.md 3). The first stream the agent opens is
+    the control stream; the edge opens proxy streams (docs/protocol.md 4).
+    Dies on auth timeout, heartbeat timeout, protocol error; its bindings
+    die with it."""
 
-    def __init__(self, hub: Hub) -> None:
-        super().__init__(client=False, config=hub.config.session, name="agent")
+    def __init__(self, hub: Hub, on_closed: Callable[[], None] | None = None) -> None:
+        cfg = hub.config
+        super().__init__(Session(client=False, config=cfg.session, name="agent", on_stream=self._on_stream,
+                                 on_lost=self._on_lost), on_made=self._on_made)
         self.hub = hub
-        self.on_stream = self._on_stream
+        self._on_closed = on_closed
         self.session_id = secrets.token_hex(8)
-        self.agent_id: str | None = None
+        self.peer = "?"
         self.token_fp: bytes | None = None
-        self.authenticated = False
-        self.heartbeat_timeout = hub.config.heartbeat_timeout_max  # set by auth
-        self.bindings: dict[str, Binding] = {}
+        self._limits = ControlLimits(cfg.auth_timeout, cfg.heartbeat_timeout_min, cfg.heartbeat_timeout_max,
+                                     cfg.max_bindings_per_session)
+        # made again when the transport is up (after TLS): auth_timeout runs from there
+        self.control = ControlChannel(self._limits, now=asyncio.get_running_loop().time())
+        self.bindings: dict[str, LocalEndpoint] = {}
         self._control: Stream | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.lease: Any = None  # registry lease, opened at the first bind
+        self.lease: Lease | None = None  # registry lease, opened at the first bind
         self._lease_lock = asyncio.Lock()
+
+    # the session's face, for the hub and the shell
+    @property
+    def is_closed(self) -> bool:
+        return self.session.is_closed
+
+    @property
+    def agent_id(self) -> str | None:
+        return self.control.agent_id
+
+    def close(self) -> None:
+        """Go-away (normal), then close."""
+        self.session.close()
+
+    def abort(self) -> None:
+        self.session.abort()
 
     @property
     def takeover_key(self) -> str | None:
@@ -528,44 +515,6 @@ class AgentConnection(Session):
         if self.agent_id is None or self.token_fp is None:
             return None
         return hashlib.sha256(self.agent_id.encode() + b"\0" + self.token_fp).hexdigest()
-
-    async def ensure_lease(self) -> Any:
-        async with self._lease_lock:
-            if self.lease is None or not self.lease.alive:
-                self.lease = await self.hub.registry.open_session(self.hub.config.pop, self.session_id,
-                                                                  ttl=self.hub.config.lease_ttl)
-                self._tasks.append(self._loop.create_task(self._watch_lease(self.lease)))
-            return self.lease
-
-    async def _watch_lease(self, lease: Any) -> None:
-        reason = await lease.wait_lost()
-        if reason == "expired" and not self.is_closed:
-            # Its names are gone from the registry: the agent must bind again.
-            log.warning("event=session_lease_expired session=%s", self.session_id)
-            self.close()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.hub.connections.add(self)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.name = self.session_id
-        log.info("event=agent_connected session=%s peer=%s", self.session_id, self.peer)
-        self._tasks.append(self._loop.create_task(self._watchdog()))
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.hub.unbind_connection(self)
-        self.hub.connections.discard(self)
-        for t in self._tasks:
-            t.cancel()
-        if self.lease is not None and self.lease.alive:
-            # revoke now: its names free at once on every PoP, not after a TTL
-            lease = self.lease
-            task = self._loop.create_task(_close_lease(lease, self.session_id))
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
-        log.info("event=agent_disconnected session=%s peer=%s error=%r", self.session_id, self.peer, str(exc) if exc else "")
-        super().connection_lost(exc)
 
     def takes_over(self, other: "AgentConnection") -> bool:
         """Same agent process and same authtoken, reconnected."""
@@ -578,106 +527,136 @@ class AgentConnection(Session):
             and hmac.compare_digest(self.token_fp, other.token_fp)
         )
 
+    def binding_gone(self, binding_id: str) -> None:
+        """The hub dropped one of this session's bindings."""
+        self.bindings.pop(binding_id, None)
+        self.control.binding_gone(binding_id)
+
+    async def ensure_lease(self) -> Lease:
+        async with self._lease_lock:
+            if self.lease is None or not self.lease.alive:
+                self.lease = await self.hub.registry.open_session(self.hub.config.pop, self.session_id,
+                                                                  ttl=self.hub.config.lease_ttl)
+                self._tasks.append(asyncio.get_running_loop().create_task(self._watch_lease(self.lease)))
+            return self.lease
+
+    async def _watch_lease(self, lease: Lease) -> None:
+        reason = await lease.wait_lost()
+        if reason == "expired" and not self.is_closed:
+            # Its names are gone from the registry: the agent must bind again.
+            log.warning("event=session_lease_expired session=%s", self.session_id)
+            self.close()
+
+    # ------------------------------------------------------- session events
+    def _on_made(self, transport: asyncio.BaseTransport) -> None:
+        self.hub.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.session.name = self.session_id
+        self.control = ControlChannel(self._limits, now=asyncio.get_running_loop().time())
+        log.info("event=agent_connected session=%s peer=%s", self.session_id, self.peer)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watchdog()))
+
+    def _on_lost(self, session: Session, exc: BaseException | None) -> None:
+        self.hub.unbind_connection(self)
+        self.hub.connections.discard(self)
+        for t in self._tasks:
+            t.cancel()
+        if self.lease is not None and self.lease.alive:
+            # revoke now: its names free at once on every PoP, not after a TTL
+            task = asyncio.get_running_loop().create_task(_close_lease(self.lease, self.session_id))
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+        log.info("event=agent_disconnected session=%s peer=%s error=%r", self.session_id, self.peer, str(exc) if exc else "")
+        if self._on_closed is not None:
+            self._on_closed()
+
     def _on_stream(self, stream: Stream) -> None:
         if self._control is not None:
             # agents never open proxy streams (docs/protocol.md 2)
             stream.abort()
             return
         self._control = stream
-        self._tasks.append(self._loop.create_task(self._control_loop(stream)))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._control_loop(stream)))
 
     async def _watchdog(self) -> None:
-        """Before auth: auth_timeout from connect, whatever arrives (pings do
-        not keep an unauthenticated session alive). After: no frame at all
-        for heartbeat_timeout -> the session is dead (docs/protocol.md 3.5)."""
-        deadline = self._loop.time() + self.hub.config.auth_timeout
+        """Close the session when the control channel's deadline passes (docs/protocol.md 3.5)."""
+        loop = asyncio.get_running_loop()
         while True:
-            now = self._loop.time()
-            if not self.authenticated:
-                left = deadline - now
-                if left <= 0:
-                    log.warning("event=auth_timeout session=%s peer=%s", self.session_id, self.peer)
-                    self.abort()
-                    return
-            else:
-                idle = now - self.last_received
-                left = self.heartbeat_timeout - idle
-                if left <= 0:
-                    log.warning("event=agent_timeout session=%s peer=%s idle=%.1f", self.session_id, self.peer, idle)
-                    self.abort()
-                    return
+            now = loop.time()
+            why = self.control.expired(now, self.session.last_received)
+            if why == "auth_timeout":
+                log.warning("event=auth_timeout session=%s peer=%s", self.session_id, self.peer)
+                self.abort()
+                return
+            if why == "agent_timeout":
+                log.warning("event=agent_timeout session=%s peer=%s idle=%.1f", self.session_id, self.peer,
+                            now - self.session.last_received)
+                self.abort()
+                return
+            left = self.control.deadline(self.session.last_received) - now
             await asyncio.sleep(min(left, 1.0) + 0.01)
 
+    # ------------------------------------------------------- control stream
     async def _control_loop(self, stream: Stream) -> None:
-        reader = M.MessageReader()
+        ch = self.control
         try:
             while True:
                 data = await stream.read()
                 if not data:
                     break
-                for obj in reader.feed(data):
-                    reply = self._handle(obj)
-                    if inspect.isawaitable(reply):
-                        reply = await reply  # a registry round trip; requests stay in order
-                    stream.write(M.encode_message(reply))
-                    if isinstance(reply, M.Error) and reply.code == M.ERR_AUTH_FAILED:
+                ch.receive_data(data)
+                while (ev := ch.next_event()) is not NEED_DATA:
+                    if isinstance(ev, ProtocolError):
+                        log.warning("event=control_protocol_error session=%s error=%r", self.session_id, ev.reason)
                         self.close()
                         return
-        except MessageError as exc:
-            log.warning("event=control_protocol_error session=%s error=%r", self.session_id, str(exc))
+                    stream.write(M.encode_message(await self._serve(ev)))  # type: ignore[arg-type]
+                    if ch.state is State.CLOSING:
+                        self.close()
+                        return
         except SessionClosedError:
             return
         except Exception:
             log.exception("event=control_failed session=%s", self.session_id)
         self.close()
 
-    def _handle(self, obj: dict[str, Any]) -> M.Message:
-        mid = obj.get("id") if isinstance(obj.get("id"), int) and not isinstance(obj.get("id"), bool) else 0
-        try:
-            msg = M.parse_message(obj)
-        except MessageError as exc:
-            return M.Error(mid, M.ERR_BAD_REQUEST, str(exc))
-        if isinstance(msg, M.Auth):
-            if self.authenticated:
-                return M.Error(msg.id, M.ERR_BAD_REQUEST, "already authenticated")
-            if not self.hub.check_authtoken(msg.authtoken):
+    async def _serve(self, ev: Event) -> M.Message:
+        """Do what the control channel asks; requests are served one at a
+        time (a registry round trip must not let a later request overtake)."""
+        ch = self.control
+        if isinstance(ev, Reply):
+            if ev.refused:
+                log.info("event=control_refused session=%s type=%s code=%s", self.session_id,
+                         ev.message.type, ev.message.code)  # type: ignore[union-attr]
+            return ev.message
+        if isinstance(ev, AuthRequest):
+            if not self.hub.check_authtoken(ev.message.authtoken):
                 log.warning("event=auth_failed session=%s peer=%s", self.session_id, self.peer)
-                return M.Error(msg.id, M.ERR_AUTH_FAILED, "the authtoken is not valid on this edge")
-            self.authenticated = True
-            self.token_fp = _fingerprint(msg.authtoken)
-            self.agent_id = msg.agent_id or None
-            cfg = self.hub.config
-            self.heartbeat_timeout = min(max(msg.heartbeat_timeout, cfg.heartbeat_timeout_min), cfg.heartbeat_timeout_max)
+                return ch.auth_refused()
+            self.token_fp = _fingerprint(ev.message.authtoken)
+            ok = ch.auth_accepted(self.session_id, self.hub.config.ingress)
             log.info(
                 "event=agent_authenticated session=%s peer=%s agent_version=%s heartbeat_timeout=%.1f",
-                self.session_id, self.peer, msg.agent_version, self.heartbeat_timeout,
+                self.session_id, self.peer, ev.message.agent_version, ch.heartbeat_timeout,
             )
-            return M.AuthOk(msg.id, self.session_id, ingress=[dict(e) for e in cfg.ingress] or None)
-        if not self.authenticated:
-            return M.Error(msg.id, M.ERR_NOT_AUTHENTICATED, "the first message must be auth")
+            return ok
+        msg = ev.message  # type: ignore[union-attr]
         try:
-            if isinstance(msg, M.Heartbeat):
-                return M.HeartbeatOk(msg.id)
-            if isinstance(msg, M.Bind) and self.hub.registry is not None:
-                return self.hub.bind_global(self, msg)  # type: ignore[return-value]
-            if isinstance(msg, M.Unbind) and self.hub.registry is not None:
-                return self.hub.unbind_global(self, msg)  # type: ignore[return-value]
-            if isinstance(msg, M.Bind):
-                b = self.hub.bind(self, msg.kind, msg.name, msg.options)
-                return M.BindOk(msg.id, b.binding_id, b.url, b.hostname, b.port)
-            if isinstance(msg, M.Unbind):
-                self.hub.unbind(msg.binding_id, self)
-                return M.UnbindOk(msg.id)
+            if isinstance(ev, BindRequest):
+                b = await self.hub.bind(self, msg.kind, msg.name, msg.options)
+                return ch.bind_done(b.binding_id, b.url, b.hostname, b.port)
+            await self.hub.unbind(self, msg.binding_id)
+            return ch.unbind_done()
         except ControlError as exc:
             log.info("event=control_refused session=%s type=%s code=%s", self.session_id, msg.type, exc.code)
-            return M.Error(msg.id, exc.code, exc.message)
-        return M.Error(msg.id, M.ERR_BAD_REQUEST, f"{msg.type} is not a request the edge serves")
+            return ch.request_failed(exc.code, exc.message)
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
-async def _close_lease(lease: Any, session_id: str) -> None:
+async def _close_lease(lease: Lease, session_id: str) -> None:
     try:
         await lease.close()
     except RegistryError as exc:
@@ -685,9 +664,9 @@ async def _close_lease(lease: Any, session_id: str) -> None:
         log.warning("event=lease_revoke_failed session=%s error=%r", session_id, str(exc))
 
 
-class RemoteBinding(_EndpointOptions):
-    """An endpoint bound at another PoP: same face as `Binding` for the front,
-    but its stream crosses the peer link to that PoP (an awaitable open)."""
+class RemoteEndpoint(Endpoint):
+    """An endpoint bound at another PoP: same face as `LocalEndpoint` for the
+    front, but its stream crosses the peer link to that PoP."""
 
     __slots__ = ("kind", "hostname", "port", "options", "pop", "session", "registry_name", "binding_id", "url", "_hub")
 
@@ -705,7 +684,7 @@ class RemoteBinding(_EndpointOptions):
         self.url = f"tcp://{tcp_host}:{name}" if kind == "tcp" else f"https://{name}"
 
     @classmethod
-    def from_registry(cls, rb: Any, hub: Hub) -> "RemoteBinding | None":
+    def from_registry(cls, rb: Binding, hub: Hub) -> "RemoteEndpoint | None":
         meta = rb.meta
         kind = meta.get("kind", "tcp" if rb.kind == "tcp" else "http")
         opts = meta.get("options", {})
@@ -713,23 +692,24 @@ class RemoteBinding(_EndpointOptions):
             return None
         return cls(hub, kind, rb.name, rb.pop, rb.session, opts)
 
-
-    def open_stream(self, client_addr: str, client_port: int, *, sni: str | None = None,
-                    tls_terminated: bool = False) -> Any:
-        """An awaitable of the stream to the agent, through the peer link."""
+    async def open_stream(self, client_addr: str, client_port: int, *, sni: str | None = None,
+                          tls_terminated: bool = False) -> Stream:
+        """The stream to the agent, through the peer link (PeerUnavailable when there is none)."""
         from edge.peer.header import PeerHeader
 
         header = PeerHeader(kind=self.kind, endpoint=self.registry_name, session=self.session,
                             client_addr=client_addr, client_port=client_port, sni=sni,
                             tls_terminated=tls_terminated)
-        return self._hub.peers.open_stream(self.pop, header)
+        return await self._hub.peers.open_stream(self.pop, header)
 
 
-def agent_protocol_factory(hub: Hub) -> Callable[[], asyncio.Protocol]:
+def agent_protocol_factory(hub: Hub) -> Callable[..., asyncio.Protocol]:
     """Protocol factory for agents' TLS connections (SNI connect.<zone>):
-    `loop.connect_accepted_socket(agent_protocol_factory(hub), sock, ssl=ctx)`."""
+    `loop.connect_accepted_socket(agent_protocol_factory(hub), sock, ssl=ctx)`.
+    `factory(on_closed=fn)`: fn() once the session is gone (the edge's
+    connection count)."""
 
-    def factory() -> asyncio.Protocol:
-        return AgentConnection(hub)
+    def factory(on_closed: Callable[[], None] | None = None) -> asyncio.Protocol:
+        return AgentConnection(hub, on_closed)
 
     return factory

@@ -2,7 +2,9 @@
 
 Owns: sockets on the PoP's addresses (:443 with SNI dispatch, :80 redirects,
 the TCP endpoint range, the health endpoint), connection limits and
-handshake timeouts, and the choice of front for each connection:
+handshake timeouts, the HTTP calls modules ask for (`perform`, module
+effects: edge/modules/README.md), and the choice of front for each
+connection:
 
     SNI == connect.<zone> | <pop>.connect.<zone>  -> TLS with the edge's
         certificate, handed to the hub's agent protocol (tunnel sessions)
@@ -15,8 +17,9 @@ handshake timeouts, and the choice of front for each connection:
     anything else, no SNI, not TLS                 -> closed, one log line
 
 Must not touch: the tunnel's framing or the sessions' registry (`edge.hub`):
-it calls `hub.lookup(kind, key)`, `hub.add_listener(fn)` and
-`binding.open_stream(client_addr, client_port, sni=..., tls_terminated=...)`.
+it calls `hub.lookup(kind, key)` (an `edge.endpoint.Endpoint` or None),
+`hub.add_listener(fn)` and `await endpoint.open_stream(client_addr,
+client_port, sni=..., tls_terminated=...)`.
 """
 from __future__ import annotations
 
@@ -29,24 +32,29 @@ import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from edge.certs import CertStore
 from edge.config import EdgeConfig
+from edge.endpoint import Endpoint, open_stream_within
 from edge.front.http_front import HttpFront
 from edge.front.proxy_v2 import encode as proxy_v2_encode
 from edge.front.redirect import RedirectFront
-from edge.front.relay import RawRelay, kv, start_stream
+from edge.front.relay import RawRelay, kv
 from edge.front.tls_hello import ClientHello, ClientHelloError, parse_client_hello
 from edge.memtrim import HeapTrimmer
-from edge.modules import Chain, Subject, Verdict, build_chain
+from edge.modules import Chain, EffectResult, HttpCall, Outcome, Subject, Verdict, build_chain
 from edge.modules import base as modbase
+
+if TYPE_CHECKING:
+    from edge.hub import Hub
 
 log = logging.getLogger("gslb.edge")
 
 _MAX_TLS_NAMES = 10000     # remembered TLS endpoint names (offline ones close)
 _ACCEPT_BATCH = 64          # accepts per readiness event: fairness between listeners
 _PEEK_RETRY = (0.005, 0.01, 0.02, 0.05, 0.1)   # s, while a ClientHello trickles in
+MAX_EFFECT_BODY = 64 * 1024  # bytes of a module effect's response the module gets
 
 
 @dataclass
@@ -131,10 +139,10 @@ class EdgeServer:
     def __init__(
         self,
         cfg: EdgeConfig,
-        hub: Any,
+        hub: "Hub",
         certs: CertStore,
         *,
-        agent_protocol_factory: Callable[[], asyncio.Protocol] | None = None,
+        agent_protocol_factory: Callable[..., asyncio.Protocol] | None = None,  # (on_closed=fn)
         chain: Chain | None = None,
     ) -> None:
         self.cfg = cfg
@@ -162,8 +170,8 @@ class EdgeServer:
         # over a certificate the endpoint's owner never asked the edge to hold.
         self._tls_names: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
-        if hub is not None and hasattr(hub, "add_listener"):
-            hub.add_listener(self._on_binding_change)
+        self._effects: Any = None  # aiohttp ClientSession for module effects, made on first use
+        hub.add_listener(self._on_binding_change)
 
     # -- routing helpers (FrontContext) ------------------------------------------
     def endpoint_label(self, host: str) -> str | None:
@@ -175,17 +183,15 @@ class EdgeServer:
                 return label
         return None
 
-    def lookup(self, kind: str, key: str | int) -> Any:
-        """The hub's binding for an endpoint (host name or TCP port), None when offline."""
-        if self.hub is None:
-            return None
+    def lookup(self, kind: str, key: str | int) -> Endpoint | None:
+        """The hub's endpoint (by host name or TCP port), None when offline."""
         return self.hub.lookup(kind, key)
 
-    def _on_binding_change(self, what: str, binding: Any) -> None:
-        host = getattr(binding, "hostname", None)
+    def _on_binding_change(self, what: str, endpoint: Endpoint) -> None:
+        host = endpoint.hostname
         if not host or what != "bind":
             return
-        if binding.kind == "tls":
+        if endpoint.kind == "tls":
             self._tls_names[host] = None
             self._tls_names.move_to_end(host)
             while len(self._tls_names) > _MAX_TLS_NAMES:
@@ -245,6 +251,9 @@ class EdgeServer:
         if self._health_runner is not None:
             await self._health_runner.cleanup()
             self._health_runner = None
+        if self._effects is not None:
+            await self._effects.close()
+            self._effects = None
 
     # -- :443 -------------------------------------------------------------------------
     def _on_acceptable(self, lsock: socket.socket) -> None:
@@ -286,20 +295,22 @@ class EdgeServer:
                 log.info(kv("agent_ingress_disabled", client=peer2[0], sni=sni))
                 self.release(sock)
                 return
-            self._spawn(self._accept_tls(sock, peer2, sni, self.agent_protocol_factory,
+            agent_factory = self.agent_protocol_factory
+            self._spawn(self._accept_tls(sock, peer2, sni, lambda: agent_factory(on_closed=self._closed),
                                          names=self.cfg.ingress_names, alpn=()))
             return
-        tls_binding = self.lookup("tls", sni)
-        if tls_binding is not None:
-            if not self._admit_conn(tls_binding, "tls", sni, peer2):
+        tls_endpoint = self.lookup("tls", sni)
+        if tls_endpoint is not None:
+            admitted, subject = self._admit_conn(tls_endpoint, "tls", sni, peer2)
+            if not admitted:
                 self.release(sock)
                 return
-            options = getattr(tls_binding, "options", None) or {}
-            if options.get("terminate_at", "agent") == "edge":
-                factory = lambda: self._relay(tls_binding, "tls", sni, tls_terminated=True)  # noqa: E731
+            if tls_endpoint.terminate_at == "edge":
+                factory = lambda: self._relay(tls_endpoint, "tls", sni, tls_terminated=True,  # noqa: E731
+                                              subject=subject)
                 self._spawn(self._accept_tls(sock, peer2, sni, factory, names=(sni,), alpn=()))
             else:
-                factory = lambda: self._relay(tls_binding, "tls", sni)  # noqa: E731
+                factory = lambda: self._relay(tls_endpoint, "tls", sni, subject=subject)  # noqa: E731
                 self._spawn(self._accept_plain(sock, factory))
             return
         if sni in self._tls_names and self.lookup("http", sni) is None:
@@ -307,7 +318,8 @@ class EdgeServer:
             self.release(sock)
             return
         if self.is_https_name(sni):
-            self._spawn(self._accept_tls(sock, peer2, sni, lambda: HttpFront(self, sni), names=(sni,),
+            self._spawn(self._accept_tls(sock, peer2, sni, lambda: HttpFront(self, sni, on_closed=self._closed),
+                                         names=(sni,),
                                          alpn=("http/1.1",)))
             return
         log.info(kv("unknown_sni", client=peer2[0], sni=sni))
@@ -319,22 +331,14 @@ class EdgeServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _counted(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
-        """Wrap a protocol so the open-connection count drops when it ends."""
-        def make() -> asyncio.Protocol:
-            proto = factory()
-            orig = proto.connection_lost
-
-            def lost(exc: BaseException | None) -> None:
-                self.release(None)
-                orig(exc)
-            proto.connection_lost = lost  # type: ignore[method-assign]
-            return proto
-        return make
+    def _closed(self, *_: Any) -> None:
+        """A protocol's connection ended: the open-connection count drops
+        (the protocols call it, as on_closed, from their connection_lost)."""
+        self.release(None)
 
     async def _accept_plain(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
         try:
-            await self.loop.connect_accepted_socket(self._counted(factory), sock)
+            await self.loop.connect_accepted_socket(factory, sock)
         except OSError as exc:
             log.info(kv("accept_failed", error=type(exc).__name__))
             self.release(sock)
@@ -353,7 +357,7 @@ class EdgeServer:
             return
         try:
             await self.loop.connect_accepted_socket(
-                self._counted(factory), sock, ssl=ctx, ssl_handshake_timeout=self.cfg.timeouts.handshake)
+                factory, sock, ssl=ctx, ssl_handshake_timeout=self.cfg.timeouts.handshake)
         except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
             log.info(kv("tls_handshake_failed", client=peer[0], sni=sni, error=type(exc).__name__))
             # uvloop/asyncio closed the transport (and so the socket) already
@@ -362,37 +366,72 @@ class EdgeServer:
             log.info(kv("tls_handshake_failed", client=peer[0], sni=sni, error=type(exc).__name__))
             self.release(None)
 
+    # -- module effects -------------------------------------------------------------------
+    async def perform(self, effect: HttpCall) -> EffectResult:
+        """Do an HTTP call a module asked for (Verdict.PERFORM) and hand back
+        what came of it; the body is read up to MAX_EFFECT_BODY bytes. A
+        failure is a result too (`error`): the module decides what it means."""
+        from aiohttp import ClientError, ClientSession, ClientTimeout
+
+        if self._effects is None:
+            # aiohttp off the data path (docs/configuration.md): one client session, made on first use
+            self._effects = ClientSession()
+        try:
+            async with self._effects.request(effect.method, effect.url, headers=list(effect.headers),
+                                             data=effect.body or None, allow_redirects=False,
+                                             timeout=ClientTimeout(total=effect.timeout)) as resp:
+                body = await resp.content.read(MAX_EFFECT_BODY + 1)
+                if len(body) > MAX_EFFECT_BODY:
+                    return EffectResult(error="body_too_large")
+                return EffectResult(resp.status, tuple(resp.headers.items()), body)
+        except asyncio.TimeoutError:
+            return EffectResult(error="timeout")
+        except (ClientError, OSError) as exc:
+            return EffectResult(error=type(exc).__name__)
+
     # -- module chain for TLS/TCP ---------------------------------------------------------
-    def _admit_conn(self, binding: Any, kind: str, endpoint: str, peer: tuple[str, int]) -> bool:
+    def _admit_conn(self, target: Endpoint, kind: str, endpoint: str,
+                    peer: tuple[str, int]) -> tuple[bool, Subject | None]:
+        """(allowed, the subject the chain decided on: None without modules)."""
         if not self.chain.modules:
-            return True
-        decision = self.chain.decide(Subject(
-            client_ip=modbase.client_ip(peer[0]), client_port=peer[1], kind=kind, endpoint=endpoint,
-            options=getattr(binding, "options", None) or {},
-        ))
+            return True, None
+        subject = Subject(client_ip=modbase.client_ip(peer[0]), client_port=peer[1], kind=kind, endpoint=endpoint,
+                          options=target.options, now=self.loop.time())
+        decision = self.chain.decide(subject)
+        if decision.verdict is Verdict.PERFORM:
+            # Effects run for HTTP requests only (edge/modules/README.md): a
+            # connection is decided at once, before its first byte is read.
+            log.info(kv("connection_refused", client=peer[0], kind=kind, endpoint=endpoint,
+                        module=decision.module, reason="a module effect needs an HTTP request"))
+            return False, None
         if decision.verdict is Verdict.ANSWER:
             log.info(kv("connection_refused", client=peer[0], kind=kind, endpoint=endpoint,
                         module=decision.module, reason=decision.reason))
-            return False
-        return True
+            return False, None
+        return True, subject
 
-    def _relay(self, binding: Any, kind: str, sni: str | None,
-               resolve: Callable[[tuple[str, int]], Any] | None = None,
-               tls_terminated: bool = False) -> RawRelay:
-        """A raw relay to `binding` (or to what `resolve(peer)` finds when it opens; None: close)."""
-        state: dict[str, Any] = {"binding": binding}
+    def _relay(self, endpoint: Endpoint | None, kind: str, sni: str | None,
+               resolve: Callable[[tuple[str, int]], tuple[Endpoint, Subject | None] | None] | None = None,
+               tls_terminated: bool = False, subject: Subject | None = None) -> RawRelay:
+        """A raw relay to `endpoint` (or to what `resolve(peer)` finds when it
+        opens; None: close); the chain observes `subject`'s outcome at the end."""
+        state: dict[str, Any] = {"endpoint": endpoint, "subject": subject}
 
         def opener(relay: RawRelay) -> Any:
-            b = state["binding"]
-            if b is None and resolve is not None:
-                b = state["binding"] = resolve(relay.peer)
-            if b is None:
+            ep = state["endpoint"]
+            if ep is None and resolve is not None:
+                found = resolve(relay.peer)
+                if found is not None:
+                    ep, state["subject"] = found
+                    state["endpoint"] = ep
+            if ep is None:
                 return None
             ip = str(modbase.client_ip(relay.peer[0]))
-            return start_stream(b, (ip, relay.peer[1]), sni, tls_terminated, self.stream_open_timeout)
+            return open_stream_within(ep, (ip, relay.peer[1]), sni, tls_terminated, self.stream_open_timeout)
 
         def first(relay: RawRelay) -> bytes:
-            if not getattr(state["binding"], "proxy_protocol", False):
+            ep = state["endpoint"]
+            if ep is None or not ep.proxy_protocol:
                 return b""
             client = relay.client
             local = client.get_extra_info("sockname") if client else None
@@ -400,7 +439,14 @@ class EdgeServer:
             return proxy_v2_encode(relay.peer, (str(local[0]), int(local[1])) if local else None,
                                    authority=sni)
 
-        return RawRelay(opener, first, idle_timeout=self.idle_timeout)
+        def closed(relay: RawRelay, exc: BaseException | None) -> None:
+            self.release(None)
+            subj = state["subject"]
+            if subj is not None and self.chain.observes:
+                self.chain.observe(subj, Outcome(0, relay.bytes_up, relay.bytes_down, self.loop.time() - subj.now,
+                                                 type(exc).__name__ if exc else ""))
+
+        return RawRelay(opener, first, on_closed=closed, idle_timeout=self.idle_timeout)
 
     # -- TCP endpoints ----------------------------------------------------------------------
     def _tcp_front(self, port: int) -> asyncio.Protocol:
@@ -410,30 +456,28 @@ class EdgeServer:
             return _Refuse()
         self.stats.open += 1
 
-        def resolve(peer: tuple[str, int]) -> Any:
-            binding = self.lookup("tcp", port)
-            if binding is None:
+        def resolve(peer: tuple[str, int]) -> tuple[Endpoint, Subject | None] | None:
+            endpoint = self.lookup("tcp", port)
+            if endpoint is None:
                 log.info(kv("tcp_endpoint_offline", client=peer[0], port=port))
                 return None
-            if not self._admit_conn(binding, "tcp", str(port), peer):
-                return None
-            return binding
+            admitted, subject = self._admit_conn(endpoint, "tcp", str(port), peer)
+            return (endpoint, subject) if admitted else None
 
-        return self._counted(lambda: self._relay(None, "tcp", None, resolve))()
+        return self._relay(None, "tcp", None, resolve)
 
     # -- health ----------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
-        sessions = len(getattr(self.hub, "connections", ())) if self.hub is not None else 0
-        bindings = len(self.hub.bindings()) if self.hub is not None else 0
+        sessions = len(self.hub.connections)
+        bindings = len(self.hub.bindings())
         extra: dict[str, Any] = {}
-        registry = getattr(self.hub, "registry", None)
-        if registry is not None:
-            # Informational: a registry outage must not take the PoP out of the
-            # DNS (running sessions and cached routes still work), so "status"
-            # stays "ok".
-            peers = getattr(self.hub, "peers", None)
-            extra = {"registry_endpoints": len(registry.bindings()),
-                     "peer_links": sorted(peers.sessions) if peers is not None else []}
+        peers = self.hub.peers
+        if peers is not None:
+            # A shared registry (etcd) and peer links. Informational: a registry
+            # outage must not take the PoP out of the DNS (running sessions and
+            # cached routes still work), so "status" stays "ok".
+            extra = {"registry_endpoints": len(self.hub.registry.bindings()),
+                     "peer_links": sorted(peers.sessions)}
         return {
             "status": "ok",
             "pop": self.cfg.pop,

@@ -70,6 +70,8 @@ def test_load_good_config(tmp_path):
         (("heartbeat_timeout = 12", "heartbeat_timeout = 2"), r"agent.toml:4: heartbeat_timeout: must be above"),
         (("proxy_protocol = true", "proxy_protocol = 1"), r"agent.toml:14: proxy_protocol: wrong type"),
         (("zone =", "zonne ="), r"agent.toml:1: zonne: unknown key"),
+        (("proxy_protocol = true", 'deny_cidrs = ["10.0.0.0/33"]'), r"agent.toml:14: deny_cidrs: option 'deny_cidrs': "),
+        (("proxy_protocol = true", 'allow_cidrs = "10.0.0.0/8"'), r"agent.toml:14: allow_cidrs: option 'allow_cidrs' must be a list"),
     ],
 )
 def test_bad_config_names_file_line_and_key(tmp_path, change, expect):
@@ -215,3 +217,17 @@ def test_bad_defaults_file_is_reported_with_its_line(tmp_path):
     d.write_text('zone = "lab.test"\nheartbeat_interval = "often"\n')
     with pytest.raises(ConfigError, match=r"agent.toml:2: heartbeat_interval: wrong type"):
         agent_cli.build_config(parse(["agent", "tcp", "22"]), env={"GSLB_AGENT_CONFIG": str(d), "GSLB_AUTHTOKEN": "t"})
+
+
+def test_module_bind_options_come_from_the_modules_in_file_and_flags(tmp_path):
+    text = GOOD.replace("proxy_protocol = true", 'proxy_protocol = true\nallow_cidrs = ["198.19.0.0/16"]\ndeny_cidrs = []')
+    cfg = load_agent_config(write(tmp_path, text), env={})
+    assert cfg.endpoints[1].bind_options() == {"proxy_protocol": True, "allow_cidrs": ["198.19.0.0/16"],
+                                              "deny_cidrs": []}
+    args = parse(["agent", "tcp", "22", "--allow-cidr", "10.0.0.0/8", "--allow-cidr", "2001:db8::/32",
+                  "--deny-cidr", "10.9.0.0/16", "--zone", "lab.test", "--authtoken", "t"])
+    ep = agent_cli.build_config(args, env={}).endpoints[0]
+    assert ep.bind_options() == {"allow_cidrs": ["10.0.0.0/8", "2001:db8::/32"], "deny_cidrs": ["10.9.0.0/16"]}
+    with pytest.raises(ConfigError, match="allow_cidrs: option 'allow_cidrs': "):
+        agent_cli.build_config(parse(["agent", "http", "80", "--name", "d", "--allow-cidr", "x",
+                                      "--zone", "lab.test", "--authtoken", "t"]), env={})

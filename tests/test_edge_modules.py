@@ -1,10 +1,12 @@
-"""The module chain and IP restriction."""
+"""The module chain (interface v2: clock, observe, whole responses, header
+edits, effects, bind options) and IP restriction."""
 from __future__ import annotations
 
 import pytest
 
-from edge.modules import ModuleConfigError, Subject, Verdict, build_chain
-from edge.modules.base import ALLOW, PASS, Chain, client_ip
+from edge.modules import BIND_OPTIONS, Decision, EffectResult, HttpCall, Module, ModuleConfigError, Outcome
+from edge.modules import Response, Subject, Verdict, build_chain, check_bind_option
+from edge.modules.base import ALLOW, PASS, Chain, RequestHead, client_ip
 from edge.modules.ip_restriction import IpRestriction
 
 
@@ -68,7 +70,7 @@ def test_bad_config_is_a_typed_error(opts):
 
 
 def test_chain_order_first_non_pass_wins():
-    class AllowAll:
+    class AllowAll(Module):
         name = "allow_all"
 
         def decide(self, s):
@@ -84,3 +86,181 @@ def test_build_chain_rejects_unknown_module():
         build_chain(["rate_limit_typo"], {})
     chain = build_chain(["ip_restriction"], {"ip_restriction": {"deny_cidrs": ["::1/128"]}})
     assert chain.decide(subj("::1")).status == 403
+
+
+# ------------------------------------------------------------ interface v2
+
+
+class Tag(Module):
+    """Passes, stripping what a client must not send and adding its own field."""
+
+    name = "tag"
+
+    def __init__(self, value):
+        self.value = value
+
+    def decide(self, subject):
+        return Decision(Verdict.PASS, add_upstream=(("X-Tag", self.value),), strip_upstream=("X-Tag",))
+
+
+class Breaker(Module):
+    """A small circuit breaker driven only by the clock it is handed and the
+    outcomes it observes: after `trip` 5xx in a row it answers 503 with
+    Retry-After until `cool` seconds have passed."""
+
+    name = "breaker"
+    observes = True
+
+    def __init__(self, trip=2, cool=30.0):
+        self.trip, self.cool = trip, cool
+        self.failures = 0
+        self.open_until = None
+
+    def decide(self, subject):
+        if self.open_until is not None and subject.now < self.open_until:
+            left = int(self.open_until - subject.now) + 1
+            return Decision(Verdict.ANSWER, reason="circuit open", module=self.name,
+                            response=Response(503, (("Retry-After", str(left)),), b"try later\n"))
+        return PASS
+
+    def observe(self, subject, outcome):
+        self.failures = self.failures + 1 if outcome.status >= 500 or outcome.error else 0
+        if self.failures >= self.trip:
+            self.open_until, self.failures = subject.now + outcome.duration + self.cool, 0
+
+
+class Login(Module):
+    """Exchanges a code for a user at an identity provider (an effect the
+    shell performs), then passes with the user upstream; no code: a redirect
+    that sets a cookie."""
+
+    name = "login"
+
+    def decide(self, subject):
+        code = subject.request.header("X-Code") if subject.request else None
+        if code is None:
+            return Decision(Verdict.ANSWER, module=self.name, reason="login needed",
+                            response=Response(302, (("Location", "https://idp.example/login"),
+                                                    ("Set-Cookie", "state=abc; Secure; HttpOnly"))))
+        return Decision(Verdict.PERFORM, effect=HttpCall("POST", "https://idp.example/token", body=code.encode()))
+
+    def resume(self, subject, effect, result):
+        if result.status != 200:
+            return Decision(Verdict.ANSWER, status=403, reason=f"token exchange failed {result.error}",
+                            module=self.name)
+        return Decision(Verdict.PASS, add_upstream=(("X-User", result.body.decode()),), strip_upstream=("X-User",))
+
+
+def http_subj(now=0.0, **headers):
+    head = "GET / HTTP/1.1\r\nHost: demo\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    return Subject(client_ip=client_ip("192.0.2.1"), client_port=1, kind="http", endpoint="demo", now=now,
+                   request=RequestHead("GET", "/", "demo", head.encode("latin-1")))
+
+
+def test_header_edits_of_passing_modules_reach_the_allow():
+    d = Chain((Tag("a"), Tag("b"))).decide(http_subj())
+    assert d.verdict is Verdict.ALLOW
+    assert d.add_upstream == (("X-Tag", "a"), ("X-Tag", "b")) and d.strip_upstream == ("X-Tag", "X-Tag")
+
+
+def test_an_answer_drops_the_edits_before_it():
+    deny = IpRestriction.from_config({"deny_cidrs": ["0.0.0.0/0"]})
+    d = Chain((Tag("a"), deny)).decide(http_subj())
+    assert d.verdict is Verdict.ANSWER and d.add_upstream == () and d.status == 403
+
+
+def test_a_stateful_module_keeps_time_with_the_clock_it_is_given():
+    b = Breaker(trip=2, cool=30.0)
+    chain = Chain((b,))
+    s0 = http_subj(now=100.0)
+    assert chain.decide(s0) == ALLOW
+    chain.observe(s0, Outcome(status=502, duration=0.5))
+    chain.observe(s0, Outcome(status=0, error="upstream_no_answer", duration=0.5))
+    d = chain.decide(http_subj(now=110.0))
+    assert d.verdict is Verdict.ANSWER and d.response.status == 503
+    assert dict(d.response.headers)["Retry-After"] == "21"
+    wire = d.response.encode()
+    assert wire.startswith(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 21\r\n")
+    assert b"Content-Length: 10\r\nConnection: close\r\n\r\ntry later\n" in wire
+    assert chain.decide(http_subj(now=131.0)) == ALLOW  # cooled down
+    chain.observe(s0, Outcome(status=200))
+    assert b.failures == 0
+
+
+def test_only_observing_modules_are_told_outcomes():
+    seen = []
+
+    class Quiet(Module):
+        name = "quiet"
+
+        def decide(self, subject):
+            return PASS
+
+        def observe(self, subject, outcome):
+            seen.append(outcome)
+
+    chain = Chain((Quiet(),))
+    assert not chain.observes
+    chain.observe(http_subj(), Outcome(status=200))
+    assert seen == []
+    assert Chain((Quiet(), Breaker())).observes
+
+
+def test_an_effect_is_performed_by_the_shell_and_the_chain_goes_on_after_it():
+    deny_after = IpRestriction.from_config({"deny_cidrs": ["198.51.100.0/24"]})
+    chain = Chain((Tag("t"), Login(), deny_after))
+    s = http_subj(**{"X-Code": "c0de"})
+    d = chain.decide(s)
+    assert d.verdict is Verdict.PERFORM and d.module == "login" and d.step == 1
+    assert d.effect == HttpCall("POST", "https://idp.example/token", body=b"c0de")
+    assert d.add_upstream == (("X-Tag", "t"),)  # kept for after the effect
+    after = chain.resume(s, d, EffectResult(200, (), b"alice"))
+    assert after.verdict is Verdict.ALLOW
+    assert after.add_upstream == (("X-Tag", "t"), ("X-User", "alice"))
+    assert after.strip_upstream == ("X-Tag", "X-User")
+    failed = chain.resume(s, d, EffectResult(error="timeout"))
+    assert failed.verdict is Verdict.ANSWER and failed.status == 403 and "timeout" in failed.reason
+    with pytest.raises(ValueError, match="PERFORM"):
+        chain.resume(s, after, EffectResult())
+
+
+def test_a_module_answer_can_be_a_whole_response():
+    d = Chain((Login(),)).decide(http_subj())
+    assert d.response.status == 302
+    wire = d.response.encode()
+    assert wire.startswith(b"HTTP/1.1 302 Found\r\nLocation: https://idp.example/login\r\n")
+    assert b"Set-Cookie: state=abc; Secure; HttpOnly\r\nContent-Length: 0\r\n" in wire
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Response(302, (("Location", "x\r\nSet-Cookie: evil"),)), "CR, LF or NUL"),
+    (lambda: Response(200, (("Bad Name", "x"),)), "not a header field name"),
+    (lambda: Response(200, (("Content-Length", "5"),)), "writes Content-Length"),
+    (lambda: Response(101), "final status"),
+    (lambda: Decision(Verdict.PASS, add_upstream=(("X-A", "1\n2"),)), "CR, LF or NUL"),
+    (lambda: Decision(Verdict.PASS, strip_upstream=("X A",)), "not a header field name"),
+    (lambda: Decision(Verdict.PERFORM), "PERFORM needs one"),
+    (lambda: Decision(Verdict.ALLOW, effect=HttpCall("GET", "https://idp.example/")), "PERFORM"),
+    (lambda: HttpCall("GET", "file:///etc/passwd"), "not http"),
+])
+def test_decisions_that_would_break_http_are_refused_where_they_are_made(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_modules_own_their_bind_options():
+    assert set(BIND_OPTIONS) == {"allow_cidrs", "deny_cidrs"}
+    assert BIND_OPTIONS["allow_cidrs"] is IpRestriction.bind_options["allow_cidrs"]
+    assert check_bind_option("tcp", "allow_cidrs", ["10.1.2.3/8"]) == ["10.0.0.0/8"]
+    with pytest.raises(KeyError):
+        check_bind_option("http", "color", "red")
+    with pytest.raises(ValueError, match="at most 256 CIDRs"):
+        check_bind_option("http", "deny_cidrs", ["10.0.0.0/8"] * 257)
+    with pytest.raises(ValueError, match="option 'deny_cidrs': "):
+        check_bind_option("http", "deny_cidrs", ["nope"])
+
+
+def test_request_head_fields_are_parsed_from_the_forwarded_head_on_first_use():
+    head = RequestHead("GET", "/", "demo", b"GET / HTTP/1.1\r\nHost: demo\r\nX-Code:  42 \r\nx-code: 43\r\n\r\n")
+    assert head.headers == (("Host", "demo"), ("X-Code", "42"), ("x-code", "43"))
+    assert head.header("x-CODE") == "42" and head.header("Cookie") is None

@@ -4,9 +4,11 @@ from __future__ import annotations
 import asyncio
 from types import MappingProxyType
 
+from edge.endpoint import Endpoint
 from edge.front.http_front import HttpFront
 from edge.front.relay import RawRelay
-from edge.modules import build_chain
+from edge.modules import Decision, EffectResult, HttpCall, Module, Response, Verdict, build_chain
+from edge.modules.base import PASS, Chain
 
 
 class FakeTransport:
@@ -148,12 +150,14 @@ def test_opener_returning_none_closes_the_client():
     asyncio.run(main())
 
 
-class FakeBinding:
+class FakeBinding(Endpoint):
+    kind, hostname, port, url = "http", "demo.app.lab.test", None, "https://demo.app.lab.test"
+
     def __init__(self, options=None):
         self.options = MappingProxyType(options or {})
         self.streams = []
 
-    def open_stream(self, client_addr, client_port, *, sni=None, tls_terminated=False):
+    async def open_stream(self, client_addr, client_port, *, sni=None, tls_terminated=False):
         s = FakeTransport()
         s.opened_with = (client_addr, client_port, sni, tls_terminated)
         self.streams.append(s)
@@ -165,10 +169,20 @@ class Ctx:
     max_header_bytes = 8192
     stream_open_timeout = 5.0
     idle_timeout = 60.0
+    via = None
 
-    def __init__(self, binding, deny=()):
+    def __init__(self, binding, deny=(), chain=None, via=None, effects=None):
         self.binding = binding
-        self.chain = build_chain(["ip_restriction"], {"ip_restriction": {"deny_cidrs": list(deny)}})
+        self.chain = chain or build_chain(["ip_restriction"], {"ip_restriction": {"deny_cidrs": list(deny)}})
+        self.via = via
+        self.effects = effects  # asyncio.Queue of (effect, future) for module effects
+        self.performed = []
+
+    async def perform(self, effect):
+        self.performed.append(effect)
+        fut = asyncio.get_running_loop().create_future()
+        await self.effects.put((effect, fut))
+        return await fut
 
     def lookup(self, kind, name):
         return self.binding
@@ -312,7 +326,7 @@ def test_idle_connection_is_aborted_after_a_quiet_period_but_not_while_busy():
 
 def test_http_front_agent_gone_at_open_is_502():
     class GoneBinding(FakeBinding):
-        def open_stream(self, *a, **kw):
+        async def open_stream(self, *a, **kw):
             raise ConnectionError("session closed")
 
     async def main():
@@ -320,6 +334,7 @@ def test_http_front_agent_gone_at_open_is_502():
         client = FakeTransport(tls=True)
         front.connection_made(client)
         front.data_received(REQ)
+        await _settle()
         assert client.data.startswith(b"HTTP/1.1 502") and client.closed
 
     asyncio.run(main())
@@ -333,7 +348,7 @@ def test_http_front_async_open_keeps_request_order():
 
         async def open_stream(self, *a, **kw):
             await self.gate.wait()
-            return FakeBinding.open_stream(self, *a, **kw)
+            return await FakeBinding.open_stream(self, *a, **kw)
 
     async def main():
         b = SlowBinding()
@@ -398,5 +413,124 @@ def test_http_front_eof_then_loss_answers_502_once():
         b.streams[0].protocol.eof_received()
         b.streams[0].protocol.connection_lost(None)
         assert client.data.count(b"HTTP/1.1 502") == 1
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------ module interface v2 in the front
+
+
+class Gate(Module):
+    """Strips X-User from clients; with X-Code exchanges it (an effect) for a
+    user; without one answers a redirect that sets a cookie."""
+
+    name = "gate"
+
+    def decide(self, subject):
+        code = subject.request.header("x-code")
+        if code is None:
+            return Decision(Verdict.ANSWER, module=self.name, reason="login",
+                            response=Response(302, (("Location", "https://idp.example/"), ("Set-Cookie", "s=1"))))
+        return Decision(Verdict.PERFORM, effect=HttpCall("POST", "https://idp.example/token", body=code.encode()))
+
+    def resume(self, subject, effect, result):
+        return Decision(Verdict.PASS, add_upstream=(("X-User", result.body.decode()),), strip_upstream=("X-User",))
+
+
+class Recorder(Module):
+    name = "recorder"
+    observes = True
+
+    def __init__(self):
+        self.seen = []
+
+    def decide(self, subject):
+        assert subject.now > 0  # the loop's clock, handed in
+        return PASS
+
+    def observe(self, subject, outcome):
+        self.seen.append((subject.request.target, outcome))
+
+
+def test_http_front_sends_a_modules_whole_response_with_via_and_closes():
+    async def main():
+        b = FakeBinding()
+        front = HttpFront(Ctx(b, chain=Chain((Gate(),)), via="eu.lab.test"), "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(REQ)
+        head, _, body = client.data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 302 Found\r\n")
+        assert b"\r\nLocation: https://idp.example/\r\n" in head and b"\r\nSet-Cookie: s=1\r\n" in head
+        assert b"\r\nVia: 1.1 eu.lab.test" in head and body == b""
+        assert client.closed and b.streams == []
+
+    asyncio.run(main())
+
+
+def test_http_front_runs_a_modules_effect_then_forwards_with_its_headers_in_order():
+    async def main():
+        b = FakeBinding()
+        ctx = Ctx(b, chain=Chain((Gate(),)), effects=asyncio.Queue())
+        front = HttpFront(ctx, "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        req = b"GET /1 HTTP/1.1\r\nHost: demo.app.lab.test\r\nX-Code: c1\r\nX-User: mallory\r\n\r\n"
+        front.data_received(req + req.replace(b"GET /1", b"GET /2").replace(b"c1", b"c2"))
+        assert client.paused and b.streams == []  # nothing goes upstream before the effect's answer
+        effect, fut = await asyncio.wait_for(ctx.effects.get(), 5)
+        assert effect.body == b"c1"
+        fut.set_result(EffectResult(200, (), b"alice"))
+        effect2, fut2 = await asyncio.wait_for(ctx.effects.get(), 5)  # the second request's turn
+        assert effect2.body == b"c2"
+        fut2.set_result(EffectResult(200, (), b"bob"))
+        await _settle()
+        data = b.streams[0].data
+        assert data.index(b"GET /1") < data.index(b"X-User: alice") < data.index(b"GET /2") < data.index(b"X-User: bob")
+        assert b"mallory" not in data and data.count(b"X-User:") == 2
+        assert not client.paused
+
+    asyncio.run(main())
+
+
+def test_http_front_tells_observing_modules_each_responses_status_and_bytes():
+    async def main():
+        b = FakeBinding()
+        rec = Recorder()
+        front = HttpFront(Ctx(b, chain=Chain((rec,)), via="eu.lab.test"), "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(REQ.replace(b"/x", b"/a") + REQ.replace(b"/x", b"/b") + REQ.replace(b"/x", b"/c"))
+        await _settle()
+        up = b.streams[0].protocol
+        up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        up.data_received(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        assert [(t, o.status) for t, o in rec.seen] == [("/a", 200)]  # /b ends with the next head or the stream
+        up.connection_lost(ConnectionResetError("agent gone"))
+        assert [(t, o.status, o.error) for t, o in rec.seen] == [
+            ("/a", 200, ""), ("/b", 503, "ConnectionResetError"), ("/c", 0, "ConnectionResetError")]
+        first = rec.seen[0][1]
+        assert first.bytes_down >= len(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        assert first.bytes_up > 0 and first.duration >= 0
+
+    asyncio.run(main())
+
+
+def test_http_front_an_endpoint_that_never_opens_is_502_after_stream_open_timeout():
+    class Stuck(FakeBinding):
+        async def open_stream(self, *a, **kw):
+            await asyncio.Event().wait()  # a peer link that never answers
+
+    async def main():
+        ctx = Ctx(Stuck())
+        ctx.stream_open_timeout = 0.01
+        front = HttpFront(ctx, "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(REQ)
+        async with asyncio.timeout(10):  # bounded wait for the edge's own timeout to fire
+            while not client.closed:
+                await asyncio.sleep(0.01)
+        assert client.data.startswith(b"HTTP/1.1 502") and b"ERR_GSLB_3502" in client.data
 
     asyncio.run(main())

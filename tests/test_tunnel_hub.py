@@ -1,30 +1,41 @@
-"""The hub's registry logic, without sockets (a stand-in agent connection)."""
+"""The hub's bind path on a single node (its MemoryRegistry), without
+sockets: a stand-in agent connection with the real takeover and lease code."""
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
+from _hub_fakes import FakeConn
 from edge.hub import Hub, HubConfig
+from edge.registry import MemoryRegistry
 from edge.tunnel.errors import ControlError
-
-
-class FakeConn:
-    def __init__(self, agent_id=None):
-        self.bindings = {}
-        self.is_closed = False
-        self.session_id = "s"
-        self.agent_id = agent_id
-        self.closed = False
-
-    def takes_over(self, other):
-        return self.agent_id is not None and other is not self and self.agent_id == other.agent_id
-
-    def close(self):
-        self.closed = True
-        self.is_closed = True
 
 
 def hub(**kw):
     return Hub(HubConfig(domain="app.lab.test", **kw), ["good-token"])
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_single_node_binds_through_its_memory_registry():
+    async def go():
+        h = hub()
+        assert isinstance(h.registry, MemoryRegistry)
+        c = FakeConn(h)
+        b = await h.bind(c, "http", "demo", {"allow_cidrs": ["10.0.0.0/8"]})
+        held = h.registry.lookup("http", "demo.app.lab.test")
+        assert (held.pop, held.session) == ("local", c.session_id)
+        assert held.meta["kind"] == "http" and held.meta["options"] == {"allow_cidrs": ["10.0.0.0/8"]}
+        t = await h.bind(c, "tcp", "", {})
+        assert h.registry.lookup("tcp", t.port).session == c.session_id
+        await h.unbind(c, b.binding_id)
+        assert h.registry.lookup("http", "demo.app.lab.test") is None
+        await c.lease.close()  # the session ends: its port goes with its lease
+        assert h.registry.lookup("tcp", t.port) is None
+    run(go())
 
 
 def test_authtoken_check():
@@ -44,72 +55,101 @@ def test_load_authtokens_skips_comments_and_rejects_spaces(tmp_path):
 
 
 def test_bind_http_lookup_by_hostname_or_label_case_insensitive():
-    h = hub()
-    c = FakeConn()
-    b = h.bind(c, "http", "Demo", {})
-    assert b.url == "https://demo.app.lab.test" and b.hostname == "demo.app.lab.test"
-    assert h.lookup("http", "demo.app.lab.test") is b
-    assert h.lookup("http", "DEMO.APP.LAB.TEST.") is b
-    assert h.lookup("http", "demo") is b
-    assert h.lookup("tls", "demo") is None
-    c.is_closed = True
-    assert h.lookup("http", "demo") is None  # a dying session serves nothing
+    async def go():
+        h = hub()
+        c = FakeConn(h)
+        b = await h.bind(c, "http", "Demo", {})
+        assert b.url == "https://demo.app.lab.test" and b.hostname == "demo.app.lab.test"
+        assert h.lookup("http", "demo.app.lab.test") is b
+        assert h.lookup("http", "DEMO.APP.LAB.TEST.") is b
+        assert h.lookup("http", "demo") is b
+        assert h.lookup("tls", "demo") is None
+        c.is_closed = True
+        assert h.lookup("http", "demo") is None  # a dying session serves nothing
+    run(go())
 
 
 def test_duplicate_name_across_http_and_tls_is_refused_and_changes_nothing():
-    h = hub()
-    c1, c2 = FakeConn(), FakeConn()
-    b = h.bind(c1, "http", "demo", {})
-    for kind in ("http", "tls"):
-        with pytest.raises(ControlError) as info:
-            h.bind(c2, kind, "demo", {})
-        assert info.value.code == "name_in_use" and "already online" in info.value.message
-    assert h.bindings() == [b] and c2.bindings == {}
+    async def go():
+        h = hub()
+        c1, c2 = FakeConn(h), FakeConn(h)
+        b = await h.bind(c1, "http", "demo", {})
+        for kind in ("http", "tls"):
+            with pytest.raises(ControlError) as info:
+                await h.bind(c2, kind, "demo", {})
+            assert info.value.code == "name_in_use" and "already online" in info.value.message
+        assert h.bindings() == [b] and c2.bindings == {}
+        assert h.registry.lookup("http", "demo.app.lab.test").session == c1.session_id
+    run(go())
 
 
 def test_same_agent_reconnecting_takes_its_name_over():
-    h = hub()
-    old, new = FakeConn("agent-1"), FakeConn("agent-1")
-    h.bind(old, "http", "demo", {})
-    b = h.bind(new, "http", "demo", {})
-    assert old.closed and old.bindings == {}
-    assert h.lookup("http", "demo") is b
+    async def go():
+        h = hub()
+        old, new = FakeConn(h, "agent-1"), FakeConn(h, "agent-1")
+        await h.bind(old, "http", "demo", {})
+        b = await h.bind(new, "http", "demo", {})
+        assert old.closed and old.bindings == {}
+        assert h.lookup("http", "demo") is b
+        assert h.registry.lookup("http", "demo.app.lab.test").session == new.session_id
+        await old.lease.close()  # the old session's end later takes nothing with it
+        assert h.lookup("http", "demo") is b
+        assert h.registry.lookup("http", "demo.app.lab.test").session == new.session_id
+    run(go())
+
+
+def test_another_token_with_the_same_agent_id_does_not_take_over():
+    async def go():
+        h = hub()
+        old, other = FakeConn(h, "agent-1"), FakeConn(h, "agent-1", token="other-token")
+        b = await h.bind(old, "http", "demo", {})
+        with pytest.raises(ControlError) as info:
+            await h.bind(other, "http", "demo", {})
+        assert info.value.code == "name_in_use" and not old.closed
+        assert h.lookup("http", "demo") is b
+    run(go())
 
 
 def test_tcp_ports_allocated_lowest_first_and_reused_after_unbind():
-    h = hub(tcp_port_range=(20000, 20002))
-    c = FakeConn()
-    ports = [h.bind(c, "tcp", "", {}).port for _ in range(3)]
-    assert ports == [20000, 20001, 20002]
-    with pytest.raises(ControlError) as info:
-        h.bind(c, "tcp", "", {})
-    assert info.value.code == "port_range_exhausted"
-    mid = h.lookup("tcp", 20001)
-    h.unbind(mid.binding_id, c)
-    assert h.lookup("tcp", 20001) is None
-    assert h.bind(c, "tcp", "", {}).port == 20001
+    async def go():
+        h = hub(tcp_port_range=(20000, 20002))
+        c = FakeConn(h)
+        ports = [(await h.bind(c, "tcp", "", {})).port for _ in range(3)]
+        assert ports == [20000, 20001, 20002]
+        with pytest.raises(ControlError) as info:
+            await h.bind(c, "tcp", "", {})
+        assert info.value.code == "port_range_exhausted"
+        mid = h.lookup("tcp", 20001)
+        await h.unbind(c, mid.binding_id)
+        assert h.lookup("tcp", 20001) is None
+        assert (await h.bind(c, "tcp", "", {})).port == 20001
+    run(go())
 
 
 def test_unbind_connection_frees_everything_and_notifies():
-    h = hub()
-    seen = []
-    h.add_listener(lambda what, b: seen.append((what, b.url)))
-    c = FakeConn()
-    h.bind(c, "http", "a", {})
-    h.bind(c, "tcp", "", {"proxy_protocol": True})
-    h.unbind_connection(c)
-    assert h.bindings() == []
-    assert [w for w, _ in seen] == ["bind", "bind", "unbind", "unbind"]
+    async def go():
+        h = hub()
+        seen = []
+        h.add_listener(lambda what, b: seen.append((what, b.url)))
+        c = FakeConn(h)
+        await h.bind(c, "http", "a", {})
+        await h.bind(c, "tcp", "", {"proxy_protocol": True})
+        h.unbind_connection(c)
+        assert h.bindings() == []
+        assert [w for w, _ in seen] == ["bind", "bind", "unbind", "unbind"]
+    run(go())
 
 
 def test_unbind_of_another_sessions_binding_is_refused():
-    h = hub()
-    c1, c2 = FakeConn(), FakeConn()
-    b = h.bind(c1, "http", "a", {})
-    with pytest.raises(ControlError) as info:
-        h.unbind(b.binding_id, c2)
-    assert info.value.code == "unknown_binding"
-    assert h.lookup("http", "a") is b
+    async def go():
+        h = hub()
+        c1, c2 = FakeConn(h), FakeConn(h)
+        b = await h.bind(c1, "http", "a", {})
+        with pytest.raises(ControlError) as info:
+            await h.unbind(c2, b.binding_id)
+        assert info.value.code == "unknown_binding"
+        assert h.lookup("http", "a") is b
+    run(go())
 
 
 @pytest.mark.parametrize(
@@ -126,16 +166,21 @@ def test_unbind_of_another_sessions_binding_is_refused():
     ],
 )
 def test_bad_bind_requests_are_refused_precisely(kind, name, options, match):
-    h = hub()
-    with pytest.raises(ControlError, match=match) as info:
-        h.bind(FakeConn(), kind, name, options)
-    assert info.value.code == "bad_request"
-    assert h.bindings() == []
+    async def go():
+        h = hub()
+        with pytest.raises(ControlError, match=match) as info:
+            await h.bind(FakeConn(h), kind, name, options)
+        assert info.value.code == "bad_request"
+        assert h.bindings() == [] and h.registry.bindings() == []
+    run(go())
 
 
 def test_tls_binding_defaults_to_passthrough_and_normalizes_cidrs():
-    h = hub()
-    b = h.bind(FakeConn(), "tls", "sec", {"allow_cidrs": ["10.1.2.3/8", "2001:db8::1/32"], "proxy_protocol": True})
-    assert b.terminate_at == "agent" and b.proxy_protocol
-    assert b.options["allow_cidrs"] == ["10.0.0.0/8", "2001:db8::/32"]
-    assert b.url == "tls://sec.app.lab.test:443"
+    async def go():
+        h = hub()
+        b = await h.bind(FakeConn(h), "tls", "sec",
+                         {"allow_cidrs": ["10.1.2.3/8", "2001:db8::1/32"], "proxy_protocol": True})
+        assert b.terminate_at == "agent" and b.proxy_protocol
+        assert b.options["allow_cidrs"] == ["10.0.0.0/8", "2001:db8::/32"]
+        assert b.url == "tls://sec.app.lab.test:443"
+    run(go())

@@ -1,45 +1,20 @@
 """The hub on a registry: binds go through it (one name space for every PoP),
-errors become the agent's control errors, routes to other PoPs are cached
+errors become the agent's control errors (ControlError), routes to other PoPs are cached
 and dropped on registry events. Two hubs sharing one MemoryRegistry play two
 PoPs; a registry that fails writes plays etcd without quorum."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 
-from edge.hub import AgentConnection, Hub, HubConfig, RemoteBinding, _fingerprint
+from _hub_fakes import FakeConn
+from edge.hub import Hub, HubConfig, LocalEndpoint, RemoteEndpoint
 from edge.registry import MemoryRegistry, RegistryUnavailable
 from edge.tunnel import messages as M
+from edge.tunnel.errors import ControlError
 
 
 def run(coro):
     return asyncio.run(coro)
-
-
-class FakeConn:
-    """What bind_global needs of an AgentConnection, without a transport."""
-
-    takeover_key = AgentConnection.takeover_key
-    takes_over = AgentConnection.takes_over
-    ensure_lease = AgentConnection.ensure_lease
-
-    def __init__(self, hub: Hub, agent_id: str | None = None, token: str = "good-token") -> None:
-        self.hub = hub
-        self.bindings: dict = {}
-        self.session_id = secrets.token_hex(4)
-        self.is_closed = False
-        self.lease = None
-        self._lease_lock = asyncio.Lock()
-        self._loop = asyncio.get_running_loop()
-        self._tasks: list = []
-        self.agent_id = agent_id
-        self.token_fp = _fingerprint(token)
-
-    async def _watch_lease(self, lease):
-        await lease.wait_lost()
-
-    def close(self):
-        self.is_closed = True
 
 
 class Peers:
@@ -49,6 +24,14 @@ class Peers:
     async def open_stream(self, pop, header):
         self.opened.append((pop, header))
         return "stream"
+
+
+async def bind(hub, conn, kind, name, options):
+    """The endpoint, or the ControlError the agent would get as its error."""
+    try:
+        return await hub.bind(conn, kind, name, options)
+    except ControlError as exc:
+        return exc
 
 
 def two_pops(reg):
@@ -65,11 +48,11 @@ def test_name_is_unique_across_pops_and_kinds_and_the_error_says_where():
         reg = MemoryRegistry()
         eu, us, _ = two_pops(reg)
         a = FakeConn(eu)
-        ok = await eu.bind_global(a, M.Bind(1, "http", "Demo", {}))
-        assert isinstance(ok, M.BindOk) and ok.url == "https://demo.app.lab.test"
+        ok = await bind(eu, a, "http", "Demo", {})
+        assert isinstance(ok, LocalEndpoint) and ok.url == "https://demo.app.lab.test"
         for kind in ("http", "tls"):
-            err = await us.bind_global(FakeConn(us), M.Bind(2, kind, "demo", {}))
-            assert isinstance(err, M.Error) and err.code == M.ERR_NAME_IN_USE
+            err = await bind(us, FakeConn(us), kind, "demo", {})
+            assert isinstance(err, ControlError) and err.code == M.ERR_NAME_IN_USE
             assert "already online" in err.message and "at PoP eu" in err.message
         assert us.local_lookup("http", "demo") is None
     run(go())
@@ -80,9 +63,9 @@ def test_other_pops_endpoint_is_a_remote_binding_through_the_peer_link_until_unb
         reg = MemoryRegistry()
         eu, us, peers = two_pops(reg)
         a = FakeConn(eu)
-        await eu.bind_global(a, M.Bind(1, "tls", "sec", {"terminate_at": "edge", "proxy_protocol": True}))
+        await bind(eu, a, "tls", "sec", {"terminate_at": "edge", "proxy_protocol": True})
         rb = us.lookup("tls", "sec.app.lab.test")
-        assert isinstance(rb, RemoteBinding) and rb.pop == "eu" and rb.session == a.session_id
+        assert isinstance(rb, RemoteEndpoint) and rb.pop == "eu" and rb.session == a.session_id
         assert rb.terminate_at == "edge" and rb.proxy_protocol
         assert us.lookup("http", "sec") is None  # bound as tls, not http
         assert us.lookup("tls", "sec") is rb  # cached
@@ -91,8 +74,8 @@ def test_other_pops_endpoint_is_a_remote_binding_through_the_peer_link_until_unb
         assert pop == "eu" and header.endpoint == "sec.app.lab.test" and header.kind == "tls"
         assert header.client_addr == "198.19.5.10" and header.tls_terminated
         assert eu.lookup("tls", "sec").connection is a  # local at its own PoP
-        unbind = await eu.unbind_global(a, M.Unbind(2, eu.lookup("tls", "sec").binding_id))
-        assert isinstance(unbind, M.UnbindOk)
+        local = eu.lookup("tls", "sec")
+        assert await eu.unbind(a, local.binding_id) is local
         assert us.lookup("tls", "sec") is None  # the registry event dropped the cached route
     run(go())
 
@@ -101,12 +84,12 @@ def test_tcp_ports_are_global_and_exhaustion_is_reported():
     async def go():
         reg = MemoryRegistry()
         eu, us, _ = two_pops(reg)
-        p1 = await eu.bind_global(FakeConn(eu), M.Bind(1, "tcp", "", {}))
-        p2 = await us.bind_global(FakeConn(us), M.Bind(1, "tcp", "", {}))
+        p1 = await bind(eu, FakeConn(eu), "tcp", "", {})
+        p2 = await bind(us, FakeConn(us), "tcp", "", {})
         assert {p1.port, p2.port} == {20000, 20001}
-        err = await eu.bind_global(FakeConn(eu), M.Bind(2, "tcp", "", {}))
+        err = await bind(eu, FakeConn(eu), "tcp", "", {})
         assert err.code == M.ERR_PORT_RANGE_EXHAUSTED and "port range exhausted" in err.message
-        assert isinstance(eu.lookup("tcp", p2.port), RemoteBinding)
+        assert isinstance(eu.lookup("tcp", p2.port), RemoteEndpoint)
     run(go())
 
 
@@ -115,18 +98,18 @@ def test_same_agent_reconnected_at_another_pop_takes_its_name_over():
         reg = MemoryRegistry()
         eu, us, _ = two_pops(reg)
         old = FakeConn(eu, agent_id="agent-1")
-        await eu.bind_global(old, M.Bind(1, "http", "demo", {}))
-        other_agent = await us.bind_global(FakeConn(us, agent_id="agent-2"), M.Bind(1, "http", "demo", {}))
+        await bind(eu, old, "http", "demo", {})
+        other_agent = await bind(us, FakeConn(us, agent_id="agent-2"), "http", "demo", {})
         assert other_agent.code == M.ERR_NAME_IN_USE
-        wrong_token = await us.bind_global(FakeConn(us, agent_id="agent-1", token="other"), M.Bind(1, "http", "demo", {}))
+        wrong_token = await bind(us, FakeConn(us, agent_id="agent-1", token="other"), "http", "demo", {})
         assert wrong_token.code == M.ERR_NAME_IN_USE
         new = FakeConn(us, agent_id="agent-1")
-        ok = await us.bind_global(new, M.Bind(1, "http", "demo", {}))
-        assert isinstance(ok, M.BindOk)
+        ok = await bind(us, new, "http", "demo", {})
+        assert isinstance(ok, LocalEndpoint)
         held = reg.lookup("http", "demo.app.lab.test")
         assert (held.pop, held.session) == ("us", new.session_id)
         assert eu.local_lookup("http", "demo") is None and old.bindings == {}  # eu stops serving its old session
-        assert isinstance(eu.lookup("http", "demo"), RemoteBinding)
+        assert isinstance(eu.lookup("http", "demo"), RemoteEndpoint)
         await old.lease.close()  # the old lease ending later takes nothing with it
         assert reg.lookup("http", "demo.app.lab.test").session == new.session_id
     run(go())
@@ -141,10 +124,10 @@ def test_registry_unavailable_is_a_retryable_error_and_changes_nothing_local():
     async def go():
         hub = Hub(HubConfig(domain="app.lab.test", pop="eu"), ["good-token"], registry=NoQuorum())
         c = FakeConn(hub)
-        err = await hub.bind_global(c, M.Bind(1, "http", "demo", {}))
+        err = await bind(hub, c, "http", "demo", {})
         assert err.code == M.ERR_REGISTRY_UNAVAILABLE and "retry" in err.message
         assert hub.bindings() == [] and c.bindings == {}
-        err = await hub.bind_global(c, M.Bind(2, "tcp", "", {}))
+        err = await bind(hub, c, "tcp", "", {})
         assert err.code == M.ERR_REGISTRY_UNAVAILABLE
         assert hub.registry._ports == {}  # the port allocated before the failed bind was released
     run(go())

@@ -21,6 +21,7 @@ from edge.agent.relay import UpstreamProtocol, relay
 from edge.tunnel import messages as M
 from edge.tunnel.errors import ControlError, MessageError, SessionClosedError, TunnelError
 from edge.tunnel.session import Session, SessionConfig, Stream
+from edge.tunnel.stream_header import read_header
 
 log = logging.getLogger("edge.agent")
 
@@ -330,18 +331,11 @@ class Agent:
         task.add_done_callback(self._stream_tasks.discard)
 
     async def _serve_stream(self, stream: Stream) -> None:
-        reader = M.MessageReader(max_messages=1)
         try:
-            header_obj: dict[str, Any] | None = None
-            async with asyncio.timeout(HEADER_TIMEOUT):
-                while header_obj is None:
-                    data = await stream.read()
-                    if not data:
-                        stream.abort()
-                        return
-                    got = reader.feed(data)
-                    if got:
-                        header_obj = got[0]
+            header_obj, rest = await read_header(stream, HEADER_TIMEOUT)
+            if header_obj is None:
+                stream.abort()
+                return
             header = M.ProxyHeader.from_dict(header_obj)
         except (MessageError, asyncio.TimeoutError, TunnelError) as exc:
             log.warning("event=bad_proxy_header stream=%d error=%r", stream.stream_id, _describe(exc))
@@ -371,7 +365,7 @@ class Agent:
                 stream.abort()
             return
         log.debug("event=stream_open endpoint=%s client=%s:%d", header.endpoint, header.client_addr, header.client_port)
-        relay(stream, upstream, proto, reader.rest)  # type: ignore[arg-type]
+        relay(stream, upstream, proto, rest)  # type: ignore[arg-type]
 
 
 def _bad_gateway(endpoint: str, ep: EndpointConfig) -> bytes:

@@ -23,7 +23,8 @@ environment, which wins over the file.
     port = 8080                     # local service on 127.0.0.1
     # terminate_at = "agent"        # tls only: edge | agent (passthrough)
     # proxy_protocol = false        # tls/tcp: edge sends PROXY v2 first
-    # allow_cidrs = ["198.19.0.0/16"]; deny_cidrs = []
+    # allow_cidrs = ["198.19.0.0/16"]; deny_cidrs = []   # any module's bind option
+                                    # (edge/modules/*/README.md), e.g. ip_restriction's
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.modules import BIND_OPTIONS, check_bind_option
 from edge.tunnel.messages import KINDS, TERMINATE_AT
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -53,8 +55,9 @@ class EndpointConfig:
     host: str = "127.0.0.1"  # the local service's address
     terminate_at: str | None = None
     proxy_protocol: bool = False
-    allow_cidrs: tuple[str, ...] = ()
-    deny_cidrs: tuple[str, ...] = ()
+    # bind options owned by edge modules (edge/modules/: BIND_OPTIONS), e.g.
+    # (("allow_cidrs", ("198.19.0.0/16",)),); lists are kept as tuples
+    module_options: tuple[tuple[str, Any], ...] = ()
 
     def bind_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {}
@@ -62,10 +65,8 @@ class EndpointConfig:
             opts["terminate_at"] = self.terminate_at or "agent"
         if self.proxy_protocol:
             opts["proxy_protocol"] = True
-        if self.allow_cidrs:
-            opts["allow_cidrs"] = list(self.allow_cidrs)
-        if self.deny_cidrs:
-            opts["deny_cidrs"] = list(self.deny_cidrs)
+        for key, value in self.module_options:
+            opts[key] = list(value) if isinstance(value, tuple) else value
         return opts
 
     def local_url(self) -> str:
@@ -133,7 +134,19 @@ def validate_endpoint(ep: EndpointConfig) -> EndpointConfig:
         raise ConfigError("terminate_at: only for tls endpoints, 'edge' or 'agent'")
     if ep.proxy_protocol and ep.kind == "http":
         raise ConfigError("proxy_protocol: http endpoints get the client address in X-Forwarded-For")
+    for key, value in ep.module_options:
+        try:
+            check_bind_option(ep.kind, key, list(value) if isinstance(value, tuple) else value)
+        except KeyError:
+            raise ConfigError(f"{key}: not a bind option of {ep.kind} endpoints") from None
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
     return ep
+
+
+def module_options(raw: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The module bind options among an endpoint's keys, lists as tuples."""
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in BIND_OPTIONS)
 
 
 def read_authtoken(
@@ -201,7 +214,7 @@ _TOP_KEYS = {
     "server", "zone", "ca", "authtoken", "authtoken_file", "heartbeat_interval",
     "heartbeat_timeout", "connect_timeout", "endpoints",
 }
-_EP_KEYS = {"kind", "name", "port", "host", "terminate_at", "proxy_protocol", "allow_cidrs", "deny_cidrs"}
+_EP_KEYS = {"kind", "name", "port", "host", "terminate_at", "proxy_protocol"} | set(BIND_OPTIONS)
 
 
 def load_agent_config(
@@ -254,8 +267,7 @@ def load_agent_config(
                 host=_typed(raw, "host", str, "127.0.0.1"),
                 terminate_at=_typed(raw, "terminate_at", str, None),
                 proxy_protocol=_typed(raw, "proxy_protocol", bool, False),
-                allow_cidrs=tuple(_typed(raw, "allow_cidrs", list, [])),
-                deny_cidrs=tuple(_typed(raw, "deny_cidrs", list, [])),
+                module_options=module_options(raw),
             )
             validate_endpoint(ep)
         except ConfigError as exc:

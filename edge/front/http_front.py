@@ -1,25 +1,29 @@
 """The HTTPS endpoint front: TLS terminated, HTTP/1.1 relayed to a tunnel stream.
 
-Owns: one client connection's requests: route (by SNI) to the endpoint's
-binding, ask the module chain, open one tunnel stream for the connection
-(keep-alive requests share it; the agent keeps one upstream connection per
-stream), rewrite request heads (`http1.RequestRewriter`) and stream bodies,
-relay responses back byte for byte, answer offline (404 ERR_GSLB_3200),
-denied (403) and broken (400/431/502) requests itself.
+Owns: one client connection's requests: route (by SNI) to the `Endpoint`
+(edge/endpoint.py, local or at another PoP alike), ask the module chain
+(edge/modules/README.md: its answers, header edits upstream and effects,
+and the outcome of each request for modules that observe), open one tunnel
+stream for the connection (keep-alive requests share it; the agent keeps
+one upstream connection per stream), rewrite request heads
+(`http1.RequestRewriter`) and stream bodies, relay responses back byte for
+byte, answer offline (404 ERR_GSLB_3200), denied (403) and broken
+(400/431/502) requests itself.
 Must not touch: TLS (done by the transport) or the tunnel's framing.
 """
 from __future__ import annotations
 
 import asyncio
-import inspect
 import ipaddress
 import logging
-from typing import Any, Protocol
+from collections import deque
+from typing import Any, Callable, Protocol
 
+from edge.endpoint import Endpoint, open_stream_within
 from edge.front.http1 import HttpError, RequestHead, RequestRewriter, error_response
-from edge.front.relay import ClientSide, kv, log, start_stream
+from edge.front.relay import ClientSide, kv, log
 from edge.front.response import ResponseRewriter, add_via
-from edge.modules import Chain, Subject, Verdict
+from edge.modules import Chain, Decision, EffectResult, HttpCall, Outcome, Subject, Verdict
 from edge.modules import base as modbase
 
 ERR_OFFLINE = "ERR_GSLB_3200"
@@ -34,11 +38,11 @@ class FrontContext(Protocol):
     max_header_bytes: int
     stream_open_timeout: float
     idle_timeout: float
+    via: str | None  # received-by of this PoP for Via (RFC 9110 7.6.3), e.g. "eu.lab.test"; None: no Via
 
-    def lookup(self, kind: str, name: str) -> Any: ...
+    def lookup(self, kind: str, name: str) -> Endpoint | None: ...
 
-    # received-by of this PoP for Via (RFC 9110 7.6.3), e.g. "eu.lab.test";
-    # a context without it (tests' stand-ins) adds no Via.
+    async def perform(self, effect: HttpCall) -> EffectResult: ...  # a module's effect (PERFORM)
 
 
 def _host_name(host: str) -> str:
@@ -51,14 +55,39 @@ def _host_name(host: str) -> str:
     return h.rstrip(".")
 
 
+def edit_head(head: bytes, add: tuple[tuple[str, str], ...], strip: tuple[str, ...]) -> bytes:
+    """A request head with the fields named in `strip` removed (any case),
+    then `add` appended: a module strips what a client must not send (its
+    own identity headers) before it adds the real ones."""
+    lines = head[:-4].split(b"\r\n")
+    gone = {n.lower().encode("latin-1") for n in strip}
+    kept = [lines[0]] + [ln for ln in lines[1:] if ln.partition(b":")[0].lower() not in gone]
+    kept += [f"{n}: {v}".encode("latin-1") for n, v in add]
+    return b"\r\n".join(kept) + b"\r\n\r\n"
+
+
+class _Exchange:
+    """A request the chain let through, until its response ends."""
+
+    __slots__ = ("subject", "up0", "down0", "status")
+
+    def __init__(self, subject: Subject, up0: int, down0: int) -> None:
+        self.subject = subject
+        self.up0 = up0
+        self.down0 = down0
+        self.status = 0
+
+
 class HttpFront(ClientSide):
-    def __init__(self, ctx: FrontContext, sni: str) -> None:
+    def __init__(self, ctx: FrontContext, sni: str,
+                 on_closed: Callable[[BaseException | None], None] | None = None) -> None:
         super().__init__()
         self.ctx = ctx
+        self._on_closed = on_closed  # fn(exc) once the client connection is gone
         self.sni = sni
         self.idle_timeout = ctx.idle_timeout
         self.rw: RequestRewriter | None = None
-        self.binding: Any = None
+        self.endpoint: Endpoint | None = None
         self._opening = False
         self._answer_when_done: bytes | None = None   # page to send once the stream ends
         self._stop = False                            # no more client bytes are forwarded
@@ -67,9 +96,15 @@ class HttpFront(ClientSide):
         self._open_task: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
         self._finished = False
         self._log_requests = log.isEnabledFor(logging.INFO)  # `gslb edge -v`; checked once a connection
-        via = getattr(ctx, "via", None)
+        via = ctx.via
         self._via = f"1.1 {via}".encode("ascii") if via else None
-        self.resp: ResponseRewriter | None = ResponseRewriter(f"1.1 {via}") if via else None
+        self._observing = ctx.chain.observes  # some module learns from outcomes
+        self._inflight: deque[_Exchange] = deque()    # requests let through, awaiting their response head
+        self._answering: _Exchange | None = None      # the one whose response is coming
+        self._effect_task: asyncio.Task[None] | None = None  # a module's effect (PERFORM) running
+        self._held: list[Any] = []                    # request events waiting for it
+        self.resp: ResponseRewriter | None = (
+            ResponseRewriter(f"1.1 {via}", on_final=self._response_head if self._observing else None) if via else None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -88,20 +123,36 @@ class HttpFront(ClientSide):
         except HttpError as exc:
             self._refuse(exc.status, exc.code, "Bad request", exc.message)
             return
+        if self._effect_task is not None:
+            self._held.extend(events)  # a module's effect runs: what follows keeps its place
+            return
+        self._forward(events)
+
+    def _forward(self, events: list[Any], decided: tuple[Subject, Decision] | None = None) -> None:
         out: list[bytes] = []
-        for ev in events:
+        for i, ev in enumerate(events):
             if type(ev) is RequestHead:
-                self._requests += 1
-                if not self._admit(ev, out):
+                if decided is None:
+                    self._requests += 1
+                head = self._admit(ev, out, decided)
+                decided = None
+                if head is None:  # waiting for an effect: this head and the rest wait too
+                    self._held = list(events[i:])
+                    break
+                if head is False:
                     break
                 if self.resp is not None:
                     self.resp.expect(ev.method)
+                out.append(head)
+                continue
             out.append(ev.data)
         if out and not self._stop:
             self.send_to_stream(b"".join(out))
 
-    def _admit(self, head: RequestHead, out: list[bytes]) -> bool:
-        """Route and decide a request; False when the edge answers it itself."""
+    def _admit(self, head: RequestHead, out: list[bytes],
+               decided: tuple[Subject, Decision] | None = None) -> bytes | bool | None:
+        """Route and decide a request: the head to forward, False when the
+        edge answers it itself, None while a module's effect runs."""
         if head.host and _host_name(head.host) != self.sni:
             # RFC 9110 7.4 / 15.5.20: this connection's certificate and route are
             # for the SNI name; a request for another host is misdirected.
@@ -112,68 +163,97 @@ class HttpFront(ClientSide):
             self._refuse(421, "ERR_GSLB_3421", "Misdirected request",
                          f"This connection is for {self.sni}, not {_host_name(head.host)}.")
             return False
-        if self.binding is None:
-            self.binding = self.ctx.lookup("http", self.sni)
-            if self.binding is None:
+        if self.endpoint is None:
+            self.endpoint = self.ctx.lookup("http", self.sni)
+            if self.endpoint is None:
                 log.info(kv("endpoint_offline", client=self.peer[0], sni=self.sni, code=ERR_OFFLINE))
                 self._refuse(404, ERR_OFFLINE, "Endpoint offline",
                              f"The endpoint {self.sni} is offline: no agent serves it right now.")
                 return False
+        data = head.data
         if self.ctx.chain.modules:
-            decision = self.ctx.chain.decide(Subject(
-                client_ip=self._ip, client_port=self.peer[1], kind="http", endpoint=self.sni,  # type: ignore[arg-type]
-                options=getattr(self.binding, "options", None) or {},
-                request=modbase.RequestHead(head.method, head.target, head.host),
-            ))
+            if decided is not None:
+                subject, decision = decided
+            else:
+                subject = Subject(
+                    client_ip=self._ip, client_port=self.peer[1], kind="http", endpoint=self.sni,  # type: ignore[arg-type]
+                    options=self.endpoint.options, now=asyncio.get_running_loop().time(),
+                    request=modbase.RequestHead(head.method, head.target, head.host, data),
+                )
+                decision = self.ctx.chain.decide(subject)
+            if decision.verdict is Verdict.PERFORM:
+                if out:  # earlier requests of this read go on
+                    self.send_to_stream(b"".join(out))
+                    out.clear()
+                self._perform(subject, decision)
+                return None
             if decision.verdict is Verdict.ANSWER:
-                log.info(kv("request_refused", client=self.peer[0], sni=self.sni, module=decision.module,
-                            status=decision.status, reason=decision.reason))
                 if out:  # earlier requests of this read go on; their answers come first
                     self.send_to_stream(b"".join(out))
                     out.clear()
+                if decision.response is not None:
+                    log.info(kv("request_answered", client=self.peer[0], sni=self.sni, module=decision.module,
+                                status=decision.response.status, reason=decision.reason))
+                    self._answer(decision.response.encode())
+                    return False
+                log.info(kv("request_refused", client=self.peer[0], sni=self.sni, module=decision.module,
+                            status=decision.status, reason=decision.reason))
                 self._refuse(decision.status or 403, decision.code or "ERR_GSLB_3403", "Forbidden",
                              f"Access to {self.sni} is not allowed: {decision.reason}.")
                 return False
+            if decision.add_upstream or decision.strip_upstream:
+                data = edit_head(data, decision.add_upstream, decision.strip_upstream)
+            if self._observing:
+                self._inflight.append(_Exchange(subject, self.bytes_up, self.bytes_down))
         if self._log_requests:
             log.info(kv("request", client=self.peer[0], sni=self.sni, method=head.method, target=head.target[:200]))
         if self.stream is None and not self._opening:
-            return self._start_stream()
-        return True
+            self._start_stream()
+        return data
 
-    def _start_stream(self) -> bool:
-        try:
-            res = start_stream(self.binding, (str(self._ip), self.peer[1]), self.sni, True,
-                               self.ctx.stream_open_timeout)
-        except Exception as exc:  # noqa: BLE001 - the agent went away or the tunnel failed
-            self._open_failed(exc)
-            return False
-        if inspect.isawaitable(res):
-            self._opening = True
-            self.set_client_paused("opening", True)
-            self._open_task = asyncio.get_running_loop().create_task(self._wait_open(res))
-            return True
-        if res is None:
-            self._refuse(404, ERR_OFFLINE, "Endpoint offline", f"The endpoint {self.sni} is offline.")
-            return False
-        self.attach_stream(res)
-        return not self._stop
+    def _perform(self, subject: Subject, decision: Decision) -> None:
+        """Run a module's effect (docs: edge/modules/README.md); the client is
+        not read meanwhile and later requests wait their turn."""
+        self.set_client_paused("effect", True)
+        self._effect_task = asyncio.get_running_loop().create_task(self._run_effect(subject, decision))
 
-    async def _wait_open(self, res: Any) -> None:
+    async def _run_effect(self, subject: Subject, decision: Decision) -> None:
         try:
-            stream = await res
-        except Exception as exc:  # noqa: BLE001
+            result = await self.ctx.perform(decision.effect)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - the module decides what a failed effect means
+            result = EffectResult(error=type(exc).__name__)
+        if self._closed:
+            return
+        try:
+            after = self.ctx.chain.resume(subject, decision, result)
+        except Exception:  # noqa: BLE001 - a module's bug: answer, do not hang the client
+            log.exception(kv("module_failed", client=self.peer[0], sni=self.sni, module=decision.module))
+            self._effect_task = None
+            self._refuse(502, ERR_UPSTREAM, "Bad gateway", f"The edge could not decide on a request for {self.sni}.")
+            return
+        self._effect_task = None
+        held, self._held = self._held, []
+        self.set_client_paused("effect", False)
+        self._forward(held, (subject, after))
+
+    def _start_stream(self) -> None:
+        """Open the connection's stream; requests read meanwhile wait in order."""
+        self._opening = True
+        self.set_client_paused("opening", True)
+        self._open_task = asyncio.get_running_loop().create_task(self._open(self.endpoint))  # type: ignore[arg-type]
+
+    async def _open(self, endpoint: Endpoint) -> None:
+        try:
+            stream = await open_stream_within(endpoint, (str(self._ip), self.peer[1]), self.sni, True,
+                                              self.ctx.stream_open_timeout)
+        except Exception as exc:  # noqa: BLE001 - the agent went away, the tunnel or the peer link failed
             self._opening = False
             self._pending.clear()
             self._open_failed(exc)
             return
         self._opening = False
         if self._closed:
-            if stream is not None:
-                stream.abort()
-            return
-        if stream is None:
-            self._pending.clear()
-            self._refuse(404, ERR_OFFLINE, "Endpoint offline", f"The endpoint {self.sni} is offline.")
+            stream.abort()
             return
         self.attach_stream(stream)
 
@@ -182,9 +262,12 @@ class HttpFront(ClientSide):
         self._refuse(502, ERR_UPSTREAM, "Bad gateway", f"The agent for {self.sni} could not be reached.")
 
     def _refuse(self, status: int, code: str, title: str, detail: str) -> None:
+        """Answer with the edge's error page and close (see `_answer`)."""
+        self._answer(error_response(status, code, title, detail))
+
+    def _answer(self, page: bytes) -> None:
         """Answer from the edge and close; after requests already sent on, once their answers are done."""
         self._stop = True
-        page = error_response(status, code, title, detail)
         if self._via is not None:
             end = page.index(b"\r\n\r\n") + 4
             page = (add_via(page[:end], self._via) or page[:end]) + page[end:]
@@ -208,6 +291,39 @@ class HttpFront(ClientSide):
             self.bytes_down += n - len(data)  # count what the agent sent, not our Via
         super().from_stream(data)
 
+    def on_closed(self, exc: BaseException | None) -> None:
+        if self._effect_task is not None:
+            self._effect_task.cancel()
+        self._observe_rest("client_closed")
+        if self._on_closed is not None:
+            self._on_closed(exc)
+
+    # -- outcomes for the module chain (observe) --------------------------------------
+    def _response_head(self, status: int) -> None:
+        """ResponseRewriter saw a final response head: the previous response is
+        complete (HTTP/1.1 answers in order), this one belongs to the oldest
+        request still waiting. Bytes are counted per read of the stream."""
+        if self._answering is not None:
+            self._observe(self._answering, "")
+            self._answering = None
+        if self._inflight:
+            ex = self._inflight.popleft()
+            ex.status, ex.down0 = status, self.bytes_down
+            self._answering = ex
+
+    def _observe(self, ex: "_Exchange", error: str) -> None:
+        now = asyncio.get_running_loop().time()
+        self.ctx.chain.observe(ex.subject, Outcome(ex.status, self.bytes_up - ex.up0, self.bytes_down - ex.down0,
+                                                   now - ex.subject.now, error))
+
+    def _observe_rest(self, error: str) -> None:
+        """The stream or the client is gone: what is still open ends now."""
+        if self._answering is not None:
+            self._observe(self._answering, error)
+            self._answering = None
+        while self._inflight:
+            self._observe(self._inflight.popleft(), error or "no_response")
+
     # -- stream end ---------------------------------------------------------------
     def stream_eof(self) -> None:
         self._stream_eof = True
@@ -223,6 +339,8 @@ class HttpFront(ClientSide):
         if self._closed or self._finished:
             return
         self._finished = True
+        if self._observing:
+            self._observe_rest(type(exc).__name__ if exc else "")
         if self._answer_when_done is not None:
             self.client.write(self._answer_when_done)  # type: ignore[union-attr]
             self._answer_when_done = None

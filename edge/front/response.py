@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from typing import Callable
 
 __all__ = ["ResponseRewriter", "add_via"]
 
@@ -60,9 +61,11 @@ def add_via(head: bytes, via: bytes) -> bytes | None:
 
 
 class ResponseRewriter:
-    def __init__(self, via: str, max_head: int = 64 * 1024) -> None:
+    def __init__(self, via: str, max_head: int = 64 * 1024,
+                 on_final: "Callable[[int], None] | None" = None) -> None:
         self.via = via.encode("ascii")
         self.max_head = max_head
+        self.on_final = on_final      # fn(status) at each final response head (the module chain's observe)
         self._methods: deque[str] = deque()
         self._state = _HEAD
         self._buf = bytearray()       # head, or a chunk-size / trailer line
@@ -217,6 +220,8 @@ class ResponseRewriter:
             return rewritten
         method = self._methods.popleft() if self._methods else "GET"
         self.responses += 1
+        if self.on_final is not None:
+            self.on_final(status)
         if method == "HEAD" or status in (204, 304):
             self._state = _HEAD
         elif te:

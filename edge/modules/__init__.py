@@ -1,26 +1,63 @@
-"""The edge's module chain: one module a file, one interface (see `base`).
+"""The edge's module chain: one module a folder, one interface (see `base`).
 
 Owns: deciding, per client connection (TLS/TCP) or per HTTP request, whether
-it is allowed, answered by the edge (e.g. 403), or passed on to the next
-module; the order comes from configuration. Must not touch sockets or
+it is allowed, answered by the edge (e.g. 403, a redirect, a 429), or passed
+on to the next module, and what each module learns from outcomes; the order
+comes from configuration. Also owns the bind options modules read: the hub
+validates an agent's options with `check_bind_option`, `gslb agent` builds
+its flags and config keys from `BIND_OPTIONS`. Must not touch sockets or
 streams: a module sees a `Subject` and returns a `Decision`.
 
-To add a module: a file here with a class implementing `base.Module` and a
-`from_config(options)` constructor, and one line in `REGISTRY`.
+To add a module: a folder here with a class implementing `base.Module`, a
+`from_config(options)` constructor, a README.md (syntax, options, examples,
+what it logs), tests, and one line in `REGISTRY`.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-from edge.modules.base import Chain, Decision, Module, ModuleConfigError, Subject, Verdict
+from edge.modules.base import (
+    BindOption,
+    Chain,
+    Decision,
+    EffectResult,
+    HttpCall,
+    Module,
+    ModuleConfigError,
+    Outcome,
+    Response,
+    Subject,
+    Verdict,
+)
 from edge.modules.ip_restriction import IpRestriction
 
-__all__ = ["Chain", "Decision", "Module", "ModuleConfigError", "Subject", "Verdict", "REGISTRY", "build_chain"]
+__all__ = [
+    "BIND_OPTIONS", "BindOption", "Chain", "Decision", "EffectResult", "HttpCall", "Module", "ModuleConfigError",
+    "Outcome", "REGISTRY", "Response", "Subject", "Verdict", "build_chain", "check_bind_option",
+]
 
-REGISTRY: dict[str, Callable[[Mapping[str, Any]], Module]] = {
-    IpRestriction.name: IpRestriction.from_config,
-}
+_MODULES: tuple[type[Module], ...] = (IpRestriction,)
+
+REGISTRY: dict[str, Callable[[Mapping[str, Any]], Module]] = {m.name: m.from_config for m in _MODULES}  # type: ignore[attr-defined]
+
+# Every module's bind options, by name; a name belongs to one module.
+BIND_OPTIONS: dict[str, BindOption] = {}
+for _m in _MODULES:
+    for _key, _opt in _m.bind_options.items():
+        if _key in BIND_OPTIONS:
+            raise RuntimeError(f"bind option {_key!r} is claimed by two modules")
+        BIND_OPTIONS[_key] = _opt
+
+
+def check_bind_option(kind: str, key: str, value: Any) -> Any:
+    """The normalized value of module bind option `key` for a `kind`
+    endpoint. Raises KeyError when no module owns `key` for that kind, and
+    ValueError (the agent's error text) for a bad value."""
+    opt = BIND_OPTIONS.get(key)
+    if opt is None or kind not in opt.kinds:
+        raise KeyError(key)
+    return opt.check(value)
 
 
 def build_chain(order: Sequence[str], options: Mapping[str, Mapping[str, Any]]) -> Chain:

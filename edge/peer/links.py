@@ -4,7 +4,7 @@ Owns: this edge's peer listener(s), one yamux session per peer PoP (opened on
 demand, kept open and reused, pinged while idle, opened again after a loss),
 mutual TLS with the lab CA (each edge holds a certificate for
 <pop>.peer.<zone> with serverAuth and clientAuth; both sides verify), and the
-serving side: a stream from a peer -> the local agent binding -> splice.
+serving side: a stream from a peer -> the local endpoint's agent -> splice.
 Must not touch: the registry (the hub decides where an endpoint lives) or
 HTTP (the front rewrites; the link carries bytes).
 
@@ -23,9 +23,10 @@ from typing import Any, Callable
 from edge.certs import CertAuthority, _write_private, _write_public
 from edge.config import EdgeConfig
 from edge.peer.header import PeerHeader
-from edge.tunnel import messages as M
 from edge.tunnel.errors import MessageError, SessionClosedError, TunnelError
 from edge.tunnel.session import Session, SessionConfig, Stream
+from edge.tunnel.session_protocol import SessionProtocol
+from edge.tunnel.stream_header import read_header
 
 log = logging.getLogger("edge.peer")
 
@@ -83,6 +84,17 @@ def splice(a: Stream, b: Stream, first_to_b: bytes = b"") -> None:
         b.write(first_to_b)  # after set_protocol: a full buffer must pause `a`
 
 
+class _Link:
+    """One peer session and the PoP at its other end (None until an
+    accepted link has shown its certificate)."""
+
+    __slots__ = ("pop", "session")
+
+    def __init__(self, pop: str | None) -> None:
+        self.pop = pop
+        self.session: Session = None  # type: ignore[assignment]  # PeerLinks._link sets it
+
+
 def peer_pop(cert: dict[str, Any] | None, zone: str) -> str | None:
     """The PoP id in a verified peer certificate (<pop>.peer.<zone>), else None."""
     suffix = f".peer.{zone}"
@@ -129,7 +141,7 @@ class PeerLinks:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for host, port in self.cfg.peer_listen:
-            srv = await loop.create_server(lambda: self._new_session(None), host, port, ssl=self.server_ctx,
+            srv = await loop.create_server(self._accept, host, port, ssl=self.server_ctx,
                                            reuse_address=True,
                                            ssl_handshake_timeout=self.cfg.peer.connect_timeout)
             self._servers.append(srv)
@@ -152,34 +164,35 @@ class PeerLinks:
         t.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------ sessions
-    def _new_session(self, pop: str | None) -> Session:
-        s = Session(client=pop is not None, config=self.session_config, name=f"peer-{pop or '?'}",
-                    on_lost=self._lost)
-        s.on_stream = lambda st, s=s: self._on_stream(s, st)
-        s.peer_pop = pop  # type: ignore[attr-defined]
-        if pop is None:
-            # accepted: learn who it is from its verified certificate
-            orig = s.connection_made
+    def _link(self, pop: str | None) -> _Link:
+        """A new link and its session: to `pop` (this edge connects), or
+        accepted (pop None until `_accepted` reads the peer's certificate)."""
+        link = _Link(pop)
+        link.session = Session(client=pop is not None, config=self.session_config, name=f"peer-{pop or '?'}",
+                               on_stream=lambda st: self._on_stream(link, st),
+                               on_lost=lambda s, exc: self._lost(link, exc))
+        return link
 
-            def made(transport: asyncio.BaseTransport) -> None:
-                orig(transport)
-                who = peer_pop(transport.get_extra_info("peercert"), self.cfg.zone)
-                if who is None or who == self.pop:
-                    log.warning(kv("peer_refused", reason="certificate is not <pop>.peer.<zone>"))
-                    transport.abort()  # type: ignore[attr-defined]
-                    return
-                s.peer_pop = who  # type: ignore[attr-defined]
-                s.name = f"peer-{who}"
-                log.info(kv("peer_accepted", peer=who))
-                # the link serves both ways: reuse it for our streams to them
-                self.sessions.setdefault(who, s)
-                self._spawn(self._keepalive(who, s))
-            s.connection_made = made  # type: ignore[method-assign]
-        return s
+    def _accept(self) -> SessionProtocol:
+        link = self._link(None)
+        return SessionProtocol(link.session, on_made=lambda transport: self._accepted(link, transport))
 
-    def _lost(self, s: Session, exc: BaseException | None) -> None:
-        pop = getattr(s, "peer_pop", None)
-        if pop is not None and self.sessions.get(pop) is s:
+    def _accepted(self, link: _Link, transport: asyncio.BaseTransport) -> None:
+        who = peer_pop(transport.get_extra_info("peercert"), self.cfg.zone)
+        if who is None or who == self.pop:
+            log.warning(kv("peer_refused", reason="certificate is not <pop>.peer.<zone>"))
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        link.pop = who
+        link.session.name = f"peer-{who}"
+        log.info(kv("peer_accepted", peer=who))
+        # the link serves both ways: reuse it for our streams to them
+        self.sessions.setdefault(who, link.session)
+        self._spawn(self._keepalive(who, link.session))
+
+    def _lost(self, link: _Link, exc: BaseException | None) -> None:
+        pop = link.pop
+        if pop is not None and self.sessions.get(pop) is link.session:
             del self.sessions[pop]
             log.warning(kv("peer_link_lost", peer=pop, error=repr(str(exc)) if exc else None))
 
@@ -202,7 +215,7 @@ class PeerLinks:
             loop = asyncio.get_running_loop()
             t = self.cfg.peer.connect_timeout
             _, s = await asyncio.wait_for(loop.create_connection(
-                lambda: self._new_session(pop), addr[0], addr[1], ssl=self.client_ctx,
+                lambda: self._link(pop).session, addr[0], addr[1], ssl=self.client_ctx,
                 server_hostname=f"{pop}.peer.{self.cfg.zone}", ssl_handshake_timeout=t), t)
             self.sessions[pop] = s  # type: ignore[assignment]
             log.info(kv("peer_connected", peer=pop, address=f"{addr[0]}:{addr[1]}"))
@@ -240,45 +253,39 @@ class PeerLinks:
         return st
 
     # ------------------------------------------------------------ Y side
-    def _on_stream(self, session: Session, stream: Stream) -> None:
-        self._spawn(self._serve_guarded(session, stream))
+    def _on_stream(self, link: _Link, stream: Stream) -> None:
+        self._spawn(self._serve_guarded(link, stream))
 
-    async def _serve_guarded(self, session: Session, stream: Stream) -> None:
+    async def _serve_guarded(self, link: _Link, stream: Stream) -> None:
         try:
-            await self._serve(session, stream)
+            await self._serve(link, stream)
         except Exception:  # noqa: BLE001 - one stream's fault must not go unnoticed or touch others
-            log.exception(kv("peer_stream_failed", peer=getattr(session, "peer_pop", "?")))
+            log.exception(kv("peer_stream_failed", peer=link.pop or "?"))
             stream.abort()
 
-    async def _serve(self, session: Session, stream: Stream) -> None:
-        reader = M.MessageReader(max_messages=1)
+    async def _serve(self, link: _Link, stream: Stream) -> None:
         try:
-            obj = None
-            async with asyncio.timeout(HEADER_TIMEOUT):
-                while obj is None:
-                    data = await stream.read()
-                    if not data:
-                        stream.abort()
-                        return
-                    got = reader.feed(data)
-                    obj = got[0] if got else None
+            obj, rest = await read_header(stream, HEADER_TIMEOUT)
+            if obj is None:
+                stream.abort()
+                return
             header = PeerHeader.from_dict(obj)
         except (MessageError, asyncio.TimeoutError, TunnelError) as exc:
-            log.warning(kv("bad_peer_header", peer=getattr(session, "peer_pop", "?"), error=type(exc).__name__))
+            log.warning(kv("bad_peer_header", peer=link.pop or "?", error=type(exc).__name__))
             stream.abort()
             return
-        binding = self.local_lookup(header.kind, header.endpoint)
-        if binding is None:
+        endpoint = self.local_lookup(header.kind, header.endpoint)
+        if endpoint is None:
             # The agent left this PoP (or never was here): reset; X answers 502.
-            log.info(kv("peer_stream_no_binding", peer=getattr(session, "peer_pop", "?"), kind=header.kind,
+            log.info(kv("peer_stream_no_binding", peer=link.pop or "?", kind=header.kind,
                         endpoint=header.endpoint))
             stream.abort()
             return
         try:
-            agent_stream = binding.open_stream(header.client_addr, header.client_port, sni=header.sni,
-                                               tls_terminated=header.tls_terminated)
+            agent_stream = await endpoint.open_stream(header.client_addr, header.client_port, sni=header.sni,
+                                                      tls_terminated=header.tls_terminated)
         except (SessionClosedError, TunnelError):
             stream.abort()
             return
         self.streams_served += 1
-        splice(stream, agent_stream, reader.rest)
+        splice(stream, agent_stream, rest)

@@ -19,6 +19,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Mapping
 
+from edge.registry.cache import BindingCache
 from edge.registry.errors import InvalidKey, LeaseLost
 from edge.registry.model import Binding, BindingEvent
 
@@ -115,6 +116,22 @@ class Registry(ABC):
     @abstractmethod
     async def release_port(self, port: int, session_id: str, lease: Lease) -> bool:
         """Free a port this lease holds and has not bound. False if not held."""
+
+
+class CachedRegistry(Registry):
+    """A registry whose reads come from a local `BindingCache` (both
+    implementations: memory fills it on every write, etcd from its watch)."""
+
+    _cache: BindingCache
+
+    def lookup(self, kind: str, name: str | int) -> Binding | None:
+        return self._cache.lookup(kind, name)
+
+    def bindings(self) -> list[Binding]:
+        return self._cache.bindings()
+
+    def subscribe(self, callback: Callable[[BindingEvent], None]) -> Callable[[], None]:
+        return self._cache.subscribe(callback)
 
 
 def check_lease(lease: Lease, session_id: str) -> None:

@@ -42,14 +42,14 @@ import secrets
 import weakref
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from edge.registry import gateway as gw
 from edge.registry import keys
-from edge.registry.base import Lease, Registry, check_lease
+from edge.registry.base import CachedRegistry, Lease, check_lease
 from edge.registry.cache import BindingCache
 from edge.registry.errors import (
     EtcdRequestError,
@@ -65,7 +65,6 @@ from edge.registry.errors import (
 from edge.registry.memory import port_candidates
 from edge.registry.model import (
     Binding,
-    BindingEvent,
     check_id,
     decode_binding_value,
     encode_binding_value,
@@ -262,7 +261,7 @@ class _Relist(Exception):
     """The watch cannot resume (compacted, canceled): read a new snapshot."""
 
 
-class EtcdRegistry(Registry):
+class EtcdRegistry(CachedRegistry):
     def __init__(self, config: EtcdConfig, *, rng: random.Random | None = None) -> None:
         self.config = config
         self._prefix = config.prefix
@@ -395,15 +394,6 @@ class EtcdRegistry(Registry):
         if res.succeeded:
             log.info("event=unbound kind=%s name=%s session=%s revision=%d", kind, name, session_id, res.revision)
         return res.succeeded
-
-    def lookup(self, kind: str, name: str | int) -> Binding | None:
-        return self._cache.lookup(kind, name)
-
-    def bindings(self) -> list[Binding]:
-        return self._cache.bindings()
-
-    def subscribe(self, callback: Callable[[BindingEvent], None]) -> Callable[[], None]:
-        return self._cache.subscribe(callback)
 
     @property
     def revision(self) -> int:

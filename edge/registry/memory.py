@@ -1,8 +1,13 @@
 """In-memory registry for a single edge node: no etcd, same interface.
 
+What a single edge node runs (the hub binds through it when `[registry]
+kind = "memory"`, the default); two hubs sharing one play two PoPs in tests.
 Atomicity is free (one event loop, no await between check and write). A
 lease never expires on its own here: the only holder is this process, and if
 it dies its bindings die with it. `Lease.close()` removes what it held.
+TCP ports are allocated lowest first (no other PoP allocates at the same
+time, so there is nothing to spread out), unless an `rng` asks for the
+random start `EtcdRegistry` uses.
 """
 from __future__ import annotations
 
@@ -10,13 +15,13 @@ import itertools
 import logging
 import random
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from edge.registry import keys
-from edge.registry.base import Lease, Registry, check_lease
+from edge.registry.base import CachedRegistry, Lease, check_lease
 from edge.registry.cache import BindingCache
 from edge.registry.errors import InvalidKey, NameTaken, PortNotHeld, PortsExhausted
-from edge.registry.model import Binding, BindingEvent, check_id, encode_meta
+from edge.registry.model import Binding, check_id, encode_meta
 
 log = logging.getLogger("edge.registry")
 
@@ -32,13 +37,13 @@ class MemoryLease(Lease):
             self._registry._drop_lease(self)
 
 
-class MemoryRegistry(Registry):
+class MemoryRegistry(CachedRegistry):
     def __init__(self, *, rng: random.Random | None = None) -> None:
         self._cache = BindingCache()
         self._ports: dict[int, MemoryLease] = {}
         self._revision = itertools.count(1)
         self._lease_ids = itertools.count(1)
-        self._rng = rng or random.Random()
+        self._rng = rng  # None: lowest port first
 
     async def open_session(self, pop: str, session_id: str, ttl: float = 10.0) -> Lease:
         check_id("pop", pop)
@@ -93,15 +98,6 @@ class MemoryRegistry(Registry):
         log.info("event=unbound kind=%s name=%s session=%s", kind, name, session_id)
         return True
 
-    def lookup(self, kind: str, name: str | int) -> Binding | None:
-        return self._cache.lookup(kind, name)
-
-    def bindings(self) -> list[Binding]:
-        return self._cache.bindings()
-
-    def subscribe(self, callback: Callable[[BindingEvent], None]) -> Callable[[], None]:
-        return self._cache.subscribe(callback)
-
     async def allocate_port(self, session_id: str, lease: Lease, lo: int, hi: int,
                             preferred: int | None = None) -> int:
         check_lease(lease, session_id)
@@ -128,10 +124,11 @@ class MemoryRegistry(Registry):
         log.info("event=session_closed pop=%s session=%s lease=%x", lease.pop, lease.session_id, lease.id)
 
 
-def port_candidates(lo: int, hi: int, preferred: int | None, rng: random.Random) -> list[int]:
+def port_candidates(lo: int, hi: int, preferred: int | None, rng: random.Random | None) -> list[int]:
     """Ports to try, in order: `preferred`, then every port of [lo, hi] from a
-    random start, wrapping. Starting at random spreads concurrent allocators
-    (on other PoPs) over the range instead of all racing for `lo`."""
+    random start (from `lo` without an rng), wrapping. Starting at random
+    spreads concurrent allocators (on other PoPs) over the range instead of
+    all racing for `lo`."""
     keys.check_port(lo)
     keys.check_port(hi)
     if lo > hi:
@@ -139,7 +136,7 @@ def port_candidates(lo: int, hi: int, preferred: int | None, rng: random.Random)
     if preferred is not None and not lo <= keys.check_port(preferred) <= hi:
         raise InvalidKey(f"preferred port {preferred} is outside {lo}-{hi}")
     size = hi - lo + 1
-    start = rng.randrange(size)
+    start = rng.randrange(size) if rng is not None else 0
     order = [lo + (start + i) % size for i in range(size)]
     if preferred is not None:
         order.remove(preferred)

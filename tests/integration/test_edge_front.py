@@ -1,7 +1,7 @@
 """The edge front on 127.0.0.1 with real curl, websockets and ssl clients.
 
 The edge runs in a thread on its own uvloop loop. The hub is a stand-in
-with the real hub's interface (`lookup`, `Binding.open_stream`), whose
+with the real hub's interface (`lookup`, `add_listener`, `Endpoint.open_stream`), whose
 streams are loopback TCP connections straight to local upstreams, so these
 tests pin the front (SNI dispatch, TLS, HTTP rewriting, relaying, modules)
 apart from the tunnel.
@@ -25,7 +25,9 @@ import pytest
 
 from edge.certs import CertAuthority, CertStore
 from edge.config import EdgeConfig, Limits, Timeouts
+from edge.endpoint import Endpoint
 from edge.front.proxy_v2 import decode as proxy_decode
+from edge.modules import Chain, Decision, HttpCall, Module, Response, Verdict
 from edge.server import EdgeServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -119,16 +121,13 @@ class LoopbackStream(asyncio.Protocol):
         return self.t.get_extra_info(name, default)
 
 
-class FakeBinding:
+class FakeBinding(Endpoint):
     def __init__(self, kind, hostname, port, upstream, options=None):
         self.kind, self.hostname, self.port = kind, hostname, port
+        self.url = f"tcp://127.0.0.1:{port}" if kind == "tcp" else f"https://{hostname}"
         self.upstream = upstream
         self.options = MappingProxyType(dict(options or {}))
         self.opened: list[dict] = []
-
-    @property
-    def proxy_protocol(self):
-        return bool(self.options.get("proxy_protocol"))
 
     async def open_stream(self, client_addr, client_port, *, sni=None, tls_terminated=False):
         self.opened.append(dict(client_addr=client_addr, client_port=client_port, sni=sni,
@@ -143,12 +142,19 @@ class FakeHub:
         self.by_host: dict[str, FakeBinding] = {}
         self.by_port: dict[int, FakeBinding] = {}
         self.connections: set = set()
+        self.peers = None  # one node: no peer links
+        self.listeners: list = []
+
+    def add_listener(self, fn):
+        self.listeners.append(fn)
 
     def add(self, b: FakeBinding):
         if b.kind == "tcp":
             self.by_port[b.port] = b
         else:
             self.by_host[b.hostname] = b
+        for fn in self.listeners:
+            fn("bind", b)
         return b
 
     def lookup(self, kind, key):
@@ -620,6 +626,66 @@ def test_health_endpoint_reports_pop(lab):
                        capture_output=True, timeout=30)
     got = json.loads(r.stdout)
     assert got["pop"] == "test" and got["status"] == "ok" and got["bindings"] == 7
+
+
+class IdpGate(Module):
+    """Exchanges the client's X-Code at an identity provider (here the lab's
+    aiohttp upstream, which echoes request headers) for X-User upstream; no
+    code: a redirect that sets a cookie. Observes what it let through."""
+
+    name = "idp_gate"
+    observes = True
+
+    def __init__(self, idp_url):
+        self.idp_url = idp_url
+        self.outcomes = []
+
+    def decide(self, subject):
+        code = subject.request.header("X-Code") if subject.request else None
+        if code is None:
+            return Decision(Verdict.ANSWER, module=self.name, reason="login needed",
+                            response=Response(302, (("Location", "https://idp.lab.test/login"),
+                                                    ("Set-Cookie", "gslb_state=s1; Secure; HttpOnly"))))
+        return Decision(Verdict.PERFORM, effect=HttpCall("GET", self.idp_url, (("X-Code", code),), timeout=5.0))
+
+    def resume(self, subject, effect, result):
+        if result.status != 200:
+            return Decision(Verdict.ANSWER, status=403, reason=f"idp said {result.status} {result.error}")
+        user = "user-" + json.loads(result.body)["X-Code"]
+        return Decision(Verdict.PASS, add_upstream=(("X-User", user),), strip_upstream=("X-User",))
+
+    def observe(self, subject, outcome):
+        self.outcomes.append(outcome)
+
+
+def test_module_effects_whole_responses_and_outcomes_through_the_real_edge(lab):
+    import time
+
+    gate = IdpGate(f"http://127.0.0.1:{lab.runner.addresses[0][1]}/headers")
+    old = lab.edge.chain
+    lab.call(setattr, lab.edge, "chain", Chain((gate,)))
+    try:
+        deadline = time.monotonic() + 10
+        while lab.edge.chain is old and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = lab.curl("demo.app.lab.test", "/headers", "-i")
+        out = r.stdout.decode()
+        assert out.startswith("HTTP/1.1 302 Found\r\n"), out
+        assert "Location: https://idp.lab.test/login\r\n" in out and "Set-Cookie: gslb_state=s1; Secure; HttpOnly" in out
+        assert "Via: 1.1 test.lab.test" in out
+        r = lab.curl("demo.app.lab.test", "/headers", "-H", "X-Code: 42", "-H", "X-User: mallory")
+        seen = json.loads(r.stdout)
+        assert seen["X-User"] == "user-42"  # the client's own X-User was stripped first
+        deadline = time.monotonic() + 10
+        while not gate.outcomes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (outcome,) = gate.outcomes
+        assert outcome.status == 200 and outcome.bytes_down > len(r.stdout) and outcome.duration > 0
+    finally:
+        lab.call(setattr, lab.edge, "chain", old)
+        deadline = time.monotonic() + 10
+        while lab.edge.chain is not old and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def test_connection_count_returns_to_zero(lab):

@@ -72,7 +72,7 @@ class EchoBinding:
     def __init__(self):
         self.opened = []
 
-    def open_stream(self, client_addr, client_port, *, sni=None, tls_terminated=False):
+    async def open_stream(self, client_addr, client_port, *, sni=None, tls_terminated=False):
         self.opened.append((client_addr, client_port, sni, tls_terminated))
         return EchoStream()
 

@@ -182,7 +182,7 @@ def test_stream_relays_bytes_both_ways_through_agent_to_upstream(tmp_path):
         assert edge.hub.lookup("http", "DEMO.app.lab.test.") is b
         assert edge.hub.lookup("tls", "demo.app.lab.test") is None
         for i in range(3):  # several streams on one session
-            st = b.open_stream("198.19.5.10", 40000 + i)
+            st = await b.open_stream("198.19.5.10", 40000 + i)
             st.write(b"ping %d" % i)
             assert await asyncio.wait_for(st.readexactly(6), 5) == b"ping %d" % i
             st.close()
@@ -206,7 +206,7 @@ def test_64_mib_through_one_stream_window_grows(tmp_path):
         await edge.wait_binding("tcp", 20000)
         b = edge.hub.lookup("tcp", 20000)
         assert b.url == f"tcp://app.{ZONE}:20000"
-        st = b.open_stream("198.19.5.10", 40000)
+        st = await b.open_stream("198.19.5.10", 40000)
         windows = []
         got = hashlib.sha256()
         received = 0
@@ -218,7 +218,7 @@ def test_64_mib_through_one_stream_window_grows(tmp_path):
                 assert data
                 got.update(data)
                 received += len(data)
-                windows.append(b.connection.conn.receive_window(st.stream_id))
+                windows.append(b.connection.session.conn.receive_window(st.stream_id))
 
         rtask = asyncio.ensure_future(reader())
         sent = hashlib.sha256()
@@ -309,7 +309,7 @@ def test_agent_killed_binding_disappears_and_restart_binds_again(tmp_path):
             line = await asyncio.wait_for(proc.stdout.readline(), 20)
             assert line.decode().strip() == f"forwarding https://demo.app.lab.test -> http://localhost:{port}"
             b = await edge.wait_binding("http", "demo")
-            st = b.open_stream("::1", 5555)
+            st = await b.open_stream("::1", 5555)
             st.write(b"through a subprocess")
             assert await asyncio.wait_for(st.readexactly(20), 5) == b"through a subprocess"
             # first SIGKILL (the kernel closes the socket), then SIGTERM (go-away, exit 0)
@@ -364,7 +364,7 @@ def test_agent_detects_dead_edge_by_heartbeat_timeout_and_reconnects(tmp_path):
         b1 = await edge.wait_binding("http", "demo")
         conn = b1.connection
         # the edge stops reading this session: heartbeats go unanswered
-        conn._transport.pause_reading()
+        conn.session._transport.pause_reading()
         loop = asyncio.get_running_loop()
         end = loop.time() + 15
         while agent.sessions_started < 2 and loop.time() < end:
@@ -378,7 +378,7 @@ def test_agent_detects_dead_edge_by_heartbeat_timeout_and_reconnects(tmp_path):
                 break
             await asyncio.sleep(0.05)
         assert b2 is not None and b2.connection is not conn
-        st = b2.open_stream("198.19.5.10", 1)
+        st = await b2.open_stream("198.19.5.10", 1)
         st.write(b"after reconnect")
         assert await asyncio.wait_for(st.readexactly(15), 5) == b"after reconnect"
         assert lines.count(f"forwarding https://demo.app.lab.test -> http://localhost:{port}") == 2
@@ -397,7 +397,7 @@ def test_streams_in_flight_fail_cleanly_when_session_dies_and_new_ones_work(tmp_
         agent, task, lines = await start_agent(edge, [EndpointConfig("tcp", port)])
         agent.config = agent.config.__class__(**{**{f: getattr(agent.config, f) for f in agent.config.__dataclass_fields__}, "backoff_initial": 0.05})
         b = await edge.wait_binding("tcp", 20000)
-        st = b.open_stream("198.19.5.10", 1)
+        st = await b.open_stream("198.19.5.10", 1)
         st.write(b"x")
         assert await asyncio.wait_for(st.readexactly(1), 5) == b"x"
         b.connection.abort()  # the edge loses the session
@@ -405,7 +405,7 @@ def test_streams_in_flight_fail_cleanly_when_session_dies_and_new_ones_work(tmp_
             await asyncio.wait_for(st.readexactly(1), 5)
         assert "session" in str(info.value)
         b2 = await edge.wait_binding("tcp", 20000, timeout=15)
-        st2 = b2.open_stream("198.19.5.10", 2)
+        st2 = await b2.open_stream("198.19.5.10", 2)
         st2.write(b"y")
         assert await asyncio.wait_for(st2.readexactly(1), 5) == b"y"
         await stop_agent(agent, task)
@@ -429,7 +429,7 @@ def test_stream_churn_many_short_streams_half_closed_both_ways(tmp_path):
 
         async def one(i: int) -> bytes:
             async with sem:
-                st = b.open_stream("198.19.5.10", i)
+                st = await b.open_stream("198.19.5.10", i)
                 payload = b"%05d" % i * 200
                 st.write(payload)
                 st.close()  # FIN after the payload: the echo closes at EOF
@@ -444,8 +444,8 @@ def test_stream_churn_many_short_streams_half_closed_both_ways(tmp_path):
         results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(600))), 60)
         assert all(results)
         # every proxy stream fully closed on the edge (1 is the control stream)
-        assert list(b.connection.streams) == [1]
-        assert b.connection.conn.open_streams == 1  # the sans-IO core forgot them too
+        assert list(b.connection.session.streams) == [1]
+        assert b.connection.session.conn.open_streams == 1  # the sans-IO core forgot them too
         assert edge.hub.stats() == {"sessions": 1, "bindings": 1, "streams": 1}
         for _ in range(100):
             if list(agent.session.streams) == [1]:
@@ -501,7 +501,7 @@ def test_garbage_on_the_control_stream_closes_that_session_only(tmp_path):
         control.write(b"\x00\x00\x00\x05hello")  # length-prefixed, not JSON
         await asyncio.wait_for(session.wait_closed(), 10)
         b = edge.hub.lookup("http", "good")  # the other agent is untouched
-        st = b.open_stream("198.19.5.10", 1)
+        st = await b.open_stream("198.19.5.10", 1)
         st.write(b"ok")
         assert await asyncio.wait_for(st.readexactly(2), 5) == b"ok"
         await stop_agent(agent, task)
@@ -540,7 +540,7 @@ def test_agent_start_config_binds_several_endpoints_on_one_session(tmp_path):
         assert len({b.connection for b in bs}) == 1  # one session
         assert bs[1].proxy_protocol and bs[1].terminate_at == "agent"
         for i, b in enumerate(bs):
-            st = b.open_stream("2001:db8::5", 443, sni="sec.app.lab.test" if b.kind == "tls" else None)
+            st = await b.open_stream("2001:db8::5", 443, sni="sec.app.lab.test" if b.kind == "tls" else None)
             st.write(b"kind %d" % i)
             assert await asyncio.wait_for(st.readexactly(6), 5) == b"kind %d" % i
         await stop_agent(agent, task)
@@ -561,7 +561,7 @@ def test_upstream_down_gives_502_for_http_and_reset_for_tcp(tmp_path):
         await echo.wait_closed()
         agent, task, _ = await start_agent(edge, [EndpointConfig("http", dead_port, "down"), EndpointConfig("tcp", dead_port)])
         await edge.wait_binding("tcp", 20000)
-        st = edge.hub.lookup("http", "down").open_stream("198.19.5.10", 1)
+        st = await edge.hub.lookup("http", "down").open_stream("198.19.5.10", 1)
         st.write(b"GET / HTTP/1.1\r\nHost: down.app.lab.test\r\n\r\n")
         reply = bytearray()
         while True:
@@ -571,7 +571,7 @@ def test_upstream_down_gives_502_for_http_and_reset_for_tcp(tmp_path):
             reply += data
         assert reply.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
         assert b"down.app.lab.test" in reply and b"ERR_GSLB_AGENT_UPSTREAM" in reply
-        st2 = edge.hub.lookup("tcp", 20000).open_stream("198.19.5.10", 2)
+        st2 = await edge.hub.lookup("tcp", 20000).open_stream("198.19.5.10", 2)
         with pytest.raises(StreamResetError):
             await asyncio.wait_for(st2.read(), 10)
         await stop_agent(agent, task)
@@ -599,7 +599,7 @@ def test_agent_with_two_servers_binds_at_both_edges_and_prints_once(tmp_path):
         assert line.decode().strip() == f"forwarding https://both.app.lab.test -> http://localhost:{port}"
         for edge in (e1, e2):
             b = await edge.wait_binding("http", "both")
-            st = b.open_stream("198.19.5.10", 1)
+            st = await b.open_stream("198.19.5.10", 1)
             st.write(b"pop")
             assert await asyncio.wait_for(st.readexactly(3), 5) == b"pop"
         proc.send_signal(signal.SIGTERM)

@@ -5,7 +5,8 @@ agent's bind options, both apply): `allow_cidrs`, `deny_cidrs`, lists of
 IPv4/IPv6 networks. A client matching any deny list is refused; when any
 allow list is non-empty, a client outside all of them is refused. Otherwise
 the module passes. IPv4-mapped IPv6 clients are matched as IPv4. Refusal:
-HTTP 403 (ERR_GSLB_3210), TLS/TCP close.
+HTTP 403 (ERR_GSLB_3210), TLS/TCP close. Stateless: no clock, no observe.
+The bind options are this module's own (`bind_options`); see README.md.
 """
 from __future__ import annotations
 
@@ -15,11 +16,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from edge.modules.base import PASS, Decision, ModuleConfigError, Subject, Verdict
+from edge.modules.base import PASS, BindOption, Decision, Module, ModuleConfigError, Subject, Verdict
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-MAX_CIDRS = 1024  # per list; bind options come from agents, so bound them
+MAX_CIDRS = 1024  # per list in the edge's configuration
+MAX_BIND_CIDRS = 256  # per list in an agent's bind options (docs/protocol.md 3.2)
 ERR_DENIED = "ERR_GSLB_3210"
+KINDS = ("http", "tls", "tcp")
+
+
+def _bind_cidrs(key: str) -> Any:
+    """The check of one bind option: a list of CIDRs, host bits allowed
+    (10.1.2.3/8 is kept as 10.0.0.0/8)."""
+
+    def check(value: Any) -> list[str]:
+        if not isinstance(value, list) or len(value) > MAX_BIND_CIDRS:
+            raise ValueError(f"option {key!r} must be a list of at most {MAX_BIND_CIDRS} CIDRs")
+        try:
+            return [str(ipaddress.ip_network(v, strict=False)) for v in value]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"option {key!r}: {exc}") from None
+
+    return check
 
 
 def parse_cidrs(value: Any, what: str) -> tuple[Network, ...]:
@@ -65,8 +83,14 @@ def _matches(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: tuple[Netw
 
 
 @dataclass(frozen=True)
-class IpRestriction:
+class IpRestriction(Module):
     name: ClassVar[str] = "ip_restriction"
+    bind_options: ClassVar[Mapping[str, BindOption]] = {
+        "allow_cidrs": BindOption(KINDS, _bind_cidrs("allow_cidrs"), "only these client networks (repeatable)",
+                                  flag="--allow-cidr", metavar="CIDR"),
+        "deny_cidrs": BindOption(KINDS, _bind_cidrs("deny_cidrs"), "refuse these client networks (repeatable)",
+                                 flag="--deny-cidr", metavar="CIDR"),
+    }
     allow: tuple[Network, ...] = ()
     deny: tuple[Network, ...] = ()
 
