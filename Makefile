@@ -8,7 +8,8 @@ GSLB    := $(BIN)/gslb
 STAMP   := $(VENV)/.installed
 # Debian packages the tests and the lab use: command -> package
 # (gdnsd and nginx: the bench's unit tests check the peers' generated configs with them)
-SYSTOOLS := dig:dnsutils kdig:knot-dnsutils unbound:unbound curl:curl ip:iproute2 etcd:etcd-server \
+SYSTOOLS := dig:dnsutils kdig:knot-dnsutils delv:bind9-dnsutils drill:ldnsutils \
+            ldns-verify-zone:ldnsutils unbound:unbound curl:curl ip:iproute2 etcd:etcd-server \
             etcdctl:etcd-client gdnsd:gdnsd nginx:nginx-light \
             /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream
 BENCHTOOLS := dnsperf:dnsperf wrk:wrk
