@@ -47,11 +47,13 @@ class Engine:
     """
 
     def __init__(self, cfg: Any, locator: Any = None, health: pol.HealthView | None = None,
-                 *, cache_size: int = 50_000, log_decisions: bool = False) -> None:
+                 *, cache_size: int = 50_000, log_decisions: bool = False,
+                 signer: Any = None, clock: Any = None) -> None:
         from geo.routing import PopSite, Router
 
         self.cfg = cfg
         self.zone = ZoneData(cfg)
+        self._init_dnssec(signer, clock)
         self.router = Router(
             [PopSite(p.id, p.latitude, p.longitude) for p in cfg.pops],
             default_order=cfg.routing.default_order,
@@ -124,6 +126,8 @@ class Engine:
         """
         if type(data) is not bytes:
             data = bytes(data)
+        if self.signer is not None and self.clock() >= self._resign_at:
+            self._new_signing_period()
         key = data[2:]
         entry = (self._tcp if tcp else self._udp).get(key)
         if entry is not None:
@@ -175,6 +179,9 @@ class Engine:
             return placed[0]
 
         ans = self.zone.resolve(q.qname, q.qtype, place, self._health)
+        if self.signer is not None and q.edns is not None and q.edns.do:
+            # RFC 4035 3.1.1: RRSIGs (and the denial, 3.1.3) only for queries with DO=1.
+            ans = self.signer.sign_answer(ans, q.qname, q.qtype, self.zone)
         # Without a geo database every client is "unlocated": nothing depends on location.
         dependent = ans.location_dependent and self.locator is not None
         scope = 0
@@ -226,6 +233,31 @@ class Engine:
         else:
             cache[key] = entry
         return data[:2] + variants[first]
+
+    # -- DNSSEC (dns/dnssec/) -----------------------------------------------------------
+
+    def _init_dnssec(self, signer: Any, clock: Any) -> None:
+        """Online signing, off unless `[dnssec]` lists keys. The DNSKEY RRset is zone data.
+
+        `clock` (default `time.time`) is read only when signing is on: when the
+        signing period ends, every cached reply is dropped and re-signed on demand.
+        """
+        import time
+
+        from dns.dnssec.records import DNSKEY
+        from dns.dnssec.signer import build_signer
+        from dns.zone import RRset
+        self.signer = signer if signer is not None else build_signer(self.cfg, self.zone.origin)
+        self.clock = clock or time.time
+        self._resign_at = 0.0
+        if self.signer is not None:
+            self.zone.add_rrset(RRset(self.zone.origin, DNSKEY, self.signer.dnskey_ttl,
+                                      self.signer.dnskey_rdatas()))
+
+    def _new_signing_period(self) -> None:
+        self.signer.start(self.clock())
+        self._resign_at = self.signer.refresh_at
+        self.invalidate()
 
     # -- pieces ------------------------------------------------------------------------
 

@@ -157,8 +157,14 @@ def build_signer(cfg: Any, origin: bytes) -> Signer | None:
     d = getattr(cfg, "dnssec", None)
     if d is None or not d.keys:
         return None
-    from dns.dnssec.keys import load_key
-    keys = [load_key(k.file, k.role, k.active) for k in d.keys]
+    from dns.dnssec.keys import KeyError_, load_key
+    from gslb.config import ConfigError
+    keys = []
+    for i, k in enumerate(d.keys):
+        try:
+            keys.append(load_key(k.file, k.role, k.active))
+        except KeyError_ as exc:
+            raise ConfigError(cfg.path, k.line, f"dnssec.keys[{i}].file", str(exc)) from None
     return Signer(keys, origin, dnskey_ttl=d.dnskey_ttl, validity=d.signature_validity,
                   refresh=d.signature_refresh, jitter=d.signature_jitter,
                   inception_offset=d.inception_offset)
