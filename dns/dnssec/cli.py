@@ -77,13 +77,19 @@ def add_parsers(sub: Any) -> None:
 def _keygen(args: argparse.Namespace) -> int:
     from dns.dnssec.keys import ALGORITHM_CODES, generate_key, save_key
     from dns.wire import name_from_text
+    zone = (args.zone.rstrip(".") + ".") if args.zone else None
+    if zone is not None:
+        try:
+            name_from_text(zone)
+        except (ValueError, UnicodeError) as exc:
+            print(f"gslb dns keygen: --zone {args.zone!r}: {exc}", file=sys.stderr)
+            return 2
     key = generate_key(ALGORITHM_CODES[args.algorithm], args.role)
     try:
         save_key(key, args.out)
     except OSError as exc:
         print(f"gslb dns keygen: {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    zone = (args.zone.rstrip(".") + ".") if args.zone else None
     owner = zone or "@"
     print(f"; {args.out}: algorithm {key.algorithm}, role {args.role}, key tag {key.key_tag}")
     print(f"{owner} IN DNSKEY {key.dnskey_text()}")
