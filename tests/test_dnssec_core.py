@@ -153,6 +153,12 @@ def test_signer_refuses_configurations_that_cannot_work():
         Signer([generate_key(13).with_role("ksk")], _n("lab.test."))
     with pytest.raises(ValueError, match="validity"):
         Signer([generate_key(13)], _n("lab.test."), validity=3600, refresh=3600)
+    # A published key of another algorithm that signs nothing breaks RFC 4035 2.2.
+    with pytest.raises(ValueError, match="algorithm 15"):
+        Signer([generate_key(13), generate_key(15).with_role("csk", active=False)], _n("lab.test."))
+    # A pre-published key of the same algorithm is fine (ZSK rollover step 1).
+    Signer([generate_key(13).with_role("ksk"), generate_key(13).with_role("zsk"),
+            generate_key(13).with_role("zsk", active=False)], _n("lab.test."))
 
 
 def test_key_file_is_0600_round_trips_and_is_refused_when_readable(tmp_path):

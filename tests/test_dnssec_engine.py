@@ -226,13 +226,40 @@ def test_signing_period_end_drops_cached_replies_and_resigns(signed, clock):
     assert s2.rdata.sig_exp - clock[0] >= 6 * 86400  # always at least validity - refresh left
 
 
-def test_signed_answer_too_big_for_512_truncates(signed):
-    r = ask(signed, "lab.test", NS, payload=512)
-    full = ask(signed, "lab.test", NS, payload=1232)
-    assert len(full.ar) > 1 and rrsigs(full.ar)  # glue signed too
-    assert r.header.tc == 0 or (not r.rr and not r.auth)
-    big = signed.respond(make_query("lab.test", ANY, edns=True, do=True, payload=512), "198.19.5.10")
-    assert len(big) <= 512
+def test_signed_answer_too_big_for_the_udp_limit_truncates(tmp_path, lab_mmdb, clock):
+    path, _ = write_signed_config(str(tmp_path), lab_mmdb)
+    with open(path, "a") as fh:
+        fh.write('\n[[record]]\nname = "big"\ntype = "TXT"\nvalue = "' + "x" * 420 + '"\n')
+    e = Engine(load_dns_config(path), clock=lambda: clock[0])
+    # Unsigned it fits in 512; the RRSIG (about 100 more octets) does not: TC=1, empty sections.
+    plain = e.respond(make_query("big.lab.test", TXT, edns=True, payload=512), "198.19.5.10")
+    assert len(plain) <= 512 and not dnslib.DNSRecord.parse(plain).header.tc
+    raw = e.respond(make_query("big.lab.test", TXT, edns=True, do=True, payload=512), "198.19.5.10")
+    r = dnslib.DNSRecord.parse(raw)
+    assert len(raw) <= 512 and r.header.tc == 1 and not r.rr and not r.auth
+    assert [rr.rtype for rr in r.ar] == [41]  # the OPT stays, DO copied
+    raw = e.respond(make_query("big.lab.test", TXT, edns=True, do=True, payload=512), "198.19.5.10", True)
+    r = dnslib.DNSRecord.parse(raw)  # over TCP the whole signed answer
+    assert r.header.tc == 0 and [rr.rtype for rr in r.rr] == [TXT, RRSIG]
+    # NS with glue: the signed glue goes first when space runs out (RFC 2181 9).
+    full = ask(e, "lab.test", NS, payload=1232)
+    assert {rr.rtype for rr in full.ar} >= {A, RRSIG}
+
+
+def test_fuzzed_do_queries_never_hit_the_bug_net(signed):
+    import random
+    rng = random.Random(19)
+    seeds = [make_query(n, t, edns=True, do=True) for n, t in (
+        ("demo.app.lab.test", A), ("nx.lab.test", A), ("lab.test", DNSKEY), ("www.lab.test", ANY),
+        ("app.lab.test", AAAA))]
+    for _ in range(3000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        out = signed.respond(bytes(data), "198.19.5.9")
+        if out is not None:
+            assert out[:2] == data[:2]
+    assert signed.stats["internal_errors"] == 0
 
 
 def test_ed25519_keys_sign_too(tmp_path, lab_mmdb, clock):

@@ -36,6 +36,14 @@ class Signer:
             raise ValueError("no active csk or ksk: nothing would sign the DNSKEY RRset")
         if not any(k.active and k.role in ("csk", "zsk") for k in keys):
             raise ValueError("no active csk or zsk: nothing would sign the zone's data")
+        for alg in {k.algorithm for k in keys}:
+            # RFC 4035 2.2: every RRset signed with each algorithm of the DNSKEY RRset.
+            mine = [k for k in keys if k.algorithm == alg and k.active]
+            if not (any(k.role in ("csk", "ksk") for k in mine)
+                    and any(k.role in ("csk", "zsk") for k in mine)):
+                raise ValueError(f"algorithm {alg} is published but does not sign both the DNSKEY "
+                                 f"RRset and the zone's data (RFC 4035 2.2); algorithm rollovers are "
+                                 f"not supported")
         if validity <= refresh + jitter:
             raise ValueError("validity must exceed refresh + jitter (signatures would expire "
                              "before they are replaced)")
