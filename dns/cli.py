@@ -26,6 +26,8 @@ examples:
   gslb dns drain eu --config examples/dns.toml      # eu out of answers, no restart
   gslb dns undrain eu --control /run/gslb-dns/127.0.0.1-5300.sock
   gslb dns health --config examples/dns.toml --json
+  gslb dns keygen --out keys/lab.test.pem --zone lab.test   # DNSSEC key (docs/dnssec.md)
+  gslb dns ds --config examples/dns.toml                     # its DS for the parent zone
 
   dig @127.0.0.1 -p 5300 demo.app.lab.test A +subnet=198.19.5.0/24   # a Tokyo client
 
@@ -160,6 +162,8 @@ def add_parser(subparsers: Any) -> None:
     _control_args(ph)
     ph.add_argument("--json", action="store_true", help="the server's reply as JSON")
     ph.set_defaults(func=_health)
+    from dns.dnssec.cli import add_parsers as add_dnssec_parsers
+    add_dnssec_parsers(sub)  # keygen, ds, dump (docs/dnssec.md)
 
 
 def _control_args(p: Any) -> None:

@@ -4,9 +4,9 @@ Owns everything between a datagram or TCP message and the reply: parsing
 (`dns.wire`), locating the client (`geo`), the zone and policy (`dns.zone`,
 `dns.policy`), EDNS/ECS echo, truncation, and the answer cache. It opens no
 socket and reads no clock but the `clock` it is given (which dates DNS cookies
-only): `dns.server` feeds it bytes and the peer address.
+and DNSSEC signatures): `dns.server` feeds it bytes and the peer address.
 
-The fast path (DESIGN.md, "DNS fast path"): a reply depends on the query's
+The fast path: a reply depends on the query's
 bytes after the ID (name as sent, type, flags, the whole OPT record with its
 ECS subnet) and, for GSLB answers to queries without a usable ECS subnet, on
 the source address; never on the ID. So the first query of a kind is answered
@@ -56,11 +56,13 @@ class Engine:
     """
 
     def __init__(self, cfg: Any, locator: Any = None, health: pol.HealthView | None = None,
-                 *, cache_size: int = 50_000, log_decisions: bool = False, clock: Any = None) -> None:
+                 *, cache_size: int = 50_000, log_decisions: bool = False,
+                 signer: Any = None, clock: Any = None) -> None:
         from geo.routing import PopSite, Router
 
         self.cfg = cfg
         self.zone = ZoneData(cfg)
+        self._init_dnssec(signer, clock)
         self.router = Router(
             [PopSite(p.id, p.latitude, p.longitude) for p in cfg.pops],
             default_order=cfg.routing.default_order,
@@ -71,7 +73,7 @@ class Engine:
         health_cfg = getattr(cfg, "health", None)
         self.drained = frozenset(health_cfg.drained) if health_cfg is not None else frozenset()
         self.payload_max = cfg.server.udp_payload_max
-        # COOKIE, NSID, keepalive (dns/options.py); `clock` (time.time) only dates cookies.
+        # COOKIE, NSID, keepalive (dns/options.py); `clock` (time.time) dates cookies.
         self.options = eo.ReplyOptions.from_config(cfg, clock)
         self.cookies = self.options.cookies
         self.chaos = ch.table(cfg)
@@ -139,6 +141,8 @@ class Engine:
         """
         if type(data) is not bytes:
             data = bytes(data)
+        if self.signer is not None and self.clock() >= self._resign_at:
+            self._new_signing_period()
         # A COOKIE option (code 10) cannot be there without the bytes 00 0a: a C-speed
         # test keeps queries without one on the plain fast path.
         if not _inner and self.cookies is not None and data.find(b"\x00\x0a", 12) >= 0:
@@ -209,6 +213,9 @@ class Engine:
             return placed[0]
 
         ans = self.zone.resolve(q.qname, q.qtype, place, self._health)
+        if self.signer is not None and q.edns is not None and q.edns.do:
+            # RFC 4035 3.1.1: RRSIGs (and the denial, 3.1.3) only for queries with DO=1.
+            ans = self.signer.sign_answer(ans, q.qname, q.qtype, self.zone)
         # Without a geo database every client is "unlocated": nothing depends on location.
         dependent = ans.location_dependent and self.locator is not None
         scope = 0
@@ -260,6 +267,31 @@ class Engine:
         else:
             cache[key] = entry
         return data[:2] + variants[first]
+
+    # -- DNSSEC (dns/dnssec/) -----------------------------------------------------------
+
+    def _init_dnssec(self, signer: Any, clock: Any) -> None:
+        """Online signing, off unless `[dnssec]` lists keys. The DNSKEY RRset is zone data.
+
+        `clock` (default `time.time`) is read only when signing is on: when the
+        signing period ends, every cached reply is dropped and re-signed on demand.
+        """
+        import time
+
+        from dns.dnssec.records import DNSKEY
+        from dns.dnssec.signer import build_signer
+        from dns.zone import RRset
+        self.signer = signer if signer is not None else build_signer(self.cfg, self.zone.origin)
+        self.clock = clock or time.time
+        self._resign_at = 0.0
+        if self.signer is not None:
+            self.zone.add_rrset(RRset(self.zone.origin, DNSKEY, self.signer.dnskey_ttl,
+                                      self.signer.dnskey_rdatas()))
+
+    def _new_signing_period(self) -> None:
+        self.signer.start(self.clock())
+        self._resign_at = self.signer.refresh_at
+        self.invalidate()
 
     # -- pieces ------------------------------------------------------------------------
 

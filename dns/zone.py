@@ -148,6 +148,10 @@ class ZoneData:
         """Drop memoized selections (the health view changed)."""
         self._selections.clear()
 
+    def add_rrset(self, rrset: RRset) -> None:
+        """Add an RRset at an existing name (the signer's DNSKEY RRset at the apex)."""
+        self._add(rrset)
+
     def _add(self, rrset: RRset) -> None:
         self.nodes.setdefault(rrset.name, {})[rrset.rtype] = rrset
 

@@ -27,6 +27,7 @@ __all__ = [
     "ConfigError", "TomlDoc", "Table",
     "SOA", "NameServer", "Zone", "Pop", "GslbName", "Policy", "Routing", "HealthSettings",
     "StaticRecord", "ServerSettings", "CookieSettings", "ChaosSettings", "DnsConfig", "load_dns_config", "parse_listen",
+    "DnssecKey", "DnssecSettings", "DNSSEC_ROLES",
     "RECORD_TYPES", "FALLBACKS", "HEALTH_CHECKS",
 ]
 
@@ -353,6 +354,29 @@ class ChaosSettings:
     id: str | None = None            # id.server
 
 
+DNSSEC_ROLES = ("csk", "ksk", "zsk")
+
+
+@dataclass(frozen=True)
+class DnssecKey:
+    """One `[[dnssec.keys]]` entry: a key file and its role (dns/dnssec/keys.py)."""
+    file: str
+    role: str = "csk"                # csk | ksk | zsk
+    active: bool = True              # false: published in DNSKEY only (pre-publish, post-roll)
+    line: int | None = None          # where it is configured, for errors about the file
+
+
+@dataclass(frozen=True)
+class DnssecSettings:
+    """Online signing (docs/dnssec.md); off while `keys` is empty."""
+    keys: tuple[DnssecKey, ...] = ()
+    dnskey_ttl: int = 3600
+    signature_validity: int = 7 * 86400
+    signature_refresh: int = 86400
+    signature_jitter: int = 12 * 3600
+    inception_offset: int = 3600
+
+
 @dataclass(frozen=True)
 class DnsConfig:
     path: str
@@ -366,6 +390,7 @@ class DnsConfig:
     health: HealthSettings = HealthSettings()
     cookies: CookieSettings = CookieSettings()
     chaos: ChaosSettings = ChaosSettings()
+    dnssec: DnssecSettings = DnssecSettings()
 
     def pop(self, pop_id: str) -> Pop:
         for p in self.pops:
@@ -619,13 +644,14 @@ def load_dns_config(path: str) -> DnsConfig:
 
     cookies = _cookies(root.table("cookies"))
     chaos = _chaos(root.table("chaos"))
+    dnssec = _load_dnssec(root)
 
     root.reject_unknown(["zone", "pop", "gslb", "policy", "routing", "health", "record", "server",
-                         "cookies", "chaos"])
+                         "cookies", "chaos", "dnssec"])
     return DnsConfig(
         path=os.path.abspath(path), server=server, zone=zone, pops=tuple(pops), gslb=tuple(names),
         policy=policy, routing=routing, records=tuple(records), health=health,
-        cookies=cookies, chaos=chaos,
+        cookies=cookies, chaos=chaos, dnssec=dnssec,
     )
 
 
@@ -689,6 +715,41 @@ def _chaos(t: Table) -> ChaosSettings:
         values[key] = v
     t.reject_unknown()
     return ChaosSettings(**values)
+
+
+def _load_dnssec(root: Table) -> DnssecSettings:
+    """[dnssec] and its [[dnssec.keys]] (docs/configuration.md, docs/dnssec.md)."""
+    dt = root.table("dnssec")
+    keys = []
+    for kt in dt.array("keys"):
+        role = kt.str("role", "csk").lower()
+        if role not in DNSSEC_ROLES:
+            raise kt.error("role", f"{role!r}: roles are {', '.join(DNSSEC_ROLES)}")
+        keys.append(DnssecKey(file=root.doc.resolve_path(kt.str("file")), role=role,
+                              active=kt.bool("active", True),
+                              line=root.doc.index.line_of(kt.name, kt.index, "file")))
+        kt.reject_unknown()
+    files = [k.file for k in keys]
+    if len(set(files)) != len(files):
+        raise dt.error("keys", "the same key file is listed twice")
+    d = DnssecSettings(
+        keys=tuple(keys),
+        dnskey_ttl=dt.int("dnskey_ttl", 3600, min=0, max=86400 * 7),
+        signature_validity=dt.int("signature_validity", 7 * 86400, min=3 * 3600, max=365 * 86400),
+        signature_refresh=dt.int("signature_refresh", 86400, min=3600, max=180 * 86400),
+        signature_jitter=dt.int("signature_jitter", 12 * 3600, min=0, max=30 * 86400),
+        inception_offset=dt.int("inception_offset", 3600, min=0, max=86400),
+    )
+    dt.reject_unknown(["keys"])
+    if keys:
+        if not any(k.active and k.role in ("csk", "ksk") for k in keys):
+            raise dt.error("keys", "no active csk or ksk: nothing would sign the DNSKEY RRset")
+        if not any(k.active and k.role in ("csk", "zsk") for k in keys):
+            raise dt.error("keys", "no active csk or zsk: nothing would sign the zone's records")
+        if d.signature_validity <= d.signature_refresh + d.signature_jitter:
+            raise dt.error("signature_validity", "must be longer than signature_refresh + "
+                           "signature_jitter, or signatures expire before they are replaced")
+    return d
 
 
 def _check_rdata(t: Table, rtype: str, value: str) -> None:

@@ -120,6 +120,15 @@ class LabPaths:
     def dns_control(self, host: str) -> Path:
         return self.dir / f"{host}.dns.ctl"
 
+    @property
+    def dnssec_key(self) -> Path:
+        """The zone's signing key (CSK), shared by both name servers: same DNSKEY everywhere."""
+        return self.dir / "dnssec-csk.pem"
+
+    @property
+    def keygen_log(self) -> Path:
+        return self.logs / "dnssec-keygen.log"
+
 
 def resolve_prefix(prefix: str | None) -> str:
     return check_prefix(prefix or os.environ.get("GSLB_LAB_PREFIX") or DEFAULT_PREFIX)
@@ -652,8 +661,8 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
 
     progress("writing configs, the lab mmdb, the lab CA and the agent's authtoken")
     paths.geo_table.write_text(render.geo_table(plan))
-    paths.dns_config.write_text(render.dns_toml(plan, str(paths.mmdb), HEALTH_PORT, HTTPS_PORT))
-    paths.unbound_conf.write_text(render.unbound_conf(plan, str(paths.unbound_dir)))
+    paths.dns_config.write_text(render.dns_toml(plan, str(paths.mmdb), HEALTH_PORT, HTTPS_PORT,
+                                                dnssec_key=str(paths.dnssec_key)))
     _write_secret(paths.authtoken_file, secrets.token_urlsafe(32) + "\n")
     paths.edge_config.write_text(render.edge_toml(plan, str(paths.ca_dir), str(paths.cert_dir),
                                                   str(paths.authtoken_file), TCP_PORTS, HTTPS_PORT, HEALTH_PORT))
@@ -664,7 +673,12 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
          "gslb geo build-mmdb", paths.logs / "build-mmdb.log"),
         ([*gslb_argv(), "edge", "ca", "init", "--dir", str(paths.ca_dir), "--if-missing"],
          "gslb edge ca init", paths.logs / "ca-init.log"),
+        # The zone is signed (docs/dnssec.md); its DS is the resolver's trust anchor.
+        ([*gslb_argv(), "dns", "keygen", "--out", str(paths.dnssec_key), "--zone", plan.zone],
+         "gslb dns keygen", paths.keygen_log),
     ])
+    paths.unbound_conf.write_text(render.unbound_conf(plan, str(paths.unbound_dir),
+                                                      trust_anchor=_ds_from_keygen(paths.keygen_log)))
     state.ca, state.authtoken_file = str(paths.ca_cert), str(paths.authtoken_file)
     state.edge_config, state.agent_config = str(paths.edge_config), str(paths.agent_config)
     state.agent_servers = agent_servers(plan)
@@ -702,6 +716,15 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
                      "addresses": round(times.addresses, 3)}
     _write_state(paths, state)
     log.info("event=up prefix=%s hosts=%d seconds=%.2f", prefix, len(plan.hosts), t_ready - t0)
+
+
+def _ds_from_keygen(log_path: Path) -> str:
+    """The "<zone>. IN DS ..." line `gslb dns keygen --zone` printed (public data)."""
+    for line in log_path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 7 and parts[1:3] == ["IN", "DS"]:
+            return f"{parts[0]} DS {' '.join(parts[3:])}"
+    raise LabError(f"gslb dns keygen printed no DS record (see {log_path})")
 
 
 def _write_secret(path: Path, text: str) -> None:

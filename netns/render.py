@@ -61,8 +61,13 @@ def geo_table(plan: LabPlan) -> str:
     return "\n".join(lines)
 
 
-def dns_toml(plan: LabPlan, mmdb_path: str, health_port: int = 80, health_tcp_port: int = 443) -> str:
-    """The config both lab name servers run with (schema: examples/dns.toml)."""
+def dns_toml(plan: LabPlan, mmdb_path: str, health_port: int = 80, health_tcp_port: int = 443,
+             dnssec_key: str | None = None) -> str:
+    """The config both lab name servers run with (schema: examples/dns.toml).
+
+    `dnssec_key`: one CSK both name servers sign with ([[dnssec.keys]]), so
+    ns1 and ns2 publish the same DNSKEY and either one's signatures validate.
+    """
     dns_hosts = plan.by_role("dns")
     first = dns_hosts[0]
     listen = [f"{a}:53" for a in first.ipv4] + [f"[{a}]:53" for a in first.ipv6]
@@ -96,6 +101,8 @@ def dns_toml(plan: LabPlan, mmdb_path: str, health_port: int = 80, health_tcp_po
         lines += [""] + _toml_table("[[gslb]]", dict(g))
     for r in plan.records:
         lines += [""] + _toml_table("[[record]]", dict(r))
+    if dnssec_key:
+        lines += [""] + _toml_table("[[dnssec.keys]]", {"file": dnssec_key, "role": "csk"})
     return "\n".join(lines) + "\n"
 
 
@@ -153,8 +160,15 @@ def agent_toml(plan: LabPlan, ca_file: str, authtoken_file: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def unbound_conf(plan: LabPlan, workdir: str) -> str:
-    """unbound as the lab's ECS resolver: LAB-NOTES §5's verified config, with the plan's addresses."""
+def unbound_conf(plan: LabPlan, workdir: str, trust_anchor: str | None = None) -> str:
+    """unbound as the lab's ECS resolver: LAB-NOTES §5's verified config, with the plan's addresses.
+
+    `trust_anchor` ("<zone>. DS <tag> <alg> 2 <hex>"): unbound validates the
+    lab zone with it (the lab's clients get AD=1). It is the only anchor: no
+    root key, so unbound never tries to prime the root (which the lab cannot
+    reach), and `local-zone: "." refuse` still keeps every other name out.
+    Without one, the zone is insecure and no validator runs.
+    """
     res = plan.by_role("resolver")[0]
     dns_addrs = [a for h in plan.by_role("dns") for a in h.ipv4 + h.ipv6]
     zone = plan.zone
@@ -176,13 +190,17 @@ def unbound_conf(plan: LabPlan, workdir: str) -> str:
         "    use-syslog: no",
         '    logfile: ""',
         "    log-queries: yes",
-        # No validator: with one, unbound primes the root (queries that die in the lab).
-        '    module-config: "subnetcache iterator"',
+        *(['    module-config: "subnetcache validator iterator"',
+            f'    trust-anchor: "{trust_anchor}"',
+            "    val-log-level: 2"] if trust_anchor else [
+            # No validator: with one and the root anchor, unbound primes the root
+            # (queries that die in the lab).
+            '    module-config: "subnetcache iterator"']),
         f'    client-subnet-zone: "{zone}"',
         *[f"    send-client-subnet: {a}" for a in dns_addrs],
         "    max-client-subnet-ipv4: 24",
         "    max-client-subnet-ipv6: 56",
-        f'    domain-insecure: "{zone}"',
+        *([] if trust_anchor else [f'    domain-insecure: "{zone}"']),
         # Nothing outside the lab: no root priming, no traffic leaves the segment.
         '    local-zone: "." refuse',
         # unbound 1.17 serves `test.` as a built-in static zone: without this,

@@ -132,3 +132,25 @@ def test_resolv_conf_points_at_the_resolver_on_both_families():
 def test_toml_strings_are_escaped():
     assert render._toml_value('a "b" \\ c') == '"a \\"b\\" \\\\ c"'
     assert tomllib.loads("x = " + render._toml_value('0 issue "ca"'))["x"] == '0 issue "ca"'
+
+
+def test_dns_toml_with_a_dnssec_key_signs_with_one_csk(tmp_path):
+    from gslb.config import load_dns_config
+    (tmp_path / "lab.mmdb").write_bytes(b"")
+    path = tmp_path / "dns.toml"
+    path.write_text(render.dns_toml(PLAN, str(tmp_path / "lab.mmdb"), dnssec_key="/run/x/dnssec-csk.pem"))
+    keys = load_dns_config(str(path)).dnssec.keys
+    assert [(k.file, k.role, k.active) for k in keys] == [("/run/x/dnssec-csk.pem", "csk", True)]
+    path.write_text(render.dns_toml(PLAN, str(tmp_path / "lab.mmdb")))
+    assert load_dns_config(str(path)).dnssec.keys == ()
+
+
+def test_unbound_conf_with_a_trust_anchor_validates_the_lab_zone_only():
+    anchor = "lab.test. DS 46060 13 2 487FD78BB625D6C853C51562C6E7957E50D78D58EA4D1E9DCC679515055A4516"
+    conf = render.unbound_conf(PLAN, "/run/x/unbound", trust_anchor=anchor)
+    assert '    module-config: "subnetcache validator iterator"' in conf
+    assert f'    trust-anchor: "{anchor}"' in conf
+    assert "domain-insecure" not in conf and "root.key" not in conf and "auto-trust-anchor" not in conf
+    assert '    local-zone: "." refuse' in conf  # still nothing outside the lab
+    plain = render.unbound_conf(PLAN, "/run/x/unbound")
+    assert '    domain-insecure: "lab.test"' in plain and "trust-anchor" not in plain
