@@ -146,6 +146,7 @@ class EdgeServer:
         self.max_header_bytes = cfg.limits.max_header_bytes
         self.stream_open_timeout = cfg.timeouts.stream_open
         self.idle_timeout = cfg.timeouts.idle
+        self.header_timeout = cfg.timeouts.header
         self.via = f"{cfg.pop}.{cfg.zone}"  # received-by in Via (RFC 9110 7.6.3)
         self.stats = Stats()
         # Connection churn leaves freed TLS buffers in glibc's heap holes: give

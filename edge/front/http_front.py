@@ -34,6 +34,8 @@ class FrontContext(Protocol):
     max_header_bytes: int
     stream_open_timeout: float
     idle_timeout: float
+    # header_timeout (optional; seconds a request head may take, slowloris):
+    # a context without it (tests' stand-ins) has none.
 
     def lookup(self, kind: str, name: str) -> Any: ...
 
@@ -67,6 +69,8 @@ class HttpFront(ClientSide):
         self._open_task: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
         self._finished = False
         self._log_requests = log.isEnabledFor(logging.INFO)  # `gslb edge -v`; checked once a connection
+        self._header_timeout: float | None = getattr(ctx, "header_timeout", None)
+        self._header_timer: asyncio.TimerHandle | None = None
         via = getattr(ctx, "via", None)
         self._via = f"1.1 {via}".encode("ascii") if via else None
         self.resp: ResponseRewriter | None = ResponseRewriter(f"1.1 {via}") if via else None
@@ -78,6 +82,30 @@ class HttpFront(ClientSide):
             str(self._ip) if self._ip else self.peer[0], forwarded_port=self.ctx.https_port,
             proto="https", max_header_bytes=self.ctx.max_header_bytes,
         )
+        # The first request head must come within the header timeout of the
+        # handshake's end: a client that opens TLS and sends nothing, or a
+        # head a byte at a time (slowloris), must not hold a connection for
+        # the whole idle timeout.
+        self._arm_header_timer()
+
+    # -- header timeout (slowloris) -------------------------------------------
+    def _arm_header_timer(self) -> None:
+        if self._header_timeout is not None and self._header_timer is None and not self._closed:
+            self._header_timer = asyncio.get_running_loop().call_later(self._header_timeout, self._header_expired)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_expired(self) -> None:
+        self._header_timer = None
+        if self._closed or self._stop:
+            return
+        log.info(kv("header_timeout", client=self.peer[0], sni=self.sni, seconds=self._header_timeout))
+        # RFC 9110 15.5.9: 408, the server closes the connection.
+        self._refuse(408, "ERR_GSLB_3408", "Request timeout",
+                     f"The request head did not arrive within {self._header_timeout:g} s.")
 
     # -- client bytes ---------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -99,6 +127,12 @@ class HttpFront(ClientSide):
             out.append(ev.data)
         if out and not self._stop:
             self.send_to_stream(b"".join(out))
+        # A head under way (the first one, or the next keep-alive request's
+        # first bytes) runs the header timer; a complete head stops it.
+        if self.rw.in_head and not self._stop:  # type: ignore[union-attr]
+            self._arm_header_timer()
+        else:
+            self._cancel_header_timer()
 
     def _admit(self, head: RequestHead, out: list[bytes]) -> bool:
         """Route and decide a request; False when the edge answers it itself."""
@@ -216,6 +250,10 @@ class HttpFront(ClientSide):
     def stream_lost(self, exc: BaseException | None) -> None:
         self._stream_closed = True
         self._finish_from_stream(exc)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
 
     def _finish_from_stream(self, exc: BaseException | None) -> None:
         # Called on the stream's EOF and again when it is gone: act once,

@@ -1,0 +1,87 @@
+"""Faults and bad input against real processes on 127.0.0.1 (bench.faults, smaller counts).
+
+- 20,000 malformed DNS packets at a running `gslb dns` (2 workers): it is alive, logs no
+  traceback or internal error, and answers a valid query correctly right after.
+- Every tunnel garbage case (bench.faults.TUNNEL_CASES, docs/protocol.md 2 and 3) on a fresh raw
+  TLS session to a running `gslb edge`: each gets its documented outcome, while a real `gslb agent`
+  serves HTTPS requests through the same edge without one failure.
+- 200 slow header senders and 200 silent TCP connections: each is closed at the edge's header
+  (408) or handshake timeout, never before, and a normal client keeps being served.
+- Over [edge.limits] max_connections the edge closes new connections at once.
+
+Outcomes are waited for with bounded deadlines; the only time checks are lower bounds the edge's
+own timers guarantee (nothing closes before its timeout).
+"""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from bench import faults
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def test_20000_malformed_packets_leave_gslb_dns_alive_and_answering_correctly(tmp_path):
+    r = faults.dns_fuzz(20000, str(tmp_path), senders=2, rate=8000.0, workers=2, tcp_every=500, log=lambda m: None)
+    assert r["packets"] == 20000 and r["tcp_sent"] == 40
+    assert r["alive_after"] and r["crashes"] == 0
+    assert r["bad_log_lines"] == 0, r["bad_log_sample"]
+    assert r["answer_before_ok"] and r["answer_after_ok"], r["answer_after"]
+    assert r["udp_answered"] > 0          # FORMERR and friends came back, not only silence
+    assert r["exit_code_on_stop"] == 0    # and it still stops cleanly
+
+
+def test_tunnel_garbage_cases_get_their_documented_outcome_while_another_agent_serves(tmp_path):
+    assert len(faults.TUNNEL_CASES) >= 30
+    r = faults.tunnel_garbage(str(tmp_path), log=lambda m: None)
+    assert r["failed"] == [], r["failed"]
+    assert r["ok"] == len(faults.TUNNEL_CASES)
+    assert r["client"]["requests"] > 20 and r["client"]["failed"] == 0, r["client"]
+    assert r["edge_alive"] and r["agent_alive"] and r["agent_reconnects"] == 0
+    assert r["bad_log_lines"] == 0, r["first_traceback"]
+
+
+def test_slow_headers_and_idle_tls_are_closed_at_their_timeouts_and_a_client_is_served(tmp_path):
+    r = faults.slowloris(str(tmp_path), slow=200, idle=200, header_timeout=2.0, handshake_timeout=2.0,
+                         ramp_s=2.0, client_interval=0.05, log=lambda m: None)
+    slow, idle = r["slow_header"], r["idle_tls"]
+    assert slow["connected"] == 200 and idle["connected"] == 200
+    assert slow["never_closed"] == 0 and slow["closed"] == 200
+    assert slow["statuses"] == {"HTTP/1.1 408 Request Timeout": 200}
+    assert idle["never_closed"] == 0 and idle["closed"] == 200
+    # nothing is closed before its timeout (the edge's own timers)
+    assert slow["closed_after_s_min"] >= 2.0 - 0.05 and idle["closed_after_s_min"] >= 2.0 - 0.05
+    assert r["client"]["failed"] == 0 and r["client"]["requests"] > 20, r["client"]
+    assert r["edge_alive"] and r["bad_log_lines"] == 0, r["bad_log_sample"]
+
+
+def test_connections_over_max_connections_are_closed_at_once(tmp_path):
+    net = faults.LoopbackEdge(str(tmp_path), limits={"max_connections": 20},
+                              timeouts={"handshake": 60}, agent=False)
+    socks = []
+    try:
+        for _ in range(30):
+            socks.append(socket.create_connection(("127.0.0.1", net.port), timeout=5))
+        end = time.monotonic() + 10
+        while time.monotonic() < end and net.health().get("refused_limit", 0) < 10:
+            time.sleep(0.05)
+        h = net.health()
+        assert h["refused_limit"] == 10 and h["connections"] == 20
+        closed = 0
+        for s in socks:
+            s.settimeout(0.5)
+            try:
+                if s.recv(1) == b"":
+                    closed += 1
+            except ConnectionResetError:
+                closed += 1
+            except socket.timeout:
+                pass
+        assert closed == 10   # the ten over the cap; the others wait for their ClientHello
+    finally:
+        for s in socks:
+            s.close()
+        net.close()
