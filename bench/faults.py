@@ -669,7 +669,8 @@ class LoopbackEdge:
     """
 
     def __init__(self, tmp: str, *, timeouts: Mapping[str, float] | None = None,
-                 limits: Mapping[str, int] | None = None, agent: bool = True) -> None:
+                 limits: Mapping[str, int] | None = None, agent: bool = True,
+                 open_files: int | None = None) -> None:
         from bench.procs import Procs, wait_tcp
         from edge.certs import CertAuthority
         self.tmp = tmp
@@ -701,8 +702,13 @@ listen = ["127.0.0.1"]
 https_port = {self.port}
 health_listen = "127.0.0.1:{self.health_port}"
 """)
-        self.edge = self.procs.start("edge", [*gslb_argv(), "edge", "--config", cfg, "--pop", "t"], env=_env(),
-                                     cwd=REPO)
+        argv = [*gslb_argv(), "edge", "--config", cfg, "--pop", "t"]
+        if open_files:
+            # soft and hard open-file limit of the edge (the edge raises soft to hard itself)
+            argv = [sys.executable, "-c", "import os, resource, sys; n = int(sys.argv[1]); "
+                    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])",
+                    str(open_files), *argv]
+        self.edge = self.procs.start("edge", argv, env=_env(), cwd=REPO)
         wait_tcp("127.0.0.1", self.health_port, self.edge, timeout=30)
         self.upstream = _Upstream()
         self.agent = None

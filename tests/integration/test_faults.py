@@ -85,3 +85,38 @@ def test_connections_over_max_connections_are_closed_at_once(tmp_path):
         for s in socks:
             s.close()
         net.close()
+
+
+def test_out_of_file_descriptors_the_edge_pauses_accepting_instead_of_spinning(tmp_path):
+    # Hard limit 256: 400 connections exhaust the edge's descriptors (accept fails with EMFILE).
+    # Before the fix every loop iteration retried accept() and logged: ~200,000 lines a second.
+    net = faults.LoopbackEdge(str(tmp_path), timeouts={"handshake": 60}, open_files=256)
+    socks = []
+    t0 = time.monotonic()
+    try:
+        for _ in range(400):
+            socks.append(socket.create_connection(("127.0.0.1", net.port), timeout=5))
+        time.sleep(2.0)   # out of descriptors for a while (the health endpoint is starved too)
+    finally:
+        for s in socks:
+            s.close()
+    try:
+        ctx = faults.client_context(net.ca)
+        end = time.monotonic() + 20
+        err = "not tried"
+        while time.monotonic() < end:
+            err = faults.https_get("demo.app.lab.test", net.port, ctx, "127.0.0.1", 5)
+            if not err:
+                break
+            time.sleep(0.2)
+        assert err == ""          # descriptors back: it serves again
+        h = net.health()
+        elapsed = time.monotonic() - t0
+        assert h["accept_errors"] >= 5
+        # one failed accept per retry delay (0.1 s), not one per loop iteration
+        assert h["accept_errors"] <= elapsed / 0.1 + 5, (h, elapsed)
+        text = net.log_text()
+        assert 1 <= text.count("event=accept_error") <= elapsed / 5 + 1
+        assert "event=open_files_limit" in text
+    finally:
+        net.close()
