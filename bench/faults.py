@@ -1233,6 +1233,47 @@ def kill_lab(tmp: str, *, seconds: float = 12.0, kill_at: float = 4.0, interval:
     return out
 
 
+def dns_worker_kill(tmp: str, *, queries: int = 200, interval: float = 0.02, kill_after: int = 50,
+                    log: Callable[[str], None] = print) -> dict:
+    """`gslb dns --workers 2` on 127.0.0.1: SIGKILL one worker while a query loop runs (a new source
+    port per query, so the kernel's SO_REUSEPORT hash spreads them over both workers); the loss."""
+    from bench.procs import tree_pids
+    from dns.wire import make_query
+    srv = DnsServer(tmp, workers=2)
+    try:
+        workers = [p for p in tree_pids(srv.proc.pid) if p != srv.proc.pid]
+        samples: list[dict] = []
+        t_kill = 0.0
+        for i in range(queries):
+            if i == kill_after:
+                t_kill = time.time()
+                os.kill(workers[0], signal.SIGKILL)
+            t0 = time.time()
+            err = ""
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(0.2)
+                try:
+                    s.sendto(make_query("demo.app.lab.test", qid=i & 0xFFFF), ("127.0.0.1", srv.port))
+                    if s.recv(2048)[:2] != struct.pack("!H", i & 0xFFFF):
+                        err = "wrong id"
+                except OSError as exc:
+                    err = type(exc).__name__
+            samples.append({"t0": t0, "t1": time.time(), "err": err})
+            time.sleep(interval)
+        alive = srv.proc.alive()
+        after = [p for p in tree_pids(srv.proc.pid) if p != srv.proc.pid] if alive else []
+        text = srv.log_text()
+    finally:
+        srv.stop()
+    row = {"kind": "dns-worker", "host": "loopback, --workers 2", "client": "loopback", "mode": "dns-direct",
+           "why": "one of two worker processes of one gslb dns", "server_alive_after": alive,
+           "workers_after": len(after), "respawned": text.count("event=worker_respawned"),
+           **loss_figures(samples, t_kill)}
+    log(f"kill: dns-worker (loopback): {row['requests']} queries, {row['failed']} failed "
+        f"({row['lost_beyond_in_flight']} after the kill); server alive after: {alive}, workers {len(after)}")
+    return row
+
+
 def _client_cmd(kk: KillKind, ca: str, seconds: float, interval: float, out: str) -> list[str]:
     cmd = [sys.executable, "-m", "bench.faults", "client", "--mode", kk.mode, "--count", str(int(seconds / interval) + 5),
            "--duration", str(seconds), "--interval", str(interval), "--timeout", "5", "--out", out]
@@ -1360,8 +1401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     res["slowloris"] = slowloris(d, slow=n, idle=n, header_timeout=20.0, handshake_timeout=10.0,
                                                  log=log)
                 elif part == "kill":
+                    worker_row = dns_worker_kill(d, log=log)
                     res["kill"] = kill_lab(d, seconds=8.0 if a.quick else 14.0, kill_at=3.0 if a.quick else 4.0,
                                            quick_kinds=a.quick, log=log)
+                    res["kill"]["rows"].append(worker_row)
             except Exception as exc:  # noqa: BLE001 - report the part as failed, go on with the next
                 res.setdefault("errors", []).append(f"{part}: {type(exc).__name__}: {exc}")
                 log(f"{part}: ERROR {type(exc).__name__}: {exc}")

@@ -87,3 +87,11 @@ def test_loss_figures_split_in_flight_from_lost_after_the_kill():
 def test_percentile_is_nearest_rank():
     vals = list(range(1, 101))
     assert F.percentile(vals, 99) == 99 and F.percentile(vals, 50) == 50 and F.percentile([], 99) is None
+
+
+def test_dns_respawn_budget_allows_limit_deaths_per_window():
+    from dns.server import RespawnBudget
+    b = RespawnBudget(limit=2, window=10.0)
+    assert b.take(0.0) and b.take(1.0) and not b.take(2.0)
+    assert b.take(10.5)          # the first one left the window
+    assert not b.take(10.6)

@@ -14,12 +14,17 @@ own timers guarantee (nothing closes before its timeout).
 """
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import subprocess
 import time
 
 import pytest
 
 from bench import faults
+from bench.procs import tree_pids
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -120,3 +125,66 @@ def test_out_of_file_descriptors_the_edge_pauses_accepting_instead_of_spinning(t
         assert "event=open_files_limit" in text
     finally:
         net.close()
+
+
+def _workers(srv) -> list[int]:
+    return [p for p in tree_pids(srv.proc.pid) if p != srv.proc.pid]
+
+
+def _wait(pred, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def _health(srv, tmp) -> dict:
+    r = subprocess.run([*faults.gslb_argv(), "dns", "health", "--json", "--control",
+                        os.path.join(str(tmp), f"dns-{srv.port}.sock"), "--config",
+                        os.path.join(faults.REPO, "examples", "dns.toml")],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_a_killed_dns_worker_is_replaced_with_the_current_view_and_no_query_is_lost(tmp_path):
+    srv = faults.DnsServer(str(tmp_path), workers=2)
+    try:
+        subprocess.run([*faults.gslb_argv(), "dns", "drain", "ap", "--control",
+                        os.path.join(str(tmp_path), f"dns-{srv.port}.sock"), "--config",
+                        os.path.join(faults.REPO, "examples", "dns.toml")], check=True, capture_output=True,
+                       timeout=20)
+        old = _workers(srv)
+        assert len(old) == 2
+        os.kill(old[0], signal.SIGKILL)
+        new = _wait(lambda: [p for p in _workers(srv) if p not in old])
+        assert "event=worker_respawned" in srv.log_text()
+        h = _wait(lambda: (lambda h: h if str(new[0]) in h["workers"] and
+                           set(h["workers"].values()) == {h["version"]} else None)(_health(srv, tmp_path)))
+        assert h["drained"] == ["ap"] and len(h["workers"]) == 2
+        # every query answered, whichever worker the kernel hands it to
+        for _ in range(40):
+            ok, seen = faults.dns_answer_ok(srv.port)
+            assert ok, seen
+    finally:
+        assert srv.stop() == 0      # and SIGTERM still stops the new worker with the old one
+
+
+def test_a_dns_worker_crash_loop_stops_the_server_with_status_1(tmp_path):
+    from dns.server import RESPAWN_LIMIT
+    srv = faults.DnsServer(str(tmp_path), workers=2)
+    try:
+        seen: set[int] = set()
+        for _ in range(RESPAWN_LIMIT + 1):
+            pid = _wait(lambda: next((p for p in _workers(srv) if p not in seen), None))
+            seen.add(pid)
+            os.kill(pid, signal.SIGKILL)
+        srv.proc.popen.wait(20)
+        assert srv.proc.popen.returncode == 1
+        log = srv.log_text()
+        assert log.count("event=worker_respawned") == RESPAWN_LIMIT and "event=worker_exited" in log
+    finally:
+        srv.stop()
