@@ -308,8 +308,9 @@ def _die_with_parent() -> None:
         pass
 
 
-# A worker that dies on its own (a crash, SIGKILL, the OOM killer) is replaced
-# at once, as nginx and gunicorn replace theirs; more than this many deaths in
+# A worker killed by a signal (a crash, SIGKILL, the OOM killer) is replaced
+# at once, as nginx and gunicorn replace theirs (one that exits with a status,
+# e.g. it could not listen, is not: it would fail again); more than this many deaths in
 # this window is a crash loop (a bug or a bad environment that a new process
 # would only repeat): then every worker is stopped and the exit status is 1.
 RESPAWN_LIMIT = 5
@@ -400,9 +401,9 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer],
 
     The parent relays signals: SIGHUP to every worker (each reloads on its
     own), SIGTERM/SIGINT to every worker and then waits for them. A worker
-    that dies on its own is replaced by a new one (`worker_respawned`);
-    past the respawn budget (RESPAWN_LIMIT in RESPAWN_WINDOW s) the others
-    are stopped and the exit status is 1.
+    killed by a signal is replaced by a new one (`worker_respawned`); one
+    that exits on its own stops the others (exit status 1), and so does
+    a death past the respawn budget (RESPAWN_LIMIT in RESPAWN_WINDOW s).
 
     With `monitor_factory` the parent also runs the one health monitor
     (`monitor_factory(publisher)`), publishing snapshots to the workers over
@@ -460,7 +461,7 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer],
         code = os.waitstatus_to_exitcode(st)
         if stopping:
             continue
-        if budget.take(time.monotonic()):
+        if code < 0 and budget.take(time.monotonic()):
             new = _fork_worker(server_factory, None, [])
             alive.add(new)
             log("worker_respawned", level="error", worker=pid, code=code, new=new)
@@ -501,7 +502,9 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
         done = asyncio.Event()
 
         def respawn(dead: int, code: int) -> bool:
-            if not budget.take(time.monotonic()):
+            # Only a death by signal (SIGKILL, SIGSEGV, the OOM killer) is replaced: a worker
+            # that exits with a status chose to (it could not listen, say) and would again.
+            if code >= 0 or not budget.take(time.monotonic()):
                 return False
             feed_r, feed_w = os.pipe()
             new = _fork_worker(server_factory, (feed_r, ack_w), [], from_loop=True)

@@ -188,3 +188,15 @@ def test_a_dns_worker_crash_loop_stops_the_server_with_status_1(tmp_path):
         assert log.count("event=worker_respawned") == RESPAWN_LIMIT and "event=worker_exited" in log
     finally:
         srv.stop()
+
+
+def test_a_dns_worker_that_exits_by_itself_is_not_replaced_and_the_server_stops_with_1(tmp_path):
+    srv = faults.DnsServer(str(tmp_path), workers=2)
+    try:
+        os.kill(_workers(srv)[0], signal.SIGTERM)    # it stops cleanly, status 0: its own decision
+        srv.proc.popen.wait(20)
+        assert srv.proc.popen.returncode == 1
+        log = srv.log_text()
+        assert "event=worker_respawned" not in log and "event=worker_exited" in log
+    finally:
+        srv.stop()
