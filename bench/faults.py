@@ -945,16 +945,18 @@ def _summarize_attack(r: dict) -> dict:
 
 def slowloris(tmp: str, *, slow: int, idle: int, header_timeout: float, handshake_timeout: float,
               byte_every: float = 1.0, ramp_s: float = 5.0, client_interval: float = 0.05,
-              limits: Mapping[str, int] | None = None, log: Callable[[str], None] = print) -> dict:
+              limits: Mapping[str, int] | None = None, rounds: int = 1,
+              log: Callable[[str], None] = print) -> dict:
     """`slow` header-byte-a-second TLS connections and `idle` silent TCP connections at a fresh edge,
-    a normal client alongside (a process of its own); the figures."""
+    `rounds` times one after the other (the edge's RSS after each round shows whether memory is reused
+    or grows), a normal client alongside (a process of its own); the figures."""
     raise_nofile(2 * (slow + idle) + 512)
     net = LoopbackEdge(tmp, timeouts={"header": header_timeout, "handshake": handshake_timeout}, limits=limits)
     try:
         ctx = client_context(net.ca)
         base = proc_mem_kib(net.edge.pid)
         attack_s = max(header_timeout, handshake_timeout) + ramp_s + 5
-        duration = attack_s + 4
+        duration = (attack_s + 3) * rounds + 4
         out_path = os.path.join(tmp, "slowloris-client.json")
         client = subprocess.Popen(net.client_argv(int(duration / client_interval) + 10, duration, client_interval,
                                                   out_path), cwd=REPO, env=_env())
@@ -982,7 +984,11 @@ def slowloris(tmp: str, *, slow: int, idle: int, header_timeout: float, handshak
             await asyncio.wait(tasks, timeout=attack_s + 40)
 
         t0 = time.monotonic()
-        asyncio.run(attack())
+        rss_rounds = []
+        for _ in range(rounds):
+            asyncio.run(attack())
+            time.sleep(1.0)
+            rss_rounds.append(proc_mem_kib(net.edge.pid)["rss"])
         attack_wall = time.monotonic() - t0
         client.wait(duration + 60)
         stop.set()
@@ -1001,7 +1007,8 @@ def slowloris(tmp: str, *, slow: int, idle: int, header_timeout: float, handshak
         "header_timeout_s": header_timeout, "handshake_timeout_s": handshake_timeout,
         "attack_wall_s": round(attack_wall, 1),
         "client": {k: v for k, v in cl.items() if k != "samples"},
-        "edge_rss_kib": {"before": base["rss"], "peak": peak["rss"], "after": after["rss"], "hwm": after["hwm"]},
+        "edge_rss_kib": {"before": base["rss"], "peak": peak["rss"], "after": after["rss"], "hwm": after["hwm"],
+                         "after_each_round": rss_rounds},
         "edge_connections_after": health.get("connections"), "edge_refused_limit": health.get("refused_limit"),
         "edge_alive": alive, "bad_log_lines": len(bad), "bad_log_sample": bad[:5],
     }
@@ -1009,7 +1016,7 @@ def slowloris(tmp: str, *, slow: int, idle: int, header_timeout: float, handshak
         f"(median {out['slow_header']['closed_after_s_median']} s), idle closed {out['idle_tls']['closed']} "
         f"(median {out['idle_tls']['closed_after_s_median']} s); client {cl['requests']} req, "
         f"{cl['failed']} failed, p99 {cl['p99_ms']} ms; edge RSS {base['rss']} -> peak {peak['rss']} -> "
-        f"{after['rss']} KiB")
+        f"{after['rss']} KiB (after each round: {rss_rounds})")
     return out
 
 
@@ -1359,8 +1366,9 @@ def summary_table(res: Mapping) -> list[str]:
                   f"{s['handshake_timeout_s']} s) |",
                   f"| slowloris | normal client during the attack | {s['client']['requests']} req, "
                   f"{s['client']['failed']} failed, p50 {s['client']['p50_ms']} ms, p99 {s['client']['p99_ms']} ms |",
-                  f"| slowloris | edge RSS before / peak / after | {s['edge_rss_kib']['before']:,} / "
-                  f"{s['edge_rss_kib']['peak']:,} / {s['edge_rss_kib']['after']:,} KiB |"]
+                  f"| slowloris | edge RSS before / peak / after (after each round) | {s['edge_rss_kib']['before']:,} / "
+                  f"{s['edge_rss_kib']['peak']:,} / {s['edge_rss_kib']['after']:,} KiB "
+                  f"({', '.join(f'{x:,}' for x in s['edge_rss_kib'].get('after_each_round', []))}) |"]
     k = res.get("kill")
     if k:
         for row in k["rows"]:
@@ -1383,7 +1391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
     p.add_argument("--quick", action="store_true",
-                   help="smaller counts: 50,000 packets, 1 tunnel round, 200+200 slow/idle connections, kill 8 s loops")
+                   help="smaller counts: 50,000 packets, 1 tunnel round (3 full), 200+200 slow/idle connections once (2,000+2,000 twice full), kill loops of 8 s (14 s full)")
     p.add_argument("--packets", type=int, default=None, help="malformed DNS packets (default 1,000,000; quick 50,000)")
     a = p.parse_args(argv)
     parts = a.only or list(PARTS)
@@ -1409,7 +1417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 elif part == "slowloris":
                     n = 200 if a.quick else 2000
                     res["slowloris"] = slowloris(d, slow=n, idle=n, header_timeout=20.0, handshake_timeout=10.0,
-                                                 log=log)
+                                                 rounds=1 if a.quick else 2, log=log)
                 elif part == "kill":
                     worker_row = dns_worker_kill(d, log=log)
                     res["kill"] = kill_lab(d, seconds=8.0 if a.quick else 14.0, kill_at=3.0 if a.quick else 4.0,

@@ -24,6 +24,12 @@ from edge.modules import base as modbase
 
 ERR_OFFLINE = "ERR_GSLB_3200"
 ERR_UPSTREAM = "ERR_GSLB_3502"
+# A stream the agent's PoP could not open (its edge died, the peer link broke)
+# carried nothing of the request to the agent: the request waits up to this
+# long for the endpoint to be bound elsewhere (the agent reconnects to another
+# PoP within about half a second) and goes there instead of getting a 502.
+REROUTE_WAIT = 2.0      # seconds (at most stream_open)
+REROUTE_POLL = 0.05     # seconds between two lookups while waiting
 
 
 class FrontContext(Protocol):
@@ -196,6 +202,14 @@ class HttpFront(ClientSide):
         try:
             stream = await res
         except Exception as exc:  # noqa: BLE001
+            stream = await self._reroute(exc)
+            if stream is not None:
+                self._opening = False
+                if self._closed:
+                    stream.abort()
+                    return
+                self.attach_stream(stream)
+                return
             self._opening = False
             self._pending.clear()
             self._open_failed(exc)
@@ -210,6 +224,27 @@ class HttpFront(ClientSide):
             self._refuse(404, ERR_OFFLINE, "Endpoint offline", f"The endpoint {self.sni} is offline.")
             return
         self.attach_stream(stream)
+
+    async def _reroute(self, exc: BaseException) -> Any:
+        """After a failed open: the stream to the endpoint's new binding, or None (then 502)."""
+        old = self.binding
+        loop = asyncio.get_running_loop()
+        end = loop.time() + min(REROUTE_WAIT, self.ctx.stream_open_timeout)
+        while loop.time() < end and not self._closed:
+            await asyncio.sleep(REROUTE_POLL)
+            b = self.ctx.lookup("http", self.sni)
+            if b is None or b is old:
+                continue
+            self.binding = b
+            try:
+                res = start_stream(b, (str(self._ip), self.peer[1]), self.sni, True, self.ctx.stream_open_timeout)
+                stream = (await res) if inspect.isawaitable(res) else res
+            except Exception:  # noqa: BLE001 - the new route failed too: 502
+                return None
+            log.info(kv("stream_rerouted", client=self.peer[0], sni=self.sni, error=type(exc).__name__,
+                        to_pop=getattr(b, "pop", None)))
+            return stream
+        return None
 
     def _open_failed(self, exc: BaseException) -> None:
         log.info(kv("stream_open_failed", client=self.peer[0], sni=self.sni, error=type(exc).__name__))
