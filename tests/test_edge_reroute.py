@@ -81,3 +81,21 @@ def test_without_a_new_binding_the_failed_open_is_a_502_after_the_wait(monkeypat
         assert client.closed
 
     asyncio.run(main())
+
+
+def test_a_new_binding_with_other_options_is_not_used_for_the_decided_request(monkeypatch):
+    monkeypatch.setattr(http_front, "REROUTE_WAIT", 1.0)
+
+    async def main():
+        dead, other = DeadRemote(), FakeBinding({"deny_cidrs": ["0.0.0.0/0"]})
+        ctx = MovingCtx(dead, other)
+        front = HttpFront(ctx, "demo.app.lab.test")
+        client = FakeTransport(tls=True)
+        front.connection_made(client)
+        front.data_received(REQ)
+        await _until(lambda: dead.tries == 1)
+        ctx.move()
+        await _until(lambda: client.written)
+        assert b"".join(client.written).startswith(b"HTTP/1.1 502 ") and not other.streams
+
+    asyncio.run(main())

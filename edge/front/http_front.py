@@ -235,6 +235,10 @@ class HttpFront(ClientSide):
             b = self.ctx.lookup("http", self.sni)
             if b is None or b is old:
                 continue
+            if (getattr(b, "options", None) or {}) != (getattr(old, "options", None) or {}):
+                # bound again with other options (allow/deny lists): the module chain decided
+                # this request on the old ones; a 502, the client's retry is decided afresh
+                return None
             self.binding = b
             try:
                 res = start_stream(b, (str(self._ip), self.peer[1]), self.sni, True, self.ctx.stream_open_timeout)
