@@ -827,7 +827,13 @@ def _r(v: float | None, nd: int = 1) -> float | None:
 
 
 def client_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.faults client")
+    p = argparse.ArgumentParser(prog="python -m bench.faults client",
+                                description="A bounded request loop (the kill part runs it in lab client hosts); "
+                                            "prints or writes JSON: samples {i, t0, t1, err} and a summary.",
+                                epilog="examples:\n  python -m bench.faults client --host demo.app.lab.test "
+                                       "--addr 127.0.0.1 --port 8443 --ca ca.pem --count 100\n"
+                                       "  python -m bench.faults client --mode dns --host app.lab.test --duration 5\n",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=("https", "dns"), default="https")
     p.add_argument("--host", required=True, help="https: the endpoint name (SNI, Host); dns: a suffix")
     p.add_argument("--addr", default=None, help="connect here instead of resolving --host")
@@ -1388,7 +1394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["client"]:
         return client_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="examples:\n  sudo .venv/bin/python -m bench.faults\n"
+                                       "  .venv/bin/python -m bench.faults --only dns --packets 200000\n"
+                                       "  .venv/bin/python -m bench.faults --only tunnel --only slowloris --quick\n"
+                                       "  sudo .venv/bin/python -m bench.faults --only kill\n")
     p.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
     p.add_argument("--quick", action="store_true",
                    help="smaller counts: 50,000 packets, 1 tunnel round (3 full), 200+200 slow/idle connections once (2,000+2,000 twice full), kill loops of 8 s (14 s full)")
