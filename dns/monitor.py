@@ -86,8 +86,18 @@ class PipePublisher:
         self.acked: dict[int, int] = {pid: 0 for pid in self.feeds}
         self._ack_buf = b""
         self._changed: asyncio.Event | None = None
+        self._newest: bytes | None = None            # the last snapshot published, for a new worker
         for fd in (*self.feeds.values(), ack_fd):
             os.set_blocking(fd, False)
+
+    def add(self, pid: int, fd: int) -> None:
+        """A new (respawned) worker: its pipe, and the newest snapshot at once."""
+        os.set_blocking(fd, False)
+        self.feeds[pid] = fd
+        self.acked[pid] = 0
+        if self._newest is not None:
+            self.latest[pid] = self._newest
+            self._flush(pid)
 
     def start(self) -> None:
         self._changed = asyncio.Event()
@@ -95,6 +105,7 @@ class PipePublisher:
 
     def publish(self, snap: HealthSnapshot) -> None:
         line = snap.encode()
+        self._newest = line
         for pid in list(self.feeds):
             # Snapshots are whole states: a worker behind needs only the newest one.
             self.latest[pid] = line

@@ -310,21 +310,110 @@ def _die_with_parent() -> None:
         pass
 
 
+# A worker killed by a signal (a crash, SIGKILL, the OOM killer) is replaced
+# at once, as nginx and gunicorn replace theirs (one that exits with a status,
+# e.g. it could not listen, is not: it would fail again); more than this many deaths in
+# this window is a crash loop (a bug or a bad environment that a new process
+# would only repeat): then every worker is stopped and the exit status is 1.
+RESPAWN_LIMIT = 5
+RESPAWN_WINDOW = 60.0   # seconds
+
+
+class RespawnBudget:
+    """At most `limit` respawns in any `window` seconds (sans-IO: the caller gives the time)."""
+
+    def __init__(self, limit: int = RESPAWN_LIMIT, window: float = RESPAWN_WINDOW) -> None:
+        self.limit = limit
+        self.window = window
+        self._times: list[float] = []
+
+    def take(self, now: float) -> bool:
+        self._times = [t for t in self._times if now - t < self.window]
+        if len(self._times) >= self.limit:
+            return False
+        self._times.append(now)
+        return True
+
+
+def _close_inherited(keep: set[int]) -> None:
+    """Close every descriptor but stdio and `keep`. A worker forked from the running parent must not
+    hold the parent's sockets or its loop's epoll: a socket the parent closes would stay registered
+    in that shared epoll set, and events for a stale descriptor confuse the parent's loop."""
+    import gc
+    import resource
+    # Objects of the parent's loop stay in this copy; never collect them (their finalizers would
+    # close descriptor numbers this process has reused).
+    gc.freeze()
+    top = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    lo = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, top if top != resource.RLIM_INFINITY else 65536)
+
+
+def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int] | None,
+                 close_fds: list[int], from_loop: bool = False) -> int:
+    """Fork one worker; in the child: close the parent's pipe ends in `close_fds` (everything
+    inherited, when forked `from_loop`), serve, _exit."""
+    pid = os.fork()
+    if pid:
+        return pid
+    # The worker. A respawn forks from inside the parent's running loop: drop
+    # its signal wiring first (the wakeup fd is the parent's), so a signal
+    # that comes before this process's own loop is up cannot reach the parent.
+    try:
+        signal.set_wakeup_fd(-1)
+    except (ValueError, OSError):
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Ignore SIGHUP until the loop's reload handler is in place: a relayed
+    # reload must not kill a worker that is still starting.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _die_with_parent()
+    code = 1
+    try:
+        if from_loop:
+            _close_inherited(set(feed) if feed is not None else set())
+        for fd in close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if feed is not None:
+            def factory() -> DnsServer:
+                srv = server_factory()
+                srv.health_feed = feed
+                return srv
+            code = run_single(factory)
+        else:
+            code = run_single(server_factory)
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+    return 0  # not reached
+
+
 def run_workers(n: int, server_factory: Callable[[], DnsServer],
                 monitor_factory: Callable[[Any], Any] | None = None,
-                reload_config: Callable[[], Any] | None = None) -> int:
+                reload_config: Callable[[], Any] | None = None,
+                budget: RespawnBudget | None = None) -> int:
     """Fork `n` workers, each binding its own sockets with SO_REUSEPORT.
 
     The parent relays signals: SIGHUP to every worker (each reloads on its
-    own), SIGTERM/SIGINT to every worker and then waits for them. If a
-    worker dies on its own, the others are stopped and the exit status is 1:
-    a half-running server is worse than a stopped one a supervisor restarts.
+    own), SIGTERM/SIGINT to every worker and then waits for them. A worker
+    killed by a signal is replaced by a new one (`worker_respawned`); one
+    that exits on its own stops the others (exit status 1), and so does
+    a death past the respawn budget (RESPAWN_LIMIT in RESPAWN_WINDOW s).
 
     With `monitor_factory` the parent also runs the one health monitor
     (`monitor_factory(publisher)`), publishing snapshots to the workers over
-    pipes, so every worker answers from the same view; on SIGHUP it
-    reconfigures it from `reload_config()` before relaying the signal.
+    pipes, so every worker answers from the same view (a respawned worker
+    gets the newest one at once); on SIGHUP it reconfigures it from
+    `reload_config()` before relaying the signal.
     """
+    budget = budget or RespawnBudget()
     children: list[int] = []
     feeds: list[tuple[int, int]] = []
     ack_r = ack_w = -1
@@ -334,39 +423,20 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer],
         feed_r = feed_w = -1
         if monitor_factory is not None:
             feed_r, feed_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # worker
-            # Ignore SIGHUP until the loop's reload handler is in place: a relayed
-            # reload must not kill a worker that is still starting.
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            _die_with_parent()
-            code = 1
-            try:
-                if monitor_factory is not None:
-                    for _, fd in feeds:
-                        os.close(fd)
-                    os.close(feed_w)
-                    os.close(ack_r)
-
-                    def factory() -> DnsServer:
-                        srv = server_factory()
-                        srv.health_feed = (feed_r, ack_w)
-                        return srv
-                    code = run_single(factory)
-                else:
-                    code = run_single(server_factory)
-            finally:
-                sys.stderr.flush()
-                os._exit(code)
-        children.append(pid)
-        if monitor_factory is not None:
+            pid = _fork_worker(server_factory, (feed_r, ack_w), [fd for _, fd in feeds] + [feed_w, ack_r])
             os.close(feed_r)
             feeds.append((pid, feed_w))
-    if monitor_factory is not None:
-        os.close(ack_w)
+        else:
+            pid = _fork_worker(server_factory, None, [])
+        children.append(pid)
     log("workers_started", workers=n, pids=",".join(map(str, children)))
     if monitor_factory is not None:
-        return _supervise(n, children, feeds, ack_r, monitor_factory, reload_config)
+        # ack_w stays open here: respawned workers inherit it.
+        try:
+            return _supervise(n, children, feeds, ack_r, ack_w, server_factory, budget, monitor_factory,
+                              reload_config)
+        finally:
+            os.close(ack_w)
 
     stopping = False
 
@@ -374,16 +444,16 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer],
         nonlocal stopping
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping = True
-        for pid in children:
+        for pid in list(alive):
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 
+    alive = set(children)
     for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(s, relay)
     status = 0
-    alive = set(children)
     while alive:
         try:
             pid, st = os.wait()
@@ -391,22 +461,30 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer],
             break
         alive.discard(pid)
         code = os.waitstatus_to_exitcode(st)
-        if not stopping:
-            log("worker_exited", level="error", worker=pid, code=code)
-            status = 1
-            stopping = True
-            for other in alive:
-                try:
-                    os.kill(other, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        if stopping:
+            continue
+        if code < 0 and budget.take(time.monotonic()):
+            new = _fork_worker(server_factory, None, [])
+            alive.add(new)
+            log("worker_respawned", level="error", worker=pid, code=code, new=new)
+            continue
+        log("worker_exited", level="error", worker=pid, code=code, respawns=budget.limit,
+            window_s=budget.window)
+        status = 1
+        stopping = True
+        for other in alive:
+            try:
+                os.kill(other, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
     log("stopped", workers=n)
     return status
 
 
-def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r: int,
+def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r: int, ack_w: int,
+               server_factory: Callable[[], DnsServer], budget: RespawnBudget,
                monitor_factory: Callable[[Any], Any], reload_config: Callable[[], Any] | None) -> int:
-    """The parent's event loop: the health monitor, signal relay, reaping workers."""
+    """The parent's event loop: the health monitor, signal relay, reaping (and replacing) workers."""
     from dns.control import ControlError
     from dns.monitor import PipePublisher
     alive = set(children)
@@ -425,6 +503,19 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
         monitor = monitor_factory(publisher)
         done = asyncio.Event()
 
+        def respawn(dead: int, code: int) -> bool:
+            # Only a death by signal (SIGKILL, SIGSEGV, the OOM killer) is replaced: a worker
+            # that exits with a status chose to (it could not listen, say) and would again.
+            if code >= 0 or not budget.take(time.monotonic()):
+                return False
+            feed_r, feed_w = os.pipe()
+            new = _fork_worker(server_factory, (feed_r, ack_w), [], from_loop=True)
+            os.close(feed_r)
+            alive.add(new)
+            publisher.add(new, feed_w)   # sends it the newest snapshot
+            log("worker_respawned", level="error", worker=dead, code=code, new=new)
+            return True
+
         def reap() -> None:
             while alive:
                 try:
@@ -436,11 +527,16 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
                     break
                 alive.discard(pid)
                 publisher.forget(pid)
-                if not state["stopping"]:
-                    log("worker_exited", level="error", worker=pid, code=os.waitstatus_to_exitcode(st))
-                    state["status"] = 1
-                    state["stopping"] = True
-                    send(signal.SIGTERM)
+                if state["stopping"]:
+                    continue
+                code = os.waitstatus_to_exitcode(st)
+                if respawn(pid, code):
+                    continue
+                log("worker_exited", level="error", worker=pid, code=code, respawns=budget.limit,
+                    window_s=budget.window)
+                state["status"] = 1
+                state["stopping"] = True
+                send(signal.SIGTERM)
             if not alive:
                 done.set()
 

@@ -42,6 +42,7 @@ class Timeouts:
     handshake: float = 10.0     # ClientHello peek + TLS handshake, seconds
     idle: float = 300.0         # client connection with no bytes either way, seconds
     stream_open: float = 10.0   # waiting for the tunnel to open a stream, seconds
+    header: float = 20.0        # one HTTP request head, from its first byte (slowloris), seconds
 
 
 @dataclass(frozen=True)
@@ -294,13 +295,14 @@ def parse(text: str, pop: str, path: str = "<config>") -> EdgeConfig:
 
     k, tv = get("timeouts", {})
     tv = _table(src, k, tv)
-    bad = set(tv) - {"handshake", "idle", "stream_open"}
+    bad = set(tv) - {"handshake", "idle", "stream_open", "header"}
     if bad:
-        raise src.error(f"{k}.{sorted(bad)[0]}", "unknown key (known: handshake, idle, stream_open)")
+        raise src.error(f"{k}.{sorted(bad)[0]}", "unknown key (known: handshake, header, idle, stream_open)")
     timeouts = Timeouts(
         handshake=_num(src, f"{k}.handshake", tv.get("handshake", 10.0), 0.1, 300),
         idle=_num(src, f"{k}.idle", tv.get("idle", 300.0), 1, 86400),
         stream_open=_num(src, f"{k}.stream_open", tv.get("stream_open", 10.0), 0.1, 300),
+        header=_num(src, f"{k}.header", tv.get("header", 20.0), 0.1, 3600),
     )
     k, lv = get("limits", {})
     lv = _table(src, k, lv)

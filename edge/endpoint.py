@@ -26,6 +26,7 @@ class Endpoint(ABC):
     port: int | None  # tcp: the allocated port
     url: str
     options: Mapping[str, Any]  # validated bind options, read-only
+    pop: str  # the PoP whose agent session serves it
 
     @property
     def proxy_protocol(self) -> bool:

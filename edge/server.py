@@ -55,6 +55,8 @@ _MAX_TLS_NAMES = 10000     # remembered TLS endpoint names (offline ones close)
 _ACCEPT_BATCH = 64          # accepts per readiness event: fairness between listeners
 _PEEK_RETRY = (0.005, 0.01, 0.02, 0.05, 0.1)   # s, while a ClientHello trickles in
 MAX_EFFECT_BODY = 64 * 1024  # bytes of a module effect's response the module gets
+_ACCEPT_RETRY_DELAY = 0.1   # s without accepting on a listener after accept() failed (EMFILE ...)
+_ACCEPT_LOG_EVERY = 5.0     # s between two accept_error log lines
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Stats:
     refused_limit: int = 0
     bad_hello: int = 0
     open: int = 0
+    accept_errors: int = 0
 
 
 class _HelloPeek:
@@ -154,6 +157,7 @@ class EdgeServer:
         self.max_header_bytes = cfg.limits.max_header_bytes
         self.stream_open_timeout = cfg.timeouts.stream_open
         self.idle_timeout = cfg.timeouts.idle
+        self.header_timeout = cfg.timeouts.header
         self.via = f"{cfg.pop}.{cfg.zone}"  # received-by in Via (RFC 9110 7.6.3)
         self.stats = Stats()
         # Connection churn leaves freed TLS buffers in glibc's heap holes: give
@@ -171,6 +175,7 @@ class EdgeServer:
         self._tls_names: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._effects: Any = None  # aiohttp ClientSession for module effects, made on first use
+        self._accept_logged = -_ACCEPT_LOG_EVERY
         hub.add_listener(self._on_binding_change)
 
     # -- routing helpers (FrontContext) ------------------------------------------
@@ -206,6 +211,7 @@ class EdgeServer:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         cfg = self.cfg
+        _raise_open_files(cfg.limits.max_connections)
         try:
             for addr in cfg.listen:
                 sock = _listen_socket(addr, cfg.https_port)
@@ -263,8 +269,11 @@ class EdgeServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                # EMFILE and friends: log and try again on the next event.
-                log.warning(kv("accept_error", error=errno.errorcode.get(exc.errno or 0, str(exc))))
+                # EMFILE and friends: the listener stays readable (level-triggered),
+                # so retrying at once spins the loop and floods the log. Stop
+                # accepting on it for a moment, as asyncio's own accept loop and
+                # nginx do, and log at most once every few seconds.
+                self._accept_failed(lsock, exc)
                 return
             self.stats.accepted += 1
             if self.stats.open >= self.cfg.limits.max_connections:
@@ -275,6 +284,24 @@ class EdgeServer:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _HelloPeek(self, sock, peer)
+
+    def _accept_failed(self, lsock: socket.socket, exc: OSError) -> None:
+        self.stats.accept_errors += 1
+        now = time.monotonic()
+        if now - self._accept_logged >= _ACCEPT_LOG_EVERY:
+            log.warning(kv("accept_error", error=errno.errorcode.get(exc.errno or 0, str(exc)),
+                           errors=self.stats.accept_errors, open=self.stats.open,
+                           pause_s=_ACCEPT_RETRY_DELAY))
+            self._accept_logged = now
+        try:
+            self.loop.remove_reader(lsock.fileno())
+        except (ValueError, OSError):
+            return
+        self.loop.call_later(_ACCEPT_RETRY_DELAY, self._resume_accept, lsock)
+
+    def _resume_accept(self, lsock: socket.socket) -> None:
+        if lsock in self._listeners and lsock.fileno() >= 0:
+            self.loop.add_reader(lsock.fileno(), self._on_acceptable, lsock)
 
     def release(self, sock: socket.socket | None) -> None:
         """A connection ends (closed before any protocol took it, or its protocol is done)."""
@@ -486,6 +513,7 @@ class EdgeServer:
             "connections": self.stats.open,
             "accepted": self.stats.accepted,
             "refused_limit": self.stats.refused_limit,
+            "accept_errors": self.stats.accept_errors,
             "bad_client_hello": self.stats.bad_hello,
             "heap_trims": self.trimmer.trims,
             "uptime_s": round(time.monotonic() - self.started, 1),
@@ -515,6 +543,24 @@ class _Refuse(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.abort()  # type: ignore[attr-defined]
+
+
+def _raise_open_files(max_connections: int) -> None:
+    """Raise the soft open-file limit to the hard one (what Go programs do at start): each client
+    connection holds a descriptor, and a soft limit of 1024 would cap the edge far below
+    `max_connections`. Warn when even the hard limit is below it."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, max_connections + 1024)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < max_connections + 64:
+        log.warning(kv("open_files_limit", soft=soft, max_connections=max_connections,
+                       hint="raise ulimit -n: connections beyond it fail with EMFILE"))
 
 
 def _listen_socket(addr: str, port: int, backlog: int = 1024) -> socket.socket:

@@ -33,7 +33,8 @@ def test_defaults_and_pop_override():
     assert us.https_port == 443 and us.http_port == 80 and us.tcp_ports == (20000, 20009)
     assert us.https_domain == "app.lab.test"
     assert us.health_listen == ("2001:db8::1", 8081)
-    assert us.timeouts.handshake == 5.0 and us.timeouts.idle == 300.0
+    assert us.timeouts.handshake == 5.0 and us.timeouts.idle == 300.0 and us.timeouts.header == 20.0
+    assert parse(BASE.replace("handshake = 5", "header = 2.5"), "us").timeouts.header == 2.5
     assert us.ingress_names == ("connect.lab.test", "us.connect.lab.test")
     assert us.cert_dir == "/tmp/ca/issued"
     assert parse(BASE, "eu").https_port == 8443
@@ -54,6 +55,7 @@ def test_unknown_pop_lists_the_configured_ones():
     (('https_port = 8443', 'https_port = "x"'), 16, "pops.eu.https_port"),
     (('listen = ["198.19.2.1"]', 'listen = ["not-an-ip"]'), 15, "pops.eu.listen"),
     (('handshake = 5', 'handshake = -1'), 8, "edge.timeouts.handshake"),
+    (('handshake = 5', 'header = 0'), 8, "edge.timeouts.header"),
     (('tcp_ports = "20000-20009"', 'tcp_ports = "20009-20000"'), 5, "edge.tcp_ports"),
     (('tcp_ports = "20000-20009"', 'tcp_ports = "20000-30000"'), 5, "edge.tcp_ports"),
     (('ca_dir = "/tmp/ca"', 'ca_dir = "/tmp/ca"\ncolour = "red"'), 5, "edge.colour"),

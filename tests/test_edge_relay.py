@@ -151,7 +151,7 @@ def test_opener_returning_none_closes_the_client():
 
 
 class FakeBinding(Endpoint):
-    kind, hostname, port, url = "http", "demo.app.lab.test", None, "https://demo.app.lab.test"
+    kind, hostname, port, url, pop = "http", "demo.app.lab.test", None, "https://demo.app.lab.test", "eu"
 
     def __init__(self, options=None):
         self.options = MappingProxyType(options or {})
@@ -169,6 +169,7 @@ class Ctx:
     max_header_bytes = 8192
     stream_open_timeout = 5.0
     idle_timeout = 60.0
+    header_timeout = None
     via = None
 
     def __init__(self, binding, deny=(), chain=None, via=None, effects=None):
@@ -334,7 +335,11 @@ def test_http_front_agent_gone_at_open_is_502():
         client = FakeTransport(tls=True)
         front.connection_made(client)
         front.data_received(REQ)
-        await _settle()
+        # the front first waits (up to REROUTE_WAIT) for the endpoint to be bound elsewhere
+        for _ in range(1000):
+            if client.data:
+                break
+            await asyncio.sleep(0.01)
         assert client.data.startswith(b"HTTP/1.1 502") and client.closed
 
     asyncio.run(main())

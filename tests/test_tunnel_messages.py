@@ -39,6 +39,8 @@ def test_reader_with_max_messages_keeps_the_payload_after_the_header():
         (struct.pack(">I", M.MAX_MESSAGE_SIZE + 1), "outside"),
         (struct.pack(">I", 3) + b"\xff\xfe\xfd", "not UTF-8 JSON"),
         (struct.pack(">I", 2) + b"[]", "not a JSON object"),
+        # 64 KiB of nesting: RecursionError inside json, a framing error here (bench.faults found it)
+        (struct.pack(">I", 60000) + b"[" * 30000 + b"]" * 30000, "nested too deep"),
     ],
 )
 def test_reader_rejects_bad_framing(raw, match):

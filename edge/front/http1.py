@@ -96,6 +96,11 @@ class RequestRewriter:
         self.upgraded = False
 
     # -- public ---------------------------------------------------------
+    @property
+    def in_head(self) -> bool:
+        """Waiting for (the rest of) a request head: the header timeout runs."""
+        return self._in_head and not self._closed and not self.upgraded
+
     def feed(self, data: bytes) -> list[Event]:
         if self._closed or self.upgraded:
             return [Upgraded(data)] if self.upgraded and data else []
@@ -240,7 +245,7 @@ class RequestRewriter:
 
 _REASONS = {
     308: "Permanent Redirect", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 421: "Misdirected Request", 431: "Request Header Fields Too Large", 502: "Bad Gateway",
+    405: "Method Not Allowed", 408: "Request Timeout", 421: "Misdirected Request", 431: "Request Header Fields Too Large", 502: "Bad Gateway",
     503: "Service Unavailable",
 }
 

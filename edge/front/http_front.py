@@ -28,6 +28,12 @@ from edge.modules import base as modbase
 
 ERR_OFFLINE = "ERR_GSLB_3200"
 ERR_UPSTREAM = "ERR_GSLB_3502"
+# A stream the agent's PoP could not open (its edge died, the peer link broke)
+# carried nothing of the request to the agent: the request waits up to this
+# long for the endpoint to be bound elsewhere (the agent reconnects to another
+# PoP within about half a second) and goes there instead of getting a 502.
+REROUTE_WAIT = 2.0      # seconds (at most stream_open)
+REROUTE_POLL = 0.05     # seconds between two lookups while waiting
 
 
 class FrontContext(Protocol):
@@ -39,6 +45,7 @@ class FrontContext(Protocol):
     stream_open_timeout: float
     idle_timeout: float
     via: str | None  # received-by of this PoP for Via (RFC 9110 7.6.3), e.g. "eu.lab.test"; None: no Via
+    header_timeout: float | None  # seconds a request head may take (slowloris); None: no limit
 
     def lookup(self, kind: str, name: str) -> Endpoint | None: ...
 
@@ -96,6 +103,8 @@ class HttpFront(ClientSide):
         self._open_task: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
         self._finished = False
         self._log_requests = log.isEnabledFor(logging.INFO)  # `gslb edge -v`; checked once a connection
+        self._header_timeout: float | None = ctx.header_timeout
+        self._header_timer: asyncio.TimerHandle | None = None
         via = ctx.via
         self._via = f"1.1 {via}".encode("ascii") if via else None
         self._observing = ctx.chain.observes  # some module learns from outcomes
@@ -113,6 +122,30 @@ class HttpFront(ClientSide):
             str(self._ip) if self._ip else self.peer[0], forwarded_port=self.ctx.https_port,
             proto="https", max_header_bytes=self.ctx.max_header_bytes,
         )
+        # The first request head must come within the header timeout of the
+        # handshake's end: a client that opens TLS and sends nothing, or a
+        # head a byte at a time (slowloris), must not hold a connection for
+        # the whole idle timeout.
+        self._arm_header_timer()
+
+    # -- header timeout (slowloris) -------------------------------------------
+    def _arm_header_timer(self) -> None:
+        if self._header_timeout is not None and self._header_timer is None and not self._closed:
+            self._header_timer = asyncio.get_running_loop().call_later(self._header_timeout, self._header_expired)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_expired(self) -> None:
+        self._header_timer = None
+        if self._closed or self._stop:
+            return
+        log.info(kv("header_timeout", client=self.peer[0], sni=self.sni, seconds=self._header_timeout))
+        # RFC 9110 15.5.9: 408, the server closes the connection.
+        self._refuse(408, "ERR_GSLB_3408", "Request timeout",
+                     f"The request head did not arrive within {self._header_timeout:g} s.")
 
     # -- client bytes ---------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -148,6 +181,12 @@ class HttpFront(ClientSide):
             out.append(ev.data)
         if out and not self._stop:
             self.send_to_stream(b"".join(out))
+        # A head under way (the first one, or the next keep-alive request's
+        # first bytes) runs the header timer; a complete head stops it.
+        if self.rw.in_head and not self._stop:  # type: ignore[union-attr]
+            self._arm_header_timer()
+        else:
+            self._cancel_header_timer()
 
     def _admit(self, head: RequestHead, out: list[bytes],
                decided: tuple[Subject, Decision] | None = None) -> bytes | bool | None:
@@ -247,6 +286,14 @@ class HttpFront(ClientSide):
             stream = await open_stream_within(endpoint, (str(self._ip), self.peer[1]), self.sni, True,
                                               self.ctx.stream_open_timeout)
         except Exception as exc:  # noqa: BLE001 - the agent went away, the tunnel or the peer link failed
+            stream = await self._reroute(exc)
+            if stream is not None:
+                self._opening = False
+                if self._closed:
+                    stream.abort()
+                    return
+                self.attach_stream(stream)
+                return
             self._opening = False
             self._pending.clear()
             self._open_failed(exc)
@@ -256,6 +303,31 @@ class HttpFront(ClientSide):
             stream.abort()
             return
         self.attach_stream(stream)
+
+    async def _reroute(self, exc: BaseException) -> Any:
+        """After a failed open: the stream to the endpoint's new binding, or None (then 502)."""
+        old = self.endpoint
+        loop = asyncio.get_running_loop()
+        end = loop.time() + min(REROUTE_WAIT, self.ctx.stream_open_timeout)
+        while loop.time() < end and not self._closed:
+            await asyncio.sleep(REROUTE_POLL)
+            ep = self.ctx.lookup("http", self.sni)
+            if ep is None or ep is old:
+                continue
+            if dict(ep.options) != dict(old.options if old is not None else {}):
+                # bound again with other options (allow/deny lists): the module chain decided
+                # this request on the old ones; a 502, the client's retry is decided afresh
+                return None
+            self.endpoint = ep
+            try:
+                stream = await open_stream_within(ep, (str(self._ip), self.peer[1]), self.sni, True,
+                                                  self.ctx.stream_open_timeout)
+            except Exception:  # noqa: BLE001 - the new route failed too: 502
+                return None
+            log.info(kv("stream_rerouted", client=self.peer[0], sni=self.sni, error=type(exc).__name__,
+                        to_pop=ep.pop))
+            return stream
+        return None
 
     def _open_failed(self, exc: BaseException) -> None:
         log.info(kv("stream_open_failed", client=self.peer[0], sni=self.sni, error=type(exc).__name__))
@@ -332,6 +404,10 @@ class HttpFront(ClientSide):
     def stream_lost(self, exc: BaseException | None) -> None:
         self._stream_closed = True
         self._finish_from_stream(exc)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
 
     def _finish_from_stream(self, exc: BaseException | None) -> None:
         # Called on the stream's EOF and again when it is gone: act once,

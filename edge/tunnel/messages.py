@@ -82,6 +82,10 @@ class MessageReader:
                 obj = json.loads(body.decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as exc:
                 raise MessageError(f"message is not UTF-8 JSON: {exc}") from None
+            except RecursionError:
+                # 64 KiB of "[" nests deeper than the json module recurses: a
+                # framing error like any other bad body, not an edge fault.
+                raise MessageError("message is not a JSON object (nested too deep)") from None
             if not isinstance(obj, dict):
                 raise MessageError("message is not a JSON object")
             self._count += 1
