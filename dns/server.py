@@ -356,8 +356,16 @@ def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int] 
                  close_fds: list[int], from_loop: bool = False) -> int:
     """Fork one worker; in the child: close the parent's pipe ends in `close_fds` (everything
     inherited, when forked `from_loop`), serve, _exit."""
+    # The three signals the parent relays stay blocked across the fork: one
+    # sent to the new worker before it has reset the parent's handlers would
+    # otherwise run the parent's asyncio handler, which only writes to a wakeup
+    # fd the child has dropped, and a SIGTERM would be lost (the worker would
+    # never stop). Blocked, it waits and meets the child's own dispositions.
+    relayed = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, relayed)
     pid = os.fork()
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return pid
     # The worker. A respawn forks from inside the parent's running loop: drop
     # its signal wiring first (the wakeup fd is the parent's), so a signal
@@ -371,6 +379,7 @@ def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int] 
     # Ignore SIGHUP until the loop's reload handler is in place: a relayed
     # reload must not kill a worker that is still starting.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     _die_with_parent()
     code = 1
     try:

@@ -67,3 +67,64 @@ def test_name_servers_sign_alike_and_never_set_ad(lab, client):
         keys |= {line.split()[-1] for line in out.splitlines() if "\tDNSKEY\t" in line}
     assert len(keys) == 1, keys  # one shared key: both publish the same DNSKEY
 
+
+
+def _dnskeys_at(lab, client: str, ns: dict) -> frozenset[str]:
+    out = dig(lab, client, f"@{ns['ipv4'][0]}", ZONE, "DNSKEY", "+norec")
+    return frozenset(line.split()[-1] for line in out.splitlines() if "\tDNSKEY\t" in line)
+
+
+def _reload_name_servers(lab, client: str, config: str, text: str) -> None:
+    """Write the lab's dns.toml, SIGHUP both name servers (our lab's, by pid), wait until both serve it."""
+    import os
+    import signal
+    import time
+    before = {ns["name"]: _dnskeys_at(lab, client, ns) for ns in lab.role("dns")}
+    with open(config, "w") as fh:
+        fh.write(text)
+    for ns in lab.role("dns"):
+        for p in ns["processes"]:
+            assert lab.prefix in p["cmd"] or config in p["cmd"], p
+            os.kill(p["pid"], signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    pending = set(before)
+    while pending and time.monotonic() < deadline:
+        for ns in lab.role("dns"):
+            if ns["name"] in pending and _dnskeys_at(lab, client, ns) != before[ns["name"]]:
+                pending.discard(ns["name"])
+        time.sleep(0.1)
+    assert not pending, f"{pending} did not reload within 20 s"
+
+
+def test_zsk_rollover_through_the_caching_resolver_keeps_ad(lab, client, gslb_run):
+    """Pre-publish a ZSK, switch to it, go back to the CSK alone: the resolver, which
+    caches the DNSKEY RRset of the step before, validates every step (AD=1).
+    The lab's CSK keeps its DNSKEY (flags 257) as a KSK, so the trust anchor holds."""
+    import os
+    config = lab.status["state"]["config"]
+    original = open(config).read()
+    state_dir = os.path.dirname(config)
+    zsk = os.path.join(state_dir, "test-zsk.pem")
+    if os.path.exists(zsk):
+        os.unlink(zsk)
+    gslb_run("lab", "status", "--prefix", lab.prefix)  # the lab is ours: the prefix says so
+    r = gslb_run("dns", "keygen", "--out", zsk, "--role", "zsk")
+    assert r.returncode == 0, r.stderr
+    csk_line = 'role = "csk"'
+    assert original.count(csk_line) == 1
+    steps = [
+        original + f'\n[[dnssec.keys]]\nfile = "{zsk}"\nrole = "zsk"\nactive = false\n',
+        original.replace(csk_line, 'role = "ksk"') + f'\n[[dnssec.keys]]\nfile = "{zsk}"\nrole = "zsk"\n',
+        original,
+    ]
+    try:
+        for i, text in enumerate(steps):
+            _reload_name_servers(lab, client, config, text)
+            for qname, qtype in ((f"demo.app.{ZONE}", "A"), (f"step{i}-nothere.{ZONE}", "A"),
+                                 (f"rollover-{i}.app.{ZONE}", "AAAA")):
+                out = dig(lab, client, qname, qtype)
+                assert status(out) == "NOERROR" and "ad" in flags(out), (i, out)
+    finally:
+        if open(config).read() != original:
+            _reload_name_servers(lab, client, config, original)
+        os.unlink(zsk)
