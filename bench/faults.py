@@ -425,9 +425,10 @@ TUNNEL_CASES: tuple[TunnelCase, ...] = (
                "2.6: go-away means no new streams, whatever its code; open streams (control) go on"),
     TunnelCase("syn_with_even_id", frame(WINDOW_UPDATE, SYN, 2, 0), "goaway:1", "2.2/2.7 SYN with the edge's parity"),
     TunnelCase("syn_id_reused", AUTHED + frame(WINDOW_UPDATE, SYN, 1, 0), "goaway:1",
-               "2.2/2.7 SYN on an id not above the last opened"),
+               "2.2/2.7 SYN on the id of a live stream (the control stream)"),
     TunnelCase("syn_id_going_down", AUTHED + frame(WINDOW_UPDATE, SYN, 7, 0) + frame(WINDOW_UPDATE, SYN, 5, 0),
-               "goaway:1", "2.2/2.7 ids must increase"),
+               "rst:5", "2.2: SYNs in any order are new streams; the edge resets any the agent opens after "
+               "the control stream"),
     TunnelCase("data_never_opened_odd", data(5, b"x"), "goaway:1", "2.7 frame without SYN on an agent id never opened"),
     TunnelCase("data_never_opened_even", AUTHED + data(2, b"x"), "goaway:1",
                "2.7 frame on an edge id the edge never opened"),
