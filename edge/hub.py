@@ -72,6 +72,16 @@ class HubConfig:
     pop: str = "local"  # this PoP's id, as written in the registry
     lease_ttl: float = 10.0  # registry lease of each agent session, seconds
     ingress: tuple[Mapping[str, Any], ...] = ()  # auth_ok's ingress list (docs/protocol.md 3.6)
+    https_port: int = 443  # the edge's TLS listener: in endpoint URLs when it is not 443
+
+    def endpoint_url(self, kind: str, name: str) -> str:
+        """The public URL of an endpoint (bind_ok `url`, docs/protocol.md 3.4): https://NAME,
+        tls://NAME:PORT, tcp://TCP_HOST:PORT; the TLS listener's port when it is not 443."""
+        if kind == "tcp":
+            return f"tcp://{self.tcp_host or self.domain}:{name}"
+        if kind == "tls":
+            return f"tls://{name}:{self.https_port}"
+        return f"https://{name}" if self.https_port == 443 else f"https://{name}:{self.https_port}"
 
     def __post_init__(self) -> None:
         lo, hi = self.tcp_port_range
@@ -289,15 +299,13 @@ class Hub:
         """The registry agreed: enter the endpoint in this PoP's tables."""
         bid = secrets.token_hex(8)
         if host is not None:
-            url = f"https://{host}" if kind == "http" else f"tls://{host}:443"
-            b = LocalEndpoint(bid, kind, host, None, url, MappingProxyType(dict(opts)), conn, rname)
+            b = LocalEndpoint(bid, kind, host, None, self.config.endpoint_url(kind, host), MappingProxyType(dict(opts)), conn, rname)
             self._by_host[host] = b
         else:
             port = int(rname)
             if port in self._by_port:
                 raise ControlError(M.ERR_PORT_RANGE_EXHAUSTED, f"port {port} is bound at this PoP already")
-            tcp_host = self.config.tcp_host or self.config.domain
-            b = LocalEndpoint(bid, kind, None, port, f"tcp://{tcp_host}:{port}", MappingProxyType(dict(opts)), conn,
+            b = LocalEndpoint(bid, kind, None, port, self.config.endpoint_url(kind, str(port)), MappingProxyType(dict(opts)), conn,
                               rname)
             self._by_port[port] = b
         self._by_id[bid] = b
@@ -680,8 +688,7 @@ class RemoteEndpoint(Endpoint):
         self.pop = pop
         self.session = session
         self.binding_id = f"{pop}/{session}"
-        tcp_host = hub.config.tcp_host or hub.config.domain
-        self.url = f"tcp://{tcp_host}:{name}" if kind == "tcp" else f"https://{name}"
+        self.url = hub.config.endpoint_url(kind, name)
 
     @classmethod
     def from_registry(cls, rb: Binding, hub: Hub) -> "RemoteEndpoint | None":

@@ -184,3 +184,17 @@ def test_tls_binding_defaults_to_passthrough_and_normalizes_cidrs():
         assert b.options["allow_cidrs"] == ["10.0.0.0/8", "2001:db8::/32"]
         assert b.url == "tls://sec.app.lab.test:443"
     run(go())
+
+
+def test_endpoint_urls_name_the_edges_tls_port_when_it_is_not_443():
+    async def go():
+        h = hub(https_port=8443, tcp_host="0.tcp.lab.test")
+        conn = FakeConn(h)
+        web = await h.bind(conn, "http", "web", {})
+        sec = await h.bind(conn, "tls", "sec", {})
+        raw = await h.bind(conn, "tcp", "", {})
+        assert web.url == "https://web.app.lab.test:8443"
+        assert sec.url == "tls://sec.app.lab.test:8443"
+        assert raw.url == f"tcp://0.tcp.lab.test:{raw.port}"   # its own port, never the TLS one
+    run(go())
+    assert HubConfig(domain="app.lab.test").endpoint_url("http", "web.app.lab.test") == "https://web.app.lab.test"
