@@ -165,9 +165,20 @@ class Engine:
             self.stats["internal_errors"] += 1
             from dns.log import log
             log("internal_error", level="error", client=source, error=repr(exc))
-            if len(data) >= 12 and not data[2] & 0x80:
-                return data[:2] + bytes(((data[2] & 0x79) | 0x80, SERVFAIL)) + bytes(8)
+            return self._servfail(data, tcp)
+
+    def _servfail(self, data: bytes, tcp: bool) -> bytes | None:
+        """SERVFAIL for a query the engine failed on: with its question and, when it had
+        one, an OPT (RFC 6891 7); a bare header when even that fails."""
+        if len(data) < 12 or data[2] & 0x80:
             return None
+        try:
+            q = parse_query(data)
+            return self.error_response(data, QueryError(
+                SERVFAIL, "internal error", query_id=q.id, flags=q.flags, question_end=q.question_end,
+                edns=q.edns), tcp)
+        except Exception:  # noqa: BLE001 - the question or the OPT is what failed: the header alone
+            return data[:2] + bytes(((data[2] & 0x79) | 0x80, SERVFAIL)) + bytes(8)
 
     def _slow(self, data: bytes, key: bytes, source: str, tcp: bool) -> bytes | None:
         self.stats["misses"] += 1
@@ -379,7 +390,7 @@ class Engine:
         return w.getvalue()
 
     def error_response(self, data: bytes, err: QueryError, tcp: bool) -> bytes:
-        """FORMERR/NOTIMP/BADVERS: header, the question when it parsed, an OPT when the query had one."""
+        """FORMERR/NOTIMP/BADVERS/SERVFAIL: header, the question when it parsed, an OPT when the query had one."""
         self.stats["errors"] += 1
         copied = 0x7800 | RD | CD
         if err.flags & 0x7800:
@@ -478,7 +489,7 @@ class Engine:
             self.stats["internal_errors"] += 1
             from dns.log import log
             log("internal_error", level="error", client=source, error=repr(exc))
-            return data[:2] + bytes(((data[2] & 0x79) | 0x80, SERVFAIL)) + bytes(8)
+            return self._servfail(data, tcp)
         reply = self.respond(placeholder, source, tcp, True)
         return None if reply is None else eo.splice_cookie(reply, cookie)
 

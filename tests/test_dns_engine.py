@@ -379,3 +379,15 @@ def test_log_decisions_writes_one_line_per_computed_answer(example_config, lab_m
     assert len(lines) == 1
     assert "qname=demo.app.lab.test." in lines[0] and "ecs=198.19.5.0/24" in lines[0]
     assert "scope=24" in lines[0] and "pops=jp" in lines[0] and 'location="Tokyo,JP,AS' in lines[0]
+
+
+def test_a_bug_costs_one_servfail_that_keeps_question_id_and_opt(engine, monkeypatch):
+    def broken(*a, **kw):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(engine, "_slow", broken)
+    r = ask(engine, "bug.app.lab.test", options=ecs_option("198.19.5.0/24"), qid=777)
+    assert r.rcode == 2 and r.msg.header.id == 777 and r.msg.header.qr
+    assert str(r.msg.q.qname) == "bug.app.lab.test." and r.opt is not None  # RFC 6891 7
+    r = ask(engine, "bug.app.lab.test", edns=False)
+    assert r.rcode == 2 and r.opt is None
+    assert engine.stats["internal_errors"] == 2
