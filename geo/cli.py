@@ -90,14 +90,14 @@ def _err(message: str) -> None:
 def _router_and_db(args: argparse.Namespace) -> tuple[Any, str | None]:
     """(router or None, database path or None), from --config and --db.
 
-    The configuration is read by the one loader (`gslb.config`), so a bad
+    The configuration is read by the DNS server's loader (`dns.config`), so a bad
     file gets the same file:line: key error here as from `gslb dns`.
     """
     from geo.routing import Router
 
     if not args.config:
         return None, args.db
-    from gslb.config import load_dns_config
+    from dns.config import load_dns_config
 
     cfg = load_dns_config(args.config)
     return Router.from_dns_config(cfg), args.db or cfg.server.geoip_db
@@ -126,7 +126,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
             _err("no database: give --db FILE (or --config with server.geoip_db)")
             return 2
         db = GeoDatabase(db_path)
-    except (GeoError, ValueError, OSError) as exc:  # gslb.config.ConfigError is a ValueError
+    except (GeoError, ValueError, OSError) as exc:  # dns.config.ConfigError is a ValueError
         _err(str(exc))
         return 1
     with db:
