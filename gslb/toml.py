@@ -131,14 +131,20 @@ class SourceIndex:
 class TomlDoc:
     """A parsed TOML file plus what is needed to report errors in it."""
 
-    def __init__(self, path: str | os.PathLike[str], text: str | None = None) -> None:
-        """Read `path`, or parse `text` and name it `path` in errors."""
+    def __init__(self, path: str | os.PathLike[str], text: str | None = None, *,
+                 error: type[ConfigError] = ConfigError) -> None:
+        """Read `path`, or parse `text` and name it `path` in errors.
+
+        `error` is the ConfigError subclass a component raises (the lab's
+        PlanFileError, geo's GeoTableError), so its callers catch their own.
+        """
         self.path = os.fspath(path)
+        self.error_type = error
         self.dir = os.path.dirname(os.path.abspath(self.path))
         if text is None:
             text = self._read()
         elif len(text) > MAX_BYTES:
-            raise ConfigError(self.path, None, "", f"larger than {MAX_BYTES >> 20} MiB")
+            raise error(self.path, None, "", f"larger than {MAX_BYTES >> 20} MiB")
         try:
             self.data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -146,7 +152,7 @@ class TomlDoc:
             m = re.search(r" \(at line (\d+), column (\d+)\)", msg)
             line = int(m.group(1)) if m else None
             problem = msg[:m.start()] + f" (column {m.group(2)})" if m else msg
-            raise ConfigError(self.path, line, "", f"not valid TOML: {problem}") from None
+            raise error(self.path, line, "", f"not valid TOML: {problem}") from None
         self.index = SourceIndex(text)
 
     def _read(self) -> str:
@@ -154,13 +160,13 @@ class TomlDoc:
             with open(self.path, "rb") as fh:
                 raw = fh.read(MAX_BYTES + 1)
         except OSError as exc:
-            raise ConfigError(self.path, None, "", f"cannot read: {exc.strerror or exc}") from None
+            raise self.error_type(self.path, None, "", f"cannot read: {exc.strerror or exc}") from None
         if len(raw) > MAX_BYTES:
-            raise ConfigError(self.path, None, "", f"larger than {MAX_BYTES >> 20} MiB")
+            raise self.error_type(self.path, None, "", f"larger than {MAX_BYTES >> 20} MiB")
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ConfigError(self.path, None, "", f"not UTF-8 text (byte {exc.start})") from None
+            raise self.error_type(self.path, None, "", f"not UTF-8 text (byte {exc.start})") from None
 
     def root(self) -> "Table":
         return Table(self, self.data, "", None)
@@ -195,7 +201,8 @@ class Table:
         return self.doc.index.line_of(self.name, self.index, key)
 
     def error(self, key: str | None, problem: str) -> ConfigError:
-        return ConfigError(self.doc.path, self.line(key), self.qualified(key) if key else self.label, problem)
+        return self.doc.error_type(self.doc.path, self.line(key), self.qualified(key) if key else self.label,
+                                   problem)
 
     # -- access
     def __contains__(self, key: str) -> bool:
