@@ -26,7 +26,7 @@ from bench.gdnsd import country_continents_from_mmdb, gdnsd_files
 from bench.parse import dnsperf_verbose_latencies, parse_dnsperf, percentile
 from bench.procs import Procs, run_bounded, wait_dns
 from bench.summary import figure_row, median
-from gslb.config import DnsConfig, load_dns_config
+from dns.config import DnsConfig, load_dns_config
 
 OURS_PORT = 5300
 GDNSD_PORT = 5301

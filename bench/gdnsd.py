@@ -4,7 +4,7 @@ Owns: turning a `DnsConfig` (plus the mmdb the bench built) into the files
 gdnsd needs (``config`` and ``zones/<zone>``), so gdnsd serves the same zone,
 the same PoPs and the same GeoIP2 database as `gslb dns`, and ranks PoPs the
 way we do. Pure functions over strings: no processes, no sockets. It must not
-touch `dns/` internals (only the frozen config from `gslb.config`).
+touch `dns/` internals (only the frozen config from `dns.config`).
 
 How our configuration maps onto gdnsd (gdnsd-plugin-geoip(8),
 gdnsd-plugin-weighted(8), gdnsd.zonefile(5)):
@@ -40,7 +40,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gslb.config import DnsConfig
+from dns.config import DnsConfig
 
 __all__ = ["GdnsdFiles", "gdnsd_files", "country_continents_from_mmdb", "caa_generic"]
 

@@ -25,7 +25,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gslb.config import DnsConfig
+from dns.config import DnsConfig
 
 __all__ = ["Query", "edge_names", "client_subnets", "plain_queries", "ecs_queries", "nxdomain_queries",
            "text_file", "binary_file", "encode_query", "ecs_option"]

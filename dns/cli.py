@@ -1,7 +1,7 @@
 """`gslb dns`: serve the zone; `pops`, `explain`, `drain`, `undrain`, `health`.
 
 Owns the command line of the DNS component only: reading arguments, loading
-the configuration (gslb.config), and handing over to `dns.server`. A bad
+the configuration (dns.config), and handing over to `dns.server`. A bad
 configuration prints its `file:line: key: problem` and exits 2 before any
 socket is opened.
 """
@@ -65,7 +65,7 @@ Exit status: 0 done, 1 the server refused or cannot be reached, 2 bad usage.
 
 
 def _listen(value: str) -> tuple[str, int]:
-    from gslb.config import parse_listen
+    from dns.config import parse_listen
     try:
         return parse_listen(value)
     except ValueError as exc:
@@ -175,7 +175,7 @@ def _control_args(p: Any) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from gslb.config import ConfigError, load_dns_config
+    from dns.config import ConfigError, load_dns_config
     if not getattr(args, "config", None):
         print("gslb dns: --config FILE is required", file=sys.stderr)
         return None
@@ -231,7 +231,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     def reload_config() -> Any:
-        from gslb.config import load_dns_config
+        from dns.config import load_dns_config
         new = load_dns_config(config_path)
         check_probe_targets(new)
         return new

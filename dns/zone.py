@@ -1,6 +1,6 @@
 """The zone: static records, GSLB names, and the lookup algorithm.
 
-Owns turning a `gslb.config.DnsConfig` into indexed RRsets, and answering
+Owns turning a `dns.config.DnsConfig` into indexed RRsets, and answering
 "what does the zone say for (qname, qtype)" (RFC 1034 4.3.2, wildcards per
 RFC 4592, negative answers per RFC 2308, ANY per RFC 8482). GSLB names are
 answered through `dns.policy` with a client placement the caller supplies

@@ -124,8 +124,8 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):  
     from edge.agent.config import (
         DEFAULTS_PATH,
         AgentConfig,
-        ConfigError,
         EndpointConfig,
+        bad_value,
         check_timers,
         load_agent_config,
         module_options,
@@ -188,9 +188,9 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):  
     cfg = dataclasses.replace(cfg, **changes)
     check_timers(cfg.heartbeat_interval, cfg.heartbeat_timeout, cfg.connect_timeout)
     if cfg.ca is not None and not cfg.ca.is_file():
-        raise ConfigError(f"ca: {cfg.ca} is not a readable file")
+        raise bad_value("ca", f"{cfg.ca} is not a readable file")
     if not cfg.server and not cfg.zone:
-        raise ConfigError("server: give --server HOST[:PORT] or a zone (--zone, GSLB_ZONE)")
+        raise bad_value("server", "give --server HOST[:PORT] or a zone (--zone, GSLB_ZONE)")
     return cfg
 
 

@@ -116,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     from edge.certs import CertAuthority, CertError, CertStore
     from edge.config import ConfigError, load
+    from gslb.toml import EXIT_CONFIG
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -124,7 +125,10 @@ def _run(args: argparse.Namespace) -> int:
         ca = CertAuthority.load(cfg.ca_dir)
         certs = CertStore(ca, cfg.cert_dir, max_cached=cfg.limits.max_cached_certs)
         hub, agent_factory = _make_hub(cfg)
-    except (ConfigError, CertError, ValueError) as exc:
+    except ConfigError as exc:  # a bad configuration file: 2, as in every command (gslb.toml)
+        print(f"gslb edge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (CertError, ValueError) as exc:
         print(f"gslb edge: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -1,9 +1,11 @@
 """The edge node's configuration: TOML (tomllib) -> frozen dataclasses.
 
 Owns: the schema of `gslb edge --config FILE --pop ID`, its defaults and its
-validation. Errors name the file, the line and the key:
-"edge.toml:12: edge.https_port: expected an integer 1..65535, got 'x'".
-Must not touch: sockets or certificates; it only describes them.
+validation. Reading, line numbers, the error type (``ConfigError``:
+"edge.toml:12: edge.https_port: expected an integer 1..65535, got 'x'"),
+unknown keys and relative paths (against the file's directory) are the shared
+TOML layer's (`gslb.toml`). Must not touch: sockets or certificates; it only
+describes them.
 
 Layout (see examples/edge.toml for every key, its default and unit):
 
@@ -24,17 +26,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gslb.toml import ConfigError, Table, TomlDoc
+
 __all__ = ["ConfigError", "EdgeConfig", "Timeouts", "Limits", "RegistryConfig", "PeerConfig", "PeerAddress",
            "load", "parse"]
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message is "file:line: key: what is wrong"."""
 
 
 @dataclass(frozen=True)
@@ -135,204 +134,158 @@ _EDGE_KEYS = {
 }
 
 
-class _Src:
-    """Finds the line of a key in the TOML text, for error messages."""
-
-    def __init__(self, path: str, text: str) -> None:
-        self.path = path
-        self.lines = text.splitlines()
-
-    def line_of(self, dotted: str) -> int:
-        parts = dotted.split(".")
-        leaf = parts[-1]
-        table = ".".join(parts[:-1])
-        current = ""
-        key_re = re.compile(r'^\s*"?' + re.escape(leaf) + r'"?\s*=')
-        best = 0
-        for i, line in enumerate(self.lines, 1):
-            m = re.match(r"^\s*\[+\s*([^\]]+?)\s*\]+", line)
-            if m:
-                current = m.group(1).replace('"', "")
-                if current == dotted and not best:
-                    best = i
-                continue
-            if key_re.match(line) and (current == table or (not best and current == "")):
-                if current == table:
-                    return i
-        if not best:
-            for i, line in enumerate(self.lines, 1):
-                m = re.match(r"^\s*\[+\s*([^\]]+?)\s*\]+", line)
-                if m and m.group(1).replace('"', "").startswith(dotted + "."):
-                    return i
-        return best or 1
-
-    def error(self, dotted: str, what: str) -> ConfigError:
-        return ConfigError(f"{self.path}:{self.line_of(dotted)}: {dotted}: {what}")
-
-
-def _port(src: _Src, key: str, v: Any) -> int:
+def _port(t: Table, key: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
-        raise src.error(key, f"expected an integer 1..65535, got {v!r}")
+        raise t.error(key, f"expected an integer 1..65535, got {v!r}")
     return v
 
 
-def _num(src: _Src, key: str, v: Any, lo: float, hi: float) -> float:
+def _num(t: Table, key: str, default: float, lo: float, hi: float) -> float:
+    v = t.value(key, default)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-        raise src.error(key, f"expected a number {lo}..{hi}, got {v!r}")
+        raise t.error(key, f"expected a number {lo}..{hi}, got {v!r}")
     return float(v)
 
 
-def _int(src: _Src, key: str, v: Any, lo: int, hi: int) -> int:
+def _int(t: Table, key: str, default: int, lo: int, hi: int) -> int:
+    v = t.value(key, default)
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise src.error(key, f"expected an integer {lo}..{hi}, got {v!r}")
+        raise t.error(key, f"expected an integer {lo}..{hi}, got {v!r}")
     return v
 
 
-def _str(src: _Src, key: str, v: Any) -> str:
+def _str(t: Table, key: str, v: Any) -> str:
     if not isinstance(v, str) or not v:
-        raise src.error(key, f"expected a non-empty string, got {v!r}")
+        raise t.error(key, f"expected a non-empty string, got {v!r}")
     return v
 
 
-def _dns(src: _Src, key: str, v: Any) -> str:
-    s = _str(src, key, v).lower().rstrip(".")
+def _dns(t: Table, key: str, v: Any) -> str:
+    s = _str(t, key, v).lower().rstrip(".")
     if len(s) > 253 or not _NAME.match(s):
-        raise src.error(key, f"{v!r} is not a DNS name")
+        raise t.error(key, f"{v!r} is not a DNS name")
     return s
 
 
-def _addr(src: _Src, key: str, v: Any) -> str:
-    s = _str(src, key, v)
+def _addr(t: Table, key: str, v: Any) -> str:
+    s = _str(t, key, v)
     try:
         return str(ipaddress.ip_address(s))
     except ValueError:
-        raise src.error(key, f"{s!r} is not an IP address") from None
+        raise t.error(key, f"{s!r} is not an IP address") from None
 
 
-def _hostport(src: _Src, key: str, v: Any) -> tuple[str, int]:
-    s = _str(src, key, v)
+def _hostport(t: Table, key: str, v: Any) -> tuple[str, int]:
+    s = _str(t, key, v)
     m = re.match(r"^\[([^\]]+)\]:(\d+)$", s) or re.match(r"^([^:]+):(\d+)$", s)
     if not m:
-        raise src.error(key, f"expected ADDRESS:PORT (IPv6 as [ADDR]:PORT), got {s!r}")
-    return _addr(src, key, m.group(1)), _port(src, key, int(m.group(2)))
-
-
-def _table(src: _Src, key: str, v: Any) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise src.error(key, "expected a table")
-    return v
+        raise t.error(key, f"expected ADDRESS:PORT (IPv6 as [ADDR]:PORT), got {s!r}")
+    return _addr(t, key, m.group(1)), _port(t, key, int(m.group(2)))
 
 
 def parse(text: str, pop: str, path: str = "<config>") -> EdgeConfig:
-    src = _Src(path, text)
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(f"{path}:{m.group(1) if m else 1}: not valid TOML: {exc}") from None
-    unknown = set(doc) - {"zone", "edge", "pops", "registry", "peer", "peers"}
-    if unknown:
-        k = sorted(unknown)[0]
-        raise src.error(k, "unknown key (known: zone, edge, pops, registry, peer, peers)")
-    zone = _dns(src, "zone", doc.get("zone")) if "zone" in doc else None
-    if zone is None:
-        raise ConfigError(f"{path}:1: zone: missing (the edge's DNS zone, e.g. \"lab.test\")")
-    edge = _table(src, "edge", doc.get("edge", {}))
-    pops = _table(src, "pops", doc.get("pops", {}))
+    """The edge configuration in `text`, for PoP `pop`; errors name `path`."""
+    return _parse(TomlDoc(path, text), pop)
+
+
+def load(path: str | Path, pop: str) -> EdgeConfig:
+    return _parse(TomlDoc(path), pop)
+
+
+def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
+    root = doc.root()
+    root.reject_unknown(("zone", "edge", "pops", "registry", "peer", "peers"))
+    if "zone" not in root:
+        raise root.error("zone", "missing (the edge's DNS zone, e.g. \"lab.test\")")
+    zone = _dns(root, "zone", root.value("zone"))
+    edge = root.table("edge")
+    pops = root.table("pops")
     if pop not in pops:
-        known = ", ".join(sorted(pops)) or "none"
-        raise ConfigError(f"{path}:{src.line_of('pops')}: pops.{pop}: no such PoP (configured: {known})")
-    pop_table = _table(src, f"pops.{pop}", pops[pop])
-    for scope, table in (("edge", edge), (f"pops.{pop}", pop_table)):
-        bad = set(table) - _EDGE_KEYS
-        if bad:
-            raise src.error(f"{scope}.{sorted(bad)[0]}", f"unknown key (known: {', '.join(sorted(_EDGE_KEYS))})")
+        known = ", ".join(sorted(pops.keys())) or "none"
+        raise pops.error(pop, f"no such PoP (configured: {known})")
+    pop_table = pops.table(pop)
+    for table in (edge, pop_table):
+        table.reject_unknown(_EDGE_KEYS)
 
-    def get(key: str, default: Any) -> tuple[str, Any]:
+    def get(key: str, default: Any) -> tuple[Table, Any]:
+        """A PoP's own value wins over the [edge] default (whole values, not merged)."""
         if key in pop_table:
-            return f"pops.{pop}.{key}", pop_table[key]
-        if key in edge:
-            return f"edge.{key}", edge[key]
-        return f"edge.{key}", default
+            return pop_table, pop_table.value(key)
+        return edge, edge.value(key, default)
 
-    k, v = get("https_domain", f"app.{zone}")
-    https_domain = _dns(src, k, v)
-    k, v = get("listen", None)
+    t, v = get("https_domain", f"app.{zone}")
+    https_domain = _dns(t, "https_domain", v)
+    t, v = get("listen", None)
     if v is None:
-        raise ConfigError(f"{path}:{src.line_of(f'pops.{pop}')}: pops.{pop}.listen: missing (addresses of this PoP)")
+        raise pop_table.error("listen", "missing (addresses of this PoP)")
     if not isinstance(v, list) or not v or len(v) > 64:
-        raise src.error(k, "expected a list of 1..64 IP addresses")
-    listen = tuple(_addr(src, k, a) for a in v)
+        raise t.error("listen", "expected a list of 1..64 IP addresses")
+    listen = tuple(_addr(t, "listen", a) for a in v)
     if len(set(listen)) != len(listen):
-        raise src.error(k, "an address is listed twice")
-    k, v = get("https_port", 443)
-    https_port = _port(src, k, v)
-    k, v = get("http_port", 80)
-    http_port = None if v == 0 else _port(src, k, v)
-    k, v = get("tcp_ports", None)
+        raise t.error("listen", "an address is listed twice")
+    t, v = get("https_port", 443)
+    https_port = _port(t, "https_port", v)
+    t, v = get("http_port", 80)
+    http_port = None if v == 0 else _port(t, "http_port", v)
+    t, v = get("tcp_ports", None)
     tcp_ports = None
     if v is not None and v != "":
         m = re.match(r"^(\d+)-(\d+)$", str(v))
         if not m:
-            raise src.error(k, f"expected \"FIRST-LAST\", got {v!r}")
-        lo, hi = _port(src, k, int(m.group(1))), _port(src, k, int(m.group(2)))
+            raise t.error("tcp_ports", f"expected \"FIRST-LAST\", got {v!r}")
+        lo, hi = _port(t, "tcp_ports", int(m.group(1))), _port(t, "tcp_ports", int(m.group(2)))
         if hi < lo or hi - lo + 1 > _MAX_TCP_PORTS:
-            raise src.error(k, f"range must be ascending and hold at most {_MAX_TCP_PORTS} ports")
+            raise t.error("tcp_ports", f"range must be ascending and hold at most {_MAX_TCP_PORTS} ports")
         tcp_ports = (lo, hi)
     ports_used = {https_port} | ({http_port} if http_port else set())
     if tcp_ports and any(tcp_ports[0] <= p <= tcp_ports[1] for p in ports_used):
-        raise src.error(k, "overlaps https_port or http_port")
-    k, v = get("health_listen", None)
-    health = _hostport(src, k, v) if v else None
-    k, v = get("ca_dir", None)
+        raise t.error("tcp_ports", "overlaps https_port or http_port")
+    t, v = get("health_listen", None)
+    health = _hostport(t, "health_listen", v) if v else None
+    t, v = get("ca_dir", None)
     if v is None:
-        raise src.error("edge.ca_dir", "missing (directory of the lab CA: ca.pem, ca.key)")
-    ca_dir = _str(src, k, v)
-    k, v = get("cert_dir", str(Path(ca_dir) / "issued"))
-    cert_dir = _str(src, k, v)
-    k, v = get("authtokens_file", None)
-    authtokens_file = _str(src, k, v) if v is not None else None
+        raise edge.error("ca_dir", "missing (directory of the lab CA: ca.pem, ca.key)")
+    ca_dir = doc.resolve_path(_str(t, "ca_dir", v))
+    t, v = get("cert_dir", None)
+    cert_dir = doc.resolve_path(_str(t, "cert_dir", v)) if v is not None else str(Path(ca_dir) / "issued")
+    t, v = get("authtokens_file", None)
+    authtokens_file = doc.resolve_path(_str(t, "authtokens_file", v)) if v is not None else None
 
-    k, tv = get("timeouts", {})
-    tv = _table(src, k, tv)
-    bad = set(tv) - {"handshake", "idle", "stream_open", "header"}
-    if bad:
-        raise src.error(f"{k}.{sorted(bad)[0]}", "unknown key (known: handshake, header, idle, stream_open)")
+    t, _ = get("timeouts", {})
+    tt = t.table("timeouts")
+    tt.reject_unknown(("handshake", "idle", "stream_open", "header"))
     timeouts = Timeouts(
-        handshake=_num(src, f"{k}.handshake", tv.get("handshake", 10.0), 0.1, 300),
-        idle=_num(src, f"{k}.idle", tv.get("idle", 300.0), 1, 86400),
-        stream_open=_num(src, f"{k}.stream_open", tv.get("stream_open", 10.0), 0.1, 300),
-        header=_num(src, f"{k}.header", tv.get("header", 20.0), 0.1, 3600),
+        handshake=_num(tt, "handshake", 10.0, 0.1, 300),
+        idle=_num(tt, "idle", 300.0, 1, 86400),
+        stream_open=_num(tt, "stream_open", 10.0, 0.1, 300),
+        header=_num(tt, "header", 20.0, 0.1, 3600),
     )
-    k, lv = get("limits", {})
-    lv = _table(src, k, lv)
-    known = {"max_connections", "max_header_bytes", "max_client_hello", "max_cached_certs"}
-    bad = set(lv) - known
-    if bad:
-        raise src.error(f"{k}.{sorted(bad)[0]}", f"unknown key (known: {', '.join(sorted(known))})")
+    t, _ = get("limits", {})
+    lt = t.table("limits")
+    lt.reject_unknown(("max_connections", "max_header_bytes", "max_client_hello", "max_cached_certs"))
     limits = Limits(
-        max_connections=_int(src, f"{k}.max_connections", lv.get("max_connections", 10000), 1, 1_000_000),
-        max_header_bytes=_int(src, f"{k}.max_header_bytes", lv.get("max_header_bytes", 16384), 1024, 1 << 20),
-        max_client_hello=_int(src, f"{k}.max_client_hello", lv.get("max_client_hello", 16384), 512, 65536),
-        max_cached_certs=_int(src, f"{k}.max_cached_certs", lv.get("max_cached_certs", 1024), 1, 100_000),
+        max_connections=_int(lt, "max_connections", 10000, 1, 1_000_000),
+        max_header_bytes=_int(lt, "max_header_bytes", 16384, 1024, 1 << 20),
+        max_client_hello=_int(lt, "max_client_hello", 16384, 512, 65536),
+        max_cached_certs=_int(lt, "max_cached_certs", 1024, 1, 100_000),
     )
-    k, mv = get("modules", {})
-    mv = _table(src, k, mv)
-    order = mv.get("order", [])
+    t, _ = get("modules", {})
+    mt = t.table("modules")
+    order = mt.value("order", [])
     if not isinstance(order, list) or not all(isinstance(x, str) for x in order):
-        raise src.error(f"{k}.order", "expected a list of module names")
-    options = {name: _table(src, f"{k}.{name}", val) for name, val in mv.items() if name != "order"}
+        raise mt.error("order", "expected a list of module names")
+    options = {name: dict(mt.table(name).data) for name in mt.keys() if name != "order"}
     for name in options:
         if name not in order:
-            raise src.error(f"{k}.{name}", f"options given but the module is not in {k}.order")
+            raise mt.error(name, f"options given but the module is not in {mt.qualified('order')}")
     cfg = EdgeConfig(
-        source=path, zone=zone, pop=pop, https_domain=https_domain, listen=listen,
+        source=doc.path, zone=zone, pop=pop, https_domain=https_domain, listen=listen,
         https_port=https_port, http_port=http_port, tcp_ports=tcp_ports, health_listen=health,
         ca_dir=ca_dir, cert_dir=cert_dir, authtokens_file=authtokens_file, timeouts=timeouts,
         limits=limits, module_order=tuple(order), module_options=options,
-        registry=_registry(src, doc.get("registry", {})),
-        peer=_peer(src, doc.get("peer", {})),
-        peers=_peers(src, doc.get("peers", {})),
+        registry=_registry(root.table("registry")),
+        peer=_peer(root.table("peer")),
+        peers=_peers(root.table("peers")),
     )
     # Module options are checked now, so a typo fails at start, not at the first request.
     from edge.modules import ModuleConfigError, build_chain
@@ -340,74 +293,54 @@ def parse(text: str, pop: str, path: str = "<config>") -> EdgeConfig:
     try:
         build_chain(cfg.module_order, cfg.module_options)
     except ModuleConfigError as exc:
-        raise src.error(f"{k}.order", str(exc)) from None
+        raise mt.error("order", str(exc)) from None
     return cfg
 
 
-def _registry(src: _Src, v: Any) -> RegistryConfig:
-    t = _table(src, "registry", v)
-    known = {"kind", "endpoints", "prefix", "lease_ttl", "request_timeout", "write_timeout", "start_timeout"}
-    bad = set(t) - known
-    if bad:
-        raise src.error(f"registry.{sorted(bad)[0]}", f"unknown key (known: {', '.join(sorted(known))})")
-    kind = t.get("kind", "memory")
+def _registry(t: Table) -> RegistryConfig:
+    t.reject_unknown(("kind", "endpoints", "prefix", "lease_ttl", "request_timeout", "write_timeout",
+                      "start_timeout"))
+    kind = t.value("kind", "memory")
     if kind not in ("memory", "etcd"):
-        raise src.error("registry.kind", f"expected \"memory\" or \"etcd\", got {kind!r}")
-    eps = t.get("endpoints", [])
+        raise t.error("kind", f"expected \"memory\" or \"etcd\", got {kind!r}")
+    eps = t.value("endpoints", [])
     if not isinstance(eps, list) or len(eps) > 16 or not all(isinstance(e, str) and
                                                              re.match(r"^https?://[^/\s]+$", e) for e in eps):
-        raise src.error("registry.endpoints", "expected a list of at most 16 URLs like \"http://10.77.0.21:2379\"")
+        raise t.error("endpoints", "expected a list of at most 16 URLs like \"http://10.77.0.21:2379\"")
     if kind == "etcd" and not eps:
-        raise src.error("registry.endpoints", "kind = \"etcd\" needs the members' client URLs")
-    prefix = t.get("prefix", "/gslb/")
+        raise t.error("endpoints", "kind = \"etcd\" needs the members' client URLs")
+    prefix = t.value("prefix", "/gslb/")
     if not isinstance(prefix, str) or not re.match(r"^/([A-Za-z0-9_.-]+/)+$", prefix):
-        raise src.error("registry.prefix", f"expected \"/a/b/\" form, got {prefix!r}")
+        raise t.error("prefix", f"expected \"/a/b/\" form, got {prefix!r}")
     return RegistryConfig(
         kind=kind, endpoints=tuple(eps), prefix=prefix,
-        lease_ttl=_num(src, "registry.lease_ttl", t.get("lease_ttl", 10.0), 2, 3600),
-        request_timeout=_num(src, "registry.request_timeout", t.get("request_timeout", 2.0), 0.1, 60),
-        write_timeout=_num(src, "registry.write_timeout", t.get("write_timeout", 5.0), 0.1, 120),
-        start_timeout=_num(src, "registry.start_timeout", t.get("start_timeout", 10.0), 0.1, 300),
+        lease_ttl=_num(t, "lease_ttl", 10.0, 2, 3600),
+        request_timeout=_num(t, "request_timeout", 2.0, 0.1, 60),
+        write_timeout=_num(t, "write_timeout", 5.0, 0.1, 120),
+        start_timeout=_num(t, "start_timeout", 10.0, 0.1, 300),
     )
 
 
-def _peer(src: _Src, v: Any) -> PeerConfig:
-    t = _table(src, "peer", v)
-    known = {"listen", "connect_timeout", "ping_interval", "ping_timeout"}
-    bad = set(t) - known
-    if bad:
-        raise src.error(f"peer.{sorted(bad)[0]}", f"unknown key (known: {', '.join(sorted(known))})")
-    listen = t.get("listen", [])
+def _peer(t: Table) -> PeerConfig:
+    t.reject_unknown(("listen", "connect_timeout", "ping_interval", "ping_timeout"))
+    listen = t.value("listen", [])
     if not isinstance(listen, list) or len(listen) > 16:
-        raise src.error("peer.listen", "expected a list of at most 16 \"ADDR:PORT\"")
+        raise t.error("listen", "expected a list of at most 16 \"ADDR:PORT\"")
     return PeerConfig(
-        listen=tuple(_hostport(src, "peer.listen", a) for a in listen),
-        connect_timeout=_num(src, "peer.connect_timeout", t.get("connect_timeout", 5.0), 0.1, 120),
-        ping_interval=_num(src, "peer.ping_interval", t.get("ping_interval", 5.0), 0.1, 600),
-        ping_timeout=_num(src, "peer.ping_timeout", t.get("ping_timeout", 5.0), 0.1, 600),
+        listen=tuple(_hostport(t, "listen", a) for a in listen),
+        connect_timeout=_num(t, "connect_timeout", 5.0, 0.1, 120),
+        ping_interval=_num(t, "ping_interval", 5.0, 0.1, 600),
+        ping_timeout=_num(t, "ping_timeout", 5.0, 0.1, 600),
     )
 
 
-def _peers(src: _Src, v: Any) -> tuple[PeerAddress, ...]:
-    t = _table(src, "peers", v)
+def _peers(t: Table) -> tuple[PeerAddress, ...]:
     out = []
-    for pop, entry in t.items():
-        e = _table(src, f"peers.{pop}", entry)
-        bad = set(e) - {"address", "ingress"}
-        if bad:
-            raise src.error(f"peers.{pop}.{sorted(bad)[0]}", "unknown key (known: address, ingress)")
-        addr = _hostport(src, f"peers.{pop}.address", e["address"]) if "address" in e else None
-        ingress = e.get("ingress", [])
+    for pop, e in t.tables():
+        e.reject_unknown(("address", "ingress"))
+        addr = _hostport(e, "address", e.value("address")) if "address" in e else None
+        ingress = e.value("ingress", [])
         if not isinstance(ingress, list) or len(ingress) > 16:
-            raise src.error(f"peers.{pop}.ingress", "expected a list of at most 16 \"ADDR:PORT\"")
-        out.append(PeerAddress(pop, addr, tuple(_hostport(src, f"peers.{pop}.ingress", a) for a in ingress)))
+            raise e.error("ingress", "expected a list of at most 16 \"ADDR:PORT\"")
+        out.append(PeerAddress(pop, addr, tuple(_hostport(e, "ingress", a) for a in ingress)))
     return tuple(out)
-
-
-def load(path: str | Path, pop: str) -> EdgeConfig:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
-    return parse(text, pop, str(p))

@@ -7,7 +7,7 @@ builder (`geo.table` + `geo.build`, `gslb geo build-mmdb`).
 
 Must not touch: DNS wire formats, health, answer sizes or TTLs (`dns/`, the
 gdnsd split between "map" and "resolve"), sockets, or the configuration file
-itself (`gslb.config` reads it; `Router.from_dns_config` takes the loaded
+itself (`dns.config` reads it; `Router.from_dns_config` takes the loaded
 result and reads only its PoPs and routing).
 
 Imports go one way: `dns` and `edge` may import `geo`; `geo` imports neither.

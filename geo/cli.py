@@ -19,7 +19,8 @@ examples:
   gslb geo lookup 198.19.21.7 --config examples/dns.toml    # + PoP ranking, distances
   gslb geo info --db examples/lab.mmdb
 
-exit status: 0 ok, 1 database or table error, 2 usage error (bad address, bad option)
+exit status: 0 ok, 1 database error, 2 usage error (bad address, bad option) or a bad
+  configuration file (--config, the table of build-mmdb)
 """
 
 LOOKUP_EPILOG = """\
@@ -90,14 +91,14 @@ def _err(message: str) -> None:
 def _router_and_db(args: argparse.Namespace) -> tuple[Any, str | None]:
     """(router or None, database path or None), from --config and --db.
 
-    The configuration is read by the one loader (`gslb.config`), so a bad
+    The configuration is read by the DNS server's loader (`dns.config`), so a bad
     file gets the same file:line: key error here as from `gslb dns`.
     """
     from geo.routing import Router
 
     if not args.config:
         return None, args.db
-    from gslb.config import load_dns_config
+    from dns.config import load_dns_config
 
     cfg = load_dns_config(args.config)
     return Router.from_dns_config(cfg), args.db or cfg.server.geoip_db
@@ -105,6 +106,7 @@ def _router_and_db(args: argparse.Namespace) -> tuple[Any, str | None]:
 
 def cmd_lookup(args: argparse.Namespace) -> int:
     from geo.errors import GeoError
+    from gslb.toml import EXIT_CONFIG, ConfigError
     from geo.locate import Locator
     from geo.mmdb import GeoDatabase, unmap
     from geo.routing import PopSite, Router
@@ -126,7 +128,10 @@ def cmd_lookup(args: argparse.Namespace) -> int:
             _err("no database: give --db FILE (or --config with server.geoip_db)")
             return 2
         db = GeoDatabase(db_path)
-    except (GeoError, ValueError, OSError) as exc:  # gslb.config.ConfigError is a ValueError
+    except ConfigError as exc:  # a bad --config: 2, as for every bad configuration file
+        _err(str(exc))
+        return EXIT_CONFIG
+    except (GeoError, ValueError, OSError) as exc:
         _err(str(exc))
         return 1
     with db:
@@ -168,10 +173,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     from geo.build import build_mmdb
     from geo.errors import GeoError
     from geo.table import load_table
+    from gslb.toml import EXIT_CONFIG, ConfigError
 
     try:
         table = load_table(args.table)
         result = build_mmdb(table, args.out)
+    except ConfigError as exc:  # GeoTableError: a bad table is a bad configuration file
+        _err(str(exc))
+        return EXIT_CONFIG
     except GeoError as exc:
         _err(str(exc))
         return 1

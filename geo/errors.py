@@ -8,6 +8,8 @@ replaces nothing.
 """
 from __future__ import annotations
 
+from gslb.toml import ConfigError
+
 
 class GeoError(Exception):
     """Base class of every error raised by `geo`."""
@@ -34,17 +36,15 @@ class RoutingError(GeoError):
         self.message = message
 
 
-class GeoTableError(GeoError):
+class GeoTableError(GeoError, ConfigError):
     """A geo table (the input of `gslb geo build-mmdb`) is invalid.
 
-    Carries the file, the 1-based line (0 when unknown) and the key, so that
-    the message reads like a compiler's: ``geo-table.toml:12: network[2].lat: ...``.
+    A `gslb.toml.ConfigError` like every configuration file's error: it
+    carries the file, the 1-based line (None when unknown) and the key, so
+    that the message reads like a compiler's:
+    ``geo-table.toml:12: network[2].lat: ...``.
     """
 
-    def __init__(self, path: str, line: int, key: str, message: str) -> None:
-        where = f"{path}:{line}" if line else path
-        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
-        self.path = path
-        self.line = line
-        self.key = key
-        self.message = message
+    @property
+    def message(self) -> str:
+        return self.problem

@@ -225,7 +225,7 @@ class Router:
 
     @classmethod
     def from_dns_config(cls, cfg: Any) -> Router:
-        """Build from the configuration `gslb.config.load_dns_config` returns.
+        """Build from the configuration `dns.config.load_dns_config` returns.
 
         Reads only ``cfg.pops`` (``id``, ``latitude``, ``longitude``) and
         ``cfg.routing`` (``default_order``, ``country``, ``continent``); the

@@ -20,10 +20,10 @@ import ipaddress
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 
 from geo.errors import GeoTableError
+from gslb.toml import Table, TomlDoc
 from geo.location import IPNetwork
 from geo.routing import CONTINENTS
 
@@ -31,7 +31,6 @@ _COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 _KEYS = {"network", "city", "country", "continent", "lat", "lon", "accuracy_radius"}
 # IPv6 ranges the built database reserves for IPv4 (see geo.build).
 _V4_IN_V6 = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("::ffff:0:0/96"))
-_HEADER_RE = re.compile(r"^\s*\[\[\s*network\s*\]\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,67 +58,30 @@ class GeoTable:
 
 def load_table(path: str | os.PathLike[str]) -> GeoTable:
     """Read and validate a geo table file; raise `GeoTableError` on any problem."""
-    p = os.fspath(path)
-    try:
-        with open(p, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise GeoTableError(p, 0, "", exc.strerror or str(exc)) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise GeoTableError(p, 0, "", f"not UTF-8 text ({exc})") from None
-    return parse_table(text, p)
-
-
-class _Lines:
-    """Finds the line a key of the i-th [[network]] table is written on."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-        self.headers = [i + 1 for i, ln in enumerate(self.lines) if _HEADER_RE.match(ln)]
-
-    def of(self, index: int, key: str = "") -> int:
-        if index >= len(self.headers):
-            return 0  # e.g. written as an inline array of tables
-        start = self.headers[index]
-        if not key:
-            return start
-        end = self.headers[index + 1] - 1 if index + 1 < len(self.headers) else len(self.lines)
-        pat = re.compile(rf"^\s*{re.escape(key)}\s*=")
-        for n in range(start, end):
-            if pat.match(self.lines[n]):
-                return n + 1
-        return start
+    return _parse(TomlDoc(path, error=GeoTableError))
 
 
 def parse_table(text: str, path: str = "<geo table>") -> GeoTable:
     """Parse geo table text (see the module docstring); raise `GeoTableError`."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        # tomllib's message already ends with "(at line L, column C)".
-        m = re.search(r"line (\d+)", str(exc))
-        raise GeoTableError(path, int(m.group(1)) if m else 0, "", f"invalid TOML: {exc}") from None
-    lines = _Lines(text)
-    for key in doc:
-        if key != "network":
-            raise GeoTableError(path, 0, key, "unknown top-level key (expected only [[network]] tables)")
-    raw = doc.get("network")
+    return _parse(TomlDoc(path, text, error=GeoTableError))
+
+
+def _parse(doc: TomlDoc) -> GeoTable:
+    root = doc.root()
+    root.reject_unknown(("network",))
+    raw = root.value("network", None)
     if not isinstance(raw, list) or not raw or not all(isinstance(t, dict) for t in raw):
-        raise GeoTableError(path, 0, "network", "the table needs at least one [[network]] table")
+        raise root.error("network", "the table needs at least one [[network]] table")
+    path = doc.path
 
     entries: list[TableEntry] = []
     first_seen: dict[IPNetwork, tuple[int, int]] = {}  # network -> (entry index, line)
-    for i, tbl in enumerate(raw):
-        def fail(key: str, message: str, _i: int = i) -> GeoTableError:
-            return GeoTableError(path, lines.of(_i, key), f"network[{_i}].{key}" if key
-                                 else f"network[{_i}]", message)
+    for i, t in enumerate(root.array("network")):
+        def fail(key: str, message: str, _t: Table = t) -> GeoTableError:
+            return _t.error(key or None, message)  # type: ignore[return-value]
 
-        for key in tbl:
-            if key not in _KEYS:
-                return_hint = f" (known keys: {', '.join(sorted(_KEYS))})"
-                raise fail(key, "unknown key" + return_hint)
+        t.reject_unknown(_KEYS)
+        tbl = t.data
 
         nets_raw = tbl.get("network")
         if nets_raw is None:
@@ -148,7 +110,7 @@ def parse_table(text: str, path: str = "<geo table>") -> GeoTable:
                 other, other_line = first_seen[net]
                 where = f" (line {other_line})" if other_line else ""
                 raise fail("network", f"{net} is already given in network[{other}]{where}")
-            first_seen[net] = (i, lines.of(i, "network"))
+            first_seen[net] = (i, t.line("network") or 0)
             nets.append(net)
 
         country = tbl.get("country")
@@ -184,5 +146,5 @@ def parse_table(text: str, path: str = "<geo table>") -> GeoTable:
             city=city.strip() if city else None,
             lat=float(lat) if lat is not None else None,
             lon=float(lon) if lon is not None else None,
-            accuracy_radius=acc, line=lines.of(i)))
+            accuracy_radius=acc, line=t.line() or 0))
     return GeoTable(path, tuple(entries))

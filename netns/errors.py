@@ -1,13 +1,19 @@
 """Typed errors of the lab. Each message says what went wrong and what to do next."""
 from __future__ import annotations
 
+from gslb.toml import ConfigError
+
 
 class LabError(Exception):
     """Base class: the lab could not do what was asked. `str(err)` is shown to the user."""
 
 
 class PlanError(LabError):
-    """The lab plan (TOML) is invalid: "file:line: key: what is wrong". Nothing was changed."""
+    """The lab plan or the lab prefix is invalid. Nothing was changed."""
+
+
+class PlanFileError(PlanError, ConfigError):
+    """The lab plan file is invalid: "file:line: key: what is wrong" (gslb.toml). Nothing was changed."""
 
 
 class NotRootError(LabError):

@@ -39,7 +39,7 @@ def example_config_dir(tmp_path_factory: pytest.TempPathFactory, lab_mmdb: str) 
 
 @pytest.fixture(scope="session")
 def example_config(example_config_dir: str):
-    from gslb.config import load_dns_config
+    from dns.config import load_dns_config
     return load_dns_config(os.path.join(example_config_dir, "dns.toml"))
 
 

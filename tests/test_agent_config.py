@@ -64,14 +64,14 @@ def test_load_good_config(tmp_path):
 @pytest.mark.parametrize(
     "change, expect",
     [
-        (("port = 8080", "port = 80800"), r"agent.toml:9: port: 80800 is not a TCP port"),
-        (('name = "demo"', 'name = "de mo"'), r"agent.toml:8: name: 'de mo' is not a DNS label"),
-        (("kind = \"tcp\"", "kind = \"udp\""), r"agent.toml:12: kind: 'udp' is not one of"),
+        (("port = 8080", "port = 80800"), r"agent.toml:9: endpoints\[0\].port: 80800 is not a TCP port"),
+        (('name = "demo"', 'name = "de mo"'), r"agent.toml:8: endpoints\[0\].name: 'de mo' is not a DNS label"),
+        (("kind = \"tcp\"", "kind = \"udp\""), r"agent.toml:12: endpoints\[1\].kind: 'udp' is not one of"),
         (("heartbeat_timeout = 12", "heartbeat_timeout = 2"), r"agent.toml:4: heartbeat_timeout: must be above"),
-        (("proxy_protocol = true", "proxy_protocol = 1"), r"agent.toml:14: proxy_protocol: wrong type"),
+        (("proxy_protocol = true", "proxy_protocol = 1"), r"agent.toml:14: endpoints\[1\].proxy_protocol: wrong type"),
         (("zone =", "zonne ="), r"agent.toml:1: zonne: unknown key"),
-        (("proxy_protocol = true", 'deny_cidrs = ["10.0.0.0/33"]'), r"agent.toml:14: deny_cidrs: option 'deny_cidrs': "),
-        (("proxy_protocol = true", 'allow_cidrs = "10.0.0.0/8"'), r"agent.toml:14: allow_cidrs: option 'allow_cidrs' must be a list"),
+        (("proxy_protocol = true", 'deny_cidrs = ["10.0.0.0/33"]'), r"agent.toml:14: endpoints\[1\].deny_cidrs: option 'deny_cidrs': "),
+        (("proxy_protocol = true", 'allow_cidrs = "10.0.0.0/8"'), r"agent.toml:14: endpoints\[1\].allow_cidrs: option 'allow_cidrs' must be a list"),
     ],
 )
 def test_bad_config_names_file_line_and_key(tmp_path, change, expect):

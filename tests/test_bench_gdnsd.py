@@ -10,7 +10,7 @@ from _tools import need_tools
 
 from bench.gdnsd import caa_generic, country_continents_from_mmdb, gdnsd_files
 from geo import build_mmdb, great_circle_km
-from gslb.config import load_dns_config
+from dns.config import load_dns_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DNS_TOML = os.path.join(REPO, "examples", "dns.toml")

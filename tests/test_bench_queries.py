@@ -11,7 +11,7 @@ import dnslib
 from bench import queries as Q
 from bench.dnsbench import compare_answers, rewrite_server_section
 from bench.ours_edge import edge_config_text, parse_forwarding
-from gslb.config import load_dns_config
+from dns.config import load_dns_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DNS_TOML = os.path.join(REPO, "examples", "dns.toml")

@@ -15,7 +15,7 @@ from dns import siphash
 from dns.cookies import CLIENT_ONLY, INVALID, VALID, Cookies
 from dns.engine import Engine
 from dns.wire import A, SOA, TXT, ecs_option, make_query
-from gslb.config import CookieSettings
+from dns.config import CookieSettings
 
 KEY = bytes(range(16))
 # The SipHash paper's reference vectors (SipHash-2-4, key 00..0f, message 00..n-1, n = 0..63).

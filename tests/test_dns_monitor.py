@@ -18,7 +18,7 @@ from dns.health import HealthSnapshot
 from dns.monitor import HealthMonitor, LocalPublisher
 from dns.server import DnsServer
 from dns.wire import A, ecs_option, make_query
-from gslb.config import ConfigError, load_dns_config
+from dns.config import ConfigError, load_dns_config
 
 JP = {f"198.18.5.{i}" for i in range(1, 5)}
 TOKYO = ecs_option("198.19.5.0/24")

@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 from dns import options as eo
 from dns.engine import Engine
 from dns.wire import A, AAAA, SOA, TXT, make_query
-from gslb.config import ChaosSettings, ConfigError, load_dns_config
+from dns.config import ChaosSettings, ConfigError, load_dns_config
 from tests.test_dns_cookies import CLIENT, Reply, cookie_option
 
 NSID_EMPTY = struct.pack("!HH", 3, 0)

@@ -8,7 +8,7 @@ import pytest
 from dns.policy import HealthView
 from dns.wire import A, AAAA, CNAME, MX, NOERROR, NXDOMAIN, REFUSED, SOA, TXT, name_from_text
 from dns.zone import ZoneData, describe_rr
-from gslb.config import StaticRecord
+from dns.config import StaticRecord
 
 
 class Place:

@@ -21,7 +21,7 @@ from dns.dnssec.keys import generate_key, load_key, save_key
 from dns.dnssec.records import DNSKEY, NSEC, NXNAME, RRSIG, canonical_rrset, parse_type_bitmap
 from dns.engine import Engine
 from dns.wire import A, AAAA, ANY, CD, CNAME, MX, NS, SOA, TXT, ecs_option, make_query, name_from_text
-from gslb.config import ConfigError, load_dns_config
+from dns.config import ConfigError, load_dns_config
 
 T0 = 1_800_000_000.0
 JP = {f"198.18.5.{i}" for i in range(1, 5)}

@@ -58,7 +58,7 @@ def test_bad_routing_in_config_names_file_line_and_key(tmp_path, db, capsys):
     text = CONFIG.read_text().replace('CN = ["jp", "ap"]', 'CN = ["jp", "xx"]')
     cfg.write_text(text)
     line = text.splitlines().index('CN = ["jp", "xx"]') + 1
-    assert main(["geo", "lookup", "1.2.3.4", "--db", str(db), "--config", str(cfg)]) == 1
+    assert main(["geo", "lookup", "1.2.3.4", "--db", str(db), "--config", str(cfg)]) == 2  # bad file: 2
     err = capsys.readouterr().err
     assert err.startswith("gslb geo: error: ")
     assert f"{cfg}:{line}" in err and "routing.country.CN" in err and "xx" in err
@@ -72,7 +72,7 @@ def test_bad_table_changes_nothing(tmp_path, db, capsys):
     table.write_text(text)
     line = text.splitlines().index('country = "Japan"') + 1
     index = text[:text.index('country = "Japan"')].count("[[network]]") - 1
-    assert main(["geo", "build-mmdb", str(table), "--out", str(out)]) == 1
+    assert main(["geo", "build-mmdb", str(table), "--out", str(out)]) == 2  # bad file: 2
     err = capsys.readouterr().err
     assert f"{table}:{line}: network[{index}].country: must be an ISO 3166-1 alpha-2 code" in err
     assert out.read_bytes() == db.read_bytes()

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from geo.build import build_mmdb
-from gslb.config import load_dns_config
+from dns.config import load_dns_config
 from geo.locate import Locator
 from geo.mmdb import GeoDatabase
 from geo.routing import Router

@@ -132,7 +132,7 @@ def test_lower_case_country_keys_are_accepted_as_upper_case():
 def test_from_dns_config_reads_pops_and_routing_of_the_loaded_configuration():
     from pathlib import Path
 
-    from gslb.config import load_dns_config
+    from dns.config import load_dns_config
     cfg = load_dns_config(str(Path(__file__).resolve().parent.parent / "examples" / "dns.toml"))
     rt = Router.from_dns_config(cfg)
     assert [p.id for p in rt.pops] == [p.id for p in cfg.pops]

@@ -35,10 +35,10 @@ def test_bad_prefix_from_the_environment_is_refused(capsys, monkeypatch):
     assert "lab prefix 'no_underscores'" in capsys.readouterr().err
 
 
-def test_bad_plan_names_file_line_and_key(tmp_path, capsys):
+def test_bad_plan_names_file_line_and_key_and_exits_2(tmp_path, capsys):
     plan = tmp_path / "lab.toml"
     plan.write_text("[lab]\nzone = \"lab.test\"\nipv4_prefix = \"10.0.0.0/8\"\nipv6_prefix = \"fd7a:5e1b:c00::/48\"\n")
-    assert main(["lab", "up", "--prefix", "gslbu", "--plan", str(plan)]) == 1
+    assert main(["lab", "up", "--prefix", "gslbu", "--plan", str(plan)]) == 2  # a bad file: 2, as everywhere
     err = capsys.readouterr().err
     assert f"{plan}:3: lab.ipv4_prefix: 10.0.0.0/8 is outside 198.18.0.0/15" in err
 

@@ -124,7 +124,7 @@ def test_invalid_toml_gives_the_line(tmp_path):
 
 
 def test_unreadable_plan_says_so(tmp_path):
-    with pytest.raises(PlanError, match="cannot read the lab plan"):
+    with pytest.raises(PlanError, match="missing.toml: cannot read: "):
         load_plan(tmp_path / "missing.toml")
 
 
@@ -156,3 +156,18 @@ def test_an_even_number_of_registry_members_is_refused(tmp_path):
     with pytest.raises(PlanError) as e:
         load_plan(path)
     assert "odd number of registry hosts" in str(e.value) and "found 2" in str(e.value)
+
+
+@pytest.mark.parametrize("old, new, key", [
+    ("resolver_cache_max_ttl = 30", "resolver_cache_max_ttl = 30\ntll = 5", "lab.tll"),
+    ('name = "dns1"', 'name = "dns1"\nrole_ = "dns"', "host[1].role_"),
+    ('id = "eu"', 'id = "eu"\ncty = "Frankfurt"', "pop[2].cty"),
+    ("[routing]", "[routing]\ndefault_oder = []", "routing.default_oder"),
+    ('name = "*.app"', 'name = "*.app"\nttl = 5', "gslb[0].ttl"),
+])
+def test_unknown_key_inside_a_plan_table_is_an_error_at_its_line(tmp_path, old, new, key):
+    path = mutate(tmp_path, old, new)
+    bad = new.split("\n")[1]
+    with pytest.raises(PlanError) as e:
+        load_plan(path)
+    assert str(e.value).startswith(f"{path}:{line_of(path, bad)}: {key}: unknown key (known: "), str(e.value)

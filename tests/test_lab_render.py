@@ -10,7 +10,7 @@ PLAN = load_plan(default_plan_path())
 
 
 def test_dns_toml_is_a_valid_dns_config_with_the_labs_name_servers_and_pops(tmp_path):
-    from gslb.config import load_dns_config  # the one loader `gslb dns` uses: the contract
+    from dns.config import load_dns_config  # the one loader `gslb dns` uses: the contract
 
     (tmp_path / "lab.mmdb").write_bytes(b"")
     path = tmp_path / "dns.toml"
@@ -135,7 +135,7 @@ def test_toml_strings_are_escaped():
 
 
 def test_dns_toml_with_a_dnssec_key_signs_with_one_csk(tmp_path):
-    from gslb.config import load_dns_config
+    from dns.config import load_dns_config
     (tmp_path / "lab.mmdb").write_bytes(b"")
     path = tmp_path / "dns.toml"
     path.write_text(render.dns_toml(PLAN, str(tmp_path / "lab.mmdb"), dnssec_key="/run/x/dnssec-csk.pem"))

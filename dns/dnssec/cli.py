@@ -102,7 +102,7 @@ def _signer(args: argparse.Namespace) -> tuple[Any, Any] | None:
     from dns.cli import _load
     from dns.dnssec.signer import build_signer
     from dns.wire import name_from_text
-    from gslb.config import ConfigError
+    from dns.config import ConfigError
     cfg = _load(args)
     if cfg is None:
         return None

@@ -166,7 +166,7 @@ def build_signer(cfg: Any, origin: bytes) -> Signer | None:
     if d is None or not d.keys:
         return None
     from dns.dnssec.keys import KeyError_, load_key
-    from gslb.config import ConfigError
+    from dns.config import ConfigError
     keys = []
     for i, k in enumerate(d.keys):
         try:

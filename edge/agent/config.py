@@ -1,5 +1,7 @@
 """Agent configuration: frozen dataclasses, loaded from TOML (tomllib) or
-built from command-line flags. Errors read "file:line: key: what is wrong".
+built from command-line flags. Errors read "file:line: key: what is wrong"
+(the shared TOML layer, `gslb.toml`); a bad value from a flag or the
+environment reads "key: what is wrong".
 
 Owns: the schema of agent.toml (docs/protocol.md does not cover it; this
 docstring does). Must not touch: the network.
@@ -30,21 +32,23 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge.modules import BIND_OPTIONS, check_bind_option
 from edge.tunnel.messages import KINDS, TERMINATE_AT
+from gslb.toml import ConfigError, TomlDoc
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_ENDPOINTS = 64
 DEFAULTS_PATH = Path("/etc/gslb/agent.toml")
 
 
-class ConfigError(ValueError):
-    """A bad agent configuration; the message names file, line and key."""
+def bad_value(key: str, problem: str) -> ConfigError:
+    """A bad value that came from a flag or the environment: no file, no line.
+    Read from a file, the loader re-raises it with the file, line and key."""
+    return ConfigError("", None, key, problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +95,7 @@ class AgentConfig:
         if self.server:
             return split_host_port(self.server)
         if not self.zone:
-            raise ConfigError("server: neither --server nor a zone (--zone, GSLB_ZONE, zone =) is set")
+            raise bad_value("server", "neither --server nor a zone (--zone, GSLB_ZONE, zone =) is set")
         return f"connect.{self.zone}", 443
 
     def server_name(self) -> str:
@@ -111,36 +115,36 @@ def split_host_port(value: str, default_port: int = 443) -> tuple[str, int]:
     else:
         host, port_s = v, ""
     if not host:
-        raise ConfigError(f"server: {value!r} has no host")
+        raise bad_value("server", f"{value!r} has no host")
     if port_s:
         if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
-            raise ConfigError(f"server: {value!r} has an invalid port")
+            raise bad_value("server", f"{value!r} has an invalid port")
         return host, int(port_s)
     return host, default_port
 
 
 def validate_endpoint(ep: EndpointConfig) -> EndpointConfig:
-    """Raise ConfigError("key: problem") for a bad endpoint."""
+    """Raise ConfigError (key, problem; no file) for a bad endpoint."""
     if ep.kind not in KINDS:
-        raise ConfigError(f"kind: {ep.kind!r} is not one of {', '.join(KINDS)}")
+        raise bad_value("kind", f"{ep.kind!r} is not one of {', '.join(KINDS)}")
     if not 1 <= ep.port <= 65535:
-        raise ConfigError(f"port: {ep.port} is not a TCP port (1-65535)")
+        raise bad_value("port", f"{ep.port} is not a TCP port (1-65535)")
     if ep.kind in ("http", "tls"):
         if not _LABEL.match(ep.name):
-            raise ConfigError(f"name: {ep.name!r} is not a DNS label (a-z, 0-9, '-', 1-63 characters)")
+            raise bad_value("name", f"{ep.name!r} is not a DNS label (a-z, 0-9, '-', 1-63 characters)")
     elif ep.name:
-        raise ConfigError("name: tcp endpoints have no name (the edge allocates a port)")
+        raise bad_value("name", "tcp endpoints have no name (the edge allocates a port)")
     if ep.terminate_at is not None and (ep.kind != "tls" or ep.terminate_at not in TERMINATE_AT):
-        raise ConfigError("terminate_at: only for tls endpoints, 'edge' or 'agent'")
+        raise bad_value("terminate_at", "only for tls endpoints, 'edge' or 'agent'")
     if ep.proxy_protocol and ep.kind == "http":
-        raise ConfigError("proxy_protocol: http endpoints get the client address in X-Forwarded-For")
+        raise bad_value("proxy_protocol", "http endpoints get the client address in X-Forwarded-For")
     for key, value in ep.module_options:
         try:
             check_bind_option(ep.kind, key, list(value) if isinstance(value, tuple) else value)
         except KeyError:
-            raise ConfigError(f"{key}: not a bind option of {ep.kind} endpoints") from None
+            raise bad_value(key, f"not a bind option of {ep.kind} endpoints") from None
         except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
+            raise bad_value(key, str(exc)) from None
     return ep
 
 
@@ -173,41 +177,21 @@ def read_authtoken(
     for kind, value in sources:
         if value and value.strip():
             return value.strip() if kind == "token" else _read_token_file(value)
-    raise ConfigError("authtoken: none given (--authtoken, --authtoken-file, GSLB_AUTHTOKEN, GSLB_AUTHTOKEN_FILE)")
+    raise bad_value("authtoken", "none given (--authtoken, --authtoken-file, GSLB_AUTHTOKEN, GSLB_AUTHTOKEN_FILE)")
 
 
 def _read_token_file(path: str) -> str:
     try:
         raw = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"authtoken_file: cannot read {path}: {exc.strerror}") from None
+        raise bad_value("authtoken_file", f"cannot read {path}: {exc.strerror}") from None
     for line in raw.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             if len(line) > 512:
-                raise ConfigError(f"authtoken_file: {path}: token longer than 512 characters")
+                raise bad_value("authtoken_file", f"{path}: token longer than 512 characters")
             return line
-    raise ConfigError(f"authtoken_file: {path} holds no token")
-
-
-def _line_of(text: str, key: str, section: int | None) -> int:
-    """Best-effort line number of `key =` (in the n-th [[endpoints]])."""
-    lines = text.splitlines()
-    start = 0
-    if section is not None:
-        seen = -1
-        for i, line in enumerate(lines):
-            if line.strip().startswith("[[endpoints]]"):
-                seen += 1
-                if seen == section:
-                    start = i
-                    break
-    for i in range(start, len(lines)):
-        if re.match(rf"\s*{re.escape(key)}\s*=", lines[i]):
-            return i + 1
-        if section is not None and i > start and lines[i].strip().startswith("["):
-            break
-    return start + 1
+    raise bad_value("authtoken_file", f"{path} holds no token")
 
 
 _TOP_KEYS = {
@@ -228,37 +212,20 @@ def load_agent_config(
     authtoken_file) win over the file. With `endpoints` given (the one of
     `gslb agent http|tls|tcp`), the file only supplies defaults and its
     [[endpoints]] are neither needed nor used."""
-    p = Path(path)
+    doc = TomlDoc(path)
+    root = doc.root()
+    data = root.data
     env = os.environ if env is None else env
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
-    if len(text) > 1_000_000:
-        raise ConfigError(f"{p}: larger than 1 MB")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: {exc}") from None
-
-    def err(key: str, what: str, section: int | None = None) -> ConfigError:
-        return ConfigError(f"{p}:{_line_of(text, key, section)}: {key}: {what}")
-
-    for key in data:
-        if key not in _TOP_KEYS:
-            raise err(key, "unknown key")
-    raw_eps = data.get("endpoints", [])
-    if endpoints is not None:
-        raw_eps = []
-    elif not isinstance(raw_eps, list) or not raw_eps:
-        raise err("endpoints", "at least one [[endpoints]] table is needed")
-    if len(raw_eps) > MAX_ENDPOINTS:
-        raise err("endpoints", f"at most {MAX_ENDPOINTS} endpoints")
+    root.reject_unknown(_TOP_KEYS)
+    ep_tables = [] if endpoints is not None else root.array("endpoints")
+    if endpoints is None and not ep_tables:
+        raise root.error("endpoints", "at least one [[endpoints]] table is needed")
+    if len(ep_tables) > MAX_ENDPOINTS:
+        raise root.error("endpoints", f"at most {MAX_ENDPOINTS} endpoints")
     eps = []
-    for i, raw in enumerate(raw_eps):
-        for key in raw:
-            if key not in _EP_KEYS:
-                raise err(key, "unknown key", i)
+    for et in ep_tables:
+        et.reject_unknown(_EP_KEYS)
+        raw = et.data
         try:
             ep = EndpointConfig(
                 kind=_typed(raw, "kind", str, None),
@@ -271,22 +238,18 @@ def load_agent_config(
             )
             validate_endpoint(ep)
         except ConfigError as exc:
-            key, _, what = str(exc).partition(": ")
-            raise err(key, what, i) from None
+            raise et.error(exc.key, exc.problem) from None
         eps.append(ep)
     ov = overrides or {}
     try:
+        token_file = _typed(data, "authtoken_file", str, None)
         authtoken = read_authtoken(
             ov.get("authtoken"),
             ov.get("authtoken_file"),
             env,
-            file_token=data.get("authtoken"),
-            file_token_file=_relative_to(p, data.get("authtoken_file")),
+            file_token=_typed(data, "authtoken", str, None),
+            file_token_file=doc.resolve_path(token_file) if token_file else None,
         )
-    except ConfigError as exc:
-        key, _, what = str(exc).partition(": ")
-        raise err(key, what) from None
-    try:
         hb_i = float(_typed(data, "heartbeat_interval", (int, float), 10.0))
         hb_t = float(_typed(data, "heartbeat_timeout", (int, float), 15.0))
         ct = float(_typed(data, "connect_timeout", (int, float), 10.0))
@@ -294,15 +257,16 @@ def load_agent_config(
         server = ov.get("server") or _typed(data, "server", str, None)
         if server:
             split_host_port(server)
+        file_ca = _typed(data, "ca", str, None)
+        file_zone = _typed(data, "zone", str, None)
     except ConfigError as exc:
-        key, _, what = str(exc).partition(": ")
-        raise err(key, what) from None
-    ca = ov.get("ca") or _relative_to(p, data.get("ca"))
+        raise root.error(exc.key, exc.problem) from None
+    ca = ov.get("ca") or (doc.resolve_path(file_ca) if file_ca else None)
     return AgentConfig(
         endpoints=tuple(eps) if endpoints is None else endpoints,
         authtoken=authtoken,
         server=server,
-        zone=ov.get("zone") or data.get("zone") or env.get("GSLB_ZONE") or None,
+        zone=ov.get("zone") or file_zone or env.get("GSLB_ZONE") or None,
         ca=Path(ca) if ca else None,
         heartbeat_interval=hb_i,
         heartbeat_timeout=hb_t,
@@ -310,34 +274,26 @@ def load_agent_config(
     )
 
 
-def _relative_to(config_path: Path, value: Any) -> Any:
-    """Paths in a config file are relative to the file's directory (as in every
-    gslb config); paths from flags and the environment stay relative to the cwd."""
-    if not isinstance(value, str) or not value or os.path.isabs(value):
-        return value
-    return str(config_path.resolve().parent / value)
-
-
 def check_timers(interval: float, timeout: float, connect_timeout: float = 10.0) -> None:
     if not 0.1 <= interval <= 3600:
-        raise ConfigError("heartbeat_interval: must be between 0.1 and 3600 seconds")
+        raise bad_value("heartbeat_interval", "must be between 0.1 and 3600 seconds")
     if not interval < timeout <= 3600:
-        raise ConfigError("heartbeat_timeout: must be above heartbeat_interval and at most 3600 seconds")
+        raise bad_value("heartbeat_timeout", "must be above heartbeat_interval and at most 3600 seconds")
     if not 0.1 <= connect_timeout <= 300:
-        raise ConfigError("connect_timeout: must be between 0.1 and 300 seconds")
+        raise bad_value("connect_timeout", "must be between 0.1 and 300 seconds")
 
 
 def _typed(raw: dict[str, Any], key: str, typ: Any, default: Any) -> Any:
     if key not in raw:
         if default is None and key in ("kind", "port"):
-            raise ConfigError(f"{key}: missing")
+            raise bad_value(key, "missing")
         return default
     v = raw[key]
     types = typ if isinstance(typ, tuple) else (typ,)
     if isinstance(v, bool) and bool not in types:
-        raise ConfigError(f"{key}: wrong type ({type(v).__name__})")
+        raise bad_value(key, f"wrong type ({type(v).__name__})")
     if not isinstance(v, types):
-        raise ConfigError(f"{key}: wrong type ({type(v).__name__})")
+        raise bad_value(key, f"wrong type ({type(v).__name__})")
     if typ is list and not all(isinstance(x, str) for x in v):
-        raise ConfigError(f"{key}: must be a list of strings")
+        raise bad_value(key, "must be a list of strings")
     return v

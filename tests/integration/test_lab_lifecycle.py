@@ -138,7 +138,7 @@ def test_bad_plan_is_refused_before_anything_changes(tmp_path, lab_prereqs, gslb
     text = (Path(__file__).resolve().parents[2] / "examples" / "lab.toml").read_text()
     bad.write_text(text.replace('ipv4 = ["198.18.0.11"]', 'ipv4 = ["192.0.2.11"]'))
     r = gslb_run("lab", "up", "--prefix", PREFIX, "--plan", str(bad))
-    assert r.returncode == 1
+    assert r.returncode == 2  # a bad configuration file, as in every command
     assert f"{bad}:" in r.stderr and "192.0.2.11 is outside the lab's 198.18.0.0/15" in r.stderr
     assert lab_namespaces(PREFIX) == []
 

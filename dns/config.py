@@ -1,237 +1,31 @@
-"""The one configuration loader: TOML (tomllib) into frozen dataclasses.
+"""The DNS server's configuration: its schema, defaults and validation.
 
-Owns: reading and validating configuration files, and the error format every
-component reports: ``file:line: key: what is wrong``. It hands plain, frozen
-data down; it must not open sockets, read databases or start anything.
-
-tomllib reports a line only for syntax errors. For semantic errors (a wrong
-type, an unknown PoP id) we find the line ourselves by scanning the source for
-the table header and key (`_SourceIndex`): good enough to point a person at
-the right line, and it never guesses a wrong file.
-
-Components with their own files (the lab plan, the edge, the agent) build
-their schemas on `TomlDoc` and `ConfigError` from here, so every error reads
-the same.
+Owns: the keys of `gslb dns --config FILE` (docs/configuration.md, "DNS
+server"), loaded into frozen dataclasses by `load_dns_config`. Reading the
+file, finding lines, the error format (``file:line: key: what is wrong``),
+unknown keys and relative paths are the shared TOML layer's (`gslb.toml`).
+It hands plain, frozen data down; it must not open sockets, read databases
+or start anything.
 """
 from __future__ import annotations
 
 import ipaddress
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Mapping
+
+from gslb.toml import MISSING, ConfigError, Table, TomlDoc
 
 __all__ = [
-    "ConfigError", "TomlDoc", "Table",
+    "ConfigError",
     "SOA", "NameServer", "Zone", "Pop", "GslbName", "Policy", "Routing", "HealthSettings",
     "StaticRecord", "ServerSettings", "CookieSettings", "ChaosSettings", "DnsConfig", "load_dns_config", "parse_listen",
     "DnssecKey", "DnssecSettings", "DNSSEC_ROLES",
     "RECORD_TYPES", "FALLBACKS", "HEALTH_CHECKS",
 ]
 
-
-class ConfigError(ValueError):
-    """A configuration problem, formatted ``file:line: key: what is wrong``."""
-
-    def __init__(self, path: str, line: int | None, key: str, problem: str) -> None:
-        self.path, self.line, self.key, self.problem = path, line, key, problem
-        where = f"{path}:{line}" if line else path
-        super().__init__(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
-
-
-# ---------------------------------------------------------------------------
-# Source positions for semantic errors
-
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
-_KEYLINE = re.compile(r"^\s*([A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*')\s*=")
-
-
-class _SourceIndex:
-    """Maps (table path, array index, key) to a 1-based line of the source."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-        # (header name, occurrence index, start line, end line)
-        self.sections: list[tuple[str, int, int, int]] = []
-        seen: dict[str, int] = {}
-        starts: list[tuple[str, int, int]] = [("", 0, 0)]
-        for i, line in enumerate(self.lines):
-            m = _HEADER.match(line)
-            if m:
-                name = m.group(2).replace('"', "").replace("'", "").replace(" ", "")
-                n = seen.get(name, 0)
-                seen[name] = n + 1
-                starts.append((name, n, i + 1))
-        for j, (name, n, start) in enumerate(starts):
-            end = starts[j + 1][2] - 1 if j + 1 < len(starts) else len(self.lines)
-            self.sections.append((name, n, start, end))
-
-    def line_of(self, table: str, index: int | None, key: str | None) -> int | None:
-        for name, n, start, end in self.sections:
-            if name != table or (index is not None and n != index):
-                continue
-            if key is None:
-                return start or None
-            for ln in range(start + 1 if start else 1, end + 1):
-                m = _KEYLINE.match(self.lines[ln - 1])
-                if m and m.group(1).strip("\"'") == key:
-                    return ln
-            return start or None
-        return None
-
-
-class TomlDoc:
-    """A parsed TOML file plus what is needed to report errors in it."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.dir = os.path.dirname(os.path.abspath(path))
-        try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
-        except OSError as exc:
-            raise ConfigError(path, None, "", f"cannot read: {exc.strerror or exc}") from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(path, None, "", f"not UTF-8 text (byte {exc.start})") from None
-        try:
-            self.data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            msg = str(exc)
-            m = re.search(r"\(at line (\d+), column \d+\)", msg)
-            line = int(m.group(1)) if m else None
-            problem = re.sub(r" \(at line.*", "", msg)
-            raise ConfigError(path, line, "", f"TOML syntax: {problem}") from None
-        self.index = _SourceIndex(text)
-
-    def root(self) -> "Table":
-        return Table(self, self.data, "", None)
-
-    def resolve_path(self, value: str) -> str:
-        """Paths in a config file are relative to the file's directory."""
-        return value if os.path.isabs(value) else os.path.normpath(os.path.join(self.dir, value))
-
-
-_MISSING = object()
-
-
-class Table:
-    """One TOML table, with typed getters that raise ConfigError with a line number."""
-
-    def __init__(self, doc: TomlDoc, data: Mapping[str, Any], name: str, index: int | None) -> None:
-        self.doc, self.data, self.name, self.index = doc, data, name, index
-        self._used: set[str] = set()
-
-    # -- reporting
-    def qualified(self, key: str) -> str:
-        base = self.name if self.index is None else f"{self.name}[{self.index}]"
-        return f"{base}.{key}" if base else key
-
-    def error(self, key: str | None, problem: str) -> ConfigError:
-        line = self.doc.index.line_of(self.name, self.index, key)
-        return ConfigError(self.doc.path, line, self.qualified(key) if key else self.name, problem)
-
-    # -- access
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def _get(self, key: str, default: Any) -> Any:
-        self._used.add(key)
-        if key in self.data:
-            return self.data[key]
-        if default is _MISSING:
-            raise self.error(None, f"missing required key {key!r}")
-        return default
-
-    def str(self, key: str, default: Any = _MISSING) -> Any:
-        v = self._get(key, default)
-        if v is default and key not in self.data:
-            return v
-        if not isinstance(v, str) or not v:
-            raise self.error(key, f"expected a non-empty string, got {_show(v)}")
-        return v
-
-    def int(self, key: str, default: Any = _MISSING, *, min: int | None = None, max: int | None = None) -> Any:
-        v = self._get(key, default)
-        if v is default and key not in self.data:
-            return v
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.error(key, f"expected an integer, got {_show(v)}")
-        _check_range(self, key, v, min, max)
-        return v
-
-    def float(self, key: str, default: Any = _MISSING, *, min: float | None = None, max: float | None = None) -> Any:
-        v = self._get(key, default)
-        if v is default and key not in self.data:
-            return v
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self.error(key, f"expected a number, got {_show(v)}")
-        _check_range(self, key, v, min, max)
-        return float(v)
-
-    def bool(self, key: str, default: Any = _MISSING) -> Any:
-        v = self._get(key, default)
-        if not isinstance(v, bool):
-            raise self.error(key, f"expected true or false, got {_show(v)}")
-        return v
-
-    def str_list(self, key: str, default: Any = _MISSING, *, item: Callable[[str], Any] | None = None,
-                 what: str = "string") -> Any:
-        v = self._get(key, default)
-        if v is default and key not in self.data:
-            return v
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise self.error(key, f"expected a list of strings, got {_show(v)}")
-        if item is None:
-            return tuple(v)
-        out = []
-        for x in v:
-            try:
-                out.append(item(x))
-            except ValueError as exc:
-                raise self.error(key, f"{x!r} is not a valid {what}: {exc}") from None
-        return tuple(out)
-
-    def table(self, key: str, *, required: bool = False) -> "Table":
-        v = self._get(key, _MISSING if required else {})
-        if not isinstance(v, dict):
-            raise self.error(key, f"expected a table, got {_show(v)}")
-        return Table(self.doc, v, self.qualified(key) if self.index is None else f"{self.name}.{key}", None)
-
-    def array(self, key: str, *, required: bool = False) -> list["Table"]:
-        v = self._get(key, _MISSING if required else [])
-        if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
-            raise self.error(key, f"expected an array of tables ([[{key}]]), got {_show(v)}")
-        name = self.qualified(key)
-        return [Table(self.doc, x, name, i) for i, x in enumerate(v)]
-
-    def reject_unknown(self, extra: Iterable[str] = ()) -> None:
-        """A misspelt key is an error, not a silently ignored line."""
-        allowed = self._used | set(extra)
-        for key in self.data:
-            if key not in allowed:
-                raise self.error(key, "unknown key (see docs/configuration.md)")
-
-
-def _show(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
-def _check_range(t: Table, key: str, v: float, lo: float | None, hi: float | None) -> None:
-    if lo is not None and v < lo:
-        raise t.error(key, f"must be >= {lo}, got {v}")
-    if hi is not None and v > hi:
-        raise t.error(key, f"must be <= {hi}, got {v}")
-
-
-# ---------------------------------------------------------------------------
-# DNS schema
 
 RECORD_TYPES = ("A", "AAAA", "CNAME", "TXT", "MX", "CAA")
 FALLBACKS = ("nearest", "all", "none")
@@ -516,7 +310,7 @@ def load_dns_config(path: str) -> DnsConfig:
         raise root.error("pop", "at least one [[pop]] is required")
     pop_ids = [p.id for p in pops]
 
-    def pop_list(t: Table, key: str, default: Any = _MISSING) -> tuple[str, ...]:
+    def pop_list(t: Table, key: str, default: Any = MISSING) -> tuple[str, ...]:
         ids = t.str_list(key, default)
         for i in ids:
             if i not in pop_ids:
@@ -593,7 +387,7 @@ def load_dns_config(path: str) -> DnsConfig:
         tcp_port=ht.int("tcp_port", 443, min=1, max=65535),
         changing_ttl=ht.int("changing_ttl", 5, min=0, max=86400),
         allow_remote=ht.bool("allow_remote", False),
-        control_socket=doc.resolve_path(cs) if (cs := ht.str("control_socket", None)) else None,
+        control_socket=ht.path("control_socket", None),
         drained=pop_list(ht, "drained", ()),
     )
     if health.timeout_fall and health.timeout_fall < health.fall:
@@ -630,11 +424,10 @@ def load_dns_config(path: str) -> DnsConfig:
     # [server]
     sv = root.table("server")
     listen = sv.str_list("listen", ("127.0.0.1:53", "[::1]:53"), item=parse_listen, what="ADDR:PORT")
-    geoip = sv.str("geoip_db", None)
     server = ServerSettings(
         listen=tuple(listen),
         workers=sv.int("workers", 1, min=1, max=64),
-        geoip_db=doc.resolve_path(geoip) if geoip else None,
+        geoip_db=sv.path("geoip_db", None),
         udp_payload_max=sv.int("udp_payload_max", 1232, min=512, max=65535),
         tcp_idle_timeout=sv.float("tcp_idle_timeout", 10.0, min=0.1, max=3600),
         tcp_max_connections=sv.int("tcp_max_connections", 512, min=1, max=65536),
@@ -688,9 +481,9 @@ def _secret(t: Table, key: str, value: Any) -> bytes:
 
 def _cookies(t: Table) -> CookieSettings:
     enabled = t.bool("enabled", True)
-    secret = t._get("secret", None)
+    secret = t.value("secret", None)
     secret = None if secret is None else _secret(t, "secret", secret)
-    accepted = t._get("secrets_accepted", [])
+    accepted = t.value("secrets_accepted", [])
     if not isinstance(accepted, list):
         raise t.error("secrets_accepted", "expected a list of secrets (32 hexadecimal digits each)")
     if len(accepted) > 8:
@@ -725,9 +518,9 @@ def _load_dnssec(root: Table) -> DnssecSettings:
         role = kt.str("role", "csk").lower()
         if role not in DNSSEC_ROLES:
             raise kt.error("role", f"{role!r}: roles are {', '.join(DNSSEC_ROLES)}")
-        keys.append(DnssecKey(file=root.doc.resolve_path(kt.str("file")), role=role,
+        keys.append(DnssecKey(file=kt.path("file", MISSING), role=role,
                               active=kt.bool("active", True),
-                              line=root.doc.index.line_of(kt.name, kt.index, "file")))
+                              line=kt.line("file")))
         kt.reject_unknown()
     files = [k.file for k in keys]
     if len(set(files)) != len(files):
