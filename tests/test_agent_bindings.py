@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 
+from _helpers import start_echo
+
 from edge.agent.client import Agent
 from edge.agent.config import AgentConfig, EndpointConfig
 from edge.tunnel import messages as M
@@ -124,18 +126,6 @@ class _Edge:
             self.session.data_received(data)
 
 
-async def _echo_server() -> tuple[asyncio.AbstractServer, int]:
-    class Echo(asyncio.Protocol):
-        def connection_made(self, t):
-            self.t = t
-
-        def data_received(self, data):
-            self.t.write(data)
-
-    server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
 async def _agent_online_to_bind(endpoints) -> tuple[Agent, _Edge, asyncio.Task, list[str]]:
     """An agent whose session is past auth, its first bind sent."""
     lines: list[str] = []
@@ -165,7 +155,7 @@ def test_stream_in_the_same_read_as_its_bind_ok_is_served_not_reset():
     bind's reply had been handled, found no binding and was reset."""
 
     async def main() -> None:
-        echo, port = await _echo_server()
+        echo, port = await start_echo()
         agent, edge, task, lines = await _agent_online_to_bind([EndpointConfig(kind="tcp", port=port)])
         bind = await edge.message(M.Bind)
         edge.reply(M.BindOk(bind.id, "b1", "tcp://lab.test:20001", port=20001))
@@ -188,7 +178,7 @@ def test_stream_for_the_first_binding_is_served_before_the_second_bind_ok():
     bindings were recorded only after every bind had its reply)."""
 
     async def main() -> None:
-        echo, port = await _echo_server()
+        echo, port = await start_echo()
         endpoints = [EndpointConfig(kind="tcp", port=port), EndpointConfig(kind="http", port=port, name="web")]
         agent, edge, task, lines = await _agent_online_to_bind(endpoints)
         bind1 = await edge.message(M.Bind)
@@ -219,7 +209,7 @@ def test_stream_for_a_binding_the_edge_never_confirmed_is_reset():
     """What stays unknown once the binds are done is still refused at once."""
 
     async def main() -> None:
-        echo, port = await _echo_server()
+        echo, port = await start_echo()
         agent, edge, task, lines = await _agent_online_to_bind([EndpointConfig(kind="tcp", port=port)])
         bind = await edge.message(M.Bind)
         edge.reply(M.BindOk(bind.id, "b1", "tcp://lab.test:20001", port=20001))

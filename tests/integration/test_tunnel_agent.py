@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from _helpers import secret_file, start_echo
+
 from edge.agent.client import Agent
 from edge.agent.config import AgentConfig, EndpointConfig
 from edge.hub import Hub, HubConfig, agent_protocol_factory
@@ -97,9 +99,7 @@ class Edge:
         self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ctx.load_cert_chain(cert, key)
         self.hub = Hub(HubConfig(domain=f"app.{ZONE}", **hub_kw), [TOKEN])
-        self.token_file = tmp / "token"
-        self.token_file.write_text(TOKEN + "\n")
-        os.chmod(self.token_file, 0o600)
+        self.token_file = secret_file(tmp / "token", TOKEN + "\n")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -125,28 +125,6 @@ class Edge:
         self.server.close()
         for c in list(self.hub.connections):
             c.abort()
-
-
-async def start_echo() -> tuple[asyncio.AbstractServer, int]:
-    class Echo(asyncio.Protocol):
-        def connection_made(self, t):
-            self.t = t
-
-        def data_received(self, data):
-            self.t.write(data)
-
-        def pause_writing(self):
-            self.t.pause_reading()
-
-        def resume_writing(self):
-            self.t.resume_reading()
-
-        def eof_received(self):
-            self.t.close()
-
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Echo, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
 
 
 def run(coro, timeout=120):
