@@ -1,5 +1,5 @@
 """What the tests that run real servers and clients share: free ports,
-child processes whose output a thread reads, the upstream apps behind the
+dig output parsers, child processes whose output a thread reads, the upstream apps behind the
 edge (aiohttp HTTP app, echo servers), and the curl, SSE and websocket
 clients that talk to an edge on loopback.
 
@@ -76,6 +76,33 @@ def secret_file(path: Path, text: str) -> Path:
     path.write_text(text)
     os.chmod(path, 0o600)
     return path
+
+
+# ---------------------------------------------------------------- dig and kdig output
+
+
+def dig_answers(text: str, rtype: str = "A") -> list[tuple[str, int, str]]:
+    """(owner, ttl, data) of the answer lines of dig/kdig output."""
+    out = []
+    for line in text.splitlines():
+        m = re.match(rf"^(\S+)\s+(\d+)\s+IN\s+{rtype}\s+(.+)$", line.strip())
+        if m:
+            out.append((m.group(1), int(m.group(2)), m.group(3).strip()))
+    return out
+
+
+def dig_flags(text: str) -> set[str]:
+    """The header flags of dig (";; flags:") or kdig (";; Flags:") output."""
+    m = re.search(r";; [Ff]lags: ([a-z ]*);", text)
+    assert m, text
+    return set(m.group(1).split())
+
+
+def dig_status(text: str) -> str:
+    """The RCODE name of dig/kdig output (NOERROR, NXDOMAIN, ...)."""
+    m = re.search(r"status: ([A-Z]+)", text)
+    assert m, text
+    return m.group(1)
 
 
 # ---------------------------------------------------------------- child processes
