@@ -593,14 +593,19 @@ def _probe(spec_json: str, max_seconds: str) -> None:
 
 
 def _upstream(port: str) -> None:
+    """HTTP on 127.0.0.1:port: JSON with the client address the edge
+    forwarded (also the upstream of tests/integration/test_lab_failover.py)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True   # head and body in two writes: no 40 ms Nagle/delayed-ACK stall
 
         def do_GET(self):  # noqa: N802
-            body = b"ok\n"
+            body = json.dumps({"xff": self.headers.get("X-Forwarded-For"), "via_agent": "yes",
+                               "path": self.path}).encode()
             self.send_response(200)
+            self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

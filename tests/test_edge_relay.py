@@ -2,65 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-from types import MappingProxyType
 
-from edge.endpoint import Endpoint
-from edge.front.http_front import HttpFront
+from _front_fakes import REQ, Ctx, FakeBinding, FakeTransport, open_front, raw_relay, settle
+
 from edge.front.relay import RawRelay
-from edge.modules import Decision, EffectResult, HttpCall, Module, Response, Verdict, build_chain
+from edge.modules import Decision, EffectResult, HttpCall, Module, Response, Verdict
 from edge.modules.base import PASS, Chain
-
-
-class FakeTransport:
-    def __init__(self, peer=("192.0.2.7", 40000), tls=False):
-        self.written: list[bytes] = []
-        self.paused = False
-        self.closed = False
-        self.aborted = False
-        self.protocol = None
-        self.extra = {"peername": peer, "sockname": ("198.51.100.1", 443)}
-        if tls:
-            self.extra["sslcontext"] = object()
-
-    # transport side
-    def write(self, data):
-        assert not self.closed, "write after close"
-        self.written.append(bytes(data))
-
-    def pause_reading(self):
-        self.paused = True
-
-    def resume_reading(self):
-        self.paused = False
-
-    def close(self):
-        self.closed = True
-
-    def abort(self):
-        self.aborted = self.closed = True
-
-    def is_closing(self):
-        return self.closed
-
-    def get_extra_info(self, name, default=None):
-        return self.extra.get(name, default)
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        self.high_water = high
-
-    # stream-only
-    def set_protocol(self, p):
-        self.protocol = p
-        p.connection_made(self)
-
-    @property
-    def data(self):
-        return b"".join(self.written)
-
-
-async def _settle():
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 def test_raw_relay_holds_client_until_stream_opens_then_flows_both_ways():
@@ -78,7 +25,7 @@ def test_raw_relay_holds_client_until_stream_opens_then_flows_both_ways():
         assert client.paused  # not read until the stream exists
         relay.data_received(b"early")
         gate.set()
-        await _settle()
+        await settle()
         assert not client.paused
         assert stream.data == b"PROXYHDR" + b"early"  # PROXY header first, then the bytes
         relay.data_received(b"more")
@@ -92,15 +39,7 @@ def test_raw_relay_holds_client_until_stream_opens_then_flows_both_ways():
 
 def test_backpressure_pauses_the_other_side_both_ways():
     async def main():
-        stream = FakeTransport()
-
-        async def opener(relay):
-            return stream
-
-        client = FakeTransport()
-        relay = RawRelay(opener)
-        relay.connection_made(client)
-        await _settle()
+        relay, client, stream = await raw_relay()
         # stream buffer full -> stop reading the client
         stream.protocol.pause_writing()
         assert client.paused
@@ -118,15 +57,7 @@ def test_backpressure_pauses_the_other_side_both_ways():
 
 def test_stream_eof_closes_client_and_client_eof_half_closes_stream():
     async def main():
-        stream = FakeTransport()
-
-        async def opener(relay):
-            return stream
-
-        client = FakeTransport()
-        relay = RawRelay(opener)
-        relay.connection_made(client)
-        await _settle()
+        relay, client, stream = await raw_relay()
         assert relay.eof_received() is True  # plain TCP: keep reading the answer
         assert stream.closed and not client.closed
         stream.protocol.data_received(b"late answer")
@@ -144,62 +75,20 @@ def test_opener_returning_none_closes_the_client():
         client = FakeTransport()
         relay = RawRelay(opener)
         relay.connection_made(client)
-        await _settle()
+        await settle()
         assert client.closed and client.data == b""
 
     asyncio.run(main())
 
 
-class FakeBinding(Endpoint):
-    kind, hostname, port, url, pop = "http", "demo.app.lab.test", None, "https://demo.app.lab.test", "eu"
-
-    def __init__(self, options=None):
-        self.options = MappingProxyType(options or {})
-        self.streams = []
-
-    async def open_stream(self, client_addr, client_port, *, sni=None, tls_terminated=False):
-        s = FakeTransport()
-        s.opened_with = (client_addr, client_port, sni, tls_terminated)
-        self.streams.append(s)
-        return s
-
-
-class Ctx:
-    https_port = 443
-    max_header_bytes = 8192
-    stream_open_timeout = 5.0
-    idle_timeout = 60.0
-    header_timeout = None
-    via = None
-
-    def __init__(self, binding, deny=(), chain=None, via=None, effects=None):
-        self.binding = binding
-        self.chain = chain or build_chain(["ip_restriction"], {"ip_restriction": {"deny_cidrs": list(deny)}})
-        self.via = via
-        self.effects = effects  # asyncio.Queue of (effect, future) for module effects
-        self.performed = []
-
-    async def perform(self, effect):
-        self.performed.append(effect)
-        fut = asyncio.get_running_loop().create_future()
-        await self.effects.put((effect, fut))
-        return await fut
-
-    def lookup(self, kind, name):
-        return self.binding
-
-
-REQ = b"GET /x HTTP/1.1\r\nHost: demo.app.lab.test\r\n\r\n"
 
 
 def test_http_front_rewrites_and_uses_one_stream_for_keep_alive():
     async def main():
         b = FakeBinding()
-        front = HttpFront(Ctx(b), "demo.app.lab.test")
-        client = FakeTransport(peer=("::ffff:192.0.2.7", 5000), tls=True)
-        front.connection_made(client)
+        front, client = open_front(Ctx(b), peer=("::ffff:192.0.2.7", 5000))
         front.data_received(REQ)
-        await _settle()
+        await settle()
         front.data_received(REQ)
         assert len(b.streams) == 1
         s = b.streams[0]
@@ -213,9 +102,7 @@ def test_http_front_rewrites_and_uses_one_stream_for_keep_alive():
 
 def test_http_front_offline_answers_404_and_closes():
     async def main():
-        front = HttpFront(Ctx(None), "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(Ctx(None))
         front.data_received(REQ)
         assert client.data.startswith(b"HTTP/1.1 404") and b"ERR_GSLB_3200" in client.data
         assert client.closed
@@ -226,9 +113,7 @@ def test_http_front_offline_answers_404_and_closes():
 def test_http_front_denied_client_gets_403_and_no_stream():
     async def main():
         b = FakeBinding()
-        front = HttpFront(Ctx(b, deny=["192.0.2.0/24"]), "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(Ctx(b, deny=["192.0.2.0/24"]))
         front.data_received(REQ)
         assert client.data.startswith(b"HTTP/1.1 403") and client.closed
         assert b.streams == []
@@ -239,11 +124,9 @@ def test_http_front_denied_client_gets_403_and_no_stream():
 def test_http_front_stream_closed_without_answer_is_502():
     async def main():
         b = FakeBinding()
-        front = HttpFront(Ctx(b), "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(Ctx(b))
         front.data_received(REQ)
-        await _settle()
+        await settle()
         b.streams[0].protocol.connection_lost(ConnectionResetError())
         assert client.data.startswith(b"HTTP/1.1 502") and b"ERR_GSLB_3502" in client.data
 
@@ -253,11 +136,9 @@ def test_http_front_stream_closed_without_answer_is_502():
 def test_http_front_cut_response_aborts_the_client():
     async def main():
         b = FakeBinding()
-        front = HttpFront(Ctx(b), "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(Ctx(b))
         front.data_received(REQ)
-        await _settle()
+        await settle()
         s = b.streams[0]
         s.protocol.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
         s.protocol.connection_lost(ConnectionResetError())
@@ -269,9 +150,7 @@ def test_http_front_cut_response_aborts_the_client():
 def test_http_front_bad_request_gets_400_without_a_stream():
     async def main():
         b = FakeBinding()
-        front = HttpFront(Ctx(b), "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(Ctx(b))
         front.data_received(b"GARBAGE\r\n\r\n")
         assert client.data.startswith(b"HTTP/1.1 400") and client.closed and b.streams == []
 
@@ -281,9 +160,7 @@ def test_http_front_bad_request_gets_400_without_a_stream():
 def test_http_front_request_for_another_host_is_misdirected_421():
     async def main():
         b = FakeBinding()
-        front = HttpFront(Ctx(b), "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(Ctx(b))
         front.data_received(b"GET / HTTP/1.1\r\nHost: other.app.lab.test\r\n\r\n")
         assert client.data.startswith(b"HTTP/1.1 421") and b.streams == []
 
@@ -293,11 +170,9 @@ def test_http_front_request_for_another_host_is_misdirected_421():
 def test_http_front_host_with_port_and_case_matches_sni():
     async def main():
         b = FakeBinding()
-        front = HttpFront(Ctx(b), "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(Ctx(b))
         front.data_received(b"GET / HTTP/1.1\r\nHost: Demo.App.lab.test.:8443\r\n\r\n")
-        await _settle()
+        await settle()
         assert len(b.streams) == 1 and client.data == b""
 
     asyncio.run(main())
@@ -305,15 +180,7 @@ def test_http_front_host_with_port_and_case_matches_sni():
 
 def test_idle_connection_is_aborted_after_a_quiet_period_but_not_while_busy():
     async def main():
-        stream = FakeTransport()
-
-        async def opener(relay):
-            return stream
-
-        client = FakeTransport()
-        relay = RawRelay(opener, idle_timeout=3600)
-        relay.connection_made(client)
-        await _settle()
+        relay, client, stream = await raw_relay(idle_timeout=3600)
         relay._idle_check()             # first period (connection set-up counts as activity)
         relay.data_received(b"x")       # activity in the second period
         relay._idle_check()             # timer fires: busy -> re-armed
@@ -331,9 +198,7 @@ def test_http_front_agent_gone_at_open_is_502():
             raise ConnectionError("session closed")
 
     async def main():
-        front = HttpFront(Ctx(GoneBinding()), "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(Ctx(GoneBinding()))
         front.data_received(REQ)
         # the front first waits (up to REROUTE_WAIT) for the endpoint to be bound elsewhere
         for _ in range(1000):
@@ -357,14 +222,12 @@ def test_http_front_async_open_keeps_request_order():
 
     async def main():
         b = SlowBinding()
-        front = HttpFront(Ctx(b), "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(Ctx(b))
         front.data_received(REQ.replace(b"/x", b"/1"))
         assert client.paused  # nothing more is read until the stream exists
         front.data_received(REQ.replace(b"/x", b"/2"))  # already read by the transport
         b.gate.set()
-        await _settle()
+        await settle()
         data = b.streams[0].data
         assert data.index(b"GET /1") < data.index(b"GET /2") and not client.paused
 
@@ -373,15 +236,7 @@ def test_http_front_async_open_keeps_request_order():
 
 def test_client_gone_while_agent_still_sends_resets_the_stream():
     async def main():
-        stream = FakeTransport()
-
-        async def opener(relay):
-            return stream
-
-        client = FakeTransport()
-        relay = RawRelay(opener)
-        relay.connection_made(client)
-        await _settle()
+        relay, client, stream = await raw_relay()
         stream.protocol.data_received(b"event 1")
         relay.connection_lost(None)   # client went away, the agent has not finished
         assert stream.aborted
@@ -391,15 +246,7 @@ def test_client_gone_while_agent_still_sends_resets_the_stream():
 
 def test_client_close_after_agent_finished_is_a_clean_fin():
     async def main():
-        stream = FakeTransport()
-
-        async def opener(relay):
-            return stream
-
-        client = FakeTransport()
-        relay = RawRelay(opener)
-        relay.connection_made(client)
-        await _settle()
+        relay, client, stream = await raw_relay()
         stream.protocol.eof_received()
         relay.connection_lost(None)
         assert stream.closed and not stream.aborted
@@ -410,11 +257,9 @@ def test_client_close_after_agent_finished_is_a_clean_fin():
 def test_http_front_eof_then_loss_answers_502_once():
     async def main():
         b = FakeBinding()
-        front = HttpFront(Ctx(b), "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(Ctx(b))
         front.data_received(REQ)
-        await _settle()
+        await settle()
         b.streams[0].protocol.eof_received()
         b.streams[0].protocol.connection_lost(None)
         assert client.data.count(b"HTTP/1.1 502") == 1
@@ -460,9 +305,7 @@ class Recorder(Module):
 def test_http_front_sends_a_modules_whole_response_with_via_and_closes():
     async def main():
         b = FakeBinding()
-        front = HttpFront(Ctx(b, chain=Chain((Gate(),)), via="eu.lab.test"), "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(Ctx(b, chain=Chain((Gate(),)), via="eu.lab.test"))
         front.data_received(REQ)
         head, _, body = client.data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 302 Found\r\n")
@@ -477,9 +320,7 @@ def test_http_front_runs_a_modules_effect_then_forwards_with_its_headers_in_orde
     async def main():
         b = FakeBinding()
         ctx = Ctx(b, chain=Chain((Gate(),)), effects=asyncio.Queue())
-        front = HttpFront(ctx, "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(ctx)
         req = b"GET /1 HTTP/1.1\r\nHost: demo.app.lab.test\r\nX-Code: c1\r\nX-User: mallory\r\n\r\n"
         front.data_received(req + req.replace(b"GET /1", b"GET /2").replace(b"c1", b"c2"))
         assert client.paused and b.streams == []  # nothing goes upstream before the effect's answer
@@ -489,7 +330,7 @@ def test_http_front_runs_a_modules_effect_then_forwards_with_its_headers_in_orde
         effect2, fut2 = await asyncio.wait_for(ctx.effects.get(), 5)  # the second request's turn
         assert effect2.body == b"c2"
         fut2.set_result(EffectResult(200, (), b"bob"))
-        await _settle()
+        await settle()
         data = b.streams[0].data
         assert data.index(b"GET /1") < data.index(b"X-User: alice") < data.index(b"GET /2") < data.index(b"X-User: bob")
         assert b"mallory" not in data and data.count(b"X-User:") == 2
@@ -502,11 +343,9 @@ def test_http_front_tells_observing_modules_each_responses_status_and_bytes():
     async def main():
         b = FakeBinding()
         rec = Recorder()
-        front = HttpFront(Ctx(b, chain=Chain((rec,)), via="eu.lab.test"), "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(Ctx(b, chain=Chain((rec,)), via="eu.lab.test"))
         front.data_received(REQ.replace(b"/x", b"/a") + REQ.replace(b"/x", b"/b") + REQ.replace(b"/x", b"/c"))
-        await _settle()
+        await settle()
         up = b.streams[0].protocol
         up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
         up.data_received(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
@@ -529,9 +368,7 @@ def test_http_front_an_endpoint_that_never_opens_is_502_after_stream_open_timeou
     async def main():
         ctx = Ctx(Stuck())
         ctx.stream_open_timeout = 0.01
-        front = HttpFront(ctx, "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(ctx)
         front.data_received(REQ)
         async with asyncio.timeout(10):  # bounded wait for the edge's own timeout to fire
             while not client.closed:

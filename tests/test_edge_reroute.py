@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from test_edge_relay import REQ, Ctx, FakeBinding, FakeTransport  # same folder
+from _front_fakes import REQ, Ctx, FakeBinding, open_front
 
 from edge.front import http_front
-from edge.front.http_front import HttpFront
 
 
 class DeadRemote:
@@ -50,9 +49,7 @@ def test_request_goes_to_the_new_binding_when_the_old_pop_cannot_open_the_stream
     async def main():
         dead, alive = DeadRemote(), FakeBinding()
         ctx = MovingCtx(dead, alive)
-        front = HttpFront(ctx, "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(ctx)
         front.data_received(REQ)
         await _until(lambda: dead.tries == 1)
         await asyncio.sleep(0.1)
@@ -72,9 +69,7 @@ def test_without_a_new_binding_the_failed_open_is_a_502_after_the_wait(monkeypat
 
     async def main():
         dead = DeadRemote()
-        front = HttpFront(MovingCtx(dead), "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(MovingCtx(dead))
         front.data_received(REQ)
         await _until(lambda: client.written)
         assert b"".join(client.written).startswith(b"HTTP/1.1 502 ")
@@ -90,9 +85,7 @@ def test_a_new_binding_with_other_options_is_not_used_for_the_decided_request(mo
     async def main():
         dead, other = DeadRemote(), FakeBinding({"deny_cidrs": ["0.0.0.0/0"]})
         ctx = MovingCtx(dead, other)
-        front = HttpFront(ctx, "demo.app.lab.test")
-        client = FakeTransport(tls=True)
-        front.connection_made(client)
+        front, client = open_front(ctx)
         front.data_received(REQ)
         await _until(lambda: dead.tries == 1)
         ctx.move()

@@ -12,6 +12,15 @@ from netns import procs
 from netns.procs import Proc
 
 
+def ignoring_term(seconds: int) -> subprocess.Popen:
+    """A child that ignores SIGTERM and sleeps `seconds`, started and ready."""
+    p = subprocess.Popen([sys.executable, "-c",
+                          "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                          f"print('ready', flush=True); time.sleep({seconds})"], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    return p
+
+
 def proc_for(p: subprocess.Popen, name: str = "x") -> Proc:
     return Proc(host="h", name=name, pid=p.pid, starttime=procs.starttime_of(p.pid), cmd=("sleep",), log="/dev/null")
 
@@ -49,10 +58,7 @@ def test_a_zombie_counts_as_dead():
 
 
 def test_stop_terminates_then_kills_a_process_that_ignores_term():
-    stubborn = subprocess.Popen([sys.executable, "-c",
-                                 "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                                 "print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
-    assert stubborn.stdout.readline() == b"ready\n"
+    stubborn = ignoring_term(60)
     polite = subprocess.Popen(["sleep", "60"])
     pids = [(stubborn.pid, procs.starttime_of(stubborn.pid)), (polite.pid, -1)]
     assert sorted(procs.stop(pids, term_wait=0.3)) == sorted([stubborn.pid, polite.pid])
@@ -64,10 +70,7 @@ def test_a_per_pid_term_wait_overrides_the_default_one():
     # etcd members get KILL after ~1 s (docs/lab.md), others the default wait. The stubborn
     # process here has a short wait of its own while the default is long: if stop() used the
     # default for it, the module's timeout would stop the test, not this assertion.
-    stubborn = subprocess.Popen([sys.executable, "-c",
-                                 "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                                 "print('ready', flush=True); time.sleep(600)"], stdout=subprocess.PIPE)
-    assert stubborn.stdout.readline() == b"ready\n"
+    stubborn = ignoring_term(600)
     polite = subprocess.Popen(["sleep", "600"])
     try:
         pids = [(stubborn.pid, procs.starttime_of(stubborn.pid)), (polite.pid, -1)]

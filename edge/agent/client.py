@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from edge.agent.bindings import BindingTable
 from edge.agent.config import AgentConfig, EndpointConfig
 from edge.agent.relay import UpstreamProtocol, relay
 from edge.tunnel import messages as M
@@ -151,7 +152,8 @@ class Agent:
         self.online = asyncio.Event()
         self.ingress: list[dict[str, Any]] = []  # from the last auth_ok: where to go if DNS fails us
         self.sessions_started = 0
-        self._by_binding: dict[str, EndpointConfig] = {}
+        self._bindings = BindingTable()  # the current session's (a new one per session)
+        self._bindings.binding_done()
         self._stop = asyncio.Event()
         self._stream_tasks: set[asyncio.Task[None]] = set()
 
@@ -252,9 +254,15 @@ class Agent:
 
     async def _session_once(self) -> bool:
         """One session from connect to loss. Returns whether it got online."""
-        session = await self._connect()
+        return await self._run_session(await self._connect())
+
+    async def _run_session(self, session: Session) -> bool:
+        """Auth, bind, heartbeat on a connected session until it is lost.
+        Returns whether it got online."""
         self.session = session
         self.sessions_started += 1
+        # before the first bind: the edge's streams come from its first bind_ok on
+        self._bindings = bindings = BindingTable()
         control = ControlChannel(session.open_stream())
         timeout = self.config.connect_timeout
         online = False
@@ -267,18 +275,21 @@ class Agent:
                 )
                 if isinstance(auth_ok, M.AuthOk) and auth_ok.ingress:
                     self.ingress = list(auth_ok.ingress)
-                by_binding: dict[str, EndpointConfig] = {}
                 forwardings = []
-                for ep in cfg.endpoints:
-                    reply = await control.request(lambda i, ep=ep: M.Bind(i, ep.kind, ep.name, ep.bind_options()), timeout)
-                    assert isinstance(reply, M.BindOk)
-                    by_binding[reply.binding_id] = ep
-                    forwardings.append(Forwarding(reply.url, ep))
+                try:
+                    for ep in cfg.endpoints:
+                        reply = await control.request(lambda i, ep=ep: M.Bind(i, ep.kind, ep.name, ep.bind_options()), timeout)
+                        assert isinstance(reply, M.BindOk)
+                        # Serve it now, not once every bind has its reply: the
+                        # edge opens streams for it from its bind_ok on.
+                        bindings.add(reply.binding_id, ep)
+                        forwardings.append(Forwarding(reply.url, ep))
+                finally:
+                    bindings.binding_done()
             except ControlError as exc:
                 if exc.code in FATAL_CODES:
                     raise FatalAgentError(exc.code, f"{FATAL_TEXT.get(exc.code, exc.message)}: {exc.message}") from None
                 raise
-            self._by_binding = by_binding
             self.forwardings = forwardings
             for f in forwardings:
                 self.out(f.line())
@@ -326,11 +337,12 @@ class Agent:
     # ------------------------------------------------------------ proxying
 
     def _on_stream(self, stream: Stream) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve_stream(stream))
+        # the table of the session this stream belongs to (the one running now)
+        task = asyncio.get_running_loop().create_task(self._serve_stream(stream, self._bindings))
         self._stream_tasks.add(task)
         task.add_done_callback(self._stream_tasks.discard)
 
-    async def _serve_stream(self, stream: Stream) -> None:
+    async def _serve_stream(self, stream: Stream, bindings: BindingTable) -> None:
         try:
             header_obj, rest = await read_header(stream, HEADER_TIMEOUT)
             if header_obj is None:
@@ -341,7 +353,9 @@ class Agent:
             log.warning("event=bad_proxy_header stream=%d error=%r", stream.stream_id, _describe(exc))
             stream.abort()
             return
-        ep = self._by_binding.get(header.binding_id)
+        # A stream can be read before its binding's bind_ok has been handled
+        # (both in one read): wait for the binds in flight, bounded.
+        ep = await bindings.lookup(header.binding_id, self.config.connect_timeout)
         if ep is None:
             log.warning("event=unknown_binding stream=%d binding=%s", stream.stream_id, header.binding_id)
             stream.abort()

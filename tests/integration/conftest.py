@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _helpers import Proc
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_PREFIX = os.environ.get("GSLB_TEST_LAB_PREFIX", "gslbt")
@@ -94,59 +91,18 @@ class Lab:
                        name or f"{host}:{cmd[0]}")
 
 
-class LabProc:
+class LabProc(Proc):
     """A process in a lab host whose output lines a thread reads (never blocks the test).
     Stopped by its own pid only."""
 
+    wait_timeout = 30.0
+    stop_timeout = 5.0
+
     def __init__(self, argv: list[str], name: str) -> None:
-        self.name = name
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         env.pop("GSLB_LAB_PREFIX", None)
         env.pop("GSLB_LAB_STATE_DIR", None)
-        self.started = time.monotonic()
-        self.p = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, env=env)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    @property
-    def pid(self) -> int:
-        return self.p.pid
-
-    def _pump(self) -> None:
-        assert self.p.stdout is not None
-        for raw in self.p.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            self.log.append(line)
-            self.lines.put(line)
-
-    def wait_line(self, pattern: str, timeout: float = 30.0) -> re.Match:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.p.poll() is not None and self.lines.empty():
-                    break
-                continue
-            m = re.search(pattern, line)
-            if m:
-                return m
-        raise AssertionError(f"{self.name}: no line matching {pattern!r} within {timeout:.0f} s "
-                             f"(exit {self.p.poll()}); output:\n" + "\n".join(self.log[-40:]))
-
-    def wait(self, timeout: float) -> int:
-        return self.p.wait(timeout)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(sig)
-            try:
-                self.p.wait(5)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(5)
+        super().__init__(argv, name, env)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,9 @@ import sys
 import time
 
 import pytest
+from _helpers import dig_answers as answers
+from _helpers import dig_flags as flags
+from _helpers import dig_status as status
 
 from dns.wire import SOA, ecs_option, make_query
 
@@ -136,28 +139,6 @@ def kdig(server: Server, *args: str, host: str = "127.0.0.1") -> str:
     out = subprocess.run([need("kdig"), f"@{host}", "-p", str(server.port), "+time=2", "+retry=0", *args],
                          capture_output=True, text=True, timeout=20)
     return out.stdout + out.stderr
-
-
-def answers(text: str, rtype: str = "A") -> list[tuple[str, int, str]]:
-    """(owner, ttl, data) of the answer lines of dig/kdig output."""
-    out = []
-    for line in text.splitlines():
-        m = re.match(rf"^(\S+)\s+(\d+)\s+IN\s+{rtype}\s+(.+)$", line.strip())
-        if m:
-            out.append((m.group(1), int(m.group(2)), m.group(3).strip()))
-    return out
-
-
-def flags(text: str) -> set[str]:
-    m = re.search(r";; [Ff]lags: ([a-z ]*);", text)
-    assert m, text
-    return set(m.group(1).split())
-
-
-def status(text: str) -> str:
-    m = re.search(r"status: ([A-Z]+)", text)
-    assert m, text
-    return m.group(1)
 
 
 # -- the issue's acceptance -------------------------------------------------------------------

@@ -8,92 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import queue
-import re
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from test_edge_front import CURL, LineEcho, free_port, make_app  # same folder
+from _helpers import (CURL, GSLB, LineEcho, Proc, check_sse_event_by_event, curl_https, free_port, free_range,
+                      make_app, secret_file, tcp_echo_through, tls_exchange, websocket)
 
 from edge.certs import CertAuthority, CertStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-ROOT = Path(__file__).resolve().parents[2]
-GSLB = [sys.executable, "-m", "gslb.cli"]
-
-
-def free_range(n: int) -> tuple[int, int]:
-    for base in range(31000, 40000, 97):
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-            return base, base + n - 1
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
-
-
-class Proc:
-    """A child process whose output lines are read by a thread (never blocks the test)."""
-
-    def __init__(self, args, name):
-        self.name = name
-        self.p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self):
-        for raw in self.p.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            self.log.append(line)
-            self.lines.put(line)
-
-    def wait_line(self, pattern: str, timeout: float = 60.0) -> re.Match:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.p.poll() is not None:
-                    break
-                continue
-            m = re.search(pattern, line)
-            if m:
-                return m
-        raise AssertionError(f"{self.name}: no line matching {pattern!r}; output:\n" + "\n".join(self.log))
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.p.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.p.poll() is None:
-            self.p.send_signal(sig)
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
 
 
 class Upstreams:
@@ -115,7 +45,7 @@ class Upstreams:
         from aiohttp import web
 
         self.state["sse_release"] = asyncio.Event()
-        runner = web.AppRunner(make_app(self.state))
+        runner = web.AppRunner(make_app(self.state["sse_release"]))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         self.http_port = runner.addresses[0][1]
@@ -135,9 +65,7 @@ def net(tmp_path_factory):
         pytest.skip("curl not installed")
     tmp = tmp_path_factory.mktemp("e2e")
     ca = CertAuthority.create(tmp / "ca")
-    token = tmp / "authtokens"
-    token.write_text("e2e-token-123\n")
-    token.chmod(0o600)
+    token = secret_file(tmp / "authtokens", "e2e-token-123\n")
     https_port, http_port, health_port = free_port(), free_port(), free_port()
     lo, hi = free_range(3)
     cfg = tmp / "edge.toml"
@@ -181,11 +109,7 @@ health_listen = "127.0.0.1:{health_port}"
 
 
 def curl(net, name, path, *extra, addr="127.0.0.1"):
-    a = f"[{addr}]" if ":" in addr else addr
-    return subprocess.run(
-        [CURL, "-sS", "--max-time", "60", "--cacert", str(net.ca.cert_path),
-         "--resolve", f"{name}:{net.https_port}:{a}", *extra, f"https://{name}:{net.https_port}{path}"],
-        capture_output=True, timeout=120)
+    return curl_https(net.ca.cert_path, net.https_port, name, path, *extra, addr=addr, max_time=60, timeout=120)
 
 
 def test_https_through_agent_with_forwarded_for_v4_and_v6(net):
@@ -198,26 +122,11 @@ def test_https_through_agent_with_forwarded_for_v4_and_v6(net):
 
 def test_sse_event_by_event_through_the_tunnel(net):
     net.up.call(net.up.state["sse_release"].clear)
-    p = subprocess.Popen(
-        [CURL, "-sS", "-N", "--max-time", "30", "--cacert", str(net.ca.cert_path),
-         "--resolve", f"demo.app.lab.test:{net.https_port}:127.0.0.1",
-         f"https://demo.app.lab.test:{net.https_port}/sse"], stdout=subprocess.PIPE)
-    try:
-        assert p.stdout.readline() + p.stdout.readline() == b"data: one\n\n"
-        net.up.call(net.up.state["sse_release"].set)
-        assert p.communicate(timeout=30)[0] == b"data: two\n\n"
-    finally:
-        p.kill()
-        p.wait()
+    check_sse_event_by_event(net.ca.cert_path, net.https_port, lambda: net.up.call(net.up.state["sse_release"].set))
 
 
 def test_websocket_echo_through_the_tunnel(net):
-    import websockets.sync.client as wsc
-
-    ctx = ssl.create_default_context(cafile=str(net.ca.cert_path))
-    sock = socket.create_connection(("127.0.0.1", net.https_port), timeout=10)
-    with wsc.connect(f"wss://demo.app.lab.test:{net.https_port}/ws", sock=sock, ssl=ctx,
-                     server_hostname="demo.app.lab.test", open_timeout=10) as ws:
+    with websocket(net.ca.cert_path, net.https_port) as ws:
         ws.send("over the tunnel")
         assert ws.recv(timeout=10) == "echo:over the tunnel"
 
@@ -233,16 +142,7 @@ def test_tls_passthrough_through_agent_shows_upstream_certificate(net):
 
 @pytest.mark.parametrize("addr", ["127.0.0.1", "::1"])
 def test_tcp_endpoint_through_agent_with_proxy_v2(net, addr):
-    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    with socket.socket(fam) as s:
-        s.settimeout(10)
-        s.connect((addr, net.tcp_port))
-        s.sendall(b"hi")
-        buf = b""
-        while not buf.endswith(b"echo:hi"):
-            chunk = s.recv(4096)
-            assert chunk, buf
-            buf += chunk
+    buf = tcp_echo_through(addr, net.tcp_port)
     assert buf.startswith(f"proxy src={addr}:".encode())
 
 
@@ -396,22 +296,14 @@ def test_https_connection_churn_gives_freed_heap_back(net):
         return json.loads(subprocess.run([CURL, "-sS", f"http://127.0.0.1:{net.health_port}/healthz"],
                                          capture_output=True).stdout)
 
-    ctx = ssl.create_default_context(cafile=str(net.ca.cert_path))
     before = health()
     ok = [0]
     lock = threading.Lock()
 
     def worker():
         for _ in range(75):
-            with socket.create_connection(("127.0.0.1", net.https_port), timeout=10) as raw:
-                with ctx.wrap_socket(raw, server_hostname="demo.app.lab.test") as s:
-                    s.sendall(b"GET /headers HTTP/1.1\r\nHost: demo.app.lab.test\r\nConnection: close\r\n\r\n")
-                    data = b""
-                    while True:
-                        chunk = s.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
+            data = tls_exchange(net.ca.cert_path, net.https_port,
+                                b"GET /headers HTTP/1.1\r\nHost: demo.app.lab.test\r\nConnection: close\r\n\r\n")
             if data.startswith(b"HTTP/1.1 200"):
                 with lock:
                     ok[0] += 1

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -23,23 +22,18 @@ from typing import Any
 
 import pytest
 
+from _helpers import (CURL, LineEcho, check_sse_event_by_event, curl_https, free_port, make_app, tcp_echo_through,
+                      tls_exchange, websocket)
+
 from edge.certs import CertAuthority, CertStore
 from edge.config import EdgeConfig, Limits, Timeouts
 from edge.endpoint import Endpoint
-from edge.front.proxy_v2 import decode as proxy_decode
 from edge.modules import Chain, Decision, HttpCall, Module, Response, Verdict
 from edge.server import EdgeServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-CURL = shutil.which("curl")
 DOMAIN = "app.lab.test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- fake tunnel
@@ -168,89 +162,6 @@ class FakeHub:
 # ---------------------------------------------------------------- upstreams
 
 
-def make_app(state):
-    from aiohttp import web
-
-    async def headers(request):
-        return web.json_response({k: v for k, v in request.headers.items()} | {"_path": request.path_qs})
-
-    async def sse(request):
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        await resp.write(b"data: one\n\n")
-        await asyncio.wait_for(state["sse_release"].wait(), 30)
-        await resp.write(b"data: two\n\n")
-        await resp.write_eof()
-        return resp
-
-    async def ws(request):
-        sock = web.WebSocketResponse()
-        await sock.prepare(request)
-        async for msg in sock:
-            if msg.type == web.WSMsgType.TEXT:
-                await sock.send_str("echo:" + msg.data)
-            elif msg.type == web.WSMsgType.BINARY:
-                await sock.send_bytes(msg.data)
-        return sock
-
-    async def upload(request):
-        h = hashlib.sha256()
-        n = 0
-        async for chunk in request.content.iter_chunked(65536):
-            h.update(chunk)
-            n += len(chunk)
-        return web.json_response({"bytes": n, "sha256": h.hexdigest(),
-                                  "chunked": request.headers.get("Transfer-Encoding", "")})
-
-    async def download(request):
-        n = int(request.query["n"])
-        resp = web.StreamResponse(headers={"Content-Length": str(n)})
-        await resp.prepare(request)
-        block = bytes(range(256)) * 256
-        left = n
-        while left:
-            part = block[: min(left, len(block))]
-            await resp.write(part)
-            left -= len(part)
-        await resp.write_eof()
-        return resp
-
-    app = web.Application(client_max_size=1 << 34)
-    app.router.add_get("/headers", headers)
-    app.router.add_get("/sse", sse)
-    app.router.add_get("/ws", ws)
-    app.router.add_post("/upload", upload)
-    app.router.add_put("/upload", upload)
-    app.router.add_get("/download", download)
-    return app
-
-
-class LineEcho(asyncio.Protocol):
-    """Echo server; with proxy=True it first decodes a PROXY v2 header and says what it saw."""
-
-    def __init__(self, proxy=False):
-        self.proxy = proxy
-        self.buf = b""
-
-    def connection_made(self, t):
-        self.t = t
-
-    def data_received(self, data):
-        if self.proxy:
-            self.buf += data
-            got = proxy_decode(self.buf)
-            if got is None:
-                return
-            hdr, used = got
-            self.proxy = False
-            self.t.write(f"proxy src={hdr.src_addr}:{hdr.src_port} dst={hdr.dst_addr}:{hdr.dst_port} "
-                         f"authority={hdr.authority}\n".encode())
-            data, self.buf = self.buf[used:], b""
-            if not data:
-                return
-        self.t.write(b"echo:" + data)
-
-
 # ---------------------------------------------------------------- the edge
 
 
@@ -297,7 +208,7 @@ class Lab:
         from aiohttp import web
 
         self.state["sse_release"] = asyncio.Event()
-        runner = web.AppRunner(make_app(self.state))
+        runner = web.AppRunner(make_app(self.state["sse_release"]))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -354,10 +265,7 @@ class Lab:
 
     def curl(self, name: str, path: str, *extra: str, port: int | None = None,
              cafile: Path | None = None) -> subprocess.CompletedProcess:
-        port = port or self.https_port
-        cmd = [CURL, "-sS", "--max-time", "20", "--cacert", str(cafile or self.ca.cert_path),
-               "--resolve", f"{name}:{port}:127.0.0.1", *extra, f"https://{name}:{port}{path}"]
-        return subprocess.run(cmd, capture_output=True, timeout=60)
+        return curl_https(cafile or self.ca.cert_path, port or self.https_port, name, path, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -467,29 +375,11 @@ def test_download_arrives_whole(lab):
 def test_sse_first_event_arrives_before_the_stream_ends(lab):
     """The upstream holds event two until the test has read event one: buffering would hang here."""
     lab.call(lab.state["sse_release"].clear)
-    port = lab.https_port
-    p = subprocess.Popen(
-        [CURL, "-sS", "-N", "--max-time", "30", "--cacert", str(lab.ca.cert_path),
-         "--resolve", f"demo.app.lab.test:{port}:127.0.0.1", f"https://demo.app.lab.test:{port}/sse"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        first = p.stdout.readline() + p.stdout.readline()
-        assert first == b"data: one\n\n"
-        lab.call(lab.state["sse_release"].set)
-        rest, _ = p.communicate(timeout=30)
-        assert rest == b"data: two\n\n"
-    finally:
-        p.kill()
-        p.wait()
+    check_sse_event_by_event(lab.ca.cert_path, lab.https_port, lambda: lab.call(lab.state["sse_release"].set))
 
 
 def test_websocket_echo_through_upgrade(lab):
-    import websockets.sync.client as wsc
-
-    ctx = ssl.create_default_context(cafile=str(lab.ca.cert_path))
-    sock = socket.create_connection(("127.0.0.1", lab.https_port), timeout=10)
-    with wsc.connect(f"wss://demo.app.lab.test:{lab.https_port}/ws", sock=sock, ssl=ctx,
-                     server_hostname="demo.app.lab.test", open_timeout=10) as ws:
+    with websocket(lab.ca.cert_path, lab.https_port) as ws:
         for i in range(3):
             ws.send(f"hello {i}")
             assert ws.recv(timeout=10) == f"echo:hello {i}"
@@ -569,15 +459,7 @@ def test_tls_passthrough_with_proxy_v2_header(lab):
 
 @pytest.mark.parametrize("family,addr", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
 def test_tcp_endpoint_relays_with_proxy_v2(lab, family, addr):
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect((addr, lab.tcp_port))
-        s.sendall(b"hi")
-        buf = b""
-        while not buf.endswith(b"echo:hi"):
-            chunk = s.recv(4096)
-            assert chunk, buf
-            buf += chunk
+    buf = tcp_echo_through(addr, lab.tcp_port)
     line = buf.split(b"\n")[0].decode()
     assert line.startswith(f"proxy src={addr}:") and f"dst={addr}:{lab.tcp_port}" in line
 
@@ -608,16 +490,7 @@ def test_unknown_sni_is_closed(lab):
 
 
 def test_bad_request_gets_400_and_close(lab):
-    ctx = ssl.create_default_context(cafile=str(lab.ca.cert_path))
-    with socket.create_connection(("127.0.0.1", lab.https_port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="demo.app.lab.test") as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+    data = tls_exchange(lab.ca.cert_path, lab.https_port, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 400")
 
 

@@ -13,6 +13,8 @@ import signal
 import time
 
 import pytest
+from _helpers import dig_flags as flags
+from _helpers import dig_status as status
 
 pytestmark = pytest.mark.lab
 
@@ -23,18 +25,6 @@ def dig(lab, host: str, *args: str) -> str:
     r = lab.run(host, "dig", "+time=2", "+tries=2", "+dnssec", *args)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
-
-
-def flags(out: str) -> set[str]:
-    m = re.search(r";; flags: ([a-z ]*);", out)
-    assert m, out
-    return set(m.group(1).split())
-
-
-def status(out: str) -> str:
-    m = re.search(r"status: ([A-Z]+)", out)
-    assert m, out
-    return m.group(1)
 
 
 @pytest.fixture(scope="module")

@@ -358,79 +358,23 @@ def _upstream(workdir: str) -> None:
     """HTTP (headers, sse, ws, upload, download), TLS echo with an agent-side CA, TCP echo; 127.0.0.1."""
     import asyncio
 
+    from _helpers import LineEcho, make_app
     from aiohttp import web
 
     from edge.certs import CertAuthority, CertStore
 
     ca = CertAuthority.create(Path(workdir) / "agent-ca", common_name="agent-side CA")
     store = CertStore(ca, Path(workdir) / "agent-certs")
-    release = asyncio.Event()
-
-    async def headers(request):
-        return web.json_response(dict(request.headers) | {"_path": request.path_qs})
-
-    async def sse(request):
-        release.clear()
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        await resp.write(b"data: one\n\n")
-        await asyncio.wait_for(release.wait(), 30)
-        await resp.write(b"data: two\n\n")
-        await resp.write_eof()
-        return resp
-
-    async def sse_release(request):
-        release.set()
-        return web.Response(text="released")
-
-    async def ws(request):
-        sock = web.WebSocketResponse()
-        await sock.prepare(request)
-        async for msg in sock:
-            if msg.type == web.WSMsgType.TEXT:
-                await sock.send_str("echo:" + msg.data)
-        return sock
-
-    async def upload(request):
-        n = 0
-        async for chunk in request.content.iter_any():
-            n += len(chunk)
-        return web.json_response({"bytes": n})
-
-    async def download(request):
-        n = int(request.query["n"])
-        resp = web.StreamResponse(headers={"Content-Length": str(n)})
-        await resp.prepare(request)
-        block = bytes(range(256)) * 1024
-        left = n
-        while left:
-            part = block[: min(left, len(block))]
-            await resp.write(part)
-            left -= len(part)
-        await resp.write_eof()
-        return resp
-
-    class Echo(asyncio.Protocol):
-        def connection_made(self, t):
-            self.t = t
-
-        def data_received(self, data):
-            self.t.write(b"echo:" + data)
 
     async def main():
-        app = web.Application(client_max_size=1 << 34)
-        app.router.add_get("/headers", headers)
-        app.router.add_get("/sse", sse)
-        app.router.add_get("/sse-release", sse_release)
-        app.router.add_get("/ws", ws)
-        app.router.add_post("/upload", upload)
-        app.router.add_get("/download", download)
+        # 1 GiB uploads here: count them, do not hash them (the test prints the rate)
+        app = make_app(asyncio.Event(), digest=False)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", HTTP_PORT).start()
         loop = asyncio.get_running_loop()
-        await loop.create_server(Echo, "127.0.0.1", TLS_PORT, ssl=store.context("secure.app.lab.test"))
-        await loop.create_server(Echo, "127.0.0.1", TCP_PORT)
+        await loop.create_server(LineEcho, "127.0.0.1", TLS_PORT, ssl=store.context("secure.app.lab.test"))
+        await loop.create_server(LineEcho, "127.0.0.1", TCP_PORT)
         print("upstreams ready", flush=True)
         await asyncio.Event().wait()
 
@@ -476,6 +420,6 @@ def _tcp(addr: str, port: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE.parents[2]))
+    sys.path[:0] = [str(HERE.parents[2]), str(HERE.parents[1])]   # the repository, tests/ (_helpers)
     mode, *rest = sys.argv[1:]
     {"upstream": _upstream, "ws": _ws, "tls": _tls, "tcp": _tcp}[mode](*rest)

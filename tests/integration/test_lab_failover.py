@@ -175,7 +175,8 @@ def fo(lab, gslb_argv, gslb_run):
     assert len(lab.role("registry")) == 3 and len(st["registry"]) == 3
     started = []
     try:
-        up = lab.spawn("agent", PY, str(HERE), "upstream", str(UP_PORT), name="fo-upstream")
+        # the bench's upstream (JSON with the forwarded client address)
+        up = lab.spawn("agent", PY, "-m", "bench.failover", "upstream", str(UP_PORT), name="fo-upstream")
         started.append(up)
         up.wait_line(r"^upstream ready", 30)
         agent = lab.spawn("agent", *gslb_argv, "agent", "http", str(UP_PORT), "--name", NAME, name="fo-agent")
@@ -448,32 +449,6 @@ def test_killing_the_agents_pop_moves_the_agent_and_every_client_is_served_again
 # ---------------------------------------------------------------- helpers run inside lab hosts
 
 
-def _upstream(port: str) -> None:
-    """HTTP on 127.0.0.1:port: JSON with the client address the edge forwarded."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True   # head and body in two writes: no 40 ms Nagle/delayed-ACK stall
-
-        def do_GET(self):  # noqa: N802
-            body = json.dumps({"xff": self.headers.get("X-Forwarded-For"), "via_agent": "yes",
-                               "path": self.path}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", int(port)), H)
-    srv.daemon_threads = True
-    print("upstream ready", flush=True)
-    srv.serve_forever()
-
-
 def _conn(url: str, ca: str, addr: str | None, timeout: float):
     """An HTTPS connection for url's host, to `addr` if given (SNI and certificate: the host)."""
     import http.client
@@ -547,4 +522,4 @@ def _latency(url: str, ca: str, same: str, cross: str, n: str) -> None:
 
 if __name__ == "__main__":
     mode, *rest = sys.argv[1:]
-    {"upstream": _upstream, "loop": _loop, "latency": _latency}[mode](*rest)
+    {"loop": _loop, "latency": _latency}[mode](*rest)

@@ -23,8 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from test_edge_e2e import GSLB, Proc, free_range  # same folder
-from test_edge_front import CURL
+from _helpers import CURL, GSLB, Proc, free_port, free_range, secret_file
 from test_registry_etcd import EtcdCluster, _need_etcd
 
 from edge.certs import CertAuthority
@@ -55,23 +54,6 @@ class _Upstream(BaseHTTPRequestHandler):
         pass
 
 
-def _free_port(addrs) -> int:
-    for _ in range(50):  # bounded
-        s = socket.socket()
-        s.bind((addrs[0], 0))
-        port = s.getsockname()[1]
-        s.close()
-        try:
-            for a in addrs[1:]:
-                t = socket.socket()
-                t.bind((a, port))
-                t.close()
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port")
-
-
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     _need_etcd()
@@ -81,10 +63,8 @@ def net(tmp_path_factory):
     cluster = EtcdCluster(tmp)
     cluster.start()
     ca = CertAuthority.create(tmp / "ca")
-    token = tmp / "authtokens"
-    token.write_text("peer-token-123\n")
-    token.chmod(0o600)
-    https_port, peer_port = _free_port([A, B]), _free_port([A, B])
+    token = secret_file(tmp / "authtokens", "peer-token-123\n")
+    https_port, peer_port = free_port(A, B), free_port(A, B)
     lo, hi = free_range(4)
     cfg = tmp / "edge.toml"
     cfg.write_text(f"""

@@ -6,9 +6,7 @@ opens proxy streams the way edge/front does.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
-import ipaddress
 import os
 import signal
 import ssl
@@ -16,13 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from _helpers import secret_file, start_echo
 
 from edge.agent.client import Agent
 from edge.agent.config import AgentConfig, EndpointConfig
+from edge.certs import CertAuthority
 from edge.hub import Hub, HubConfig, agent_protocol_factory
 from edge.tunnel import messages as M
 from edge.tunnel.session import Session
@@ -38,53 +35,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_ca_and_cert(tmp: Path) -> tuple[Path, Path, Path]:
-    """A tiny CA and a certificate for connect.<zone>; returns (ca, cert, key)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"connect.{ZONE}")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(f"connect.{ZONE}"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path, cert_path, key_path = tmp / "ca.pem", tmp / "edge.pem", tmp / "edge.key"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    """The edge's CA (edge.certs, as `gslb edge` makes one) and a certificate
+    for connect.<zone>; returns (ca, cert, key)."""
+    ca = CertAuthority.create(tmp / "ca")
+    leaf = ca.issue([f"connect.{ZONE}"])
+    cert_path, key_path = tmp / "edge.pem", tmp / "edge.key"
+    cert_path.write_bytes(leaf.cert_pem)
+    key_path.write_bytes(leaf.key_pem)
     os.chmod(key_path, 0o600)
-    return ca_path, cert_path, key_path
+    return ca.cert_path, cert_path, key_path
 
 
 class Edge:
@@ -97,9 +56,7 @@ class Edge:
         self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ctx.load_cert_chain(cert, key)
         self.hub = Hub(HubConfig(domain=f"app.{ZONE}", **hub_kw), [TOKEN])
-        self.token_file = tmp / "token"
-        self.token_file.write_text(TOKEN + "\n")
-        os.chmod(self.token_file, 0o600)
+        self.token_file = secret_file(tmp / "token", TOKEN + "\n")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -125,28 +82,6 @@ class Edge:
         self.server.close()
         for c in list(self.hub.connections):
             c.abort()
-
-
-async def start_echo() -> tuple[asyncio.AbstractServer, int]:
-    class Echo(asyncio.Protocol):
-        def connection_made(self, t):
-            self.t = t
-
-        def data_received(self, data):
-            self.t.write(data)
-
-        def pause_writing(self):
-            self.t.pause_reading()
-
-        def resume_writing(self):
-            self.t.resume_reading()
-
-        def eof_received(self):
-            self.t.close()
-
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Echo, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
 
 
 def run(coro, timeout=120):
