@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 from dns.engine import Engine
 from dns.log import log
+from plumbing.addr import join_host_port
+from plumbing.listen import listen_socket
 
 # RFC 7766 6.2.3: a server may bound the messages it buffers per connection;
 # a length prefix allows 65535, nothing bigger is a DNS message.
@@ -112,29 +114,9 @@ class TcpProtocol(asyncio.Protocol):
         self.server.tcp_connections.discard(self)
 
 
-def _socket(host: str, port: int, kind: int, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, kind)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if kind == socket.SOCK_DGRAM:
-            # Bursts from resolvers outrun one Python thread for a moment: a larger
-            # receive queue absorbs them instead of dropping (the kernel caps it
-            # at net.core.rmem_max).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        if family == socket.AF_INET6:
-            # [::]:53 next to 0.0.0.0:53 must not clash: each family its own socket.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        if kind == socket.SOCK_STREAM:
-            sock.listen(1024)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+# Bursts from resolvers outrun one Python thread for a moment: a larger UDP
+# receive queue absorbs them instead of dropping (the kernel caps it at net.core.rmem_max).
+_UDP_RCVBUF = 4 << 20
 
 
 class DnsServer:
@@ -162,23 +144,20 @@ class DnsServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for host, port in self.listen:
-            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            udp = None
+            # Each family its own socket ([::]:53 beside 0.0.0.0:53), SO_REUSEPORT with workers.
+            udp = listen_socket(host, port, socket.SOCK_DGRAM, reuse_port=self.reuse_port, rcvbuf=_UDP_RCVBUF)
+            if port == 0:
+                port = udp.getsockname()[1]  # TCP on the same ephemeral port
             try:
-                udp = _socket(host, port, socket.SOCK_DGRAM, self.reuse_port)
-                if port == 0:
-                    port = udp.getsockname()[1]  # TCP on the same ephemeral port
-                tcp = _socket(host, port, socket.SOCK_STREAM, self.reuse_port)
-            except OSError as exc:
-                if udp is not None:
-                    udp.close()
-                raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from None
+                tcp = listen_socket(host, port, socket.SOCK_STREAM, reuse_port=self.reuse_port)
+            except OSError:
+                udp.close()
+                raise
             reader = UdpReader(self, udp)
             loop.add_reader(udp.fileno(), reader.on_readable)
             self._udp_sockets.append(udp)
             self._servers.append(await loop.create_server(lambda: TcpProtocol(self), sock=tcp))
-            log("listening", address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                proto="udp+tcp")
+            log("listening", address=join_host_port(host, port), proto="udp+tcp")
 
     def reload(self) -> bool:
         """Swap in a freshly built engine; on any error keep the old one (and say why)."""
@@ -430,61 +409,19 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer],
             pid = _fork_worker(server_factory, None, [])
         children.append(pid)
     log("workers_started", workers=n, pids=",".join(map(str, children)))
-    if monitor_factory is not None:
-        # ack_w stays open here: respawned workers inherit it.
-        try:
-            return _supervise(n, children, feeds, ack_r, ack_w, server_factory, budget, monitor_factory,
-                              reload_config)
-        finally:
-            os.close(ack_w)
-
-    stopping = False
-
-    def relay(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        for pid in list(alive):
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-
-    alive = set(children)
-    for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, relay)
-    status = 0
-    while alive:
-        try:
-            pid, st = os.wait()
-        except ChildProcessError:
-            break
-        alive.discard(pid)
-        code = os.waitstatus_to_exitcode(st)
-        if stopping:
-            continue
-        if code < 0 and budget.take(time.monotonic()):
-            new = _fork_worker(server_factory, None, [])
-            alive.add(new)
-            log("worker_respawned", level="error", worker=pid, code=code, new=new)
-            continue
-        log("worker_exited", level="error", worker=pid, code=code, respawns=budget.limit,
-            window_s=budget.window)
-        status = 1
-        stopping = True
-        for other in alive:
-            try:
-                os.kill(other, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    log("stopped", workers=n)
-    return status
+    try:
+        return _supervise(n, children, feeds, ack_r, ack_w, server_factory, budget, monitor_factory,
+                          reload_config)
+    finally:
+        if ack_w >= 0:
+            os.close(ack_w)   # open until here: respawned workers inherit it
 
 
 def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r: int, ack_w: int,
                server_factory: Callable[[], DnsServer], budget: RespawnBudget,
-               monitor_factory: Callable[[Any], Any], reload_config: Callable[[], Any] | None) -> int:
-    """The parent's event loop: the health monitor, signal relay, reaping (and replacing) workers."""
+               monitor_factory: Callable[[Any], Any] | None, reload_config: Callable[[], Any] | None) -> int:
+    """The parent's event loop, the one supervisor: signal relay, reaping (and replacing) workers,
+    and, with `monitor_factory`, the health monitor publishing to them."""
     from dns.control import ControlError
     from dns.monitor import PipePublisher
     alive = set(children)
@@ -499,8 +436,8 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        publisher = PipePublisher(feeds, ack_r)
-        monitor = monitor_factory(publisher)
+        publisher = PipePublisher(feeds, ack_r) if monitor_factory is not None else None
+        monitor = monitor_factory(publisher) if monitor_factory is not None else None
         done = asyncio.Event()
 
         def respawn(dead: int, code: int) -> bool:
@@ -508,11 +445,14 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
             # that exits with a status chose to (it could not listen, say) and would again.
             if code >= 0 or not budget.take(time.monotonic()):
                 return False
-            feed_r, feed_w = os.pipe()
-            new = _fork_worker(server_factory, (feed_r, ack_w), [], from_loop=True)
-            os.close(feed_r)
+            if publisher is None:
+                new = _fork_worker(server_factory, None, [], from_loop=True)
+            else:
+                feed_r, feed_w = os.pipe()
+                new = _fork_worker(server_factory, (feed_r, ack_w), [], from_loop=True)
+                os.close(feed_r)
+                publisher.add(new, feed_w)   # sends it the newest snapshot
             alive.add(new)
-            publisher.add(new, feed_w)   # sends it the newest snapshot
             log("worker_respawned", level="error", worker=dead, code=code, new=new)
             return True
 
@@ -526,7 +466,8 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
                 if pid == 0:
                     break
                 alive.discard(pid)
-                publisher.forget(pid)
+                if publisher is not None:
+                    publisher.forget(pid)
                 if state["stopping"]:
                     continue
                 code = os.waitstatus_to_exitcode(st)
@@ -541,7 +482,7 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
                 done.set()
 
         def on_signal(signum: int) -> None:
-            if signum == signal.SIGHUP and reload_config is not None:
+            if signum == signal.SIGHUP and monitor is not None and reload_config is not None:
                 try:
                     monitor.reconfigure(reload_config())
                 except Exception as exc:  # noqa: BLE001 - a bad reload keeps the old view
@@ -560,16 +501,18 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
                 await asyncio.sleep(0.1)
 
         reaping = asyncio.create_task(reaper())
-        try:
-            await monitor.start()
-        except Exception as exc:  # noqa: BLE001 - ControlError, OSError: stop the workers, exit 1
-            log("control_failed" if isinstance(exc, ControlError) else "monitor_failed",
-                level="error", error=str(exc))
-            state["status"], state["stopping"] = 1, True
-            send(signal.SIGTERM)
+        if monitor is not None:
+            try:
+                await monitor.start()
+            except Exception as exc:  # noqa: BLE001 - ControlError, OSError: stop the workers, exit 1
+                log("control_failed" if isinstance(exc, ControlError) else "monitor_failed",
+                    level="error", error=str(exc))
+                state["status"], state["stopping"] = 1, True
+                send(signal.SIGTERM)
         await done.wait()
         await reaping
-        await monitor.stop()
+        if monitor is not None:
+            await monitor.stop()
 
     _run_loop(main())
     log("stopped", workers=n)

@@ -117,8 +117,8 @@ def _run(args: argparse.Namespace) -> int:
     from edge.certs import CertAuthority, CertError, CertStore
     from edge.config import ConfigError, load
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    from plumbing.kvlog import configure
+    configure(logging.INFO if args.verbose else logging.WARNING)
     try:
         cfg = load(args.config, args.pop)
         ca = CertAuthority.load(cfg.ca_dir)
@@ -139,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_serve(cfg, certs, hub, agent_factory))
     except OSError as exc:
-        print(f"gslb edge: cannot listen on {exc.strerror}", file=sys.stderr)
+        print(f"gslb edge: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

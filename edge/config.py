@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plumbing.addr import split_host_port
+
 __all__ = ["ConfigError", "EdgeConfig", "Timeouts", "Limits", "RegistryConfig", "PeerConfig", "PeerAddress",
            "load", "parse"]
 
@@ -211,10 +213,11 @@ def _addr(src: _Src, key: str, v: Any) -> str:
 
 def _hostport(src: _Src, key: str, v: Any) -> tuple[str, int]:
     s = _str(src, key, v)
-    m = re.match(r"^\[([^\]]+)\]:(\d+)$", s) or re.match(r"^([^:]+):(\d+)$", s)
-    if not m:
-        raise src.error(key, f"expected ADDRESS:PORT (IPv6 as [ADDR]:PORT), got {s!r}")
-    return _addr(src, key, m.group(1)), _port(src, key, int(m.group(2)))
+    try:
+        host, port = split_host_port(s)
+    except ValueError:
+        raise src.error(key, f"expected ADDRESS:PORT (IPv6 as [ADDR]:PORT), got {s!r}") from None
+    return _addr(src, key, host), _port(src, key, port)
 
 
 def _table(src: _Src, key: str, v: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from edge.agent.config import AgentConfig, EndpointConfig
 from edge.agent.relay import UpstreamProtocol, relay
 from edge.tunnel import messages as M
 from edge.tunnel.errors import ControlError, MessageError, SessionClosedError, TunnelError
+from plumbing.addr import split_host_port
 from edge.tunnel.session import Session, SessionConfig, Stream
 from edge.tunnel.stream_header import read_header
 
@@ -33,14 +34,8 @@ MAX_INGRESS_TRIED = 16  # fallback ingresses tried per connection attempt
 
 
 def split_addr(text: str, default_port: int) -> tuple[str, int]:
-    """"ADDR:PORT", "[V6]:PORT" or "ADDR" -> (host, port)."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if text.count(":") == 1:
-        host, _, p = text.partition(":")
-        return host, int(p)
-    return text, default_port
+    """"ADDR:PORT", "[V6]:PORT" or "ADDR" -> (host, port); ValueError if malformed."""
+    return split_host_port(text, default_port)
 # control errors after which retrying cannot help: the agent exits non-zero
 FATAL_CODES = {M.ERR_AUTH_FAILED, M.ERR_NAME_IN_USE, M.ERR_PORT_RANGE_EXHAUSTED, M.ERR_BAD_REQUEST, M.ERR_TOO_MANY_BINDINGS}
 FATAL_TEXT = {

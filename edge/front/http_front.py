@@ -21,7 +21,8 @@ from typing import Any, Callable, Protocol
 
 from edge.endpoint import Endpoint, open_stream_within
 from edge.front.http1 import HttpError, RequestHead, RequestRewriter, error_response
-from edge.front.relay import ClientSide, kv, log
+from edge.front.relay import ClientSide, log
+from plumbing.kvlog import kv
 from edge.front.response import ResponseRewriter, add_via
 from edge.modules import Chain, Decision, EffectResult, HttpCall, Outcome, Subject, Verdict
 from edge.modules import base as modbase

@@ -1,0 +1,11 @@
+"""Plumbing shared by the DNS server, the edge and the lab: nothing protocol-specific.
+
+Owns: parsing and printing ``HOST:PORT`` (`plumbing.addr`), the one IP
+normaliser (IPv4-mapped IPv6 becomes IPv4, `plumbing.addr.normalise_ip`),
+listening sockets (`plumbing.listen`) and the key=value log line
+(`plumbing.kvlog`).
+
+Must not import anything of this project (only the standard library): `dns`,
+`edge`, `netns`, `gslb` and `bench` all import it, and the import rules
+(`dns -> geo`, `edge` stands alone) stay true only if this package is a leaf.
+"""
