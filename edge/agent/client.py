@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from edge import errors as E
 from edge.agent.config import AgentConfig, EndpointConfig
 from edge.agent.relay import UpstreamProtocol, relay
 from edge.tunnel import messages as M
@@ -366,7 +367,7 @@ class Agent:
 def _bad_gateway(endpoint: str, ep: EndpointConfig) -> bytes:
     body = (
         f"502 Bad Gateway\n\nThe agent for {endpoint} could not reach its upstream "
-        f"{ep.host}:{ep.port} (ERR_GSLB_AGENT_UPSTREAM).\n"
+        f"{ep.host}:{ep.port} ({E.AGENT_UPSTREAM.code}).\n"
     ).encode()
     head = (
         "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\n"
