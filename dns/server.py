@@ -331,10 +331,11 @@ def _close_inherited(keep: set[int]) -> None:
     os.closerange(lo, top if top != resource.RLIM_INFINITY else 65536)
 
 
-def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int] | None,
+def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int],
                  close_fds: list[int], from_loop: bool = False) -> int:
-    """Fork one worker; in the child: close the parent's pipe ends in `close_fds` (everything
-    inherited, when forked `from_loop`), serve, _exit."""
+    """Fork one worker reading health snapshots from `feed` (snapshot pipe, ack pipe); in the
+    child: close the parent's pipe ends in `close_fds` (everything inherited, when forked
+    `from_loop`), serve, _exit."""
     pid = os.fork()
     if pid:
         return pid
@@ -354,20 +355,18 @@ def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int] 
     code = 1
     try:
         if from_loop:
-            _close_inherited(set(feed) if feed is not None else set())
+            _close_inherited(set(feed))
         for fd in close_fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        if feed is not None:
-            def factory() -> DnsServer:
-                srv = server_factory()
-                srv.health_feed = feed
-                return srv
-            code = run_single(factory)
-        else:
-            code = run_single(server_factory)
+
+        def factory() -> DnsServer:
+            srv = server_factory()
+            srv.health_feed = feed
+            return srv
+        code = run_single(factory)
     finally:
         sys.stderr.flush()
         os._exit(code)
@@ -375,7 +374,7 @@ def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int] 
 
 
 def run_workers(n: int, server_factory: Callable[[], DnsServer],
-                monitor_factory: Callable[[Any], Any] | None = None,
+                monitor_factory: Callable[[Any], Any],
                 reload_config: Callable[[], Any] | None = None,
                 budget: RespawnBudget | None = None) -> int:
     """Fork `n` workers, each binding its own sockets with SO_REUSEPORT.
@@ -386,42 +385,34 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer],
     that exits on its own stops the others (exit status 1), and so does
     a death past the respawn budget (RESPAWN_LIMIT in RESPAWN_WINDOW s).
 
-    With `monitor_factory` the parent also runs the one health monitor
-    (`monitor_factory(publisher)`), publishing snapshots to the workers over
-    pipes, so every worker answers from the same view (a respawned worker
-    gets the newest one at once); on SIGHUP it reconfigures it from
-    `reload_config()` before relaying the signal.
+    The parent also runs the one health monitor (`monitor_factory(publisher)`),
+    publishing snapshots to the workers over pipes, so every worker answers
+    from the same view (a respawned worker gets the newest one at once); on
+    SIGHUP it reconfigures it from `reload_config()` before relaying the signal.
     """
     budget = budget or RespawnBudget()
     children: list[int] = []
     feeds: list[tuple[int, int]] = []
-    ack_r = ack_w = -1
-    if monitor_factory is not None:
-        ack_r, ack_w = os.pipe()
+    ack_r, ack_w = os.pipe()
     for _ in range(n):
-        feed_r = feed_w = -1
-        if monitor_factory is not None:
-            feed_r, feed_w = os.pipe()
-            pid = _fork_worker(server_factory, (feed_r, ack_w), [fd for _, fd in feeds] + [feed_w, ack_r])
-            os.close(feed_r)
-            feeds.append((pid, feed_w))
-        else:
-            pid = _fork_worker(server_factory, None, [])
+        feed_r, feed_w = os.pipe()
+        pid = _fork_worker(server_factory, (feed_r, ack_w), [fd for _, fd in feeds] + [feed_w, ack_r])
+        os.close(feed_r)
+        feeds.append((pid, feed_w))
         children.append(pid)
     log("workers_started", workers=n, pids=",".join(map(str, children)))
     try:
         return _supervise(n, children, feeds, ack_r, ack_w, server_factory, budget, monitor_factory,
                           reload_config)
     finally:
-        if ack_w >= 0:
-            os.close(ack_w)   # open until here: respawned workers inherit it
+        os.close(ack_w)   # open until here: respawned workers inherit it
 
 
 def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r: int, ack_w: int,
                server_factory: Callable[[], DnsServer], budget: RespawnBudget,
-               monitor_factory: Callable[[Any], Any] | None, reload_config: Callable[[], Any] | None) -> int:
-    """The parent's event loop, the one supervisor: signal relay, reaping (and replacing) workers,
-    and, with `monitor_factory`, the health monitor publishing to them."""
+               monitor_factory: Callable[[Any], Any], reload_config: Callable[[], Any] | None) -> int:
+    """The parent's event loop, the one supervisor: the health monitor, signal relay, reaping
+    (and replacing) workers."""
     from dns.control import ControlError
     from dns.monitor import PipePublisher
     alive = set(children)
@@ -436,8 +427,8 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        publisher = PipePublisher(feeds, ack_r) if monitor_factory is not None else None
-        monitor = monitor_factory(publisher) if monitor_factory is not None else None
+        publisher = PipePublisher(feeds, ack_r)
+        monitor = monitor_factory(publisher)
         done = asyncio.Event()
 
         def respawn(dead: int, code: int) -> bool:
@@ -445,14 +436,11 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
             # that exits with a status chose to (it could not listen, say) and would again.
             if code >= 0 or not budget.take(time.monotonic()):
                 return False
-            if publisher is None:
-                new = _fork_worker(server_factory, None, [], from_loop=True)
-            else:
-                feed_r, feed_w = os.pipe()
-                new = _fork_worker(server_factory, (feed_r, ack_w), [], from_loop=True)
-                os.close(feed_r)
-                publisher.add(new, feed_w)   # sends it the newest snapshot
+            feed_r, feed_w = os.pipe()
+            new = _fork_worker(server_factory, (feed_r, ack_w), [], from_loop=True)
+            os.close(feed_r)
             alive.add(new)
+            publisher.add(new, feed_w)   # sends it the newest snapshot
             log("worker_respawned", level="error", worker=dead, code=code, new=new)
             return True
 
@@ -466,8 +454,7 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
                 if pid == 0:
                     break
                 alive.discard(pid)
-                if publisher is not None:
-                    publisher.forget(pid)
+                publisher.forget(pid)
                 if state["stopping"]:
                     continue
                 code = os.waitstatus_to_exitcode(st)
@@ -482,7 +469,7 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
                 done.set()
 
         def on_signal(signum: int) -> None:
-            if signum == signal.SIGHUP and monitor is not None and reload_config is not None:
+            if signum == signal.SIGHUP and reload_config is not None:
                 try:
                     monitor.reconfigure(reload_config())
                 except Exception as exc:  # noqa: BLE001 - a bad reload keeps the old view
@@ -501,18 +488,16 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
                 await asyncio.sleep(0.1)
 
         reaping = asyncio.create_task(reaper())
-        if monitor is not None:
-            try:
-                await monitor.start()
-            except Exception as exc:  # noqa: BLE001 - ControlError, OSError: stop the workers, exit 1
-                log("control_failed" if isinstance(exc, ControlError) else "monitor_failed",
-                    level="error", error=str(exc))
-                state["status"], state["stopping"] = 1, True
-                send(signal.SIGTERM)
+        try:
+            await monitor.start()
+        except Exception as exc:  # noqa: BLE001 - ControlError, OSError: stop the workers, exit 1
+            log("control_failed" if isinstance(exc, ControlError) else "monitor_failed",
+                level="error", error=str(exc))
+            state["status"], state["stopping"] = 1, True
+            send(signal.SIGTERM)
         await done.wait()
         await reaping
-        if monitor is not None:
-            await monitor.stop()
+        await monitor.stop()
 
     _run_loop(main())
     log("stopped", workers=n)
