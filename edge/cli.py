@@ -95,7 +95,8 @@ def _make_hub(cfg: Any) -> tuple[Any, Any]:
     if cfg.authtokens_file:
         tokens = hubmod.Hub.load_authtokens(cfg.authtokens_file)
     else:
-        logging.getLogger("gslb.edge").warning("event=no_authtokens detail=\"no authtokens_file: agents cannot log in\"")
+        from plumbing.kvlog import kv
+        logging.getLogger("gslb.edge").warning(kv("no_authtokens", detail="no authtokens_file: agents cannot log in"))
     ingress = tuple(
         {"pop": p.pop, "name": f"{p.pop}.connect.{cfg.zone}", "addresses": [f"{h}:{port}" for h, port in p.ingress]}
         for p in cfg.peers if p.pop != cfg.pop)

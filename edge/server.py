@@ -534,10 +534,11 @@ class EdgeServer:
         app.router.add_get("/healthz", healthz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        sock = listen_socket(host, port)
+        site = web.SockSite(runner, sock)
         await site.start()
         self._health_runner = runner
-        self.bound["health"] = [(host, runner.addresses[0][1] if runner.addresses else port)]
+        self.bound["health"] = [(host, sock.getsockname()[1])]
 
 
 class _Refuse(asyncio.Protocol):
