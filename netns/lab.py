@@ -37,6 +37,7 @@ from netns.errors import BuildError, LabError, NotRootError, ToolMissingError
 from netns.guard import require_socket_in
 from netns.plan import Host, LabPlan, check_prefix
 from netns.procs import Proc
+from plumbing.addr import join_host_port
 from plumbing.kvlog import kv
 
 log = logging.getLogger("gslb.lab")
@@ -267,7 +268,7 @@ def _child_env() -> dict[str, str]:
 
 
 def dns_command(paths: LabPaths, host: Host) -> list[str]:
-    listen = [f"{a}:53" for a in host.ipv4] + [f"[{a}]:53" for a in host.ipv6]
+    listen = [join_host_port(a, 53) for a in (*host.ipv4, *host.ipv6)]
     # An explicit control socket in the state dir: the default one lives under
     # /run/gslb-dns/, a directory `down` would otherwise leave behind.
     argv = [*gslb_argv(), "dns", "--config", str(paths.dns_config), "--control", str(paths.dns_control(host.name))]

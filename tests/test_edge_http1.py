@@ -175,3 +175,12 @@ def test_every_error_code_is_defined_once_in_edge_errors_and_documented_with_its
     documented = dict(re.findall(r"^\| `(ERR_GSLB_\w+)` \| (\d{3}) \|", (repo / "docs" / "errors.md").read_text(),
                                  re.M))
     assert documented == {c: str(e.status) for c, e in E.CODES.items()}
+
+
+@pytest.mark.parametrize("value, name", [
+    ("Demo.App.Lab.Test", "demo.app.lab.test"), ("demo.app.lab.test:8443", "demo.app.lab.test"),
+    ("demo.app.lab.test.", "demo.app.lab.test"), ("[::1]:443", "[::1]"), (" x.test ", "x.test"),
+])
+def test_host_name_drops_port_trailing_dot_and_case(value, name):
+    from edge.front.http1 import host_name
+    assert host_name(value) == name

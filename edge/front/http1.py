@@ -21,7 +21,7 @@ from edge import errors as E
 
 __all__ = [
     "HttpError", "RequestHead", "BodyData", "RequestEnd", "Upgraded", "RequestRewriter",
-    "error_response", "HOP_BY_HOP",
+    "error_response", "host_name", "HOP_BY_HOP",
 ]
 
 # RFC 9110 7.6.1: Connection and the fields it names are hop-by-hop, as are
@@ -255,6 +255,18 @@ _REASONS = {
     405: "Method Not Allowed", 408: "Request Timeout", 421: "Misdirected Request", 431: "Request Header Fields Too Large", 502: "Bad Gateway",
     503: "Service Unavailable",
 }
+
+
+def host_name(host: str) -> str:
+    """The name in a Host field value (RFC 9110 7.2: uri-host [":" port]): no port, no trailing
+    dot, lower case; an IPv6 literal keeps its brackets. Tolerant: a value that is not a
+    name comes back as it is, to be compared with a name and not match."""
+    h = host.strip().lower()
+    if h.startswith("["):
+        h = h[: h.find("]") + 1]
+    elif h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
 
 
 def _html_escape(s: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol
 
 from edge import errors as E
 from edge.endpoint import Endpoint, open_stream_within
-from edge.front.http1 import HttpError, RequestHead, RequestRewriter, error_response
+from edge.front.http1 import HttpError, RequestHead, RequestRewriter, error_response, host_name
 from edge.front.relay import ClientSide, log
 from edge.front.response import ResponseRewriter, add_via
 from edge.modules import Chain, Decision, EffectResult, HttpCall, Outcome, Subject, Verdict
@@ -50,16 +50,6 @@ class FrontContext(Protocol):
     def lookup(self, kind: str, name: str) -> Endpoint | None: ...
 
     async def perform(self, effect: HttpCall) -> EffectResult: ...  # a module's effect (PERFORM)
-
-
-def _host_name(host: str) -> str:
-    """The name in a Host field value: no port, no trailing dot, lower case."""
-    h = host.strip().lower()
-    if h.startswith("["):
-        h = h[: h.find("]") + 1]
-    elif h.count(":") == 1:
-        h = h.split(":", 1)[0]
-    return h.rstrip(".")
 
 
 def edit_head(head: bytes, add: tuple[tuple[str, str], ...], strip: tuple[str, ...]) -> bytes:
@@ -192,7 +182,7 @@ class HttpFront(ClientSide):
                decided: tuple[Subject, Decision] | None = None) -> bytes | bool | None:
         """Route and decide a request: the head to forward, False when the
         edge answers it itself, None while a module's effect runs."""
-        if head.host and _host_name(head.host) != self.sni:
+        if head.host and host_name(head.host) != self.sni:
             # RFC 9110 7.4 / 15.5.20: this connection's certificate and route are
             # for the SNI name; a request for another host is misdirected.
             log.info(kv("misdirected_request", client=self.peer[0], sni=self.sni, host=head.host))
@@ -200,7 +190,7 @@ class HttpFront(ClientSide):
                 self.send_to_stream(b"".join(out))
                 out.clear()
             self._refuse(E.MISDIRECTED.status, E.MISDIRECTED.code, "Misdirected request",
-                         f"This connection is for {self.sni}, not {_host_name(head.host)}.")
+                         f"This connection is for {self.sni}, not {host_name(head.host)}.")
             return False
         if self.endpoint is None:
             self.endpoint = self.ctx.lookup("http", self.sni)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import httptools
 
 from edge import errors as E
-from edge.front.http1 import error_response, redirect_response
+from edge.front.http1 import error_response, host_name, redirect_response
 
 MAX_HEAD = 16 * 1024
 
@@ -69,10 +69,8 @@ class RedirectFront(asyncio.Protocol):
             self._host = value
 
     def on_headers_complete(self) -> None:
-        host = self._host.decode("latin-1").strip().lower()
         # Host may carry a port (RFC 9110 7.2); the redirect goes to the https port.
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        name = name.rstrip(".")
+        name = host_name(self._host.decode("latin-1"))
         target = self._url.decode("latin-1")
         if not target.startswith("/"):
             target = "/"  # absolute-form or asterisk: redirect to the root
