@@ -6,6 +6,7 @@ listening sockets (`plumbing.listen`) and the key=value log line
 (`plumbing.kvlog`).
 
 Must not import anything of this project (only the standard library): `dns`,
-`edge`, `netns`, `gslb` and `bench` all import it, and the import rules
-(`dns -> geo`, `edge` stands alone) stay true only if this package is a leaf.
+`geo`, `edge`, `netns` and `gslb` all import it, and the import rules
+(`dns -> geo`, `edge` stands alone, `netns` drives the others by their command
+line) stay true only if this package is a leaf.
 """
