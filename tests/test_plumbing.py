@@ -103,3 +103,26 @@ def test_listen_socket_reuse_port_lets_two_workers_bind_the_same_port():
         b.close()
     finally:
         a.close()
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    import ast
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parent.parent / package
+    out: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        out[str(path.relative_to(root.parent))] = names
+    return out
+
+
+def test_plumbing_is_a_leaf_and_edge_imports_no_other_component():
+    project = {"dns", "edge", "geo", "gslb", "netns", "bench"}
+    assert {f: n & project for f, n in _imports("plumbing").items() if n & project} == {}
+    assert {f: n & {"dns", "gslb", "netns", "bench"} for f, n in _imports("edge").items()
+            if n & {"dns", "gslb", "netns", "bench"}} == {}
