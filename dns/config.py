@@ -3,7 +3,7 @@
 Owns: the keys of `gslb dns --config FILE` (docs/configuration.md, "DNS
 server"), loaded into frozen dataclasses by `load_dns_config`. Reading the
 file, finding lines, the error format (``file:line: key: what is wrong``),
-unknown keys and relative paths are the shared TOML layer's (`gslb.toml`).
+unknown keys and relative paths are the shared TOML layer's (`plumbing.toml`).
 It hands plain, frozen data down; it must not open sockets, read databases
 or start anything.
 """
@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from gslb.toml import MISSING, ConfigError, Table, TomlDoc
+from plumbing.toml import MISSING, ConfigError, Table, TomlDoc
+
+from plumbing.addr import split_host_port
 
 __all__ = [
     "ConfigError",
@@ -195,25 +197,14 @@ class DnsConfig:
 
 def parse_listen(value: str) -> tuple[str, int]:
     """'127.0.0.1:53', '[::1]:5300' or ':53' (all IPv4) -> (host, port)."""
-    value = value.strip()
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
-        if not sep:
-            raise ValueError("IPv6 addresses are written [ADDR]:PORT")
-    else:
-        host, sep, port = value.rpartition(":")
-        if not sep:
-            raise ValueError("expected ADDR:PORT")
-        if ":" in host:
-            raise ValueError("IPv6 addresses are written [ADDR]:PORT")
+    host, port = split_host_port(value)
+    if not value.strip().startswith("["):
         host = host or "0.0.0.0"
     try:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{host!r} is not an IP address") from None
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"port {port!r} is not 0-65535")
-    return host, int(port)
+    return host, port
 
 
 def _ipv4(s: str) -> str:

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 from dns.engine import Engine
 from dns.log import log
+from plumbing.addr import join_host_port
+from plumbing.listen import listen_socket
 
 # RFC 7766 6.2.3: a server may bound the messages it buffers per connection;
 # a length prefix allows 65535, nothing bigger is a DNS message.
@@ -112,29 +114,9 @@ class TcpProtocol(asyncio.Protocol):
         self.server.tcp_connections.discard(self)
 
 
-def _socket(host: str, port: int, kind: int, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, kind)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if kind == socket.SOCK_DGRAM:
-            # Bursts from resolvers outrun one Python thread for a moment: a larger
-            # receive queue absorbs them instead of dropping (the kernel caps it
-            # at net.core.rmem_max).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        if family == socket.AF_INET6:
-            # [::]:53 next to 0.0.0.0:53 must not clash: each family its own socket.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        if kind == socket.SOCK_STREAM:
-            sock.listen(1024)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+# Bursts from resolvers outrun one Python thread for a moment: a larger UDP
+# receive queue absorbs them instead of dropping (the kernel caps it at net.core.rmem_max).
+_UDP_RCVBUF = 4 << 20
 
 
 class DnsServer:
@@ -162,23 +144,20 @@ class DnsServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for host, port in self.listen:
-            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            udp = None
+            # Each family its own socket ([::]:53 beside 0.0.0.0:53), SO_REUSEPORT with workers.
+            udp = listen_socket(host, port, socket.SOCK_DGRAM, reuse_port=self.reuse_port, rcvbuf=_UDP_RCVBUF)
+            if port == 0:
+                port = udp.getsockname()[1]  # TCP on the same ephemeral port
             try:
-                udp = _socket(host, port, socket.SOCK_DGRAM, self.reuse_port)
-                if port == 0:
-                    port = udp.getsockname()[1]  # TCP on the same ephemeral port
-                tcp = _socket(host, port, socket.SOCK_STREAM, self.reuse_port)
-            except OSError as exc:
-                if udp is not None:
-                    udp.close()
-                raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from None
+                tcp = listen_socket(host, port, socket.SOCK_STREAM, reuse_port=self.reuse_port)
+            except OSError:
+                udp.close()
+                raise
             reader = UdpReader(self, udp)
             loop.add_reader(udp.fileno(), reader.on_readable)
             self._udp_sockets.append(udp)
             self._servers.append(await loop.create_server(lambda: TcpProtocol(self), sock=tcp))
-            log("listening", address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                proto="udp+tcp")
+            log("listening", address=join_host_port(host, port), proto="udp+tcp")
 
     def reload(self) -> bool:
         """Swap in a freshly built engine; on any error keep the old one (and say why)."""
@@ -352,10 +331,11 @@ def _close_inherited(keep: set[int]) -> None:
     os.closerange(lo, top if top != resource.RLIM_INFINITY else 65536)
 
 
-def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int] | None,
+def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int],
                  close_fds: list[int], from_loop: bool = False) -> int:
-    """Fork one worker; in the child: close the parent's pipe ends in `close_fds` (everything
-    inherited, when forked `from_loop`), serve, _exit."""
+    """Fork one worker reading health snapshots from `feed` (snapshot pipe, ack pipe); in the
+    child: close the parent's pipe ends in `close_fds` (everything inherited, when forked
+    `from_loop`), serve, _exit."""
     # The three signals the parent relays stay blocked across the fork: one
     # sent to the new worker before it has reset the parent's handlers would
     # otherwise run the parent's asyncio handler, which only writes to a wakeup
@@ -384,20 +364,18 @@ def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int] 
     code = 1
     try:
         if from_loop:
-            _close_inherited(set(feed) if feed is not None else set())
+            _close_inherited(set(feed))
         for fd in close_fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        if feed is not None:
-            def factory() -> DnsServer:
-                srv = server_factory()
-                srv.health_feed = feed
-                return srv
-            code = run_single(factory)
-        else:
-            code = run_single(server_factory)
+
+        def factory() -> DnsServer:
+            srv = server_factory()
+            srv.health_feed = feed
+            return srv
+        code = run_single(factory)
     finally:
         sys.stderr.flush()
         os._exit(code)
@@ -405,7 +383,7 @@ def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int] 
 
 
 def run_workers(n: int, server_factory: Callable[[], DnsServer],
-                monitor_factory: Callable[[Any], Any] | None = None,
+                monitor_factory: Callable[[Any], Any],
                 reload_config: Callable[[], Any] | None = None,
                 budget: RespawnBudget | None = None) -> int:
     """Fork `n` workers, each binding its own sockets with SO_REUSEPORT.
@@ -416,84 +394,34 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer],
     that exits on its own stops the others (exit status 1), and so does
     a death past the respawn budget (RESPAWN_LIMIT in RESPAWN_WINDOW s).
 
-    With `monitor_factory` the parent also runs the one health monitor
-    (`monitor_factory(publisher)`), publishing snapshots to the workers over
-    pipes, so every worker answers from the same view (a respawned worker
-    gets the newest one at once); on SIGHUP it reconfigures it from
-    `reload_config()` before relaying the signal.
+    The parent also runs the one health monitor (`monitor_factory(publisher)`),
+    publishing snapshots to the workers over pipes, so every worker answers
+    from the same view (a respawned worker gets the newest one at once); on
+    SIGHUP it reconfigures it from `reload_config()` before relaying the signal.
     """
     budget = budget or RespawnBudget()
     children: list[int] = []
     feeds: list[tuple[int, int]] = []
-    ack_r = ack_w = -1
-    if monitor_factory is not None:
-        ack_r, ack_w = os.pipe()
+    ack_r, ack_w = os.pipe()
     for _ in range(n):
-        feed_r = feed_w = -1
-        if monitor_factory is not None:
-            feed_r, feed_w = os.pipe()
-            pid = _fork_worker(server_factory, (feed_r, ack_w), [fd for _, fd in feeds] + [feed_w, ack_r])
-            os.close(feed_r)
-            feeds.append((pid, feed_w))
-        else:
-            pid = _fork_worker(server_factory, None, [])
+        feed_r, feed_w = os.pipe()
+        pid = _fork_worker(server_factory, (feed_r, ack_w), [fd for _, fd in feeds] + [feed_w, ack_r])
+        os.close(feed_r)
+        feeds.append((pid, feed_w))
         children.append(pid)
     log("workers_started", workers=n, pids=",".join(map(str, children)))
-    if monitor_factory is not None:
-        # ack_w stays open here: respawned workers inherit it.
-        try:
-            return _supervise(n, children, feeds, ack_r, ack_w, server_factory, budget, monitor_factory,
-                              reload_config)
-        finally:
-            os.close(ack_w)
-
-    stopping = False
-
-    def relay(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        for pid in list(alive):
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-
-    alive = set(children)
-    for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, relay)
-    status = 0
-    while alive:
-        try:
-            pid, st = os.wait()
-        except ChildProcessError:
-            break
-        alive.discard(pid)
-        code = os.waitstatus_to_exitcode(st)
-        if stopping:
-            continue
-        if code < 0 and budget.take(time.monotonic()):
-            new = _fork_worker(server_factory, None, [])
-            alive.add(new)
-            log("worker_respawned", level="error", worker=pid, code=code, new=new)
-            continue
-        log("worker_exited", level="error", worker=pid, code=code, respawns=budget.limit,
-            window_s=budget.window)
-        status = 1
-        stopping = True
-        for other in alive:
-            try:
-                os.kill(other, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    log("stopped", workers=n)
-    return status
+    try:
+        return _supervise(n, children, feeds, ack_r, ack_w, server_factory, budget, monitor_factory,
+                          reload_config)
+    finally:
+        os.close(ack_w)   # open until here: respawned workers inherit it
 
 
 def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r: int, ack_w: int,
                server_factory: Callable[[], DnsServer], budget: RespawnBudget,
                monitor_factory: Callable[[Any], Any], reload_config: Callable[[], Any] | None) -> int:
-    """The parent's event loop: the health monitor, signal relay, reaping (and replacing) workers."""
+    """The parent's event loop, the one supervisor: the health monitor, signal relay, reaping
+    (and replacing) workers."""
     from dns.control import ControlError
     from dns.monitor import PipePublisher
     alive = set(children)

@@ -206,7 +206,8 @@ def _run(args: argparse.Namespace) -> int:
     from edge.agent.config import ConfigError
 
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from plumbing.kvlog import configure
+    configure(level)
     import dataclasses
 
     from edge.agent.config import split_host_port

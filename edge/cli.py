@@ -95,7 +95,8 @@ def _make_hub(cfg: Any) -> tuple[Any, Any]:
     if cfg.authtokens_file:
         tokens = hubmod.Hub.load_authtokens(cfg.authtokens_file)
     else:
-        logging.getLogger("gslb.edge").warning("event=no_authtokens detail=\"no authtokens_file: agents cannot log in\"")
+        from plumbing.kvlog import kv
+        logging.getLogger("gslb.edge").warning(kv("no_authtokens", detail="no authtokens_file: agents cannot log in"))
     ingress = tuple(
         {"pop": p.pop, "name": f"{p.pop}.connect.{cfg.zone}", "addresses": [f"{h}:{port}" for h, port in p.ingress]}
         for p in cfg.peers if p.pop != cfg.pop)
@@ -116,16 +117,16 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     from edge.certs import CertAuthority, CertError, CertStore
     from edge.config import ConfigError, load
-    from gslb.toml import EXIT_CONFIG
+    from plumbing.toml import EXIT_CONFIG
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    from plumbing.kvlog import configure
+    configure(logging.INFO if args.verbose else logging.WARNING)
     try:
         cfg = load(args.config, args.pop)
         ca = CertAuthority.load(cfg.ca_dir)
         certs = CertStore(ca, cfg.cert_dir, max_cached=cfg.limits.max_cached_certs)
         hub, agent_factory = _make_hub(cfg)
-    except ConfigError as exc:  # a bad configuration file: 2, as in every command (gslb.toml)
+    except ConfigError as exc:  # a bad configuration file: 2, as in every command (plumbing.toml)
         print(f"gslb edge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except (CertError, ValueError) as exc:
@@ -143,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_serve(cfg, certs, hub, agent_factory))
     except OSError as exc:
-        print(f"gslb edge: cannot listen on {exc.strerror}", file=sys.stderr)
+        print(f"gslb edge: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

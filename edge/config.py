@@ -4,7 +4,7 @@ Owns: the schema of `gslb edge --config FILE --pop ID`, its defaults and its
 validation. Reading, line numbers, the error type (``ConfigError``:
 "edge.toml:12: edge.https_port: expected an integer 1..65535, got 'x'"),
 unknown keys and relative paths (against the file's directory) are the shared
-TOML layer's (`gslb.toml`). Must not touch: sockets or certificates; it only
+TOML layer's (`plumbing.toml`). Must not touch: sockets or certificates; it only
 describes them.
 
 Layout (see examples/edge.toml for every key, its default and unit):
@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gslb.toml import ConfigError, Table, TomlDoc
+from plumbing.toml import ConfigError, Table, TomlDoc
+from plumbing.addr import split_host_port
 
 __all__ = ["ConfigError", "EdgeConfig", "Timeouts", "Limits", "RegistryConfig", "PeerConfig", "PeerAddress",
            "load", "parse"]
@@ -177,10 +178,11 @@ def _addr(t: Table, key: str, v: Any) -> str:
 
 def _hostport(t: Table, key: str, v: Any) -> tuple[str, int]:
     s = _str(t, key, v)
-    m = re.match(r"^\[([^\]]+)\]:(\d+)$", s) or re.match(r"^([^:]+):(\d+)$", s)
-    if not m:
-        raise t.error(key, f"expected ADDRESS:PORT (IPv6 as [ADDR]:PORT), got {s!r}")
-    return _addr(t, key, m.group(1)), _port(t, key, int(m.group(2)))
+    try:
+        host, port = split_host_port(s)
+    except ValueError:
+        raise t.error(key, f"expected ADDRESS:PORT (IPv6 as [ADDR]:PORT), got {s!r}") from None
+    return _addr(t, key, host), _port(t, key, port)
 
 
 def parse(text: str, pop: str, path: str = "<config>") -> EdgeConfig:

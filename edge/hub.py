@@ -49,6 +49,7 @@ from edge.tunnel.control import (NEED_DATA, AuthRequest, BindRequest, ControlCha
 from edge.tunnel.errors import ControlError, SessionClosedError
 from edge.tunnel.session import Session, SessionConfig, Stream
 from edge.tunnel.session_protocol import SessionProtocol
+from plumbing.kvlog import kv
 
 log = logging.getLogger("edge.hub")
 
@@ -215,7 +216,7 @@ class Hub:
             try:
                 fn(what, b)
             except Exception:
-                log.exception("event=hub_listener_failed change=%s binding=%s", what, b.binding_id)
+                log.exception(kv("hub_listener_failed", change=what, binding=b.binding_id))
 
     async def bind(self, conn: "AgentConnection", kind: str, name: str, options: Mapping[str, Any]) -> "LocalEndpoint":
         """Bind an endpoint for `conn`, through the registry (docs/registry.md
@@ -239,7 +240,7 @@ class Hub:
                 # session died: the new session wins, the old one goes.
                 old = existing.connection
                 replaced = old.session_id
-                log.info("event=session_takeover hostname=%s old_session=%s", host, old.session_id)
+                log.info(kv("session_takeover", hostname=host, old_session=old.session_id))
                 old.close()
                 self.unbind_connection(old)
         elif name:
@@ -252,12 +253,12 @@ class Hub:
         except PortsExhausted as exc:
             raise ControlError(M.ERR_PORT_RANGE_EXHAUSTED, f"port range exhausted: {exc}") from None
         except (RegistryUnavailable, LeaseLost) as exc:
-            log.warning("event=bind_registry_unavailable session=%s kind=%s error=%r", conn.session_id, kind, str(exc))
+            log.warning(kv("bind_registry_unavailable", session=conn.session_id, kind=kind, error=str(exc)))
             raise ControlError(M.ERR_REGISTRY_UNAVAILABLE,
                                "the endpoint registry is unavailable (no etcd quorum?): new binds fail until it is back; "
                                "retry later") from None
         except RegistryError as exc:
-            log.warning("event=bind_registry_error session=%s error=%r", conn.session_id, str(exc))
+            log.warning(kv("bind_registry_error", session=conn.session_id, error=str(exc)))
             raise ControlError(M.ERR_INTERNAL, f"registry error: {type(exc).__name__}") from None
         if conn.is_closed:
             # the session died while the registry answered: its lease goes with it
@@ -290,7 +291,7 @@ class Hub:
             # The same agent (agent_id and authtoken) reconnected, maybe at
             # another PoP, before its old session's lease ended.
             if held.session != replaced:  # a takeover at this PoP is logged above
-                log.info("event=session_takeover hostname=%s old_pop=%s old_session=%s", host, held.pop, held.session)
+                log.info(kv("session_takeover", hostname=host, old_pop=held.pop, old_session=held.session))
             await reg.take_over(held, pop, sid, lease, meta)
         return host
 
@@ -310,7 +311,7 @@ class Hub:
             self._by_port[port] = b
         self._by_id[bid] = b
         conn.bindings[bid] = b
-        log.info("event=bind session=%s kind=%s url=%s binding=%s", conn.session_id, kind, b.url, bid)
+        log.info(kv("bind", session=conn.session_id, kind=kind, url=b.url, binding=bid))
         self._notify("bind", b)
         return b
 
@@ -327,7 +328,7 @@ class Hub:
                                            conn.lease)
             except RegistryError as exc:
                 # the name stays held by this session's lease until it ends
-                log.warning("event=unbind_registry_failed session=%s url=%s error=%r", conn.session_id, b.url, str(exc))
+                log.warning(kv("unbind_registry_failed", session=conn.session_id, url=b.url, error=str(exc)))
         return b
 
     def _drop(self, binding_id: str) -> "LocalEndpoint":
@@ -338,7 +339,7 @@ class Hub:
             del self._by_host[b.hostname]
         if b.port is not None and self._by_port.get(b.port) is b:
             del self._by_port[b.port]
-        log.info("event=unbind session=%s url=%s binding=%s", b.connection.session_id, b.url, binding_id)
+        log.info(kv("unbind", session=b.connection.session_id, url=b.url, binding=binding_id))
         self._notify("unbind", b)
         return b
 
@@ -409,8 +410,7 @@ class Hub:
                  else self._by_host.get(ev.name))
         if local is not None and local.registry_name == ev.name and (
                 ev.binding.pop != self.config.pop or ev.binding.session != local.connection.session_id):
-            log.info("event=binding_moved url=%s to_pop=%s to_session=%s", local.url, ev.binding.pop,
-                     ev.binding.session)
+            log.info(kv("binding_moved", url=local.url, to_pop=ev.binding.pop, to_session=ev.binding.session))
             self._drop(local.binding_id)
 
     def bindings(self) -> list[LocalEndpoint]:
@@ -552,7 +552,7 @@ class AgentConnection(SessionProtocol):
         reason = await lease.wait_lost()
         if reason == "expired" and not self.is_closed:
             # Its names are gone from the registry: the agent must bind again.
-            log.warning("event=session_lease_expired session=%s", self.session_id)
+            log.warning(kv("session_lease_expired", session=self.session_id))
             self.close()
 
     # ------------------------------------------------------- session events
@@ -562,7 +562,7 @@ class AgentConnection(SessionProtocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.session.name = self.session_id
         self.control = ControlChannel(self._limits, now=asyncio.get_running_loop().time())
-        log.info("event=agent_connected session=%s peer=%s", self.session_id, self.peer)
+        log.info(kv("agent_connected", session=self.session_id, peer=self.peer))
         self._tasks.append(asyncio.get_running_loop().create_task(self._watchdog()))
 
     def _on_lost(self, session: Session, exc: BaseException | None) -> None:
@@ -575,7 +575,7 @@ class AgentConnection(SessionProtocol):
             task = asyncio.get_running_loop().create_task(_close_lease(self.lease, self.session_id))
             _BACKGROUND.add(task)
             task.add_done_callback(_BACKGROUND.discard)
-        log.info("event=agent_disconnected session=%s peer=%s error=%r", self.session_id, self.peer, str(exc) if exc else "")
+        log.info(kv("agent_disconnected", session=self.session_id, peer=self.peer, error=str(exc) if exc else ""))
         if self._on_closed is not None:
             self._on_closed()
 
@@ -594,12 +594,12 @@ class AgentConnection(SessionProtocol):
             now = loop.time()
             why = self.control.expired(now, self.session.last_received)
             if why == "auth_timeout":
-                log.warning("event=auth_timeout session=%s peer=%s", self.session_id, self.peer)
+                log.warning(kv("auth_timeout", session=self.session_id, peer=self.peer))
                 self.abort()
                 return
             if why == "agent_timeout":
-                log.warning("event=agent_timeout session=%s peer=%s idle=%.1f", self.session_id, self.peer,
-                            now - self.session.last_received)
+                log.warning(kv("agent_timeout", session=self.session_id, peer=self.peer,
+                               idle=f"{now - self.session.last_received:.1f}"))
                 self.abort()
                 return
             left = self.control.deadline(self.session.last_received) - now
@@ -616,7 +616,7 @@ class AgentConnection(SessionProtocol):
                 ch.receive_data(data)
                 while (ev := ch.next_event()) is not NEED_DATA:
                     if isinstance(ev, ProtocolError):
-                        log.warning("event=control_protocol_error session=%s error=%r", self.session_id, ev.reason)
+                        log.warning(kv("control_protocol_error", session=self.session_id, error=ev.reason))
                         self.close()
                         return
                     stream.write(M.encode_message(await self._serve(ev)))  # type: ignore[arg-type]
@@ -626,7 +626,7 @@ class AgentConnection(SessionProtocol):
         except SessionClosedError:
             return
         except Exception:
-            log.exception("event=control_failed session=%s", self.session_id)
+            log.exception(kv("control_failed", session=self.session_id))
         self.close()
 
     async def _serve(self, ev: Event) -> M.Message:
@@ -635,19 +635,17 @@ class AgentConnection(SessionProtocol):
         ch = self.control
         if isinstance(ev, Reply):
             if ev.refused:
-                log.info("event=control_refused session=%s type=%s code=%s", self.session_id,
-                         ev.message.type, ev.message.code)  # type: ignore[union-attr]
+                log.info(kv("control_refused", session=self.session_id, type=ev.message.type,
+                            code=ev.message.code))  # type: ignore[union-attr]
             return ev.message
         if isinstance(ev, AuthRequest):
             if not self.hub.check_authtoken(ev.message.authtoken):
-                log.warning("event=auth_failed session=%s peer=%s", self.session_id, self.peer)
+                log.warning(kv("auth_failed", session=self.session_id, peer=self.peer))
                 return ch.auth_refused()
             self.token_fp = _fingerprint(ev.message.authtoken)
             ok = ch.auth_accepted(self.session_id, self.hub.config.ingress)
-            log.info(
-                "event=agent_authenticated session=%s peer=%s agent_version=%s heartbeat_timeout=%.1f",
-                self.session_id, self.peer, ev.message.agent_version, ch.heartbeat_timeout,
-            )
+            log.info(kv("agent_authenticated", session=self.session_id, peer=self.peer,
+                        agent_version=ev.message.agent_version, heartbeat_timeout=f"{ch.heartbeat_timeout:.1f}"))
             return ok
         msg = ev.message  # type: ignore[union-attr]
         try:
@@ -657,7 +655,7 @@ class AgentConnection(SessionProtocol):
             await self.hub.unbind(self, msg.binding_id)
             return ch.unbind_done()
         except ControlError as exc:
-            log.info("event=control_refused session=%s type=%s code=%s", self.session_id, msg.type, exc.code)
+            log.info(kv("control_refused", session=self.session_id, type=msg.type, code=exc.code))
             return ch.request_failed(exc.code, exc.message)
 
 
@@ -669,7 +667,7 @@ async def _close_lease(lease: Lease, session_id: str) -> None:
         await lease.close()
     except RegistryError as exc:
         # unreachable registry: the lease expires by itself after its TTL
-        log.warning("event=lease_revoke_failed session=%s error=%r", session_id, str(exc))
+        log.warning(kv("lease_revoke_failed", session=session_id, error=str(exc)))
 
 
 class RemoteEndpoint(Endpoint):

@@ -40,11 +40,13 @@ from edge.endpoint import Endpoint, open_stream_within
 from edge.front.http_front import HttpFront
 from edge.front.proxy_v2 import encode as proxy_v2_encode
 from edge.front.redirect import RedirectFront
-from edge.front.relay import RawRelay, kv
+from edge.front.relay import RawRelay
 from edge.front.tls_hello import ClientHello, ClientHelloError, parse_client_hello
 from edge.memtrim import HeapTrimmer
 from edge.modules import Chain, EffectResult, HttpCall, Outcome, Subject, Verdict, build_chain
 from edge.modules import base as modbase
+from plumbing.kvlog import kv
+from plumbing.listen import listen_socket
 
 if TYPE_CHECKING:
     from edge.hub import Hub
@@ -214,7 +216,7 @@ class EdgeServer:
         _raise_open_files(cfg.limits.max_connections)
         try:
             for addr in cfg.listen:
-                sock = _listen_socket(addr, cfg.https_port)
+                sock = listen_socket(addr, cfg.https_port)
                 self._listeners.append(sock)
                 self.bound.setdefault("https", []).append(sock.getsockname()[:2])
                 self.loop.add_reader(sock.fileno(), self._on_acceptable, sock)
@@ -223,7 +225,7 @@ class EdgeServer:
                     srv = await self.loop.create_server(
                         lambda: RedirectFront(self.is_https_name, cfg.https_port, cfg.timeouts.handshake,
                                               self.health),
-                        sock=_listen_socket(addr, cfg.http_port))
+                        sock=listen_socket(addr, cfg.http_port))
                     self._servers.append(srv)
                     self.bound.setdefault("http", []).append(srv.sockets[0].getsockname()[:2])
             if cfg.tcp_ports:
@@ -231,7 +233,7 @@ class EdgeServer:
                 for port in range(lo, hi + 1):
                     for addr in cfg.listen:
                         srv = await self.loop.create_server(
-                            lambda port=port: self._tcp_front(port), sock=_listen_socket(addr, port))
+                            lambda port=port: self._tcp_front(port), sock=listen_socket(addr, port))
                         self._servers.append(srv)
                 self.bound["tcp"] = [(a, p) for a in cfg.listen for p in (lo, hi)]
             if cfg.health_listen:
@@ -532,10 +534,11 @@ class EdgeServer:
         app.router.add_get("/healthz", healthz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        sock = listen_socket(host, port)
+        site = web.SockSite(runner, sock)
         await site.start()
         self._health_runner = runner
-        self.bound["health"] = [(host, runner.addresses[0][1] if runner.addresses else port)]
+        self.bound["health"] = [(host, sock.getsockname()[1])]
 
 
 class _Refuse(asyncio.Protocol):
@@ -561,21 +564,3 @@ def _raise_open_files(max_connections: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < max_connections + 64:
         log.warning(kv("open_files_limit", soft=soft, max_connections=max_connections,
                        hint="raise ulimit -n: connections beyond it fail with EMFILE"))
-
-
-def _listen_socket(addr: str, port: int, backlog: int = 1024) -> socket.socket:
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            # One listener per address: :: must not also take the IPv4 port.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((addr, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-        raise OSError(exc.errno, f"{where}: {exc.strerror}") from None
-    return sock

@@ -106,7 +106,7 @@ def _router_and_db(args: argparse.Namespace) -> tuple[Any, str | None]:
 
 def cmd_lookup(args: argparse.Namespace) -> int:
     from geo.errors import GeoError
-    from gslb.toml import EXIT_CONFIG, ConfigError
+    from plumbing.toml import EXIT_CONFIG, ConfigError
     from geo.locate import Locator
     from geo.mmdb import GeoDatabase, unmap
     from geo.routing import PopSite, Router
@@ -173,7 +173,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from geo.build import build_mmdb
     from geo.errors import GeoError
     from geo.table import load_table
-    from gslb.toml import EXIT_CONFIG, ConfigError
+    from plumbing.toml import EXIT_CONFIG, ConfigError
 
     try:
         table = load_table(args.table)

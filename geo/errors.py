@@ -8,7 +8,7 @@ replaces nothing.
 """
 from __future__ import annotations
 
-from gslb.toml import ConfigError
+from plumbing.toml import ConfigError
 
 
 class GeoError(Exception):
@@ -39,7 +39,7 @@ class RoutingError(GeoError):
 class GeoTableError(GeoError, ConfigError):
     """A geo table (the input of `gslb geo build-mmdb`) is invalid.
 
-    A `gslb.toml.ConfigError` like every configuration file's error: it
+    A `plumbing.toml.ConfigError` like every configuration file's error: it
     carries the file, the 1-based line (None when unknown) and the key, so
     that the message reads like a compiler's:
     ``geo-table.toml:12: network[2].lat: ...``.

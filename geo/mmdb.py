@@ -22,6 +22,7 @@ import maxminddb
 from geo.centroids import country_centroid
 from geo.errors import GeoDatabaseError
 from geo.location import IPAddress, IPNetwork, Located, Location
+from plumbing.addr import normalise_ip
 
 # database_type values of MaxMind's and compatible producers' City and
 # Country databases (GeoIP2-City, GeoLite2-Country, GeoIP2-City-Europe,
@@ -51,16 +52,14 @@ def parse_address(text: str) -> IPAddress:
     prefix length is a valid ECS scope for family 1.
     """
     try:
-        addr = ipaddress.ip_address(text.strip())
+        return normalise_ip(text)
     except ValueError:
         raise ValueError(f"not an IP address: {text!r}") from None
-    return unmap(addr)
 
 
 def unmap(addr: IPAddress) -> IPAddress:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+    """IPv4-mapped IPv6 becomes IPv4; anything else stays as it is."""
+    return normalise_ip(addr)
 
 
 def location_from_record(record: Any) -> Location | None:

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 
 from geo.errors import GeoTableError
-from gslb.toml import Table, TomlDoc
+from plumbing.toml import Table, TomlDoc
 from geo.location import IPNetwork
 from geo.routing import CONTINENTS
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from gslb.toml import EXIT_CONFIG, ConfigError
+from plumbing.toml import EXIT_CONFIG, ConfigError
 from netns.errors import LabError
 
 EPILOG = """\
@@ -214,7 +214,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         result = lab.up(plan, prefix, args.state_dir, force=args.force, progress=progress)
         total = time.monotonic() - t0
     except LabError as exc:
-        # A bad plan file exits 2, as a bad configuration does in every command (gslb.toml).
+        # A bad plan file exits 2, as a bad configuration does in every command (plumbing.toml).
         return _fail(str(exc), EXIT_CONFIG if isinstance(exc, ConfigError) else 1)
     if args.json:
         print(json.dumps(result.status, indent=1))

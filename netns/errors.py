@@ -1,7 +1,7 @@
 """Typed errors of the lab. Each message says what went wrong and what to do next."""
 from __future__ import annotations
 
-from gslb.toml import ConfigError
+from plumbing.toml import ConfigError
 
 
 class LabError(Exception):
@@ -13,7 +13,7 @@ class PlanError(LabError):
 
 
 class PlanFileError(PlanError, ConfigError):
-    """The lab plan file is invalid: "file:line: key: what is wrong" (gslb.toml). Nothing was changed."""
+    """The lab plan file is invalid: "file:line: key: what is wrong" (plumbing.toml). Nothing was changed."""
 
 
 class NotRootError(LabError):

@@ -37,6 +37,8 @@ from netns.errors import BuildError, LabError, NotRootError, ToolMissingError
 from netns.guard import require_socket_in
 from netns.plan import Host, LabPlan, check_prefix
 from netns.procs import Proc
+from plumbing.addr import join_host_port
+from plumbing.kvlog import kv
 
 log = logging.getLogger("gslb.lab")
 
@@ -181,7 +183,7 @@ def read_state(paths: LabPaths) -> LabState | None:
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as exc:
-        log.warning("event=state_unreadable file=%s error=%s", paths.state_file, exc)
+        log.warning(kv("state_unreadable", file=paths.state_file, error=exc))
         return None
 
 
@@ -266,7 +268,7 @@ def _child_env() -> dict[str, str]:
 
 
 def dns_command(paths: LabPaths, host: Host) -> list[str]:
-    listen = [f"{a}:53" for a in host.ipv4] + [f"[{a}]:53" for a in host.ipv6]
+    listen = [join_host_port(a, 53) for a in (*host.ipv4, *host.ipv6)]
     # An explicit control socket in the state dir: the default one lives under
     # /run/gslb-dns/, a directory `down` would otherwise leave behind.
     argv = [*gslb_argv(), "dns", "--config", str(paths.dns_config), "--control", str(paths.dns_control(host.name))]
@@ -417,8 +419,8 @@ def down(prefix: str, state_dir: str | None = None, progress: Progress = _quiet)
     paths = lab_paths(prefix, state_dir)
     with _lock(paths):
         report = _teardown(paths, progress)
-    log.info("event=down prefix=%s killed=%d namespaces=%d seconds=%.2f", prefix, report.killed,
-             report.namespaces, report.seconds)
+    log.info(kv("down", prefix=prefix, killed=report.killed, namespaces=report.namespaces,
+                seconds=f"{report.seconds:.2f}"))
     return report
 
 
@@ -475,8 +477,8 @@ def kill(prefix: str, hosts: list[str], sig: int = signal.SIGKILL, state_dir: st
                 if procs.alive(p):   # checks pid + start time: never a recycled pid
                     os.kill(p.pid, sig)
                     out.append(Killed(host=host, name=p.name, pid=p.pid, time=time.time()))
-    log.info("event=kill prefix=%s signal=%d processes=%s", prefix, sig,
-             ",".join(f"{k.host}:{k.name}:{k.pid}" for k in out) or "-")
+    log.info(kv("kill", prefix=prefix, signal=int(sig),
+                processes=",".join(f"{k.host}:{k.name}:{k.pid}" for k in out) or "-"))
     return out
 
 
@@ -505,8 +507,8 @@ def restart(prefix: str, hosts: list[str], state_dir: str | None = None, timeout
             started.append((new, time.monotonic()))
             progress(f"{host}: {new.name} started (pid {new.pid})")
         done = _wait_restarted(paths, state, started, timeout)
-    log.info("event=restart prefix=%s processes=%s", prefix,
-             ",".join(f"{r.host}:{r.name}:{r.pid}:{r.seconds:.2f}s" for r in done))
+    log.info(kv("restart", prefix=prefix,
+                processes=",".join(f"{r.host}:{r.name}:{r.pid}:{r.seconds:.2f}s" for r in done)))
     return done
 
 
@@ -624,7 +626,7 @@ def up(plan: LabPlan, prefix: str, state_dir: str | None = None, force: bool = F
             try:
                 _teardown(paths)
             except Exception as cleanup_exc:  # report both: the cause first
-                log.error("event=cleanup_failed error=%s", cleanup_exc)
+                log.error(kv("cleanup_failed", error=cleanup_exc))
             if isinstance(exc, LabError):
                 raise BuildError(f"lab up failed (everything it built has been removed): {exc}") from exc
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -715,7 +717,7 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
                      "namespaces": round(times.namespaces, 3), "links": round(times.links, 3),
                      "addresses": round(times.addresses, 3)}
     _write_state(paths, state)
-    log.info("event=up prefix=%s hosts=%d seconds=%.2f", prefix, len(plan.hosts), t_ready - t0)
+    log.info(kv("up", prefix=prefix, hosts=len(plan.hosts), seconds=f"{t_ready - t0:.2f}"))
 
 
 def _ds_from_keygen(log_path: Path) -> str:
@@ -842,7 +844,7 @@ def _wait_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
             else:
                 not_up.pop(host, None)
                 views.pop(0)
-    log.debug("event=ready attempts=%d", attempts)
+    log.debug(kv("ready", attempts=attempts))
 
 
 def _health_not_up(control: Path) -> list[str]:

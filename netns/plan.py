@@ -6,7 +6,7 @@ knows nothing about namespaces or processes (`netns.topology`, `netns.lab`).
 
 Reading, line numbers, the error format ("lab.toml:42: pop[3].ipv4: ...") and
 the rejection of unknown keys, in every table, are the shared TOML layer's
-(`gslb.toml`), as for every other configuration file.
+(`plumbing.toml`), as for every other configuration file.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gslb.toml import Table, TomlDoc
+from plumbing.toml import Table, TomlDoc
 from netns.errors import PlanError, PlanFileError
 
 ROLES = ("dns", "pop", "client", "resolver", "agent", "registry", "bridge")

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from plumbing.kvlog import kv
+
 log = logging.getLogger("gslb.lab")
 
 # Popen objects of children started by this process, so we can reap (wait())
@@ -83,7 +85,7 @@ def spawn(ns: str, host: str, name: str, argv: list[str], log_path: Path,
     st = _stat(p.pid)
     proc = Proc(host=host, name=name, pid=p.pid, starttime=st[1] if st else -1, cmd=tuple(argv),
                 log=str(log_path))
-    log.debug("event=spawn host=%s name=%s pid=%d", host, name, p.pid)
+    log.debug(kv("spawn", host=host, name=name, pid=p.pid))
     return proc
 
 
@@ -113,7 +115,7 @@ def stop(pids: list[tuple[int, int]], term_wait: float = 2.0,
             if not _running(pid):
                 pending.discard(pid)
             elif time.monotonic() - t0 >= waits[pid]:
-                log.info("event=kill pid=%d reason=term_timeout after=%.1f", pid, waits[pid])
+                log.info(kv("kill", pid=pid, reason="term_timeout", after=f"{waits[pid]:.1f}"))
                 _signal(pid, signal.SIGKILL)
                 pending.discard(pid)
         time.sleep(0.02)

@@ -30,6 +30,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from netns.errors import LabError
 from netns.plan import Host, LabPlan
+from plumbing.kvlog import kv
 
 log = logging.getLogger("gslb.lab")
 
@@ -263,7 +264,7 @@ def _umount_run_netns_if_empty() -> None:
     if mounted:
         libc = _libc()
         if libc.umount2(str(NETNS_RUN_DIR).encode(), 2) != 0:  # MNT_DETACH
-            log.warning("event=umount_failed path=%s errno=%s", NETNS_RUN_DIR, ctypes.get_errno())
+            log.warning(kv("umount_failed", path=NETNS_RUN_DIR, errno=ctypes.get_errno()))
             return
     try:
         NETNS_RUN_DIR.rmdir()

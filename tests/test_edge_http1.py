@@ -159,3 +159,28 @@ def test_codings_before_chunked_are_kept():
     evs = feed_all(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
     assert b"Transfer-Encoding: gzip, chunked\r\n" in evs[0].data
     assert b"".join(e.data for e in evs[1:]) == b"3\r\nabc\r\n0\r\n\r\n"
+
+
+def test_every_error_code_is_defined_once_in_edge_errors_and_documented_with_its_status():
+    import pathlib
+    import re
+
+    from edge import errors as E
+
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    literal = re.compile(r'"ERR_GSLB_\w+"')
+    stray = [str(p.relative_to(repo)) for p in sorted((repo / "edge").rglob("*.py"))
+             if p.name != "errors.py" and literal.search(p.read_text())]
+    assert stray == [], f"ERR_GSLB_* literals outside edge/errors.py: {stray}"
+    documented = dict(re.findall(r"^\| `(ERR_GSLB_\w+)` \| (\d{3}) \|", (repo / "docs" / "errors.md").read_text(),
+                                 re.M))
+    assert documented == {c: str(e.status) for c, e in E.CODES.items()}
+
+
+@pytest.mark.parametrize("value, name", [
+    ("Demo.App.Lab.Test", "demo.app.lab.test"), ("demo.app.lab.test:8443", "demo.app.lab.test"),
+    ("demo.app.lab.test.", "demo.app.lab.test"), ("[::1]:443", "[::1]"), (" x.test ", "x.test"),
+])
+def test_host_name_drops_port_trailing_dot_and_case(value, name):
+    from edge.front.http1 import host_name
+    assert host_name(value) == name

@@ -1,4 +1,4 @@
-"""The one TOML layer (gslb/toml.py): lines, the error format, unknown keys, paths, exit status."""
+"""The one TOML layer (plumbing/toml.py): lines, the error format, unknown keys, paths, exit status."""
 from __future__ import annotations
 
 import os
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import gslb.toml as toml
+import plumbing.toml as toml
 from gslb.cli import main
-from gslb.toml import EXIT_CONFIG, ConfigError, Table, TomlDoc
+from plumbing.toml import EXIT_CONFIG, ConfigError, Table, TomlDoc
 
 NESTED = """\
 zone = "lab.test"            # 1

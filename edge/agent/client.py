@@ -16,13 +16,16 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from edge import errors as E
 from edge.agent.bindings import BindingTable
 from edge.agent.config import AgentConfig, EndpointConfig
 from edge.agent.relay import UpstreamProtocol, relay
 from edge.tunnel import messages as M
 from edge.tunnel.errors import ControlError, MessageError, SessionClosedError, TunnelError
+from plumbing.addr import split_host_port
 from edge.tunnel.session import Session, SessionConfig, Stream
 from edge.tunnel.stream_header import read_header
+from plumbing.kvlog import kv
 
 log = logging.getLogger("edge.agent")
 
@@ -34,14 +37,8 @@ MAX_INGRESS_TRIED = 16  # fallback ingresses tried per connection attempt
 
 
 def split_addr(text: str, default_port: int) -> tuple[str, int]:
-    """"ADDR:PORT", "[V6]:PORT" or "ADDR" -> (host, port)."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if text.count(":") == 1:
-        host, _, p = text.partition(":")
-        return host, int(p)
-    return text, default_port
+    """"ADDR:PORT", "[V6]:PORT" or "ADDR" -> (host, port); ValueError if malformed."""
+    return split_host_port(text, default_port)
 # control errors after which retrying cannot help: the agent exits non-zero
 FATAL_CODES = {M.ERR_AUTH_FAILED, M.ERR_NAME_IN_USE, M.ERR_PORT_RANGE_EXHAUSTED, M.ERR_BAD_REQUEST, M.ERR_TOO_MANY_BINDINGS}
 FATAL_TEXT = {
@@ -175,7 +172,7 @@ class Agent:
                 print(f"gslb agent: error: {exc.message} ({exc.code})", file=sys.stderr, flush=True)
                 return 1
             except (OSError, ssl.SSLError, asyncio.TimeoutError, TunnelError, ControlError) as exc:
-                log.warning("event=connect_failed error=%r attempt=%d", _describe(exc), attempt + 1)
+                log.warning(kv("connect_failed", error=_describe(exc), attempt=attempt + 1))
                 was_online = False
             if self._stop.is_set():
                 break
@@ -183,7 +180,7 @@ class Agent:
                 attempt = 0
             delay = backoff_delay(attempt, self.config.backoff_initial, self.config.backoff_max)
             attempt += 1
-            log.warning("event=reconnecting delay=%.2f attempt=%d", delay, attempt)
+            log.warning(kv("reconnecting", delay=f"{delay:.2f}", attempt=attempt))
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
             except asyncio.TimeoutError:
@@ -210,16 +207,15 @@ class Agent:
                 try:
                     targets.append(split_addr(a, port))
                 except ValueError:
-                    log.info("event=bad_ingress_address pop=%s address=%r", entry.get("pop"), a)
+                    log.info(kv("bad_ingress_address", pop=entry.get("pop"), address=a))
             targets.append((entry["name"], port))
             for h, p in targets:
                 try:
                     session = await self._connect_to(h, p)
-                    log.warning("event=connected_via_fallback pop=%s address=%s:%d", entry.get("pop"), h, p)
+                    log.warning(kv("connected_via_fallback", pop=entry.get("pop"), address=f"{h}:{p}"))
                     return session
                 except (OSError, ssl.SSLError, asyncio.TimeoutError, ValueError) as exc:
-                    log.info("event=fallback_failed pop=%s address=%s:%d error=%r", entry.get("pop"), h, p,
-                             _describe(exc))
+                    log.info(kv("fallback_failed", pop=entry.get("pop"), address=f"{h}:{p}", error=_describe(exc)))
         raise first
 
     async def _connect_to(self, host: str, port: int) -> Session:
@@ -242,11 +238,11 @@ class Agent:
                     ),
                     self.config.connect_timeout,
                 )
-                log.info("event=connected server=%s:%d address=%s", host, port, addr[0])
+                log.info(kv("connected", server=f"{host}:{port}", address=addr[0]))
                 return session  # type: ignore[return-value]
             except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
                 last = exc
-                log.info("event=connect_attempt_failed address=%s error=%r", addr[0], _describe(exc))
+                log.info(kv("connect_attempt_failed", address=addr[0], error=_describe(exc)))
         raise last
 
     def _new_session(self) -> Session:
@@ -304,7 +300,7 @@ class Agent:
             await session.wait_closed()
             self.session = None
             if online:
-                log.warning("event=session_lost error=%r", str(session.closed_exc or "closed"))
+                log.warning(kv("session_lost", error=str(session.closed_exc or "closed")))
         return online
 
     async def _heartbeat(self, session: Session, control: ControlChannel) -> None:
@@ -323,7 +319,7 @@ class Agent:
                 await asyncio.wait({closed, stop}, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
                 now = loop.time()
                 if now - session.last_received > timeout:
-                    log.warning("event=heartbeat_timeout idle=%.1f", now - session.last_received)
+                    log.warning(kv("heartbeat_timeout", idle=f"{now - session.last_received:.1f}"))
                     session.abort()
                     await closed
                     return
@@ -350,14 +346,14 @@ class Agent:
                 return
             header = M.ProxyHeader.from_dict(header_obj)
         except (MessageError, asyncio.TimeoutError, TunnelError) as exc:
-            log.warning("event=bad_proxy_header stream=%d error=%r", stream.stream_id, _describe(exc))
+            log.warning(kv("bad_proxy_header", stream=stream.stream_id, error=_describe(exc)))
             stream.abort()
             return
         # A stream can be read before its binding's bind_ok has been handled
         # (both in one read): wait for the binds in flight, bounded.
         ep = await bindings.lookup(header.binding_id, self.config.connect_timeout)
         if ep is None:
-            log.warning("event=unknown_binding stream=%d binding=%s", stream.stream_id, header.binding_id)
+            log.warning(kv("unknown_binding", stream=stream.stream_id, binding=header.binding_id))
             stream.abort()
             return
         stream.extra["header"] = header
@@ -368,24 +364,22 @@ class Agent:
                 loop.create_connection(lambda: UpstreamProtocol(stream), ep.host, ep.port), UPSTREAM_CONNECT_TIMEOUT
             )
         except (OSError, asyncio.TimeoutError) as exc:
-            log.warning(
-                "event=upstream_unreachable endpoint=%s upstream=%s:%d client=%s error=%r",
-                header.endpoint, ep.host, ep.port, header.client_addr, _describe(exc),
-            )
+            log.warning(kv("upstream_unreachable", endpoint=header.endpoint, upstream=f"{ep.host}:{ep.port}",
+                           client=header.client_addr, error=_describe(exc)))
             if ep.kind == "http" and not stream.is_closing():
                 stream.write(_bad_gateway(header.endpoint, ep))
                 stream.close()
             else:
                 stream.abort()
             return
-        log.debug("event=stream_open endpoint=%s client=%s:%d", header.endpoint, header.client_addr, header.client_port)
+        log.debug(kv("stream_open", endpoint=header.endpoint, client=f"{header.client_addr}:{header.client_port}"))
         relay(stream, upstream, proto, rest)  # type: ignore[arg-type]
 
 
 def _bad_gateway(endpoint: str, ep: EndpointConfig) -> bytes:
     body = (
         f"502 Bad Gateway\n\nThe agent for {endpoint} could not reach its upstream "
-        f"{ep.host}:{ep.port} (ERR_GSLB_AGENT_UPSTREAM).\n"
+        f"{ep.host}:{ep.port} ({E.AGENT_UPSTREAM.code}).\n"
     ).encode()
     head = (
         "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\n"

@@ -1,6 +1,6 @@
 """Agent configuration: frozen dataclasses, loaded from TOML (tomllib) or
 built from command-line flags. Errors read "file:line: key: what is wrong"
-(the shared TOML layer, `gslb.toml`); a bad value from a flag or the
+(the shared TOML layer, `plumbing.toml`); a bad value from a flag or the
 environment reads "key: what is wrong".
 
 Owns: the schema of agent.toml (docs/protocol.md does not cover it; this
@@ -38,7 +38,8 @@ from typing import Any
 
 from edge.modules import BIND_OPTIONS, check_bind_option
 from edge.tunnel.messages import KINDS, TERMINATE_AT
-from gslb.toml import ConfigError, TomlDoc
+from plumbing.toml import ConfigError, TomlDoc
+from plumbing import addr as plumbing_addr
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_ENDPOINTS = 64
@@ -106,21 +107,16 @@ class AgentConfig:
 
 
 def split_host_port(value: str, default_port: int = 443) -> tuple[str, int]:
-    v = value.strip()
-    if v.startswith("["):  # [::1]:443
-        host, _, rest = v[1:].partition("]")
-        port_s = rest[1:] if rest.startswith(":") else ""
-    elif v.count(":") == 1:
-        host, port_s = v.split(":")
-    else:
-        host, port_s = v, ""
+    """'HOST', 'HOST:PORT', '[V6]:PORT' or a bare IPv6 literal -> (host, port); ConfigError if bad."""
+    try:
+        host, port = plumbing_addr.split_host_port(value, default_port)
+    except ValueError as exc:
+        raise bad_value("server", str(exc)) from None
     if not host:
         raise bad_value("server", f"{value!r} has no host")
-    if port_s:
-        if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
-            raise bad_value("server", f"{value!r} has an invalid port")
-        return host, int(port_s)
-    return host, default_port
+    if port == 0:
+        raise bad_value("server", f"{value!r}: invalid port 0, expected 1-65535")
+    return host, port
 
 
 def validate_endpoint(ep: EndpointConfig) -> EndpointConfig:

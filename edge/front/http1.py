@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import httptools
 
+from edge import errors as E
+
 __all__ = [
     "HttpError", "RequestHead", "BodyData", "RequestEnd", "Upgraded", "RequestRewriter",
-    "error_response", "HOP_BY_HOP",
+    "error_response", "host_name", "HOP_BY_HOP",
 ]
 
 # RFC 9110 7.6.1: Connection and the fields it names are hop-by-hop, as are
@@ -43,6 +45,11 @@ class HttpError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+    @classmethod
+    def of(cls, error: E.ErrorCode, message: str) -> "HttpError":
+        """An error of the table (`edge.errors`): its status and code, this message."""
+        return cls(error.status, error.code, message)
 
 
 @dataclass(frozen=True)
@@ -121,9 +128,9 @@ class RequestRewriter:
             if self._closed:
                 # Bytes after a request that ends the connection: dropped.
                 return self._events
-            raise HttpError(400, "ERR_GSLB_3400", f"malformed request: {exc}") from None
+            raise HttpError.of(E.BAD_REQUEST, f"malformed request: {exc}") from None
         if self._in_head and self._head_pending > self._max_header:
-            raise HttpError(431, "ERR_GSLB_3431", f"request head larger than {self._max_header} bytes")
+            raise HttpError.of(E.HEAD_TOO_LARGE, f"request head larger than {self._max_header} bytes")
         return self._events
 
     # -- httptools callbacks -----------------------------------------------
@@ -146,13 +153,13 @@ class RequestRewriter:
             return  # trailer fields (RFC 9112 7.1.2): not forwarded, we re-chunk
         self._count(len(name) + len(value) + 4)
         if len(self._headers) >= MAX_HEADERS:
-            raise HttpError(431, "ERR_GSLB_3431", f"more than {MAX_HEADERS} header fields")
+            raise HttpError.of(E.HEAD_TOO_LARGE, f"more than {MAX_HEADERS} header fields")
         self._headers.append((name, value))
 
     def _count(self, n: int) -> None:
         self._head_bytes += n
         if self._head_bytes > self._max_header:
-            raise HttpError(431, "ERR_GSLB_3431", f"request head larger than {self._max_header} bytes")
+            raise HttpError.of(E.HEAD_TOO_LARGE, f"request head larger than {self._max_header} bytes")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -163,7 +170,7 @@ class RequestRewriter:
         keep_alive = p.should_keep_alive()
         upgrade = p.should_upgrade()
         if method == b"CONNECT":
-            raise HttpError(405, "ERR_GSLB_3405", "CONNECT is not served by this edge")
+            raise HttpError.of(E.METHOD_NOT_ALLOWED, "CONNECT is not served by this edge")
         connection_tokens: set[bytes] = set()
         host = b""
         chunked = False
@@ -175,7 +182,7 @@ class RequestRewriter:
             elif lname == b"host":
                 if host:
                     # RFC 9112 3.2: more than one Host field -> 400.
-                    raise HttpError(400, "ERR_GSLB_3400", "more than one Host header")
+                    raise HttpError.of(E.BAD_REQUEST, "more than one Host header")
                 host = value
             elif lname == b"transfer-encoding":
                 te_value = value.strip()
@@ -183,9 +190,9 @@ class RequestRewriter:
         if chunked and version == "1.0":
             # RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message means its
             # framing cannot be trusted; refuse rather than pass it on.
-            raise HttpError(400, "ERR_GSLB_3400", "Transfer-Encoding in an HTTP/1.0 request")
+            raise HttpError.of(E.BAD_REQUEST, "Transfer-Encoding in an HTTP/1.0 request")
         if not host and version == "1.1":
-            raise HttpError(400, "ERR_GSLB_3400", "HTTP/1.1 request without Host")
+            raise HttpError.of(E.BAD_REQUEST, "HTTP/1.1 request without Host")
         self._chunked = chunked
         out = [method, b" ", self._url, b" HTTP/", version.encode("ascii"), b"\r\n"]
         upgrade_value = b""
@@ -248,6 +255,18 @@ _REASONS = {
     405: "Method Not Allowed", 408: "Request Timeout", 421: "Misdirected Request", 431: "Request Header Fields Too Large", 502: "Bad Gateway",
     503: "Service Unavailable",
 }
+
+
+def host_name(host: str) -> str:
+    """The name in a Host field value (RFC 9110 7.2: uri-host [":" port]): no port, no trailing
+    dot, lower case; an IPv6 literal keeps its brackets. Tolerant: a value that is not a
+    name comes back as it is, to be compared with a name and not match."""
+    h = host.strip().lower()
+    if h.startswith("["):
+        h = h[: h.find("]") + 1]
+    elif h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
 
 
 def _html_escape(s: str) -> str:

@@ -19,15 +19,15 @@ import logging
 from collections import deque
 from typing import Any, Callable, Protocol
 
+from edge import errors as E
 from edge.endpoint import Endpoint, open_stream_within
-from edge.front.http1 import HttpError, RequestHead, RequestRewriter, error_response
-from edge.front.relay import ClientSide, kv, log
+from edge.front.http1 import HttpError, RequestHead, RequestRewriter, error_response, host_name
+from edge.front.relay import ClientSide, log
 from edge.front.response import ResponseRewriter, add_via
 from edge.modules import Chain, Decision, EffectResult, HttpCall, Outcome, Subject, Verdict
 from edge.modules import base as modbase
+from plumbing.kvlog import kv
 
-ERR_OFFLINE = "ERR_GSLB_3200"
-ERR_UPSTREAM = "ERR_GSLB_3502"
 # A stream the agent's PoP could not open (its edge died, the peer link broke)
 # carried nothing of the request to the agent: the request waits up to this
 # long for the endpoint to be bound elsewhere (the agent reconnects to another
@@ -50,16 +50,6 @@ class FrontContext(Protocol):
     def lookup(self, kind: str, name: str) -> Endpoint | None: ...
 
     async def perform(self, effect: HttpCall) -> EffectResult: ...  # a module's effect (PERFORM)
-
-
-def _host_name(host: str) -> str:
-    """The name in a Host field value: no port, no trailing dot, lower case."""
-    h = host.strip().lower()
-    if h.startswith("["):
-        h = h[: h.find("]") + 1]
-    elif h.count(":") == 1:
-        h = h.split(":", 1)[0]
-    return h.rstrip(".")
 
 
 def edit_head(head: bytes, add: tuple[tuple[str, str], ...], strip: tuple[str, ...]) -> bytes:
@@ -144,7 +134,7 @@ class HttpFront(ClientSide):
             return
         log.info(kv("header_timeout", client=self.peer[0], sni=self.sni, seconds=self._header_timeout))
         # RFC 9110 15.5.9: 408, the server closes the connection.
-        self._refuse(408, "ERR_GSLB_3408", "Request timeout",
+        self._refuse(E.REQUEST_TIMEOUT.status, E.REQUEST_TIMEOUT.code, "Request timeout",
                      f"The request head did not arrive within {self._header_timeout:g} s.")
 
     # -- client bytes ---------------------------------------------------------
@@ -192,21 +182,21 @@ class HttpFront(ClientSide):
                decided: tuple[Subject, Decision] | None = None) -> bytes | bool | None:
         """Route and decide a request: the head to forward, False when the
         edge answers it itself, None while a module's effect runs."""
-        if head.host and _host_name(head.host) != self.sni:
+        if head.host and host_name(head.host) != self.sni:
             # RFC 9110 7.4 / 15.5.20: this connection's certificate and route are
             # for the SNI name; a request for another host is misdirected.
             log.info(kv("misdirected_request", client=self.peer[0], sni=self.sni, host=head.host))
             if out:
                 self.send_to_stream(b"".join(out))
                 out.clear()
-            self._refuse(421, "ERR_GSLB_3421", "Misdirected request",
-                         f"This connection is for {self.sni}, not {_host_name(head.host)}.")
+            self._refuse(E.MISDIRECTED.status, E.MISDIRECTED.code, "Misdirected request",
+                         f"This connection is for {self.sni}, not {host_name(head.host)}.")
             return False
         if self.endpoint is None:
             self.endpoint = self.ctx.lookup("http", self.sni)
             if self.endpoint is None:
-                log.info(kv("endpoint_offline", client=self.peer[0], sni=self.sni, code=ERR_OFFLINE))
-                self._refuse(404, ERR_OFFLINE, "Endpoint offline",
+                log.info(kv("endpoint_offline", client=self.peer[0], sni=self.sni, code=E.OFFLINE.code))
+                self._refuse(E.OFFLINE.status, E.OFFLINE.code, "Endpoint offline",
                              f"The endpoint {self.sni} is offline: no agent serves it right now.")
                 return False
         data = head.data
@@ -237,7 +227,7 @@ class HttpFront(ClientSide):
                     return False
                 log.info(kv("request_refused", client=self.peer[0], sni=self.sni, module=decision.module,
                             status=decision.status, reason=decision.reason))
-                self._refuse(decision.status or 403, decision.code or "ERR_GSLB_3403", "Forbidden",
+                self._refuse(decision.status or E.FORBIDDEN.status, decision.code or E.FORBIDDEN.code, "Forbidden",
                              f"Access to {self.sni} is not allowed: {decision.reason}.")
                 return False
             if decision.add_upstream or decision.strip_upstream:
@@ -268,7 +258,8 @@ class HttpFront(ClientSide):
         except Exception:  # noqa: BLE001 - a module's bug: answer, do not hang the client
             log.exception(kv("module_failed", client=self.peer[0], sni=self.sni, module=decision.module))
             self._effect_task = None
-            self._refuse(502, ERR_UPSTREAM, "Bad gateway", f"The edge could not decide on a request for {self.sni}.")
+            self._refuse(E.BAD_GATEWAY.status, E.BAD_GATEWAY.code, "Bad gateway",
+                         f"The edge could not decide on a request for {self.sni}.")
             return
         self._effect_task = None
         held, self._held = self._held, []
@@ -331,7 +322,8 @@ class HttpFront(ClientSide):
 
     def _open_failed(self, exc: BaseException) -> None:
         log.info(kv("stream_open_failed", client=self.peer[0], sni=self.sni, error=type(exc).__name__))
-        self._refuse(502, ERR_UPSTREAM, "Bad gateway", f"The agent for {self.sni} could not be reached.")
+        self._refuse(E.BAD_GATEWAY.status, E.BAD_GATEWAY.code, "Bad gateway",
+                     f"The agent for {self.sni} could not be reached.")
 
     def _refuse(self, status: int, code: str, title: str, detail: str) -> None:
         """Answer with the edge's error page and close (see `_answer`)."""
@@ -424,7 +416,8 @@ class HttpFront(ClientSide):
             log.info(kv("upstream_no_answer", client=self.peer[0], sni=self.sni,
                         error=type(exc).__name__ if exc else "eof"))
             self.client.write(error_response(  # type: ignore[union-attr]
-                502, ERR_UPSTREAM, "Bad gateway", f"The service behind {self.sni} closed without answering."))
+                E.BAD_GATEWAY.status, E.BAD_GATEWAY.code, "Bad gateway",
+                f"The service behind {self.sni} closed without answering."))
         elif exc is not None:
             self.abort_client()  # a response was cut: tell the client, not a clean end
             return

@@ -12,6 +12,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from plumbing.addr import normalise_ip
+
 __all__ = ["SIGNATURE", "ProxyHeader", "ProxyV2Error", "encode", "decode", "PP2_TYPE_AUTHORITY"]
 
 # Section 2.2: "\x0D\x0A\x0D\x0A\x00\x0D\x0A\x51\x55\x49\x54\x0A"
@@ -49,11 +51,8 @@ class ProxyHeader:
 
 
 def _ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        # An IPv4 client accepted on a dual-stack socket is an IPv4 client.
-        return ip.ipv4_mapped
-    return ip
+    # An IPv4 client accepted on a dual-stack socket is an IPv4 client.
+    return normalise_ip(addr)
 
 
 def encode(

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import httptools
 
-from edge.front.http1 import error_response, redirect_response
+from edge import errors as E
+from edge.front.http1 import error_response, host_name, redirect_response
 
 MAX_HEAD = 16 * 1024
 
@@ -53,10 +54,12 @@ class RedirectFront(asyncio.Protocol):
             pass  # answered in on_headers_complete
         except httptools.HttpParserError:
             if not self._done:
-                self._answer(error_response(400, "ERR_GSLB_3400", "Bad request", "Malformed HTTP request."))
+                self._answer(error_response(E.BAD_REQUEST.status, E.BAD_REQUEST.code, "Bad request",
+                                            "Malformed HTTP request."))
             return
         if not self._done and self._seen > MAX_HEAD:
-            self._answer(error_response(431, "ERR_GSLB_3431", "Request too large", "Request head too large."))
+            self._answer(error_response(E.HEAD_TOO_LARGE.status, E.HEAD_TOO_LARGE.code, "Request too large",
+                                        "Request head too large."))
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -66,10 +69,8 @@ class RedirectFront(asyncio.Protocol):
             self._host = value
 
     def on_headers_complete(self) -> None:
-        host = self._host.decode("latin-1").strip().lower()
         # Host may carry a port (RFC 9110 7.2); the redirect goes to the https port.
-        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        name = name.rstrip(".")
+        name = host_name(self._host.decode("latin-1"))
         target = self._url.decode("latin-1")
         if not target.startswith("/"):
             target = "/"  # absolute-form or asterisk: redirect to the root
@@ -81,7 +82,7 @@ class RedirectFront(asyncio.Protocol):
             port = "" if self._https_port == 443 else f":{self._https_port}"
             self._answer(redirect_response(f"https://{name}{port}{target}"))
         else:
-            self._answer(error_response(404, "ERR_GSLB_3201", "Unknown host",
+            self._answer(error_response(E.UNKNOWN_HOST.status, E.UNKNOWN_HOST.code, "Unknown host",
                                         f"No HTTPS endpoint is named {name or '(no Host)'}."))
 
     def _answer(self, data: bytes) -> None:

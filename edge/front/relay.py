@@ -19,20 +19,9 @@ import inspect
 import logging
 from typing import Any, Callable
 
+from plumbing.kvlog import kv
+
 log = logging.getLogger("gslb.edge")
-
-
-def kv(event: str, **fields: Any) -> str:
-    """One structured log line: event=... key=value ..."""
-    parts = [f"event={event}"]
-    for k, v in fields.items():
-        if v is None:
-            continue
-        s = str(v)
-        if not s or any(c in s for c in ' "='):
-            s = '"' + s.replace('"', "'") + '"'
-        parts.append(f"{k}={s}")
-    return " ".join(parts)
 
 
 def start_stream(binding: Any, client: tuple[str, int], sni: str | None, tls_terminated: bool,

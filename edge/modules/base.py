@@ -38,6 +38,8 @@ from functools import cached_property
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+from plumbing.addr import normalise_ip
+
 __all__ = [
     "ALLOW", "PASS", "BindOption", "Chain", "Decision", "Effect", "EffectResult", "HttpCall", "Module",
     "ModuleConfigError", "Outcome", "RequestHead", "Response", "Subject", "Verdict", "client_ip",
@@ -281,7 +283,4 @@ class Chain:
 
 def client_ip(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The client's address as an ip object; IPv4-mapped IPv6 (::ffff:a.b.c.d) becomes IPv4."""
-    ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+    return normalise_ip(addr)

@@ -27,6 +27,8 @@ from edge.tunnel.errors import MessageError, SessionClosedError, TunnelError
 from edge.tunnel.session import Session, SessionConfig, Stream
 from edge.tunnel.session_protocol import SessionProtocol
 from edge.tunnel.stream_header import read_header
+from plumbing.kvlog import kv
+from plumbing.listen import listen_socket
 
 log = logging.getLogger("edge.peer")
 
@@ -35,10 +37,6 @@ HEADER_TIMEOUT = 10.0  # s: a peer must send its stream header by then
 
 class PeerUnavailable(Exception):
     """No link to that PoP (no address configured, or connecting failed)."""
-
-
-def kv(event: str, **fields: Any) -> str:
-    return " ".join([f"event={event}"] + [f"{k}={v}" for k, v in fields.items() if v is not None])
 
 
 class _Splice:
@@ -141,8 +139,7 @@ class PeerLinks:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for host, port in self.cfg.peer_listen:
-            srv = await loop.create_server(self._accept, host, port, ssl=self.server_ctx,
-                                           reuse_address=True,
+            srv = await loop.create_server(self._accept, sock=listen_socket(host, port), ssl=self.server_ctx,
                                            ssl_handshake_timeout=self.cfg.peer.connect_timeout)
             self._servers.append(srv)
             self.bound.append(srv.sockets[0].getsockname()[:2])

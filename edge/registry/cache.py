@@ -18,6 +18,7 @@ from edge.registry import keys
 from edge.registry.errors import InvalidKey
 from edge.registry.gateway import KeyValue, WatchEvent
 from edge.registry.model import Binding, BindingEvent, decode_binding_value
+from plumbing import kvlog
 
 log = logging.getLogger("edge.registry")
 
@@ -123,7 +124,7 @@ class BindingCache:
                 try:
                     cb(change)
                 except Exception:  # one bad subscriber must not stop the feed
-                    log.exception("event=subscriber_failed kind=%s name=%s", change.kind, change.name)
+                    log.exception(kvlog.kv("subscriber_failed", kind=change.kind, name=change.name))
 
     def _decode(self, kv: KeyValue) -> Binding | None:
         key = kv.key.decode("utf-8", "replace")
@@ -133,5 +134,5 @@ class BindingCache:
         try:
             return decode_binding_value(parsed[0], parsed[1], kv.value, kv.mod_revision, kv.lease)
         except InvalidKey as exc:
-            log.warning("event=bad_binding_value key=%s error=%r", key, str(exc))
+            log.warning(kvlog.kv("bad_binding_value", key=key, error=str(exc)))
             return None

@@ -71,6 +71,7 @@ from edge.registry.model import (
     encode_meta,
     encode_port_value,
 )
+from plumbing import kvlog
 
 log = logging.getLogger("edge.registry")
 
@@ -134,7 +135,7 @@ class GatewayClient:
                     data = await _read_bounded(resp)
                     if resp.status == 200:
                         if index != self.current:
-                            log.info("event=etcd_member_switched endpoint=%s", self.endpoints[index])
+                            log.info(kvlog.kv("etcd_member_switched", endpoint=self.endpoints[index]))
                         self.current = index
                         return gw.loads(data)
                     err = gw.parse_error(resp.status, data)
@@ -154,7 +155,7 @@ class GatewayClient:
             except aiohttp.ClientError as exc:  # dropped mid-request (member killed)
                 maybe_sent = True
                 last = f"{self.endpoints[index]}: {type(exc).__name__}: {exc}"
-            log.debug("event=etcd_attempt_failed path=%s detail=%r", path, last)
+            log.debug(kvlog.kv("etcd_attempt_failed", path=path, detail=last))
             if attempt % n == n - 1:  # every member tried once: breathe
                 await asyncio.sleep(max(0.0, min(delay, deadline - loop.time())))
                 delay = min(delay * 2, 0.5)
@@ -223,15 +224,15 @@ class EtcdLease(Lease):
                 # leader, and a new leader renews them, so this is not fatal.
                 # Logged once per outage, not once per try.
                 if not failing:
-                    log.warning("event=keepalive_failed lease=%x session=%s error=%r",
-                                self.id, self.session_id, str(exc))
+                    log.warning(kvlog.kv("keepalive_failed", lease=f"{self.id:x}", session=self.session_id,
+                                         error=str(exc)))
                 failing = True
                 continue
             if failing:
-                log.info("event=keepalive_recovered lease=%x session=%s ttl=%d", self.id, self.session_id, remaining)
+                log.info(kvlog.kv("keepalive_recovered", lease=f"{self.id:x}", session=self.session_id, ttl=remaining))
                 failing = False
             if remaining <= 0:
-                log.warning("event=lease_expired lease=%x pop=%s session=%s", self.id, self.pop, self.session_id)
+                log.warning(kvlog.kv("lease_expired", lease=f"{self.id:x}", pop=self.pop, session=self.session_id))
                 self._mark_lost("expired")
                 return
 
@@ -243,14 +244,14 @@ class EtcdLease(Lease):
         try:
             await self._registry._gw.call("/v3/lease/revoke", gw.lease_id(self.id),
                                           timeout=self._registry.config.write_timeout, write=True)
-            log.info("event=lease_revoked lease=%x pop=%s session=%s", self.id, self.pop, self.session_id)
+            log.info(kvlog.kv("lease_revoked", lease=f"{self.id:x}", pop=self.pop, session=self.session_id))
         except EtcdRequestError as exc:
             if exc.code != gw.GRPC_NOT_FOUND:  # already expired: nothing to do
                 raise
         except RegistryUnavailable as exc:
             # The keepalives stopped: etcd drops the lease within one TTL.
-            log.warning("event=lease_revoke_failed lease=%x session=%s error=%r expires_in=%.0fs",
-                        self.id, self.session_id, str(exc), self.ttl)
+            log.warning(kvlog.kv("lease_revoke_failed", lease=f"{self.id:x}", session=self.session_id,
+                                 error=str(exc), expires_in=f"{self.ttl:.0f}s"))
 
     def _cancel(self) -> None:
         self._mark_lost("registry closed")
@@ -321,7 +322,7 @@ class EtcdRegistry(CachedRegistry):
         lease_id, granted = gw.parse_lease_grant(obj)
         lease = EtcdLease(self, lease_id, pop, session_id, float(granted))
         self._leases.add(lease)
-        log.info("event=lease_granted lease=%x pop=%s session=%s ttl=%d", lease_id, pop, session_id, granted)
+        log.info(kvlog.kv("lease_granted", lease=f"{lease_id:x}", pop=pop, session=session_id, ttl=granted))
         return lease
 
     # -- bindings ------------------------------------------------------------
@@ -338,8 +339,7 @@ class EtcdRegistry(CachedRegistry):
             compare.append(gw.compare_lease(pkey, lease.id))
         res = await self._txn(gw.txn_request(compare, [gw.op_put(key, value, lease.id)], failure), lease)
         if res.succeeded:
-            log.info("event=bound kind=%s name=%s pop=%s session=%s revision=%d", kind, name, pop, session_id,
-                     res.revision)
+            log.info(kvlog.kv("bound", kind=kind, name=name, pop=pop, session=session_id, revision=res.revision))
             return Binding(kind, name, pop, session_id, MappingProxyType(encode_meta(meta)), res.revision, lease.id)
         held = res.range_kvs(0)
         if not held:
@@ -352,8 +352,7 @@ class EtcdRegistry(CachedRegistry):
         if kv.lease == lease.id:
             # Ours already: bound before, or an earlier attempt whose outcome
             # was unknown (timeout) was committed after all.
-            log.info("event=bind_already_held kind=%s name=%s session=%s revision=%d", kind, name, session_id,
-                     kv.mod_revision)
+            log.info(kvlog.kv("bind_already_held", kind=kind, name=name, session=session_id, revision=kv.mod_revision))
             return existing
         raise NameTaken(kind, name, existing.pop, existing.session)
 
@@ -368,8 +367,8 @@ class EtcdRegistry(CachedRegistry):
         compare = [{"target": "MOD", "result": "EQUAL", "key": gw.b64(key), "mod_revision": str(held.revision)}]
         res = await self._txn(gw.txn_request(compare, [gw.op_put(key, value, lease.id)], [gw.op_range(key)]), lease)
         if res.succeeded:
-            log.info("event=taken_over kind=%s name=%s pop=%s session=%s from_session=%s revision=%d", kind, name,
-                     pop, session_id, held.session, res.revision)
+            log.info(kvlog.kv("taken_over", kind=kind, name=name, pop=pop, session=session_id,
+                              from_session=held.session, revision=res.revision))
             return Binding(kind, name, pop, session_id, MappingProxyType(encode_meta(meta)), res.revision, lease.id)
         now = res.range_kvs(0)
         if now and now[0].lease == lease.id:
@@ -392,7 +391,7 @@ class EtcdRegistry(CachedRegistry):
             success.append(gw.op_delete(keys.port_key(self._prefix, int(name)).encode()))
         res = await self._txn(gw.txn_request([gw.compare_lease(key, lease.id)], success), None)
         if res.succeeded:
-            log.info("event=unbound kind=%s name=%s session=%s revision=%d", kind, name, session_id, res.revision)
+            log.info(kvlog.kv("unbound", kind=kind, name=name, session=session_id, revision=res.revision))
         return res.succeeded
 
     @property
@@ -443,9 +442,9 @@ class EtcdRegistry(CachedRegistry):
             # Failed compare but the value is this call's: a retry (failover)
             # of a write whose first attempt had been committed.
             if res.succeeded or any(kv.value == value for kv in res.range_kvs(0)):
-                log.info("event=port_allocated port=%d pop=%s session=%s", port, lease.pop, session_id)
+                log.info(kvlog.kv("port_allocated", port=port, pop=lease.pop, session=session_id))
                 return port
-            log.debug("event=port_race_lost port=%d session=%s", port, session_id)
+            log.debug(kvlog.kv("port_race_lost", port=port, session=session_id))
         raise PortsExhausted(lo, hi)
 
     async def release_port(self, port: int, session_id: str, lease: Lease) -> bool:
@@ -501,15 +500,15 @@ class EtcdRegistry(CachedRegistry):
                     self._note_progress()
                     need_list = False
                     self._ready.set()
-                    log.info("event=bindings_listed count=%d revision=%d", len(self._cache), revision)
+                    log.info(kvlog.kv("bindings_listed", count=len(self._cache), revision=revision))
                 if await self._watch_once(self._cache.revision + 1):
                     delay = 0.1  # the stream was up: reconnect quickly
             except _Relist as exc:
-                log.warning("event=watch_relist reason=%r", str(exc))
+                log.warning(kvlog.kv("watch_relist", reason=str(exc)))
                 need_list = True
             except (RegistryError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                log.warning("event=watch_failed member=%s revision=%d error=%r",
-                            self.watch_member or "-", self._cache.revision, str(exc) or type(exc).__name__)
+                log.warning(kvlog.kv("watch_failed", member=self.watch_member or "-",
+                                     revision=self._cache.revision, error=str(exc) or type(exc).__name__))
             self.watch_member = ""
             await asyncio.sleep(delay * (0.5 + self._rng.random()))
             delay = min(delay * 2, self.config.watch_retry_max)
@@ -531,13 +530,13 @@ class EtcdRegistry(CachedRegistry):
                     if msg.created and not created:
                         created = True
                         self.watch_member = member
-                        log.info("event=watch_started member=%s from_revision=%d", member, start_revision)
+                        log.info(kvlog.kv("watch_started", member=member, from_revision=start_revision))
                     if msg.events:
                         self._cache.apply(msg.events)
                         self._note_progress()
         finally:
             resp.close()
-        log.warning("event=watch_ended member=%s revision=%d", member, self._cache.revision)
+        log.warning(kvlog.kv("watch_ended", member=member, revision=self._cache.revision))
         return created
 
     def _note_progress(self) -> None:

@@ -22,6 +22,7 @@ from edge.registry.base import CachedRegistry, Lease, check_lease
 from edge.registry.cache import BindingCache
 from edge.registry.errors import InvalidKey, NameTaken, PortNotHeld, PortsExhausted
 from edge.registry.model import Binding, check_id, encode_meta
+from plumbing import kvlog
 
 log = logging.getLogger("edge.registry")
 
@@ -51,7 +52,7 @@ class MemoryRegistry(CachedRegistry):
         if not 1 <= ttl <= 3600:  # same bounds as EtcdRegistry, though unused here
             raise InvalidKey(f"lease ttl must be 1-3600 s (got {ttl!r})")
         lease = MemoryLease(self, next(self._lease_ids), pop, session_id, ttl)
-        log.info("event=session_opened pop=%s session=%s lease=%x", pop, session_id, lease.id)
+        log.info(kvlog.kv("session_opened", pop=pop, session=session_id, lease=f"{lease.id:x}"))
         return lease
 
     async def bind(self, kind: str, name: str, pop: str, session_id: str, lease: Lease,
@@ -69,7 +70,7 @@ class MemoryRegistry(CachedRegistry):
             raise PortNotHeld(int(name), "not allocated to this session")
         b = Binding(kind, name, pop, session_id, MappingProxyType(clean_meta), next(self._revision), lease.id)
         self._cache.emit(self._cache.put(b))
-        log.info("event=bound kind=%s name=%s pop=%s session=%s", kind, name, pop, session_id)
+        log.info(kvlog.kv("bound", kind=kind, name=name, pop=pop, session=session_id))
         return b
 
     async def take_over(self, held: Binding, pop: str, session_id: str, lease: Lease,
@@ -83,8 +84,8 @@ class MemoryRegistry(CachedRegistry):
         b = Binding(held.kind, held.name, pop, session_id, MappingProxyType(encode_meta(meta)),
                     next(self._revision), lease.id)
         self._cache.emit(self._cache.put(b))
-        log.info("event=taken_over kind=%s name=%s pop=%s session=%s from_session=%s", held.kind, held.name, pop,
-                 session_id, held.session)
+        log.info(kvlog.kv("taken_over", kind=held.kind, name=held.name, pop=pop, session=session_id,
+                          from_session=held.session))
         return b
 
     async def unbind(self, kind: str, name: str, session_id: str, lease: Lease) -> bool:
@@ -95,7 +96,7 @@ class MemoryRegistry(CachedRegistry):
         self._cache.emit(self._cache.delete(kind, name, next(self._revision)))
         if kind == "tcp":
             self._ports.pop(int(name), None)
-        log.info("event=unbound kind=%s name=%s session=%s", kind, name, session_id)
+        log.info(kvlog.kv("unbound", kind=kind, name=name, session=session_id))
         return True
 
     async def allocate_port(self, session_id: str, lease: Lease, lo: int, hi: int,
@@ -121,7 +122,7 @@ class MemoryRegistry(CachedRegistry):
             self._cache.emit(self._cache.delete(b.kind, b.name, next(self._revision)))
         for port in [p for p, holder in self._ports.items() if holder is lease]:
             del self._ports[port]
-        log.info("event=session_closed pop=%s session=%s lease=%x", lease.pop, lease.session_id, lease.id)
+        log.info(kvlog.kv("session_closed", pop=lease.pop, session=lease.session_id, lease=f"{lease.id:x}"))
 
 
 def port_candidates(lo: int, hi: int, preferred: int | None, rng: random.Random | None) -> list[int]:

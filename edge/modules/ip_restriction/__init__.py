@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from edge import errors as E
 from edge.modules.base import PASS, BindOption, Decision, Module, ModuleConfigError, Subject, Verdict
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_CIDRS = 1024  # per list in the edge's configuration
 MAX_BIND_CIDRS = 256  # per list in an agent's bind options (docs/protocol.md 3.2)
-ERR_DENIED = "ERR_GSLB_3210"
 KINDS = ("http", "tls", "tcp")
 
 
@@ -119,4 +119,4 @@ class IpRestriction(Module):
         return PASS
 
     def _deny(self, reason: str) -> Decision:
-        return Decision(Verdict.ANSWER, status=403, reason=reason, code=ERR_DENIED, module=self.name)
+        return Decision(Verdict.ANSWER, status=E.DENIED.status, reason=reason, code=E.DENIED.code, module=self.name)
