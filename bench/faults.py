@@ -1,4 +1,4 @@
-"""Faults and bad input (issue 13, part 4): what the system survives, measured.
+"""Faults and bad input: what the system survives, measured.
 
     python -m bench.faults [--only dns|tunnel|slowloris|kill] [--quick]
 

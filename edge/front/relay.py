@@ -8,7 +8,8 @@ the other side stops reading until it drains. Memory per connection is thus
 bounded by the two transports' high-water marks, never by the transfer size.
 
 Closing: a side's EOF closes the other with close(), not write_eof():
-EDGE-NOTES.md saw uvloop 0.23 crash under churn with a pending write_eof.
+uvloop 0.23 crashed (a double free) under connection churn when a
+write_eof() was still pending as the connection closed.
 A tunnel stream's close() is a half-close (yamux FIN), so the client's EOF
 still lets the response come back.
 """
@@ -80,7 +81,7 @@ class StreamSide(asyncio.Protocol):
 
 
 # One read buffer shared by all client connections of this process. Why a
-# BufferedProtocol (issue 7, native profile): with a plain Protocol, uvloop's
+# BufferedProtocol (measured with a native profiler): with a plain Protocol, uvloop's
 # TLS transport reads with SSLObject.read(256 KiB), which allocates a fresh
 # 256 KiB bytes object per read (glibc: mmap, mremap, munmap and page faults,
 # ~17 % of the edge's CPU at 100 B). Sharing is safe: transports call
