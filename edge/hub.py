@@ -185,9 +185,6 @@ class Hub:
                     raise ValueError(f"{p}:{lineno}: more than {MAX_AUTHTOKENS} authtokens")
         return tokens
 
-    def set_authtokens(self, tokens: Iterable[str]) -> None:
-        self._tokens = [_fingerprint(t) for t in tokens]
-
     def check_authtoken(self, token: str) -> bool:
         """Constant time in the token and in which entry matches: every entry
         is compared (digests, so lengths do not leak)."""

@@ -446,7 +446,7 @@ class EdgeServer:
         opens; None: close); the chain observes `subject`'s outcome at the end."""
         state: dict[str, Any] = {"endpoint": endpoint, "subject": subject}
 
-        def opener(relay: RawRelay) -> Any:
+        async def opener(relay: RawRelay) -> Any:
             ep = state["endpoint"]
             if ep is None and resolve is not None:
                 found = resolve(relay.peer)
@@ -456,7 +456,7 @@ class EdgeServer:
             if ep is None:
                 return None
             ip = str(modbase.client_ip(relay.peer[0]))
-            return open_stream_within(ep, (ip, relay.peer[1]), sni, tls_terminated, self.stream_open_timeout)
+            return await open_stream_within(ep, (ip, relay.peer[1]), sni, tls_terminated, self.stream_open_timeout)
 
         def first(relay: RawRelay) -> bytes:
             ep = state["endpoint"]

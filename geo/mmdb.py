@@ -21,7 +21,7 @@ import maxminddb
 
 from geo.centroids import country_centroid
 from geo.errors import GeoDatabaseError
-from geo.location import IPAddress, IPNetwork, Located, Location
+from geo.location import IPAddress, Located, Location
 from plumbing.addr import normalise_ip
 
 # database_type values of MaxMind's and compatible producers' City and
@@ -224,15 +224,6 @@ class GeoDatabase:
 
     def metadata(self) -> DatabaseInfo:
         return self.info
-
-    def lookup_network(self, network: IPNetwork | str) -> Located:
-        """Locate a client subnet (ECS: RFC 7871 6, the address with host bits zeroed).
-
-        The subnet's first address is what a resolver's zero-filled ADDRESS
-        field denotes, so that is the address looked up.
-        """
-        net = ipaddress.ip_network(network, strict=False) if isinstance(network, str) else network
-        return self.lookup(net.network_address)
 
 
 GeoDB = GeoDatabase

@@ -1,6 +1,7 @@
 """The health monitor, the worker feed, the engine's use of a health snapshot, the [health] keys.
 
-No sockets: the monitor gets a fake checker and a fake clock; the worker feed is an os.pipe.
+No network: the monitor gets a fake checker and a fake clock; the worker feed is an os.pipe; the one
+socket is the CLI's failed connect to a control socket that does not exist.
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import pytest
 
 from edge.tunnel.errors import SessionClosedError, StreamResetError
 from edge.tunnel.session import Session, SessionConfig, Stream
+from edge.tunnel.stream import StreamState
 
 
 class Recorder:
@@ -298,7 +299,7 @@ def test_protocol_set_right_after_a_reset_still_gets_connection_lost():
         remote = peers[0]
         st.abort()
         for _ in range(100):
-            if remote._done:
+            if remote.state is StreamState.RESET:
                 break
             await asyncio.sleep(0)
         rec = Recorder()
@@ -379,3 +380,131 @@ def test_go_away_refuses_new_streams_from_the_peer_open_ones_go_on():
         server.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+# -- stream states (edge/tunnel/stream.py: the transitions in its docstring) ----------------------
+
+async def until(pred, seconds: float = 5.0) -> None:
+    """Poll `pred` each loop iteration (and 10 ms), for at most `seconds`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while not pred():
+        assert loop.time() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def test_states_of_a_clean_close_local_side_first():
+    async def main():
+        peers: list[Stream] = []
+        server, client, _ = await session_pair(peers.append)
+        st = client.open_stream()
+        assert st.state is StreamState.SYN_SENT
+        rec = Recorder()
+        st.set_protocol(rec)
+        await until(lambda: st.state is StreamState.ESTABLISHED)  # the peer's ACK
+        assert peers and peers[0].state is StreamState.ESTABLISHED  # acked on arrival
+        remote = peers[0]
+        remote_rec = Recorder()
+        remote.set_protocol(remote_rec)
+        st.close()  # nothing queued: FIN now
+        assert st.state is StreamState.LOCAL_CLOSE and st.is_closing()
+        with pytest.raises(Exception, match="after close"):
+            st.write(b"late")
+        await until(lambda: remote_rec.eof)
+        assert remote.state is StreamState.REMOTE_CLOSE and not remote.is_closing()
+        remote.write(b"answer")  # the other direction stays open
+        remote.close()
+        assert remote.state is StreamState.CLOSING  # "answer" is queued before the FIN
+        assert await asyncio.wait_for(rec.done, 5) is None
+        assert st.state is StreamState.CLOSED and bytes(rec.data) == b"answer" and rec.eof
+        assert await asyncio.wait_for(remote_rec.done, 5) is None
+        st.write(b"dropped")  # after the end: dropped, like an asyncio transport
+        assert client.streams == {} and st.get_write_buffer_size() == 0
+        client.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_fin_waits_behind_queued_bytes_and_a_paused_reader_holds_the_peers_fin():
+    async def main():
+        peers: list[Stream] = []
+
+        def on_stream(remote):
+            remote.pause_reading()  # nothing acknowledged: the sender's window stays shut
+            peers.append(remote)
+
+        server, client, _ = await session_pair(on_stream)
+        st = client.open_stream()
+        rec = Recorder()
+        st.set_protocol(rec)
+        st.write(b"x" * (512 * 1024))  # two windows' worth
+        st.close()
+        assert st.state is StreamState.LOCAL_CLOSING  # the FIN waits behind the bytes
+        await until(lambda: peers and st.get_write_buffer_size() == 256 * 1024)  # one window went
+        remote = peers[0]
+        remote_rec = Recorder()
+        remote.set_protocol(remote_rec)
+        assert st.state is StreamState.LOCAL_CLOSING and remote.state is StreamState.ESTABLISHED
+        remote.close()  # the remote's FIN reaches a reader that is not paused
+        assert remote.state is StreamState.LOCAL_CLOSE
+        await until(lambda: rec.eof)
+        assert st.state is StreamState.CLOSING  # both FINs decided, ours still queued
+        remote.resume_reading()
+        assert await asyncio.wait_for(rec.done, 5) is None
+        assert st.state is StreamState.CLOSED
+        assert await asyncio.wait_for(remote_rec.done, 5) is None
+        assert remote.state is StreamState.CLOSED and len(remote_rec.data) == 512 * 1024
+
+        # the peer's FIN held behind data a paused reader keeps
+        peers.clear()
+        st = client.open_stream()
+        st.write(b"held")
+        st.close()
+        await until(lambda: peers)
+        remote = peers[0]
+        remote_rec = Recorder()
+        remote.set_protocol(remote_rec)  # still paused (by on_stream)
+        assert st.state is StreamState.LOCAL_CLOSE
+        await until(lambda: len(remote._inbox) == 2)  # the data, then the peer's FIN, held
+        assert remote.state is StreamState.ESTABLISHED and not remote_rec.eof and not remote_rec.data
+        remote.resume_reading()
+        await until(lambda: remote_rec.eof)
+        assert bytes(remote_rec.data) == b"held" and remote.state is StreamState.REMOTE_CLOSE
+        remote.close()
+        assert remote.state is StreamState.CLOSED
+        client.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_abort_and_peer_reset_and_session_loss_end_in_reset():
+    async def main():
+        peers: list[Stream] = []
+        server, client, srv = await session_pair(peers.append)
+        st = client.open_stream()
+        rec = Recorder()
+        st.set_protocol(rec)
+        st.write(b"x")
+        await until(lambda: peers)
+        remote_rec = Recorder()
+        peers[0].set_protocol(remote_rec)
+        st.abort()
+        assert st.state is StreamState.RESET and st.is_closing()
+        assert await asyncio.wait_for(rec.done, 5) is None  # a local abort: None
+        assert isinstance(await asyncio.wait_for(remote_rec.done, 5), StreamResetError)
+        assert peers[0].state is StreamState.RESET
+        st.close()  # closing an ended stream changes nothing
+        assert st.state is StreamState.RESET
+        st2 = client.open_stream()
+        rec2 = Recorder()
+        st2.set_protocol(rec2)
+        await until(lambda: st2.state is StreamState.ESTABLISHED)
+        srv.abort()  # the session dies under the stream
+        assert isinstance(await asyncio.wait_for(rec2.done, 5), SessionClosedError)
+        assert st2.state is StreamState.RESET
+        client.close()
+        server.close()
+
+    asyncio.run(main())

@@ -8,35 +8,22 @@ the other side stops reading until it drains. Memory per connection is thus
 bounded by the two transports' high-water marks, never by the transfer size.
 
 Closing: a side's EOF closes the other with close(), not write_eof():
-EDGE-NOTES.md saw uvloop 0.23 crash under churn with a pending write_eof.
+uvloop 0.23 crashed (a double free) under connection churn when a
+write_eof() was still pending as the connection closed.
 A tunnel stream's close() is a half-close (yamux FIN), so the client's EOF
 still lets the response come back.
 """
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from plumbing.kvlog import kv
 
 log = logging.getLogger("gslb.edge")
 
 
-def start_stream(binding: Any, client: tuple[str, int], sni: str | None, tls_terminated: bool,
-                 timeout: float) -> Any:
-    """A proxy stream to the binding's agent (`edge.hub.Binding.open_stream`).
-
-    The hub's open is synchronous (the header goes out with the stream's
-    first frame, no round trip), and then the stream is returned as is, so
-    the first bytes go out in the same loop iteration. An awaitable result
-    (another hub) is returned as an awaitable bounded by `timeout`.
-    """
-    res = binding.open_stream(client[0], client[1], sni=sni, tls_terminated=tls_terminated)
-    if inspect.isawaitable(res):
-        return asyncio.wait_for(res, timeout)
-    return res
 
 
 class StreamSide(asyncio.Protocol):
@@ -69,7 +56,7 @@ class StreamSide(asyncio.Protocol):
 
 
 # One read buffer shared by all client connections of this process. Why a
-# BufferedProtocol (issue 7, native profile): with a plain Protocol, uvloop's
+# BufferedProtocol (measured with a native profiler): with a plain Protocol, uvloop's
 # TLS transport reads with SSLObject.read(256 KiB), which allocates a fresh
 # 256 KiB bytes object per read (glibc: mmap, mremap, munmap and page faults,
 # ~17 % of the edge's CPU at 100 B). Sharing is safe: transports call
@@ -259,12 +246,13 @@ class ClientSide(asyncio.BufferedProtocol):
 class RawRelay(ClientSide):
     """TLS passthrough, TLS terminated at the edge, TCP: bytes both ways, unchanged.
 
-    `open_(relay)` returns the stream, None (no agent: close), or an
-    awaitable of either. While it is awaited the client is not read, so a
-    passthrough ClientHello simply waits in the socket.
+    `await open_(relay)` gives the stream (`edge.endpoint.Endpoint.open_stream`,
+    bounded by `open_stream_within`) or None (no agent: close). While it is
+    awaited the client is not read, so a passthrough ClientHello simply
+    waits in the socket.
     """
 
-    def __init__(self, open_: Callable[["RawRelay"], Any], first: Callable[["RawRelay"], bytes] | None = None,
+    def __init__(self, open_: Callable[["RawRelay"], Awaitable[Any]], first: Callable[["RawRelay"], bytes] | None = None,
                  on_closed: Callable[["RawRelay", BaseException | None], None] | None = None,
                  idle_timeout: float = 300.0) -> None:
         super().__init__()
@@ -276,21 +264,13 @@ class RawRelay(ClientSide):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        try:
-            res = self._open(self)
-        except Exception as exc:  # noqa: BLE001 - any failure to open means: close the client
-            self._open_failed(exc)
-            return
-        if inspect.isawaitable(res):
-            self.set_client_paused("opening", True)
-            self._task = asyncio.get_running_loop().create_task(self._wait_open(res))
-        else:
-            self._opened(res)
+        self.set_client_paused("opening", True)
+        self._task = asyncio.get_running_loop().create_task(self._wait_open())
 
-    async def _wait_open(self, res: Any) -> None:
+    async def _wait_open(self) -> None:
         try:
-            stream = await res
-        except Exception as exc:  # noqa: BLE001
+            stream = await self._open(self)
+        except Exception as exc:  # noqa: BLE001 - any failure to open means: close the client
             self._open_failed(exc)
             return
         self._opened(stream)

@@ -93,15 +93,6 @@ def encode_port_value(pop: str, session: str, attempt: str) -> bytes:
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
-def decode_port_value(value: bytes) -> tuple[str, str, str]:
-    """(pop, session, attempt) of a port key's value."""
-    obj = _decode_object(value)
-    pop, session, attempt = obj.get("pop"), obj.get("session"), obj.get("attempt", "")
-    if not isinstance(pop, str) or not isinstance(session, str) or not isinstance(attempt, str):
-        raise InvalidKey("port value needs string pop, session and attempt")
-    return pop, session, attempt
-
-
 def _decode_object(value: bytes) -> dict[str, Any]:
     if len(value) > MAX_VALUE_BYTES:
         raise InvalidKey(f"value larger than {MAX_VALUE_BYTES} bytes")

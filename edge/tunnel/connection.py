@@ -337,8 +337,8 @@ class Connection:
                     elif n >= _VIEW_MIN:
                         # A frame's payload inside a larger read (every read,
                         # in bulk: 256 KiB frames, 256 KiB TLS reads): a view,
-                        # not a copy (issue 7 profile: the slice copy was 7 %
-                        # of the edge in bulk). Consumers take bytes-like data.
+                        # not a copy (profiled: the slice copy was 7 % of the
+                        # edge's CPU in bulk). Consumers take bytes-like data.
                         if view is None:
                             view = memoryview(data)
                         chunk = view[pos : pos + n]

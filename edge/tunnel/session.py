@@ -1,15 +1,17 @@
 """asyncio shell around the sans-IO yamux `Connection`.
 
 Owns: one `Session` (an asyncio.Protocol over the TLS transport of an agent
-connection) and its `Stream`s, which look like asyncio transports to their
-users and talk to asyncio-Protocol-like receivers, so the edge and the agent
-relay client transport <-> stream with no buffering of their own.
+connection): its streams (`edge.tunnel.stream.Stream`, which look like
+asyncio transports to their users and talk to asyncio-Protocol-like
+receivers, so the edge and the agent relay client transport <-> stream with
+no buffering of their own), the loop iteration's write, pings and go-away.
 
 Write path: `Stream.write` queues bytes; once per event-loop iteration the
 session moves queued bytes into the connection (bounded by each stream's
 send window, round robin, at most `write_budget` bytes) and writes everything
-produced in that iteration with a single `transport.write` (EDGE-NOTES.md:
-that makes the tunnel's TLS nearly free for small responses).
+produced in that iteration with a single `transport.write`: measured at
+load, about 24 small responses share one TLS write, which makes the
+tunnel's TLS nearly free for them.
 
 Read path: data is handed to the stream's protocol at once and acknowledged
 (window update) when handed over; `pause_reading()` keeps later data in the
@@ -31,19 +33,19 @@ from edge.tunnel.errors import (
     GO_AWAY_PROTOCOL_ERROR,
     ProtocolError,
     SessionClosedError,
-    StreamClosedError,
-    StreamResetError,
     TunnelError,
 )
 from edge.tunnel.events import (
     DataReceived,
     GoAwayReceived,
     PingAcked,
+    StreamAcked,
     StreamEnded,
     StreamOpened,
     StreamReset,
     WindowUpdated,
 )
+from edge.tunnel.stream import Stream, StreamState
 
 log = logging.getLogger("edge.tunnel")
 
@@ -59,377 +61,9 @@ class SessionConfig:
     transport_high_water: int = 4 * 1024 * 1024  # session stops moving data above this
 
 
-class _Reader:
-    """Default protocol of a stream until `set_protocol`: buffers for
-    `Stream.read()`; pauses the stream above `limit` (so memory stays bounded)."""
-
-    def __init__(self, stream: "Stream", limit: int) -> None:
-        self.stream = stream
-        self.limit = limit
-        self.buf = bytearray()
-        self.eof = False
-        self.lost = False
-        self.exc: BaseException | None = None
-        self.paused = False
-        self.want = 0  # bytes a pending readexactly() needs buffered at once
-        self.waiter: asyncio.Future[None] | None = None
-
-    def _wake(self) -> None:
-        w, self.waiter = self.waiter, None
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def connection_made(self, stream: "Stream") -> None:
-        pass
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if not self.paused and len(self.buf) > max(self.limit, self.want):
-            self.paused = True
-            self.stream.pause_reading()
-        self._wake()
-
-    def need(self, n: int) -> None:
-        """A readexactly(n) waits: buffer up to n bytes before pausing (else
-        an n above the limit plus the window never arrives)."""
-        self.want = n
-        if self.paused and len(self.buf) < n:
-            self.paused = False
-            self.stream.resume_reading()
-
-    def eof_received(self) -> None:
-        self.eof = True
-        self._wake()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.lost = True
-        self.eof = True
-        self.exc = exc
-        self._wake()
-
-    def pause_writing(self) -> None:
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
-    def take(self, n: int) -> bytes:
-        self.want = 0
-        data = bytes(self.buf[:n])
-        del self.buf[:n]
-        if self.paused and len(self.buf) <= self.limit // 2:
-            self.paused = False
-            self.stream.resume_reading()
-        elif not self.paused and len(self.buf) > self.limit:
-            # more arrived while a readexactly() waited for a large n
-            self.paused = True
-            self.stream.pause_reading()
-        return data
-
-
-class Stream:
-    """One yamux stream, shaped like an asyncio.Transport.
-
-    Its receiver is set with `set_protocol(p)`; p gets connection_made(stream),
-    data_received(bytes), eof_received(), pause_writing(), resume_writing()
-    and, exactly once, connection_lost(exc): None after a clean close both
-    ways or a local abort(), StreamResetError if the peer reset it,
-    SessionClosedError/ProtocolError if the session died. Until then a
-    buffering reader serves `await read()`."""
-
-    def __init__(self, session: "Session", stream_id: int) -> None:
-        self._session = session
-        self._loop = session._loop
-        self.stream_id = stream_id
-        self.extra: dict[str, Any] = {}
-        cfg = session.config
-        self._reader: _Reader | None = _Reader(self, cfg.stream_high_water)
-        self._protocol: Any = self._reader
-        # write side
-        self._wbuf: collections.deque[bytes] = collections.deque()
-        self._wsize = 0
-        self._write_paused = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
-        self._close_requested = False
-        self._fin_sent = False
-        self._queued = False  # in the session's ready queue
-        # read side
-        self._reading_paused = False
-        self._inbox: collections.deque[bytes] = collections.deque()
-        self._eof_pending = False
-        self._eof_delivered = False
-        self._drain_scheduled = False
-        self._done = False
-
-    def __repr__(self) -> str:
-        return f"<Stream id={self.stream_id} done={self._done}>"
-
-    # --------------------------------------------------- transport interface
-
-    def set_protocol(self, protocol: Any) -> None:
-        """Hand the stream to `protocol`; whatever the default reader holds
-        (data, EOF, loss) is replayed to it, in order."""
-        reader, self._reader = self._reader, None
-        self._protocol = protocol
-        protocol.connection_made(self)
-        if self._write_paused:
-            # the buffer is already above high water: the new protocol must
-            # hear it, or its source keeps writing without bound
-            protocol.pause_writing()
-        if reader is None:
-            return
-        if reader.paused:
-            reader.paused = False
-            self.resume_reading()
-        if reader.buf:
-            protocol.data_received(bytes(reader.buf))
-        if reader.lost:
-            protocol.connection_lost(reader.exc)
-        elif reader.eof:
-            protocol.eof_received()
-
-    def get_protocol(self) -> Any:
-        return self._protocol
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name in self.extra:
-            return self.extra[name]
-        if name == "stream_id":
-            return self.stream_id
-        if name == "session":
-            return self._session
-        t = self._session._transport
-        return t.get_extra_info(name, default) if t is not None else default
-
-    def is_closing(self) -> bool:
-        return self._close_requested or self._done
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._done:
-            return  # like asyncio transports: writes after loss are dropped
-        if self._close_requested:
-            raise StreamClosedError(f"stream {self.stream_id}: write() after close()")
-        if not data:
-            return
-        if type(data) is not bytes:
-            data = bytes(data)
-        self._wbuf.append(data)
-        self._wsize += len(data)
-        if self._wsize > self._session.config.stream_high_water and not self._write_paused:
-            self._write_paused = True
-            self._protocol.pause_writing()
-        self._session._mark_ready(self)
-
-    def writelines(self, chunks: Any) -> None:
-        for c in chunks:
-            self.write(c)
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Half-close once queued data is sent (FIN); reading goes on until
-        the peer's FIN, then connection_lost(None)."""
-        if self._close_requested or self._done:
-            return
-        self._close_requested = True
-        if not self._wbuf:
-            self._send_fin()
-        else:
-            self._session._mark_ready(self)
-
-    def abort(self) -> None:
-        """Reset the stream (RST) and drop queued data both ways."""
-        if self._done:
-            return
-        self._session.conn.reset_stream(self.stream_id)
-        self._session._schedule_flush()
-        self._wbuf.clear()
-        self._wsize = 0
-        self._inbox.clear()
-        self._finish(None)
-
-    def pause_reading(self) -> None:
-        """Stop handing data over and stop window updates: the peer stops
-        after at most one window."""
-        self._reading_paused = True
-
-    def resume_reading(self) -> None:
-        if not self._reading_paused:
-            return
-        self._reading_paused = False
-        if (self._inbox or self._eof_pending) and not self._drain_scheduled:
-            self._drain_scheduled = True
-            self._loop.call_soon(self._drain_inbox)
-
-    def is_reading(self) -> bool:
-        return not self._reading_paused
-
-    def get_write_buffer_size(self) -> int:
-        return self._wsize
-
-    # ------------------------------------------------- awaitable convenience
-
-    async def read(self, n: int = 65536) -> bytes:
-        """Up to n bytes; b"" at EOF. Only before set_protocol()."""
-        r = self._require_reader()
-        while not r.buf and not r.eof:
-            r.waiter = self._loop.create_future()
-            await r.waiter
-        if r.buf:
-            return r.take(n)
-        if r.exc is not None:
-            raise r.exc
-        return b""
-
-    async def readexactly(self, n: int) -> bytes:
-        """Exactly n bytes (IncompleteReadError at EOF before them). While it
-        waits, the stream buffers up to n bytes (the caller's bound) instead
-        of pausing at the reader's limit."""
-        r = self._require_reader()
-        if len(r.buf) < n:
-            r.need(n)
-        try:
-            while len(r.buf) < n and not r.eof:
-                r.waiter = self._loop.create_future()
-                await r.waiter
-        finally:
-            r.want = 0
-        if len(r.buf) < n:
-            if r.exc is not None:
-                raise r.exc
-            raise asyncio.IncompleteReadError(bytes(r.buf), n)
-        return r.take(n)
-
-    async def drain(self) -> None:
-        """Wait until the write buffer is under the low-water mark."""
-        if self._done:
-            raise SessionClosedError(f"stream {self.stream_id} is closed")
-        if not self._write_paused:
-            return
-        fut = self._loop.create_future()
-        self._drain_waiters.append(fut)
-        await fut
-
-    def _require_reader(self) -> _Reader:
-        if self._reader is None:
-            raise RuntimeError("read() after set_protocol(): the protocol receives the data")
-        return self._reader
-
-    # ------------------------------------------------------ session side
-
-    def _feed(self, data: bytes) -> None:
-        if self._done:
-            return
-        if self._reading_paused or self._inbox:
-            self._inbox.append(data)
-            return
-        self._protocol.data_received(data)
-        # consumed: return the bytes to the peer's window (spec, "Flow Control")
-        self._session.conn.acknowledge_received(self.stream_id, len(data))
-
-    def _feed_eof(self) -> None:
-        if self._done:
-            return
-        if self._reading_paused or self._inbox:
-            self._eof_pending = True
-            return
-        self._deliver_eof()
-
-    def _deliver_eof(self) -> None:
-        self._eof_pending = False
-        self._eof_delivered = True
-        self._protocol.eof_received()
-        if self._fin_sent and not self._done:
-            self._finish(None)
-
-    def _drain_inbox(self) -> None:
-        self._drain_scheduled = False
-        acked = 0
-        while self._inbox and not self._reading_paused and not self._done:
-            data = self._inbox.popleft()
-            self._protocol.data_received(data)
-            acked += len(data)
-        if acked:
-            self._session.conn.acknowledge_received(self.stream_id, acked)
-            self._session._schedule_flush()
-        if self._eof_pending and not self._inbox and not self._reading_paused and not self._done:
-            self._deliver_eof()
-
-    def _pull(self, budget: int) -> int:
-        """Move up to `budget` queued bytes into the connection (window
-        permitting). Returns bytes moved."""
-        conn = self._session.conn
-        win = conn.send_window(self.stream_id)
-        take = min(budget, win, self._wsize)
-        if take <= 0:
-            return 0
-        first = self._wbuf[0]
-        if len(first) >= take:
-            if len(first) == take:
-                chunk = self._wbuf.popleft()
-            else:
-                chunk = first[:take]
-                self._wbuf[0] = first[take:]
-        else:
-            parts = []
-            need = take
-            while need:
-                c = self._wbuf[0]
-                if len(c) <= need:
-                    parts.append(self._wbuf.popleft())
-                    need -= len(c)
-                else:
-                    parts.append(c[:need])
-                    self._wbuf[0] = c[need:]
-                    need = 0
-            chunk = b"".join(parts)
-        conn.send_data(self.stream_id, chunk)
-        self._wsize -= take
-        if self._write_paused and self._wsize <= self._session.config.stream_low_water:
-            self._write_paused = False
-            waiters, self._drain_waiters = self._drain_waiters, []
-            for w in waiters:
-                if not w.done():
-                    w.set_result(None)
-            self._protocol.resume_writing()
-        if not self._wsize and self._close_requested and not self._fin_sent:
-            self._send_fin()
-        return take
-
-    def _send_fin(self) -> None:
-        self._fin_sent = True
-        try:
-            self._session.conn.end_stream(self.stream_id)
-        except StreamClosedError:
-            pass
-        self._session._schedule_flush()
-        if self._eof_delivered and not self._done:
-            self._finish(None)
-
-    def _finish(self, exc: BaseException | None) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._session._forget(self)
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_exception(exc or SessionClosedError(f"stream {self.stream_id} closed"))
-                w.exception()  # mark retrieved: nobody may be waiting any more
-        # looked up when it runs: a protocol set in the meantime gets it
-        self._loop.call_soon(self._deliver_lost, exc)
-
-    def _deliver_lost(self, exc: BaseException | None) -> None:
-        self._protocol.connection_lost(exc)
-
-
 # Read buffer shared by all sessions of the process (one per session would be
-# 256 KiB per agent on a hub). Why a BufferedProtocol (issue 7,
-# native profile): with a plain Protocol, uvloop's TLS transport reads with
+# 256 KiB per agent on a hub). Why a BufferedProtocol (measured with a
+# native profiler): with a plain Protocol, uvloop's TLS transport reads with
 # SSLObject.read(256 KiB), which allocates a fresh 256 KiB bytes object for
 # every read and every final SSLWantRead attempt; glibc serves that with
 # mmap, then mremap (shrink) and munmap, plus page faults: ~17 % of the
@@ -518,7 +152,8 @@ class Session(asyncio.BufferedProtocol):
                 if st is not None and st._wsize:
                     self._mark_ready(st)
             elif t is StreamOpened:
-                st = Stream(self, ev.stream_id)
+                # acked by the connection at once: established
+                st = Stream(self, ev.stream_id, StreamState.ESTABLISHED)
                 streams[ev.stream_id] = st
                 if self.on_stream is None:
                     st.abort()
@@ -535,8 +170,11 @@ class Session(asyncio.BufferedProtocol):
             elif t is StreamReset:
                 st = streams.get(ev.stream_id)
                 if st is not None:
-                    st._inbox.clear()
-                    st._finish(StreamResetError(f"stream {ev.stream_id} reset by peer"))
+                    st._reset_by_peer()
+            elif t is StreamAcked:
+                st = streams.get(ev.stream_id)
+                if st is not None:
+                    st._acked()
             elif t is PingAcked:
                 w = self._ping_waiters.pop(ev.opaque, None)
                 if w is not None and not w.done():
@@ -564,7 +202,7 @@ class Session(asyncio.BufferedProtocol):
         )
         self.closed_exc = err
         for st in list(self.streams.values()):
-            st._finish(err)
+            st._finish(StreamState.RESET, err)
         for w in self._ping_waiters.values():
             if not w.done():
                 w.set_exception(err)
@@ -586,7 +224,7 @@ class Session(asyncio.BufferedProtocol):
         if self.is_closed:
             raise SessionClosedError("tunnel session is closed")
         sid = self.conn.open_stream()
-        st = Stream(self, sid)
+        st = Stream(self, sid, StreamState.SYN_SENT)
         self.streams[sid] = st
         self._schedule_flush()
         return st
@@ -616,7 +254,8 @@ class Session(asyncio.BufferedProtocol):
 
     def close(self, code: int = GO_AWAY_NORMAL) -> None:
         """Go away with `code` and close the transport once written.
-        (close, never write_eof: EDGE-NOTES.md, uvloop pitfall)"""
+        (close, never write_eof: uvloop 0.23 crashed with a double free under
+        connection churn when a write_eof was still pending at close.)"""
         t = self._transport
         if t is None or t.is_closing():
             return
@@ -693,12 +332,12 @@ class Session(asyncio.BufferedProtocol):
         rounds_without_progress = 0
         while budget > 0 and ready and rounds_without_progress < len(ready):
             st = ready.popleft()
-            if st._done or (not st._wsize and st._fin_sent):
+            if not st._wsize or st._ended():
                 st._queued = False
                 continue
             moved = st._pull(min(budget, quantum))
             budget -= moved
-            if st._wsize and not st._done:
+            if st._wsize and not st._ended():
                 ready.append(st)  # window closed or quantum spent: stay queued
                 rounds_without_progress = 0 if moved else rounds_without_progress + 1
             else:
@@ -706,4 +345,5 @@ class Session(asyncio.BufferedProtocol):
                 rounds_without_progress = 0
 
 
-__all__ = ["Session", "SessionConfig", "Stream", "TunnelError"]
+# Stream and StreamState live in edge.tunnel.stream; importable from here as well.
+__all__ = ["Session", "SessionConfig", "Stream", "StreamState", "TunnelError"]
