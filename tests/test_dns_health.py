@@ -5,8 +5,9 @@ import dataclasses
 
 import pytest
 
-from dns.health import (HealthError, HealthSnapshot, HealthStates, Target, answer_ttl, refused_targets,
+from dns.health import (HealthError, HealthStates, HealthView, Target, refused_targets,
                         targets_from_config)
+from dns.policy import answer_ttl
 
 T = (Target("eu", "198.18.3.1"), Target("eu", "fd7a:5e1b:c00::3:1"), Target("jp", "198.18.5.1"))
 
@@ -188,14 +189,14 @@ def test_bad_thresholds_are_refused():
 
 
 def test_snapshot_round_trips_through_the_worker_pipe_encoding():
-    snap = HealthSnapshot(7, frozenset({("eu", "198.18.3.1")}), frozenset({"jp"}), frozenset({"eu"}))
+    snap = HealthView(7, frozenset({("eu", "198.18.3.1")}), frozenset({"jp"}), frozenset({"eu"}))
     line = snap.encode()
     assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert HealthSnapshot.decode(line) == snap
+    assert HealthView.decode(line) == snap
     for bad in (b"", b"{", b'{"version": "7"}', b'{"version": true, "down": [], "drained": [], "changing": []}',
                 b'{"version": 1, "down": [1], "drained": [], "changing": []}'):
         with pytest.raises(HealthError):
-            HealthSnapshot.decode(bad)
+            HealthView.decode(bad)
 
 
 def test_targets_are_every_address_of_every_pop(example_config):
