@@ -1,4 +1,4 @@
-"""dns.health: the rise/fall machine, drains, versions, "changing", the TTL rule (fake time, no sockets)."""
+"""dns.health: the rise/fall machine, drains, versions, "changing" (fake time, no sockets)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,6 @@ import pytest
 
 from dns.health import (HealthError, HealthStates, HealthView, Target, refused_targets,
                         targets_from_config)
-from dns.policy import answer_ttl
 
 T = (Target("eu", "198.18.3.1"), Target("eu", "fd7a:5e1b:c00::3:1"), Target("jp", "198.18.5.1"))
 
@@ -225,24 +224,3 @@ def test_check_probe_targets_refuses_the_example_config_with_health_on(example_c
         check_probe_targets(cfg)
     check_probe_targets(example_config)  # off: nothing is probed, nothing to refuse
     check_probe_targets(dataclasses.replace(cfg, health=dataclasses.replace(cfg.health, allow_remote=True)))
-
-
-# -- the TTL rule ----------------------------------------------------------------------------
-
-def test_ttl_is_lowered_when_an_answering_pop_is_changing():
-    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("jp",), {"jp"}) == 5
-    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("jp",), {"eu"}) == 30
-    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("jp",), ()) == 30
-
-
-def test_ttl_is_lowered_when_a_skipped_better_pop_is_changing():
-    # jp is down and changing: the ap answer is short-lived so clients return to jp soon
-    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("ap",), {"jp"}) == 5
-
-
-def test_lowered_ttl_never_raises_the_configured_one():
-    assert answer_ttl(3, 5, ("jp",), ("jp",), {"jp"}) == 3
-
-
-def test_a_fallback_answer_gets_the_lowered_ttl():
-    assert answer_ttl(30, 5, ("jp", "eu"), ("jp",), (), fallback=True) == 5

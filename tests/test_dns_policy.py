@@ -1,11 +1,11 @@
-"""dns.policy: N addresses of the nearest usable PoP, rotated, filled, pinned, with fallbacks."""
+"""dns.policy: N addresses of the nearest usable PoP, rotated, filled, pinned, with fallbacks; HealthView, the TTL rule."""
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
 
-from dns.policy import HealthView, PopAddresses, select
+from dns.policy import HealthView, PopAddresses, answer_ttl, select
 
 POPS = {
     "jp": PopAddresses("jp", ("10.0.5.1", "10.0.5.2", "10.0.5.3", "10.0.5.4"), ("fd::5:1", "fd::5:2")),
@@ -102,3 +102,24 @@ def test_merge_is_down_if_either_view_says_so_and_its_version_moves_with_either(
     assert both.version == 4
     assert checker.merge(HealthView(2, drained=frozenset({"eu"}))).version != both.version
     assert HealthView().merge(HealthView()) == HealthView()
+
+
+# -- the TTL rule ----------------------------------------------------------------------------
+
+def test_ttl_is_lowered_when_an_answering_pop_is_changing():
+    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("jp",), {"jp"}) == 5
+    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("jp",), {"eu"}) == 30
+    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("jp",), ()) == 30
+
+
+def test_ttl_is_lowered_when_a_skipped_better_pop_is_changing():
+    # jp is down and changing: the ap answer is short-lived so clients return to jp soon
+    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("ap",), {"jp"}) == 5
+
+
+def test_lowered_ttl_never_raises_the_configured_one():
+    assert answer_ttl(3, 5, ("jp",), ("jp",), {"jp"}) == 3
+
+
+def test_a_fallback_answer_gets_the_lowered_ttl():
+    assert answer_ttl(30, 5, ("jp", "eu"), ("jp",), (), fallback=True) == 5
