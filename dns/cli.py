@@ -282,6 +282,7 @@ def _pops(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from dns import policy
+    from dns.explain import explain
     from dns.wire import TYPE_CODES
     cfg = _load(args)
     if cfg is None:
@@ -300,17 +301,20 @@ def _explain(args: argparse.Namespace) -> int:
                 print(f"gslb dns explain: --down {d!r} is neither a PoP ({', '.join(sorted(pop_ids))}) "
                       "nor an address", file=sys.stderr)
                 return 2
-    health: Any = policy.StaticHealth(down=frozenset(d for d in args.down if d not in pop_ids),
-                                      down_pops=frozenset(d for d in args.down if d in pop_ids))
+    # --down: whole PoPs (shown as drained) and single addresses, over the server's view
+    # (--server-control) or else over what the configuration drains.
+    down_pops = frozenset(d for d in args.down if d in pop_ids)
+    down_addrs = frozenset((p.id, a) for p in cfg.pops for a in (*p.ipv4, *p.ipv6) if a in args.down)
+    extra = policy.HealthView(down=down_addrs, drained=down_pops)
+    base = policy.HealthView(drained=frozenset(cfg.health.drained))
     if args.server_control:
         from dns.control import ControlError, request
-        from dns.health import HealthError, HealthSnapshot
         try:
-            live = HealthSnapshot.decode(request(args.server_control, {"op": "snapshot"})["snapshot"])
-        except (ControlError, HealthError, KeyError) as exc:
+            base = policy.HealthView.decode(request(args.server_control, {"op": "snapshot"})["snapshot"])
+        except (ControlError, policy.HealthError, KeyError) as exc:
             print(f"gslb dns explain: --server-control: {exc}", file=sys.stderr)
             return 2
-        health = _Overlay(live, health)
+    health = base.merge(extra)
     geoip = getattr(args, "geoip_db", None)
     try:
         engine = _engine(cfg, os.path.abspath(geoip) if geoip else None, health=health)
@@ -318,7 +322,7 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"gslb dns explain: {exc}", file=sys.stderr)
         return 2
     try:
-        out = engine.explain(args.name, qtype, args.client, args.ecs)
+        out = explain(engine, args.name, qtype, args.client, args.ecs)
     except ValueError as exc:  # a name that is not a domain name
         print(f"gslb dns explain: {exc}", file=sys.stderr)
         return 2
@@ -358,19 +362,6 @@ def _explain(args: argparse.Namespace) -> int:
     print(f"ecs scope: {scope if scope is not None else '(no ECS in the query)'}"
           + ("" if out["location_dependent"] else "  (answer does not depend on location)"))
     return 0
-
-
-class _Overlay:
-    """The running server's health view with `--down` on top (explain)."""
-
-    def __init__(self, live: Any, extra: Any) -> None:
-        self.live, self.extra = live, extra
-        self.version = live.version
-        self.changing = live.changing
-        self.drained = live.drained | extra.down_pops
-
-    def is_up(self, pop: str, address: str) -> bool:
-        return self.live.is_up(pop, address) and self.extra.is_up(pop, address)
 
 
 def _control_path(args: argparse.Namespace, what: str) -> str | None:

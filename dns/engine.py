@@ -70,8 +70,7 @@ class Engine:
             by_continent=dict(cfg.routing.continent),
         )
         self.locator = locator
-        health_cfg = getattr(cfg, "health", None)
-        self.drained = frozenset(health_cfg.drained) if health_cfg is not None else frozenset()
+        self.drained = frozenset(cfg.health.drained)
         self.payload_max = cfg.server.udp_payload_max
         # COOKIE, NSID, keepalive (dns/options.py); `clock` (time.time) dates cookies.
         self.options = eo.ReplyOptions.from_config(cfg, clock)
@@ -89,7 +88,7 @@ class Engine:
         # misses: slow-path queries; errors: FORMERR/NOTIMP/BADVERS answered; dropped: no
         # answer; internal_errors: bugs turned into SERVFAIL (the fuzz test wants 0).
         self.stats = {"misses": 0, "errors": 0, "dropped": 0, "internal_errors": 0}
-        self.set_health(health or pol.HealthView())
+        self.set_health(health)
 
     @classmethod
     def from_config(cls, cfg: Any, geoip_db: str | None = None, **kw: Any) -> "Engine":
@@ -117,18 +116,18 @@ class Engine:
         self._built.clear()
         self.zone.forget()
 
-    def set_health(self, health: pol.HealthView) -> None:
-        """Plug in a health view (the checker's); `[health].drained` PoPs stay out on top of it.
+    def set_health(self, health: pol.HealthView | None) -> None:
+        """Plug in the health view answers use, and empty the reply caches.
 
-        A view that carries its own `drained` set (`dns.health.HealthSnapshot`, which
-        already merges the configuration's drains with runtime drain/undrain) is
-        authoritative for drains: wrapping it would make a runtime undrain impossible.
+        `None`: no checker; every address is up except those of the
+        `[health].drained` PoPs. A view is authoritative, drains included: the
+        checker's already merges the configuration's drains with runtime
+        drain/undrain (adding the configuration's again would make a runtime
+        undrain impossible). `self.health` is what was given (a reload hands it
+        to the new engine); `self.view` is what answers use.
         """
         self.health = health
-        if isinstance(getattr(health, "drained", None), frozenset) or not self.drained:
-            self._health = health
-        else:
-            self._health = pol.Drained(health, self.drained)
+        self.view = health if health is not None else pol.HealthView(drained=self.drained)
         self.invalidate()
 
     # -- the per-query entry point -------------------------------------------------
@@ -223,7 +222,7 @@ class Engine:
                 placed.append(self.placement(source, ecs))
             return placed[0]
 
-        ans = self.zone.resolve(q.qname, q.qtype, place, self._health)
+        ans = self.zone.resolve(q.qname, q.qtype, place, self.view)
         if self.signer is not None and q.edns is not None and q.edns.do:
             # RFC 4035 3.1.1: RRSIGs (and the denial, 3.1.3) only for queries with DO=1.
             ans = self.signer.sign_answer(ans, q.qname, q.qtype, self.zone)
@@ -319,7 +318,7 @@ class Engine:
             fields["ecs"] = str(ecs.network())
             fields["scope"] = scope
         if placement is not None:
-            loc = getattr(placement, "location", None)
+            loc = placement.location
             fields["location"] = loc.describe() if loc is not None else "unknown"
             fields["ranking"] = ",".join(placement.ranking.pops[:3])
         for sel in ans.selections:
@@ -498,83 +497,3 @@ class Engine:
         if len(seen) >= self.cache_size:
             del seen[next(iter(seen))]
         seen[key] = value
-
-    # -- explain -----------------------------------------------------------------------
-
-    def explain(self, qname: str, qtype: int, client: str, ecs: str | None = None) -> dict[str, Any]:
-        """What the server would answer and why (for `gslb dns explain`)."""
-        from dns.wire import TYPE_NAMES, ecs_option, name_from_text, name_to_text, parse_client_subnet
-        from dns.zone import describe_rr
-        subnet = None
-        if ecs is not None:
-            def bad(reason: str) -> ValueError:
-                return ValueError(f"--ecs {ecs}: {reason}")
-            subnet = parse_client_subnet(ecs_option(ecs), bad)
-        wire_name = name_from_text(qname if qname.endswith(".") else qname + ".")
-        placed: list[Any] = []
-
-        def place() -> Any:
-            if not placed:
-                placed.append(self.placement(client, subnet))
-            return placed[0]
-
-        ans = self.zone.resolve(wire_name, qtype, place, self._health)
-        p = place()
-        loc = getattr(p, "location", None)
-        ranking = p.ranking
-        scope = self.ecs_scope(subnet, p) if (subnet and ans.location_dependent) else 0
-        rcode_names = {0: "NOERROR", 3: "NXDOMAIN", 5: "REFUSED"}
-        out: dict[str, Any] = {
-            "qname": name_to_text(wire_name),
-            "qtype": TYPE_NAMES.get(qtype, str(qtype)),
-            "client": client,
-            "ecs": ecs,
-            "located_by": "ecs" if subnet is not None and subnet.source_prefix > 0 else "source address",
-            "location": None if loc is None else {
-                "country": loc.country, "continent": loc.continent, "city": loc.city,
-                "latitude": loc.lat, "longitude": loc.lon},
-            "network": None if p.network is None else str(p.network),
-            "geo_database": None if self.locator is None else self.locator.db.path,
-            "ranking": list(ranking.pops),
-            "ranking_reason": ranking.reason + (f":{ranking.matched}" if ranking.matched else ""),
-            "distances_km": list(ranking.distances_km) if ranking.distances_km else None,
-            "rcode": rcode_names.get(ans.rcode, str(ans.rcode)),
-            "authoritative": ans.authoritative,
-            "location_dependent": ans.location_dependent,
-            "ecs_scope": scope if subnet is not None else None,
-            "answer": [describe_rr(rr) for rr in ans.answer_variants[0]],
-            "rotations": len(ans.answer_variants),
-            "authority": [describe_rr(rr) for rr in ans.authority],
-            "policy": [{"order": list(s.order), "pops_used": list(s.pops_used),
-                        "addresses": list(s.addresses), "fallback": s.fallback or None,
-                        "reason": s.reason} for s in ans.selections],
-        }
-        ttls = {rr.ttl for rr in ans.answer_variants[0]}
-        out["ttl"] = min(ttls) if ttls else None
-        out["health"] = self.health_of(ranking.pops)
-        lowered = bool(out["ttl"] is not None and ans.selections and out["ttl"] < self.cfg.policy.ttl)
-        out["ttl_lowered"] = lowered
-        out["ttl_reason"] = None if not lowered else (
-            "fallback answer" if any(s.fallback for s in ans.selections)
-            else "the health of a PoP it depends on is changing")
-        return out
-
-    def health_of(self, pops: Any) -> list[dict[str, Any]]:
-        """Per PoP, in the order given: which addresses the answers treat as up (explain)."""
-        view = self._health
-        drained = getattr(view, "drained", None)
-        if not isinstance(drained, frozenset):
-            drained = self.drained | frozenset(getattr(view, "down_pops", ()))
-        changing = frozenset(getattr(view, "changing", ()))
-        rows = []
-        for pop in pops:
-            p = self.zone.pops.get(pop)
-            if p is None:
-                continue
-            addrs = p.ipv4 + p.ipv6
-            down = [a for a in addrs if not view.is_up(pop, a)]
-            state = ("drained" if pop in drained else "down" if len(down) == len(addrs)
-                     else "partial" if down else "up")
-            rows.append({"pop": pop, "state": state, "down": down, "addresses": len(addrs),
-                         "changing": pop in changing})
-        return rows

@@ -4,7 +4,7 @@ Owns what a probe result *means*: per (PoP, address) state with rise/fall
 thresholds, IPv4 and IPv6 apart (every address is its own state), the
 drained PoPs (configuration plus runtime drains), which PoPs' health is
 changing (the engine lowers the TTL of answers that depend on them), and
-the immutable `HealthSnapshot` the DNS engine answers from. It is fed
+the `dns.policy.HealthView` the DNS engine answers from. It is fed
 results and timestamps (`record(pop, address, ok, now)`); it opens no
 socket and reads no clock. Probing is `dns.prober`; publishing to worker
 processes and the control socket are `dns.monitor`.
@@ -31,14 +31,14 @@ Rules (docs/configuration.md, `[health]`):
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dns.policy import HealthError, HealthView
 
-class HealthError(ValueError):
-    """Bad input to the health machinery: an unknown PoP, a malformed snapshot."""
+__all__ = ["AddressState", "HealthError", "HealthStates", "HealthView", "Target", "Transition",
+           "refused_targets", "targets_from_config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,42 +84,6 @@ class AddressState:
     changed_at: float | None
     checked_at: float | None
     last_error: str
-
-
-@dataclass(frozen=True, slots=True)
-class HealthSnapshot:
-    """An immutable health view for `dns.engine.Engine.set_health`.
-
-    `is_up` is False for a down address and for every address of a drained
-    PoP. `changing` lists the PoPs whose answers get the lowered TTL.
-    """
-
-    version: int = 0
-    down: frozenset[tuple[str, str]] = frozenset()
-    drained: frozenset[str] = frozenset()
-    changing: frozenset[str] = frozenset()
-
-    def is_up(self, pop: str, address: str) -> bool:
-        return pop not in self.drained and (pop, address) not in self.down
-
-    def encode(self) -> bytes:
-        """One JSON line (the pipe to worker processes carries these)."""
-        return (json.dumps({"version": self.version, "down": sorted(self.down),
-                            "drained": sorted(self.drained), "changing": sorted(self.changing)},
-                           separators=(",", ":")) + "\n").encode()
-
-    @classmethod
-    def decode(cls, line: bytes) -> "HealthSnapshot":
-        try:
-            d = json.loads(line)
-            version = d["version"]
-            if isinstance(version, bool) or not isinstance(version, int):
-                raise TypeError("version is not an integer")
-            down = frozenset((str(p), str(a)) for p, a in d["down"])
-            return cls(version, down, frozenset(map(str, d["drained"])),
-                       frozenset(map(str, d["changing"])))
-        except (ValueError, TypeError, KeyError) as exc:
-            raise HealthError(f"malformed health snapshot: {exc}") from None
 
 
 class _State:
@@ -254,14 +218,14 @@ class HealthStates:
                 out.add(pop)
         return frozenset(out)
 
-    def snapshot(self, now: float) -> HealthSnapshot:
+    def snapshot(self, now: float) -> HealthView:
         """The current view; its version moves on iff its content differs from the last one."""
         down = frozenset(k for k, st in self._states.items() if not st.up)
         content = (down, self.drained, self.changing(now))
         if content != self._last:
             self._last = content
             self._version += 1
-        return HealthSnapshot(self._version, *content)
+        return HealthView(self._version, *content)
 
     def states(self) -> list[AddressState]:
         return [AddressState(t.pop, t.address, t.family, st.up, st.ok, st.fail, st.checks,
@@ -291,21 +255,3 @@ def refused_targets(targets: Iterable[Target], *, allow_remote: bool, in_named_n
         if not ipaddress.ip_address(t.address).is_loopback:
             out.append(t.address)
     return tuple(dict.fromkeys(out))
-
-
-def answer_ttl(ttl: int, changing_ttl: int, order: Iterable[str], pops_used: Iterable[str],
-               changing: Iterable[str], fallback: bool = False) -> int:
-    """TTL of a GSLB answer: lowered to min(ttl, changing_ttl) when a PoP it depends on is
-    changing: one it answers from, or one ranked before them that it skipped (so clients
-    go back soon after it recovers); and for a fallback answer (every address down)."""
-    if fallback:
-        return min(ttl, changing_ttl)
-    changing = frozenset(changing)
-    if not changing:
-        return ttl
-    used = list(pops_used)
-    order = list(order)
-    last = max((order.index(p) for p in used if p in order), default=len(order) - 1)
-    if any(p in changing for p in order[:last + 1]) or any(p in changing for p in used):
-        return min(ttl, changing_ttl)
-    return ttl

@@ -4,7 +4,7 @@ One monitor per server, in the process that owns the workers (the only
 process with `--workers 1`): it runs the checks (`dns.prober`), feeds the
 results to the state machine (`dns.health`), serves the control socket
 (`dns.control`: drain, undrain, health), and publishes each new
-`HealthSnapshot` to whoever answers queries:
+`HealthView` to whoever answers queries:
 
 - `LocalPublisher`: the same process; the snapshot goes into the engine;
 - `PipePublisher`: worker processes; one pipe per worker carries snapshot
@@ -27,7 +27,7 @@ from typing import Any
 
 from dns import prober
 from dns.control import MAX_REQUEST, ControlError, parse_request
-from dns.health import HealthError, HealthSnapshot, HealthStates, refused_targets, targets_from_config
+from dns.health import HealthError, HealthStates, HealthView, refused_targets, targets_from_config
 from dns.log import log
 
 MAX_CONCURRENT_PROBES = 64   # checks in flight at once (each opens up to two connections)
@@ -62,7 +62,7 @@ class LocalPublisher:
     def start(self) -> None:
         pass
 
-    def publish(self, snap: HealthSnapshot) -> None:
+    def publish(self, snap: HealthView) -> None:
         self.server.apply_health(snap)
 
     def applied(self) -> dict[str, int]:
@@ -103,7 +103,7 @@ class PipePublisher:
         self._changed = asyncio.Event()
         asyncio.get_running_loop().add_reader(self.ack_fd, self._on_ack)
 
-    def publish(self, snap: HealthSnapshot) -> None:
+    def publish(self, snap: HealthView) -> None:
         line = snap.encode()
         self._newest = line
         for pid in list(self.feeds):
@@ -252,7 +252,7 @@ class HealthMonitor:
             log("health_checks", state="on", targets=len(self.states.targets), check=self.settings.check,
                 interval=self.settings.interval, rise=self.settings.rise, fall=self.settings.fall)
 
-    def publish(self) -> HealthSnapshot:
+    def publish(self) -> HealthView:
         snap = self.states.snapshot(self.clock())
         if snap.version != self._published:
             self._published = snap.version

@@ -1,6 +1,6 @@
 """Answer policy: for a GSLB name, which addresses to answer, given ranked PoPs.
 
-This is gdnsd's "resolve" half (STYLE.md): `geo` decides the order of PoPs
+This is gdnsd's "resolve" half (its resolver plugins): `geo` decides the order of PoPs
 for a client; this module decides what that order means for one answer:
 health, how many addresses, rotation, fallback. Sans-IO and deterministic:
 no sockets, no clock, no randomness. It must not locate clients or touch
@@ -21,57 +21,88 @@ The rule (docs/configuration.md, `[policy]`):
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 FALLBACK_NEAREST, FALLBACK_ALL, FALLBACK_NONE = "nearest", "all", "none"
 
 
-class HealthView:
-    """Which PoP addresses are usable. The default: every address is up.
+class HealthError(ValueError):
+    """Bad input to the health machinery: an unknown PoP, a malformed health view."""
 
-    `dns.health.HealthSnapshot` (the checker's view) replaces this; anything
-    with `is_up(pop, address) -> bool` and an integer `version` that changes
-    whenever an answer may change will do (the answer cache keys on it).
+
+@dataclass(frozen=True, slots=True)
+class HealthView:
+    """Which PoP addresses answers may use, and which PoPs' health is changing.
+
+    The one health type (the checker publishes it, workers and the control
+    socket carry it, `explain --down` builds one). The default: every address up.
+
+    - `down`: (PoP, address) pairs the checker found down;
+    - `drained`: PoPs out of answers (`[health].drained` plus runtime drains);
+    - `changing`: PoPs whose answers get the lowered TTL (`answer_ttl`);
+    - `version`: changes whenever what the view says changes (answer caches key on it).
     """
 
     version: int = 0
-    # PoPs whose health is changing: answers depending on them get a lower TTL
-    # (dns.health.answer_ttl). A view without the attribute means none.
+    down: frozenset[tuple[str, str]] = frozenset()
+    drained: frozenset[str] = frozenset()
     changing: frozenset[str] = frozenset()
 
     def is_up(self, pop: str, address: str) -> bool:
-        return True
+        return pop not in self.drained and (pop, address) not in self.down
+
+    def merge(self, other: "HealthView") -> "HealthView":
+        """Both views at once: an address is up only if both say so; changing in either.
+
+        The version is the sum: each source's version only grows, so the sum
+        moves whenever either view moves.
+        """
+        return HealthView(self.version + other.version, self.down | other.down,
+                          self.drained | other.drained, self.changing | other.changing)
+
+    def encode(self) -> bytes:
+        """One JSON line (the pipe to worker processes and the control socket carry these)."""
+        return (json.dumps({"version": self.version, "down": sorted(self.down),
+                            "drained": sorted(self.drained), "changing": sorted(self.changing)},
+                           separators=(",", ":")) + "\n").encode()
+
+    @classmethod
+    def decode(cls, line: bytes | str) -> "HealthView":
+        try:
+            d = json.loads(line)
+            version = d["version"]
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise TypeError("version is not an integer")
+            down = frozenset((str(p), str(a)) for p, a in d["down"])
+            return cls(version, down, frozenset(map(str, d["drained"])),
+                       frozenset(map(str, d["changing"])))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise HealthError(f"malformed health view: {exc}") from None
 
 
-@dataclass
-class StaticHealth(HealthView):
-    """A fixed set of down addresses (tests, `explain --down`, drained PoPs)."""
-
-    down: frozenset[str] = field(default_factory=frozenset)
-    down_pops: frozenset[str] = field(default_factory=frozenset)
-    version: int = 0
-
-    def is_up(self, pop: str, address: str) -> bool:
-        return address not in self.down and pop not in self.down_pops
+EVERY_ADDRESS_UP = HealthView()
 
 
-class Drained(HealthView):
-    """PoPs the operator took out of answers (`[health].drained`), over another view."""
+def answer_ttl(ttl: int, changing_ttl: int, order: Sequence[str], pops_used: Sequence[str],
+               changing: frozenset[str], fallback: bool = False) -> int:
+    """TTL of a GSLB answer (gdnsd's state+TTL idea; docs/configuration.md, `[health].changing_ttl`).
 
-    def __init__(self, base: HealthView, pops: frozenset[str]) -> None:
-        self.base, self.pops = base, frozenset(pops)
-
-    @property
-    def version(self) -> int:  # type: ignore[override]
-        return self.base.version
-
-    @property
-    def changing(self) -> frozenset[str]:  # type: ignore[override]
-        return frozenset(getattr(self.base, "changing", ()))
-
-    def is_up(self, pop: str, address: str) -> bool:
-        return pop not in self.pops and self.base.is_up(pop, address)
+    Lowered to min(ttl, changing_ttl) when a PoP the answer depends on is
+    changing: one it answers from, or one ranked before them that it skipped
+    (so clients come back soon after it recovers); and for a fallback answer
+    (every address down). Otherwise `ttl`.
+    """
+    if fallback:
+        return min(ttl, changing_ttl)
+    if not changing:
+        return ttl
+    order = list(order)
+    last = max((order.index(p) for p in pops_used if p in order), default=len(order) - 1)
+    if any(p in changing for p in order[:last + 1]) or any(p in changing for p in pops_used):
+        return min(ttl, changing_ttl)
+    return ttl
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +152,7 @@ def select(
         raise ValueError(f"family must be 4 or 6, not {family}")
     if count < 1:
         raise ValueError("count must be >= 1")
-    health = health or HealthView()
+    health = health or EVERY_ADDRESS_UP
     order = tuple(ranking)
     if pin is not None:
         order = (pin,) + tuple(p for p in order if p != pin)

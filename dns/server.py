@@ -186,7 +186,7 @@ class DnsServer:
 
     def _on_feed(self) -> None:
         """A worker: read snapshot lines from the monitor, apply the newest, acknowledge it."""
-        from dns.health import HealthError, HealthSnapshot
+        from dns.health import HealthError, HealthView
         read_fd, ack_fd = self.health_feed  # type: ignore[misc]
         try:
             data = os.read(read_fd, 1 << 20)
@@ -200,7 +200,7 @@ class DnsServer:
         if not lines:
             return
         try:
-            snap = HealthSnapshot.decode(lines[-1])
+            snap = HealthView.decode(lines[-1])
         except HealthError as exc:
             log("health_feed_error", level="error", error=str(exc))
             return

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from dns import policy as pol
-from dns.health import answer_ttl
 from dns.wire import (A, AAAA, ANY, CAA, CNAME, MX, NOERROR, NS, NXDOMAIN, REFUSED, RR, SOA, TXT,
                       Name, character_strings, name_from_text, name_to_text, rdata_a, rdata_aaaa,
                       rdata_caa, rdata_mx, rdata_soa)
@@ -81,8 +80,7 @@ class ZoneData:
         self.origin = name_from_text(z.name).lower()
         self.origin_text = z.name
         self.policy = cfg.policy
-        health_cfg = getattr(cfg, "health", None)
-        self.changing_ttl = health_cfg.changing_ttl if health_cfg is not None else self.policy.ttl
+        self.changing_ttl = cfg.health.changing_ttl
         self.pops = {p.id: pol.PopAddresses(p.id, tuple(p.ipv4), tuple(p.ipv6)) for p in cfg.pops}
         self.nodes: dict[bytes, dict[int, RRset]] = {}
         self.gslb: dict[bytes, Gslb] = {}
@@ -229,8 +227,8 @@ class ZoneData:
                     enc = rdata_a if qt == A else rdata_aaaa
                     # TTL lowered while the health of a PoP this answer depends on is changing.
                     # So does a fallback answer (every address down): recovery shows quickly.
-                    ttl = answer_ttl(self.policy.ttl, self.changing_ttl, sel.order, sel.pops_used,
-                                     getattr(health, "changing", ()), fallback=bool(sel.fallback))
+                    ttl = pol.answer_ttl(self.policy.ttl, self.changing_ttl, sel.order, sel.pops_used,
+                                         health.changing, fallback=bool(sel.fallback))
                     variants = tuple(
                         tuple(prefix) + tuple(RR(owner, rtype, ttl, enc(a)) for a in v)
                         for v in sel.variants)

@@ -12,7 +12,9 @@ import dnslib
 import pytest
 
 from dns.engine import Engine
-from dns.policy import StaticHealth
+from dns.explain import explain
+from dns.health import HealthStates, targets_from_config
+from dns.policy import HealthView
 from dns.wire import (A, AAAA, ANY, AXFR, CNAME, MX, NS, SOA, TXT, CAA, ecs_option, make_query)
 
 JP = {f"198.18.5.{i}" for i in range(1, 5)}
@@ -231,7 +233,7 @@ def test_pinned_name_ignores_location_and_has_scope_zero(engine):
 
 
 def test_pinned_pop_down_falls_back_along_the_ranking(example_config, lab_mmdb):
-    e = Engine.from_config(example_config, lab_mmdb, health=StaticHealth(down_pops=frozenset({"eu"})))
+    e = Engine.from_config(example_config, lab_mmdb, health=HealthView(drained=frozenset({"eu"})))
     r = ask(e, "status.lab.test", options=ecs_option("198.19.5.0/24"))
     assert set(r.ips) <= JP and r.ecs_scope == 24
 
@@ -241,20 +243,20 @@ def test_pinned_pop_down_falls_back_along_the_ranking(example_config, lab_mmdb):
 def test_health_change_invalidates_the_cache(engine):
     q = make_query("demo.app.lab.test", A, options=ecs_option("198.19.5.0/24"))
     assert set(Reply(engine.respond(q, "127.0.0.1")).ips) <= JP
-    engine.set_health(StaticHealth(down_pops=frozenset({"jp"})))
+    engine.set_health(HealthView(drained=frozenset({"jp"})))
     ips = Reply(engine.respond(q, "127.0.0.1")).ips
     assert ips and not set(ips) & JP
 
 
 def test_fill_from_next_pop_when_nearest_has_one_usable(example_config, lab_mmdb):
     down = frozenset({"198.18.5.1", "198.18.5.2", "198.18.5.3"})
-    e = Engine.from_config(example_config, lab_mmdb, health=StaticHealth(down=down))
+    e = Engine.from_config(example_config, lab_mmdb, health=HealthView(down=frozenset(("jp", a) for a in down)))
     r = ask(e, "demo.app.lab.test", options=ecs_option("198.19.5.0/24"))
     assert r.ips[0] == "198.18.5.4" and r.ips[1].startswith("198.18.1.")  # jp, then ap (Singapore)
 
 
 def test_everything_down_answers_the_configured_fallback(example_config, lab_mmdb):
-    down = StaticHealth(down_pops=frozenset(p.id for p in example_config.pops))
+    down = HealthView(drained=frozenset(p.id for p in example_config.pops))
     e = Engine.from_config(example_config, lab_mmdb, health=down)
     r = ask(e, "demo.app.lab.test", options=ecs_option("198.19.5.0/24"))
     assert len(r.ips) == 2 and set(r.ips) <= JP  # fallback "nearest"
@@ -305,7 +307,7 @@ def _all_fallback(cfg):
 
 
 def test_too_big_for_udp_is_truncated_and_full_over_tcp(example_config, lab_mmdb):
-    down = StaticHealth(down_pops=frozenset(p.id for p in example_config.pops))
+    down = HealthView(drained=frozenset(p.id for p in example_config.pops))
     e = Engine.from_config(_all_fallback(example_config), lab_mmdb, health=down)
     udp = ask(e, "demo.app.lab.test", AAAA)  # 32 AAAA records do not fit 512 octets
     assert udp.msg.header.tc and udp.msg.rr == [] and len(udp.raw) <= 512
@@ -323,7 +325,7 @@ def test_edns_payload_below_512_counts_as_512(example_config, lab_mmdb):
 
 
 def test_explain_reports_location_ranking_addresses_ttl_and_scope(engine):
-    out = engine.explain("demo.app.lab.test", A, "127.0.0.1", "198.19.5.0/24")
+    out = explain(engine, "demo.app.lab.test", A, "127.0.0.1", "198.19.5.0/24")
     assert out["location"]["city"] == "Tokyo" and out["ranking"][0] == "jp"
     assert out["ttl"] == 30 and out["ecs_scope"] == 24 and out["rcode"] == "NOERROR"
     assert len(out["answer"]) == 2 and all("198.18.5." in a for a in out["answer"])
@@ -344,7 +346,7 @@ def test_rotation_is_shared_by_queries_that_differ_only_in_a_cookie(engine):
 def test_real_geolite2_city_places_public_subnets_at_their_nearest_pop(example_config, geolite2_city, subnet, pop):
     e = Engine.from_config(example_config, geolite2_city)
     try:
-        out = e.explain("demo.app.lab.test", A, "127.0.0.1", subnet)
+        out = explain(e, "demo.app.lab.test", A, "127.0.0.1", subnet)
         assert out["ranking"][0] == pop and out["policy"][0]["pops_used"] == [pop]
         assert out["ecs_scope"] > 0
     finally:
@@ -360,14 +362,19 @@ def test_replies_of_one_shape_still_echo_each_querys_own_subnet(engine):
     assert set(a.ips) <= US and set(b.ips) <= US  # scopes differ: each is its own empty network
 
 
-def test_drained_pops_stay_out_of_answers_even_with_a_health_view(example_config, lab_mmdb):
+def test_drained_pops_stay_out_of_answers_with_and_without_a_checker(example_config, lab_mmdb):
     cfg = dataclasses.replace(example_config, health=dataclasses.replace(example_config.health, drained=("jp",)))
     e = Engine.from_config(cfg, lab_mmdb)
     r = ask(e, "demo.app.lab.test", options=ecs_option("198.19.5.0/24"))
     assert r.ips and not set(r.ips) & JP
-    e.set_health(StaticHealth(down=frozenset({"198.18.1.1"})))  # a checker's view; jp still drained
+    # The checker's view carries the configuration's drains (and one down address).
+    states = HealthStates(targets_from_config(cfg), fall=1, config_drained=frozenset(cfg.health.drained))
+    states.record("ap", "198.18.1.1", False, 1.0, "refused")
+    e.set_health(states.snapshot(1.0))
     r = ask(e, "demo.app.lab.test", options=ecs_option("198.19.5.0/24"))
     assert r.ips and not set(r.ips) & JP and "198.18.1.1" not in r.ips
+    e.set_health(None)  # the checker gone: the configuration's drains alone, 198.18.1.1 back
+    assert e.view == HealthView(drained=frozenset({"jp"}))
 
 
 def test_log_decisions_writes_one_line_per_computed_answer(example_config, lab_mmdb, capsys):

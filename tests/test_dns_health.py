@@ -1,11 +1,11 @@
-"""dns.health: the rise/fall machine, drains, versions, "changing", the TTL rule (fake time, no sockets)."""
+"""dns.health: the rise/fall machine, drains, versions, "changing" (fake time, no sockets)."""
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 
-from dns.health import (HealthError, HealthSnapshot, HealthStates, Target, answer_ttl, refused_targets,
+from dns.health import (HealthError, HealthStates, HealthView, Target, refused_targets,
                         targets_from_config)
 
 T = (Target("eu", "198.18.3.1"), Target("eu", "fd7a:5e1b:c00::3:1"), Target("jp", "198.18.5.1"))
@@ -188,14 +188,14 @@ def test_bad_thresholds_are_refused():
 
 
 def test_snapshot_round_trips_through_the_worker_pipe_encoding():
-    snap = HealthSnapshot(7, frozenset({("eu", "198.18.3.1")}), frozenset({"jp"}), frozenset({"eu"}))
+    snap = HealthView(7, frozenset({("eu", "198.18.3.1")}), frozenset({"jp"}), frozenset({"eu"}))
     line = snap.encode()
     assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert HealthSnapshot.decode(line) == snap
+    assert HealthView.decode(line) == snap
     for bad in (b"", b"{", b'{"version": "7"}', b'{"version": true, "down": [], "drained": [], "changing": []}',
                 b'{"version": 1, "down": [1], "drained": [], "changing": []}'):
         with pytest.raises(HealthError):
-            HealthSnapshot.decode(bad)
+            HealthView.decode(bad)
 
 
 def test_targets_are_every_address_of_every_pop(example_config):
@@ -224,24 +224,3 @@ def test_check_probe_targets_refuses_the_example_config_with_health_on(example_c
         check_probe_targets(cfg)
     check_probe_targets(example_config)  # off: nothing is probed, nothing to refuse
     check_probe_targets(dataclasses.replace(cfg, health=dataclasses.replace(cfg.health, allow_remote=True)))
-
-
-# -- the TTL rule ----------------------------------------------------------------------------
-
-def test_ttl_is_lowered_when_an_answering_pop_is_changing():
-    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("jp",), {"jp"}) == 5
-    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("jp",), {"eu"}) == 30
-    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("jp",), ()) == 30
-
-
-def test_ttl_is_lowered_when_a_skipped_better_pop_is_changing():
-    # jp is down and changing: the ap answer is short-lived so clients return to jp soon
-    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("ap",), {"jp"}) == 5
-
-
-def test_lowered_ttl_never_raises_the_configured_one():
-    assert answer_ttl(3, 5, ("jp",), ("jp",), {"jp"}) == 3
-
-
-def test_a_fallback_answer_gets_the_lowered_ttl():
-    assert answer_ttl(30, 5, ("jp", "eu"), ("jp",), (), fallback=True) == 5

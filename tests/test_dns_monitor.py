@@ -15,7 +15,8 @@ import dnslib
 import pytest
 
 from dns.engine import Engine
-from dns.health import HealthSnapshot
+from dns.explain import explain
+from dns.policy import HealthView
 from dns.monitor import HealthMonitor, LocalPublisher
 from dns.server import DnsServer
 from dns.wire import A, ecs_option, make_query
@@ -41,16 +42,16 @@ def engine(example_config, lab_mmdb):
 
 def test_changing_pop_gets_the_lowered_ttl_in_the_wire_answer(engine):
     assert ips_and_ttls(engine)[1] == {30}
-    engine.set_health(HealthSnapshot(1, changing=frozenset({"jp"})))
+    engine.set_health(HealthView(1, changing=frozenset({"jp"})))
     ips, ttls = ips_and_ttls(engine)
     assert ips <= JP and ttls == {5}  # [health].changing_ttl default
-    engine.set_health(HealthSnapshot(2, changing=frozenset({"eu"})))
+    engine.set_health(HealthView(2, changing=frozenset({"eu"})))
     assert ips_and_ttls(engine)[1] == {30}  # eu is not what a Tokyo client depends on
 
 
 def test_failover_answer_is_short_lived_while_the_nearest_pop_is_changing(engine):
     down = frozenset(("jp", f"198.18.5.{i}") for i in range(1, 5))
-    engine.set_health(HealthSnapshot(1, down=down, changing=frozenset({"jp"})))
+    engine.set_health(HealthView(1, down=down, changing=frozenset({"jp"})))
     ips, ttls = ips_and_ttls(engine)
     assert ips and not ips & JP and ttls == {5}
 
@@ -76,15 +77,15 @@ def test_snapshot_drains_are_authoritative_so_a_runtime_undrain_works(example_co
     cfg = dataclasses.replace(example_config, health=dataclasses.replace(example_config.health, drained=("jp",)))
     e = Engine.from_config(cfg, lab_mmdb)
     assert not ips_and_ttls(e)[0] & JP  # config drain, no checker view yet
-    e.set_health(HealthSnapshot(1, drained=frozenset()))  # the monitor says: undrained at runtime
+    e.set_health(HealthView(1, drained=frozenset()))  # the monitor says: undrained at runtime
     assert ips_and_ttls(e)[0] <= JP
     e.close()
 
 
 def test_explain_shows_health_and_the_lowered_ttl(engine):
     down = frozenset(("jp", f"198.18.5.{i}") for i in range(1, 3))
-    engine.set_health(HealthSnapshot(1, down=down, drained=frozenset({"ap"}), changing=frozenset({"jp"})))
-    out = engine.explain("demo.app.lab.test", A, "127.0.0.1", "198.19.5.0/24")
+    engine.set_health(HealthView(1, down=down, drained=frozenset({"ap"}), changing=frozenset({"jp"})))
+    out = explain(engine, "demo.app.lab.test", A, "127.0.0.1", "198.19.5.0/24")
     rows = {h["pop"]: h for h in out["health"]}
     assert rows["jp"]["state"] == "partial" and rows["jp"]["down"] == ["198.18.5.1", "198.18.5.2"]
     assert rows["jp"]["changing"] and rows["ap"]["state"] == "drained" and rows["eu"]["state"] == "up"
@@ -143,7 +144,7 @@ def test_monitor_control_requests(example_config, engine):
     assert not junk["ok"] and "not JSON" in junk["error"]
     assert not reboot["ok"] and "drain, undrain, health, snapshot" in reboot["error"]
     assert undrain["ok"] and undrain["drained"] == []
-    assert HealthSnapshot.decode(snap["snapshot"].encode()).drained == frozenset()
+    assert HealthView.decode(snap["snapshot"].encode()).drained == frozenset()
     assert ips_and_ttls(server.engine)[0] <= JP
 
 
@@ -155,8 +156,8 @@ def test_worker_applies_the_newest_snapshot_from_its_pipe_and_acknowledges_it(en
     ack_r, ack_w = os.pipe()
     server.health_feed = (feed_r, ack_w)
     try:
-        old = HealthSnapshot(3, drained=frozenset({"eu"}))
-        new = HealthSnapshot(4, drained=frozenset({"jp"}))
+        old = HealthView(3, drained=frozenset({"eu"}))
+        new = HealthView(4, drained=frozenset({"jp"}))
         line = new.encode()
         os.write(feed_w, old.encode() + line[:10])  # a line cut in two by the pipe
         server._on_feed()
@@ -175,7 +176,7 @@ def test_worker_applies_the_newest_snapshot_from_its_pipe_and_acknowledges_it(en
 
 
 def test_reload_keeps_the_snapshot(example_config, engine):
-    snap = HealthSnapshot(9, drained=frozenset({"jp"}))
+    snap = HealthView(9, drained=frozenset({"jp"}))
     server = DnsServer(engine, (("127.0.0.1", 0),), reload=lambda: Engine(example_config))
     server.apply_health(snap)
     assert server.reload() and server.engine.health is snap
@@ -278,7 +279,7 @@ def test_pipe_publisher_reaches_every_worker_and_waits_for_their_acknowledgement
         for w in workers:
             os.set_blocking(w.health_feed[0], False)
             loop.add_reader(w.health_feed[0], w._on_feed)
-        pub.publish(HealthSnapshot(5, drained=frozenset({"jp"})))
+        pub.publish(HealthView(5, drained=frozenset({"jp"})))
         agreed = await pub.wait_applied(5, 0.5)
         applied = pub.applied()
         late = await pub.wait_applied(6, 0.1)  # nobody has version 6

@@ -1,11 +1,11 @@
-"""dns.policy: N addresses of the nearest usable PoP, rotated, filled, pinned, with fallbacks."""
+"""dns.policy: N addresses of the nearest usable PoP, rotated, filled, pinned, with fallbacks; HealthView, the TTL rule."""
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
 
-from dns.policy import HealthView, PopAddresses, StaticHealth, select
+from dns.policy import HealthView, PopAddresses, answer_ttl, select
 
 POPS = {
     "jp": PopAddresses("jp", ("10.0.5.1", "10.0.5.2", "10.0.5.3", "10.0.5.4"), ("fd::5:1", "fd::5:2")),
@@ -34,7 +34,7 @@ def test_rotation_hands_out_every_address_equally():
 
 
 def test_fill_from_next_pop_when_nearest_has_fewer_usable():
-    health = StaticHealth(down=frozenset({"10.0.5.1", "10.0.5.2", "10.0.5.3"}))
+    health = HealthView(down=frozenset(("jp", a) for a in ("10.0.5.1", "10.0.5.2", "10.0.5.3")))
     sel = select(RANK, POPS, family=4, count=2, health=health)
     assert sel.pops_used == ("jp", "ap")
     assert all(v[0] == "10.0.5.4" and v[1].startswith("10.0.1.") for v in sel.variants)
@@ -42,7 +42,7 @@ def test_fill_from_next_pop_when_nearest_has_fewer_usable():
 
 
 def test_down_pop_is_skipped():
-    sel = select(RANK, POPS, family=4, count=2, health=StaticHealth(down_pops=frozenset({"jp"})))
+    sel = select(RANK, POPS, family=4, count=2, health=HealthView(drained=frozenset({"jp"})))
     assert sel.pops_used == ("ap",)
 
 
@@ -59,11 +59,11 @@ def test_pin_comes_first_and_does_not_depend_on_location():
 
 
 def test_pin_down_falls_back_along_the_ranking_and_depends_on_location():
-    sel = select(RANK, POPS, family=4, count=2, pin="eu", health=StaticHealth(down_pops=frozenset({"eu"})))
+    sel = select(RANK, POPS, family=4, count=2, pin="eu", health=HealthView(drained=frozenset({"eu"})))
     assert sel.pops_used == ("jp",) and sel.location_dependent
 
 
-ALL_DOWN = StaticHealth(down_pops=frozenset(POPS))
+ALL_DOWN = HealthView(drained=frozenset(POPS))
 
 
 def test_all_down_fallback_nearest_ignores_health():
@@ -91,3 +91,35 @@ def test_bad_arguments_raise():
         select(RANK, POPS, family=5, count=2)
     with pytest.raises(ValueError):
         select(RANK, POPS, family=4, count=0)
+
+
+def test_merge_is_down_if_either_view_says_so_and_its_version_moves_with_either():
+    checker = HealthView(3, down=frozenset({("jp", "10.0.5.1")}), changing=frozenset({"jp"}))
+    operator = HealthView(1, drained=frozenset({"eu"}))
+    both = checker.merge(operator)
+    assert not both.is_up("jp", "10.0.5.1") and both.is_up("jp", "10.0.5.2")
+    assert not both.is_up("eu", "10.0.3.1") and both.changing == {"jp"}
+    assert both.version == 4
+    assert checker.merge(HealthView(2, drained=frozenset({"eu"}))).version != both.version
+    assert HealthView().merge(HealthView()) == HealthView()
+
+
+# -- the TTL rule ----------------------------------------------------------------------------
+
+def test_ttl_is_lowered_when_an_answering_pop_is_changing():
+    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("jp",), {"jp"}) == 5
+    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("jp",), {"eu"}) == 30
+    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("jp",), ()) == 30
+
+
+def test_ttl_is_lowered_when_a_skipped_better_pop_is_changing():
+    # jp is down and changing: the ap answer is short-lived so clients return to jp soon
+    assert answer_ttl(30, 5, ("jp", "ap", "eu"), ("ap",), {"jp"}) == 5
+
+
+def test_lowered_ttl_never_raises_the_configured_one():
+    assert answer_ttl(3, 5, ("jp",), ("jp",), {"jp"}) == 3
+
+
+def test_a_fallback_answer_gets_the_lowered_ttl():
+    assert answer_ttl(30, 5, ("jp", "eu"), ("jp",), (), fallback=True) == 5

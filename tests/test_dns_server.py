@@ -7,7 +7,7 @@ import dnslib
 import pytest
 
 from dns.engine import Engine
-from dns.policy import StaticHealth
+from dns.policy import HealthView
 from dns.server import DnsServer, TcpProtocol, UdpReader
 from dns.wire import A, SOA, make_query
 
@@ -163,7 +163,7 @@ def test_reload_swaps_the_engine(server, example_config):
 
 
 def test_reload_keeps_the_health_view(server, example_config):
-    view = StaticHealth(down_pops=frozenset({"us"}))
+    view = HealthView(drained=frozenset({"us"}))
     server.engine.set_health(view)
     server._reload = lambda: Engine(example_config)
     assert server.reload() and server.engine.health is view

@@ -41,7 +41,7 @@ def signed_zone_text(engine: Any, client: str, now: float) -> str:
             rrsets.setdefault(name, []).append(list(rrset.rrs()))
     for name in zone.gslb:
         for qtype in (A, AAAA):
-            ans = zone.resolve(name, qtype, lambda: engine.placement(client, None), engine._health)
+            ans = zone.resolve(name, qtype, lambda: engine.placement(client, None), engine.view)
             got = [rr for rr in ans.answer_variants[0] if rr.rtype == qtype]
             if got:
                 rrsets.setdefault(name, []).append(got)
