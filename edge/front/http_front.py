@@ -278,17 +278,11 @@ class HttpFront(ClientSide):
                                               self.ctx.stream_open_timeout)
         except Exception as exc:  # noqa: BLE001 - the agent went away, the tunnel or the peer link failed
             stream = await self._reroute(exc)
-            if stream is not None:
+            if stream is None:
                 self._opening = False
-                if self._closed:
-                    stream.abort()
-                    return
-                self.attach_stream(stream)
+                self._pending.clear()
+                self._open_failed(exc)
                 return
-            self._opening = False
-            self._pending.clear()
-            self._open_failed(exc)
-            return
         self._opening = False
         if self._closed:
             stream.abort()
