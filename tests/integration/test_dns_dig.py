@@ -103,6 +103,12 @@ class Server:
         self.log.flush()
         return open(self.log_path).read()
 
+    def wait_log(self, needle: str, count: int = 1, timeout: float = 10.0) -> None:
+        """Poll the log (bounded) until `needle` stands in it `count` times; the caller asserts."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.logs().count(needle) < count:
+            time.sleep(0.1)
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -415,17 +421,13 @@ def test_sighup_reloads_good_config_and_keeps_old_on_bad(lab_dir, tmp_path):
         with open(path, "w") as fh:
             fh.write(text.replace("ttl = 30 ", "ttl = 45 "))
         srv.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and "event=reloaded" not in srv.logs():
-            time.sleep(0.1)
+        srv.wait_log("event=reloaded")
         assert {a[1] for a in answers(dig(srv, "demo.app.lab.test"))} == {45}
 
         with open(path, "w") as fh:
             fh.write(text.replace("[zone]", "[zone\n"))  # a TOML syntax error
         srv.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and "event=reload_failed" not in srv.logs():
-            time.sleep(0.1)
+        srv.wait_log("event=reload_failed")
         assert "event=reload_failed" in srv.logs() and "dns.toml:" in srv.logs()
         assert {a[1] for a in answers(dig(srv, "demo.app.lab.test"))} == {45}  # old data kept
         assert srv.proc.poll() is None
@@ -442,9 +444,7 @@ def test_worker_mode_serves_and_exits_cleanly(lab_dir, tmp_path):
             assert len(got) == 2 and {a[2] for a in got} <= JP
         assert "event=workers_started" in srv.logs() and srv.logs().count("event=listening") == 4
         srv.proc.send_signal(signal.SIGHUP)  # relayed to every worker
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and srv.logs().count("event=reloaded") < 2:
-            time.sleep(0.1)
+        srv.wait_log("event=reloaded", 2)
         assert srv.logs().count("event=reloaded") == 2
     finally:
         assert srv.stop() == 0
