@@ -376,3 +376,24 @@ def test_http_front_an_endpoint_that_never_opens_is_502_after_stream_open_timeou
         assert client.data.startswith(b"HTTP/1.1 502") and b"ERR_GSLB_3502" in client.data
 
     asyncio.run(main())
+
+
+def test_http_front_tells_observing_modules_a_stream_that_could_not_open_is_the_edges_502():
+    class Refused(FakeBinding):
+        async def open_stream(self, *a, **kw):
+            raise ConnectionRefusedError("agent gone")
+
+    async def main():
+        rec = Recorder()
+        ctx = Ctx(Refused(), chain=Chain((rec,)), via="eu.lab.test")
+        ctx.stream_open_timeout = 0.01
+        front, client = open_front(ctx)
+        front.data_received(REQ)
+        async with asyncio.timeout(10):  # bounded: the reroute wait is at most stream_open
+            while not client.closed:
+                await asyncio.sleep(0.01)
+        assert client.data.startswith(b"HTTP/1.1 502") and b"ERR_GSLB_3502" in client.data
+        # an upstream failure for a circuit breaker, not "client_closed"
+        assert [(t, o.status, o.error) for t, o in rec.seen] == [("/x", 502, "stream_open_failed")]
+
+    asyncio.run(main())
