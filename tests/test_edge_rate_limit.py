@@ -127,7 +127,8 @@ def test_edge_default_key_applies_when_the_binding_has_none():
     ("100/s", {"rate": "100/s"}),
     (["6000/m"], {"rate": "6000/m"}),  # --rate-limit 6000/m
     (" 50 / h ", {"rate": "50/h"}),
-    ({"rate": "10/s", "burst": 20, "key": "header:X-Api-Key"}, {"rate": "10/s", "burst": 20, "key": "header:x-api-key"}),
+    ({"rate": "10/s", "burst": 20, "key": "header:X-Api-Key"},
+     {"rate": "10/s", "burst": 20, "key": "header:x-api-key"}),
     ({"rate": "10/s", "key": "ip"}, {"rate": "10/s", "key": "ip"}),
 ])
 def test_bind_option_values_are_normalized(value, normalized):

@@ -1,4 +1,5 @@
-"""Circuit breaker and rate limit on loopback, with real curl: curl -> `gslb edge` -> tunnel -> `gslb agent` -> upstream.
+"""Circuit breaker and rate limit on loopback, with real curl:
+curl -> `gslb edge` -> tunnel -> `gslb agent` -> upstream.
 
 The edge and the agent are real processes (their command lines); the
 upstream (aiohttp, in a thread of this test) answers /status with the status
@@ -107,7 +108,12 @@ authtoken_file = "{token}"
 kind = "http"
 name = "flaky"
 port = {up.port}
-circuit_breaker = {{ error_threshold = 0.5, volume_threshold = 4, window = 10, buckets = 10, tripped_duration = {TRIPPED} }}
+[endpoints.circuit_breaker]
+error_threshold = 0.5
+volume_threshold = 4
+window = 10
+buckets = 10
+tripped_duration = {TRIPPED}
 
 [[endpoints]]
 kind = "http"

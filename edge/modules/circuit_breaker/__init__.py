@@ -248,6 +248,8 @@ class CircuitBreaker(Module):
             return  # while open nothing is learnt: requests still under way ended after the trip
         self._count(failed)
         c.record(now, failed)
+        if not failed:
+            return  # a success never opens it: the window is judged at each error
         n, e = c.totals(now)
         if n >= c.p.volume_threshold and e >= c.p.error_threshold * n - 1e-9:
             self._to(subject.endpoint, c, OPEN, now, why="error_threshold", requests=n, errors=e)

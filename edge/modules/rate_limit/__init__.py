@@ -135,7 +135,8 @@ class RateLimit(Module):
     def from_config(cls, options: Mapping[str, Any]) -> "RateLimit":
         unknown = set(options) - {"max_buckets", "key"}
         if unknown:
-            raise ModuleConfigError(f"{', '.join(sorted(unknown))}: unknown option of rate_limit (known: key, max_buckets)")
+            raise ModuleConfigError(f"{', '.join(sorted(unknown))}: unknown option of rate_limit "
+                                    "(known: key, max_buckets)")
         mb = options.get("max_buckets", MAX_BUCKETS)
         if isinstance(mb, bool) or not isinstance(mb, int) or not 1 <= mb <= 10_000_000:
             raise ModuleConfigError(f"max_buckets: expected an integer from 1 to 10000000, got {mb!r}")
