@@ -35,8 +35,8 @@ from edge.modules.ip_restriction import IpRestriction
 from edge.modules.rate_limit import RateLimit
 
 __all__ = [
-    "BIND_OPTIONS", "DEFAULT_ORDER", "BindOption", "Chain", "Decision", "EffectResult", "HttpCall", "Module", "ModuleConfigError",
-    "Outcome", "REGISTRY", "Response", "Subject", "Verdict", "build_chain", "check_bind_option",
+    "BIND_OPTIONS", "DEFAULT_ORDER", "BindOption", "Chain", "Decision", "EffectResult", "HttpCall", "Module",
+    "ModuleConfigError", "Outcome", "REGISTRY", "Response", "Subject", "Verdict", "build_chain", "check_bind_option",
 ]
 
 _MODULES: tuple[type[Module], ...] = (IpRestriction, RateLimit, CircuitBreaker)
