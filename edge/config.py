@@ -273,7 +273,9 @@ def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
     )
     t, _ = get("modules", {})
     mt = t.table("modules")
-    order = mt.value("order", [])
+    from edge.modules import DEFAULT_ORDER
+
+    order = mt.value("order", list(DEFAULT_ORDER))
     if not isinstance(order, list) or not all(isinstance(x, str) for x in order):
         raise mt.error("order", "expected a list of module names")
     options = {name: dict(mt.table(name).data) for name in mt.keys() if name != "order"}
@@ -292,10 +294,15 @@ def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
     # Module options are checked now, so a typo fails at start, not at the first request.
     from edge.modules import ModuleConfigError, build_chain
 
-    try:
-        build_chain(cfg.module_order, cfg.module_options)
-    except ModuleConfigError as exc:
-        raise mt.error("order", str(exc)) from None
+    for name in cfg.module_order:
+        try:
+            build_chain((name,), cfg.module_options)
+        except ModuleConfigError as exc:
+            # "KEY: problem" about a key of the module's table: that key's line
+            key, _, problem = str(exc).partition(": ")
+            if key in options.get(name, {}):
+                raise mt.table(name).error(key, problem) from None
+            raise mt.error("order", str(exc)) from None
     return cfg
 
 

@@ -30,8 +30,12 @@ REQUEST_TIMEOUT = ErrorCode("ERR_GSLB_3408", 408)     # request head not complet
 MISDIRECTED = ErrorCode("ERR_GSLB_3421", 421)         # Host is not the connection's SNI
 HEAD_TOO_LARGE = ErrorCode("ERR_GSLB_3431", 431)      # request head too large or too many fields
 BAD_GATEWAY = ErrorCode("ERR_GSLB_3502", 502)         # the endpoint's agent could not be reached
+RATE_LIMITED = ErrorCode("ERR_GSLB_3429", 429)        # over the endpoint's rate_limit (Retry-After says when)
+CIRCUIT_OPEN = ErrorCode("ERR_GSLB_3503", 503)        # the endpoint's circuit_breaker is open (Retry-After)
 AGENT_UPSTREAM = ErrorCode("ERR_GSLB_AGENT_UPSTREAM", 502)  # the agent could not reach its local service
 
 CODES: dict[str, ErrorCode] = {e.code: e for e in (
     OFFLINE, UNKNOWN_HOST, DENIED, FORBIDDEN, BAD_REQUEST, METHOD_NOT_ALLOWED, REQUEST_TIMEOUT,
-    MISDIRECTED, HEAD_TOO_LARGE, BAD_GATEWAY, AGENT_UPSTREAM)}
+    MISDIRECTED, HEAD_TOO_LARGE, BAD_GATEWAY, AGENT_UPSTREAM,
+    RATE_LIMITED, CIRCUIT_OPEN,
+)}

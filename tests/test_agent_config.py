@@ -231,3 +231,29 @@ def test_module_bind_options_come_from_the_modules_in_file_and_flags(tmp_path):
     with pytest.raises(ConfigError, match="allow_cidrs: option 'allow_cidrs': "):
         agent_cli.build_config(parse(["agent", "http", "80", "--name", "d", "--allow-cidr", "x",
                                       "--zone", "lab.test", "--authtoken", "t"]), env={})
+
+
+def test_protection_options_as_flags_and_as_agent_toml_tables(tmp_path):
+    args = parse(["agent", "http", "8080", "--name", "demo", "--circuit-breaker", "0.5", "--rate-limit", "100/s",
+                  "--zone", "lab.test", "--authtoken", "t"])
+    ep = agent_cli.build_config(args, env={}).endpoints[0]
+    assert ep.bind_options() == {"circuit_breaker": ["0.5"], "rate_limit": ["100/s"]}  # the hub normalizes
+    text = GOOD.replace('port = 8080\n', 'port = 8080\nrate_limit = {{ rate = "10/s", burst = 20, key = "header:X-Api-Key" }}\n'
+                        '[endpoints.circuit_breaker]\nerror_threshold = 0.5\nwindow = 2\ntripped_duration = 1\n')
+    cfg = load_agent_config(write(tmp_path, text), env={})
+    assert cfg.endpoints[0].bind_options() == {
+        "rate_limit": {"rate": "10/s", "burst": 20, "key": "header:X-Api-Key"},
+        "circuit_breaker": {"error_threshold": 0.5, "window": 2, "tripped_duration": 1}}
+
+
+@pytest.mark.parametrize("line, expect", [
+    ('rate_limit = "100/d"', r"agent.toml:10: endpoints\[0\].rate_limit: option 'rate_limit': '100/d' is not a rate"),
+    ("circuit_breaker = {{ window = 0.5 }}",
+     r"agent.toml:10: endpoints\[0\].circuit_breaker: option 'circuit_breaker'.window: 0.5 s is outside 1 s to 120 s"),
+])
+def test_bad_protection_options_in_agent_toml_name_file_line_and_key(tmp_path, line, expect):
+    with pytest.raises(ConfigError, match=expect):
+        load_agent_config(write(tmp_path, GOOD.replace("port = 8080\n", f"port = 8080\n{line}\n")), env={})
+    with pytest.raises(ConfigError, match="option 'circuit_breaker': 'x' is not an error threshold"):
+        agent_cli.build_config(parse(["agent", "http", "80", "--name", "d", "--circuit-breaker", "x",
+                                      "--zone", "lab.test", "--authtoken", "t"]), env={})

@@ -88,3 +88,26 @@ def test_bad_cidr_in_module_options_fails_at_load():
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "nope.toml", "us")
+
+
+def test_default_module_order_when_none_is_given():
+    assert parse(BASE, "us", "e.toml").module_order == ("ip_restriction", "rate_limit", "circuit_breaker")
+    text = BASE.replace("[pops.us]", '[edge.modules.circuit_breaker]\ntripped_duration = 30\n\n[pops.us]')
+    assert parse(text, "us", "e.toml").module_options["circuit_breaker"] == {"tripped_duration": 30}
+
+
+@pytest.mark.parametrize("table, line, key, problem", [
+    ('[edge.modules.circuit_breaker]\nerror_threshold = 0.5\nwindow = 0.5\n', 12,
+     "edge.modules.circuit_breaker.window", "0.5 s is outside 1 s to 120 s"),
+    ('[edge.modules.circuit_breaker]\nmax_circuits = 0\n', 11, "edge.modules.circuit_breaker.max_circuits",
+     "expected an integer from 1 to 1000000"),
+    ('[edge.modules.rate_limit]\nkey = "cookie"\n', 11, "edge.modules.rate_limit.key", "'cookie' is not"),
+    ('[edge.modules.rate_limit]\nmax_buckets = -1\n', 11, "edge.modules.rate_limit.max_buckets",
+     "expected an integer"),
+])
+def test_bad_protection_module_options_name_their_line_and_key(table, line, key, problem):
+    text = BASE.replace("[pops.us]", table + "\n[pops.us]")
+    with pytest.raises(ConfigError) as ei:
+        parse(text, "us", "e.toml")
+    assert str(ei.value).startswith(f"e.toml:{line}: {key}: "), str(ei.value)
+    assert problem in str(ei.value)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 from _front_fakes import REQ, Ctx, FakeBinding, FakeTransport, open_front, raw_relay, settle
 
@@ -374,5 +375,57 @@ def test_http_front_an_endpoint_that_never_opens_is_502_after_stream_open_timeou
             while not client.closed:
                 await asyncio.sleep(0.01)
         assert client.data.startswith(b"HTTP/1.1 502") and b"ERR_GSLB_3502" in client.data
+
+    asyncio.run(main())
+
+
+def test_http_front_tells_observing_modules_a_stream_that_could_not_open_is_the_edges_502():
+    class Refused(FakeBinding):
+        async def open_stream(self, *a, **kw):
+            raise ConnectionRefusedError("agent gone")
+
+    async def main():
+        rec = Recorder()
+        ctx = Ctx(Refused(), chain=Chain((rec,)), via="eu.lab.test")
+        ctx.stream_open_timeout = 0.01
+        front, client = open_front(ctx)
+        front.data_received(REQ)
+        async with asyncio.timeout(10):  # bounded: the reroute wait is at most stream_open
+            while not client.closed:
+                await asyncio.sleep(0.01)
+        assert client.data.startswith(b"HTTP/1.1 502") and b"ERR_GSLB_3502" in client.data
+        # an upstream failure for a circuit breaker, not "client_closed"
+        assert [(t, o.status, o.error) for t, o in rec.seen] == [("/x", 502, "stream_open_failed")]
+
+    asyncio.run(main())
+
+
+def test_http_front_an_unreachable_agent_trips_the_circuit_breaker_and_then_no_stream_is_opened():
+    from edge.modules.circuit_breaker import CircuitBreaker
+
+    class Refused(FakeBinding):
+        tries = 0
+
+        async def open_stream(self, *a, **kw):
+            Refused.tries += 1
+            raise ConnectionRefusedError("agent gone")
+
+    async def main():
+        binding = Refused({"circuit_breaker": {"error_threshold": 0.5, "volume_threshold": 2}})
+        ctx = Ctx(binding, chain=Chain((CircuitBreaker(),)), via="eu.lab.test")
+        ctx.stream_open_timeout = 0.01
+        for _ in range(2):
+            front, client = open_front(ctx)
+            front.data_received(REQ)
+            async with asyncio.timeout(10):  # bounded: the reroute wait is at most stream_open
+                while not client.closed:
+                    await asyncio.sleep(0.01)
+            assert client.data.startswith(b"HTTP/1.1 502")
+        front, client = open_front(ctx)
+        front.data_received(REQ)
+        assert client.data.startswith(b"HTTP/1.1 503") and b"ERR_GSLB_3503" in client.data
+        m = re.search(rb"\r\nRetry-After: (\d+)\r\n", client.data)
+        assert m and 1 <= int(m.group(1)) <= 10 and client.closed  # tripped_duration 10 s
+        assert Refused.tries == 2  # the third request never tried the agent
 
     asyncio.run(main())

@@ -163,6 +163,9 @@ def test_unbind_of_another_sessions_binding_is_refused():
         ("tcp", "named", {}, "no name"),
         ("tcp", "", {"allow_cidrs": ["10.0.0.300/8"]}, "allow_cidrs"),
         ("tcp", "", {"proxy_protocol": "yes"}, "true or false"),
+        ("http", "ok", {"rate_limit": "100/d"}, "option 'rate_limit': '100/d' is not a rate"),
+        ("tcp", "", {"rate_limit": "100/s"}, "'rate_limit' is not valid for tcp"),
+        ("http", "ok", {"circuit_breaker": {"window": 0.5}}, r"circuit_breaker'\.window: 0\.5 s is outside"),
     ],
 )
 def test_bad_bind_requests_are_refused_precisely(kind, name, options, match):
@@ -198,3 +201,11 @@ def test_endpoint_urls_name_the_edges_tls_port_when_it_is_not_443():
         assert raw.url == f"tcp://0.tcp.lab.test:{raw.port}"   # its own port, never the TLS one
     run(go())
     assert HubConfig(domain="app.lab.test").endpoint_url("http", "web.app.lab.test") == "https://web.app.lab.test"
+
+
+def test_http_binding_keeps_protection_options_as_their_modules_normalized_them():
+    async def go():
+        h = hub()
+        b = await h.bind(FakeConn(h), "http", "web", {"circuit_breaker": ["0.5"], "rate_limit": ["100/s"]})
+        assert dict(b.options) == {"circuit_breaker": {"error_threshold": 0.5}, "rate_limit": {"rate": "100/s"}}
+    run(go())

@@ -316,6 +316,12 @@ class HttpFront(ClientSide):
 
     def _open_failed(self, exc: BaseException) -> None:
         log.info(kv("stream_open_failed", client=self.peer[0], sni=self.sni, error=type(exc).__name__))
+        if self._observing:
+            # The requests waiting for the stream get the edge's 502: an upstream
+            # failure for the modules (a circuit breaker), not the client's close.
+            for ex in self._inflight:
+                ex.status = E.BAD_GATEWAY.status
+            self._observe_rest("stream_open_failed")
         self._refuse(E.BAD_GATEWAY.status, E.BAD_GATEWAY.code, "Bad gateway",
                      f"The agent for {self.sni} could not be reached.")
 
