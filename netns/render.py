@@ -138,8 +138,10 @@ def edge_toml(plan: LabPlan, ca_dir: str, cert_dir: str, authtokens_file: str,
     lines += [""] + _toml_table("[edge]", {
         "https_domain": f"app.{plan.zone}", "https_port": https_port, "http_port": http_port,
         "tcp_ports": tcp_ports, "ca_dir": ca_dir, "cert_dir": cert_dir, "authtokens_file": authtokens_file})
-    # ip_restriction in the chain: endpoints' allow/deny bind options need it.
-    lines += [""] + _toml_table("[edge.modules]", {"order": ["ip_restriction"]})
+    # Every module an agent's bind options may name (allow/deny, rate_limit, circuit_breaker),
+    # in the edge's default order (edge/modules/README.md): an option whose module is missing
+    # from the chain would be accepted and do nothing.
+    lines += [""] + _toml_table("[edge.modules]", {"order": ["ip_restriction", "rate_limit", "circuit_breaker"]})
     for pop in plan.pops:
         # Every address of the PoP, v4 and v6: DNS hands any of them to clients.
         lines += [""] + _toml_table(f"[pops.{pop.id}]", {"listen": list(pop.ipv4) + list(pop.ipv6)})

@@ -5,6 +5,7 @@ import tomllib
 
 from netns import render
 from netns.plan import default_plan_path, load_plan
+from edge.modules import DEFAULT_ORDER
 
 PLAN = load_plan(default_plan_path())
 
@@ -40,7 +41,7 @@ def test_edge_toml_gives_every_pop_all_its_addresses_and_loads_with_the_edge_loa
         assert (cfg.https_port, cfg.http_port, cfg.tcp_ports) == (443, 80, (20000, 20099))
         assert (cfg.ca_dir, cfg.cert_dir, cfg.authtokens_file) == ("/x/ca", "/x/certs", "/x/authtoken")
         assert cfg.zone == "lab.test" and cfg.https_domain == "app.lab.test"
-        assert cfg.module_order == ("ip_restriction",)
+        assert cfg.module_order == DEFAULT_ORDER
         assert f"{pop.id}.connect.lab.test" in cfg.ingress_names
 
 
