@@ -221,6 +221,17 @@ def _serve(args: argparse.Namespace) -> int:
         engine.close()
         print(f"gslb dns: {exc}", file=sys.stderr)
         return 2
+    rrl = "off"
+    if cfg.rrl.enabled:
+        from dns.rrl import ResponseRateLimiter
+        try:
+            ResponseRateLimiter.from_settings(cfg.rrl, workers=workers)
+        except ValueError as exc:
+            engine.close()
+            print(f"gslb dns: {cfg.path}: {exc}", file=sys.stderr)
+            return 2
+        rrl = (f"{cfg.rrl.responses_per_second}/s,window={cfg.rrl.window}s,slip={cfg.rrl.slip},"
+               f"per-worker={cfg.rrl.responses_per_second / workers:g}/s")
     control_required = bool(args.control or cfg.health.control_socket)
     control = (os.path.abspath(args.control) if args.control else cfg.health.control_socket
                or default_path(listen, named_netns()))
@@ -243,7 +254,7 @@ def _serve(args: argparse.Namespace) -> int:
         eng = eng or _engine(cfg, geoip, log_decisions=args.log_decisions)
         return DnsServer(eng, listen, reload=reload, reuse_port=workers > 1,
                          tcp_idle_timeout=cfg.server.tcp_idle_timeout,
-                         tcp_max_connections=cfg.server.tcp_max_connections)
+                         tcp_max_connections=cfg.server.tcp_max_connections, workers=workers)
 
     def monitor(publisher: Any) -> HealthMonitor:
         return HealthMonitor(cfg, publisher, control_path=control, control_required=control_required)
@@ -253,7 +264,7 @@ def _serve(args: argparse.Namespace) -> int:
                    "" if cfg.cookies.secret else ",random-secret"))
     log("starting", config=cfg.path, zone=cfg.zone.name, workers=workers,
         geoip_db=geoip or cfg.server.geoip_db or "none", health="on" if cfg.health.enabled else "off",
-        cookies=cookies)
+        cookies=cookies, rrl=rrl)
     if workers == 1:
         def single() -> DnsServer:
             srv = factory(engine)  # the engine validated above
