@@ -145,6 +145,7 @@ class DnsServer:
         self.monitor: Any = None                        # HealthMonitor, in a single process
         self.health_feed: tuple[int, int] | None = None  # (snapshot pipe, ack pipe), in a worker
         self._feed_buf = b""
+        self._rrl_reported = b""
         self._udp_sockets: list[socket.socket] = []
         self._servers: list[Any] = []
         self._stop = asyncio.Event()
@@ -240,11 +241,35 @@ class DnsServer:
             await asyncio.sleep(period)
             if self.rrl is not None:
                 self.rrl.sweep(time.monotonic())   # "stopped limiting" lines after a flood ends
+                self.report_rrl()
             cutoff = time.monotonic() - self.tcp_idle_timeout
             for conn in [c for c in self.tcp_connections if c.last < cutoff]:
                 self.stats["tcp_idle_closed"] += 1
                 self.tcp_connections.discard(conn)
                 conn.transport.close()
+
+    def report_rrl(self) -> None:
+        """A worker: tell the parent (`gslb dns explain`, op "rrl") which RRL buckets are limited,
+        when that changed: one line on the ack pipe, `rrl PID JSON`, short enough (<= PIPE_BUF)
+        that lines of several workers never interleave."""
+        if self.health_feed is None or self.rrl is None:
+            return
+        import json
+        rows = [{k: r[k] for k in ("netblock", "class", "qname", "qtype", "limited") if k in r}
+                for r in self.rrl.limited(time.monotonic())]
+        line = b""
+        while True:
+            line = f"rrl {os.getpid()} {json.dumps(rows, separators=(',', ':'))}\n".encode()
+            if len(line) <= 4000 or not rows:
+                break
+            rows = rows[:len(rows) // 2]
+        if line == self._rrl_reported:
+            return
+        try:
+            os.write(self.health_feed[1], line)
+            self._rrl_reported = line
+        except OSError:
+            pass   # the parent is gone or busy: the next sweep tries again
 
     def stop(self) -> None:
         self._stop.set()

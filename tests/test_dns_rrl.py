@@ -414,3 +414,38 @@ def test_bad_rrl_values_name_file_line_and_key(tmp_path, example_config_dir, tex
         load_dns_config(path)
     msg = str(info.value)
     assert msg.startswith(f"{path}:") and f": {key}: " in msg and words in msg, msg
+
+
+# -- explain -------------------------------------------------------------------------------------
+
+def test_explain_says_whether_the_clients_netblock_is_limited():
+    from dns.explain import rrl_status
+    on = RrlSettings(enabled=True, responses_per_second=10)
+    assert rrl_status(RrlSettings(), "198.19.1.10", None) == {"enabled": False}
+    rows = {"11": [{"netblock": "198.19.1.0/24", "class": "answer", "qname": "demo.app.lab.test.",
+                    "qtype": "A", "limited": 7}],
+            "12": [{"netblock": "198.19.2.0/24", "class": "nxdomain", "qname": "lab.test.", "limited": 3}]}
+    r = rrl_status(on, "198.19.1.200", rows)
+    assert r["netblock"] == "198.19.1.0/24" and r["workers"] == 2 and r["per_worker_rate"] == 5
+    assert [(b["worker"], b["class"]) for b in r["limited"]] == [("11", "answer")]
+    assert rrl_status(on, "198.19.3.1", rows)["limited"] == []
+    assert rrl_status(on, "198.19.3.1", None)["limited"] is None          # the server not asked
+    assert rrl_status(on, "fd7a:5e1b:c00:1ff::1", {})["netblock"] == "fd7a:5e1b:c00:100::/56"
+    assert rrl_status(on, "::ffff:198.19.1.1", {})["netblock"] == "198.19.1.0/24"
+
+
+def test_the_parent_keeps_each_workers_last_rrl_report_and_ignores_garbage():
+    import os
+    from dns.monitor import PipePublisher
+    r, w = os.pipe()
+    ack_r, ack_w = os.pipe()
+    try:
+        pub = PipePublisher([(101, w)], ack_r)
+        os.write(ack_w, b'101 3\nrrl 101 [{"netblock":"198.19.1.0/24","limited":4}]\n'
+                        b'rrl 999 []\nrrl x y\nrrl 101 not-json\n')
+        pub._on_ack()
+        assert pub.acked[101] == 3
+        assert pub.rrl_reports() == {"101": [{"netblock": "198.19.1.0/24", "limited": 4}]}
+    finally:
+        for fd in (r, w, ack_r, ack_w):
+            os.close(fd)

@@ -61,6 +61,20 @@ def stopped_counters(log: str) -> dict[str, int]:
     return total
 
 
+def explain(conf: str, control: str, client: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "gslb.cli", "dns", "explain", "demo.app.lab.test",
+                          "--client", client, "--config", conf, "--server-control", control, "--json"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["rrl"]
+
+
+def wait_explain(conf: str, control: str, client: str) -> list:
+    """Workers report their limited buckets about once a second: poll explain (bounded)."""
+    from _polling import wait_for
+    return wait_for(lambda: explain(conf, control, client)["limited"], timeout=10, step=0.3)[0]
+
+
 @pytest.fixture(scope="module")
 def conf_dir(tmp_path_factory, lab_mmdb):
     import shutil
@@ -71,16 +85,23 @@ def conf_dir(tmp_path_factory, lab_mmdb):
 
 def test_a_flood_gets_at_most_the_rate_in_full_answers_the_rest_tc_or_dropped_and_tcp_works(conf_dir):
     rate, workers = 10, 2
-    srv = Server(config(str(conf_dir), "flood", f"responses_per_second = {rate}\n"),
-                 "--workers", str(workers), log_dir=str(conf_dir))
+    conf = config(str(conf_dir), "flood", f"responses_per_second = {rate}\n")
+    control = os.path.join(str(conf_dir), "flood.sock")
+    srv = Server(conf, "--workers", str(workers), "--control", control, log_dir=str(conf_dir))
     try:
+        assert explain(conf, control, "127.0.0.9")["limited"] == []
         got = flood(srv.port, "--count", "2000", "--qps", "1000", "--sockets", "8")
         # Full answers: at most `rate` in any second over the whole server (rate / workers each).
         assert got["full_max_in_1s"] <= rate and got["full"] >= 1, got
         assert got["other"] == 0, got
         # slip = 2: about every second limited reply goes out truncated, the others are dropped.
-        limited = got["sent"] - got["full"]
-        assert 0.4 * limited <= got["tc"] <= 0.6 * limited + workers, got
+        n_limited = got["sent"] - got["full"]
+        assert 0.4 * n_limited <= got["tc"] <= 0.6 * n_limited + workers, got
+        # explain, through the control socket, says the netblock is limited, by which worker.
+        limited = wait_explain(conf, control, "127.0.0.77")
+        assert limited and {b["class"] for b in limited} == {"answer"}, limited
+        assert {b["qname"] for b in limited} == {"demo.app.lab.test."}
+        assert explain(conf, control, "127.0.1.1")["limited"] == []     # another /24
         # Over TCP the same source is never limited.
         out = dig(srv.port, "+tcp")
         assert status(out) == "NOERROR" and len(answers(out)) == 2 and "(TCP)" in out, out
@@ -93,7 +114,7 @@ def test_a_flood_gets_at_most_the_rate_in_full_answers_the_rest_tc_or_dropped_an
         code = srv.stop()
     assert code == 0
     counters = stopped_counters(open(srv.log_path).read())
-    assert counters["rrl_slipped"] >= got["tc"] and counters["rrl_limited"] >= limited, (counters, got)
+    assert counters["rrl_slipped"] >= got["tc"] and counters["rrl_limited"] >= n_limited, (counters, got)
     assert counters["rrl_slipped"] + counters["rrl_dropped"] == counters["rrl_limited"]
     print(f"\nRRL flood: {got}\nserver counters: {counters}")
 
