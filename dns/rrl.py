@@ -74,6 +74,11 @@ _V4_MAPPED = bytes(10) + b"\xff\xff"
 # How many limited buckets a report (`limited`) lists at most.
 REPORT_MAX = 100
 
+# Netblocks of recent sources (a dict lookup is cheaper than parsing the address again).
+_BLOCK_CACHE = 4096
+# Classes of recent replies.
+_CLASS_CACHE = 4096
+
 # Bucket fields (a list per bucket: cheaper than an object on the hot path).
 _BAL, _LAST, _SLIP, _SINCE, _LIMITED, _DROPPED, _SLIPPED = range(7)
 
@@ -113,7 +118,13 @@ class ResponseRateLimiter:
         # key (class, netblock, name) -> bucket; dict order is recency (least recent first).
         self._table: dict[tuple, list] = {}
         self._limited: dict[tuple, list] = {}   # the buckets now limited
-        self.counters = {"answered": 0, "limited": 0, "dropped": 0, "slipped": 0, "exempted": 0,
+        self._blocks: dict[str, tuple[int, int]] = {}
+        self._classes: dict[bytes, tuple[str, bytes]] = {}
+        self._slips: dict[bytes, bytes] = {}
+        self._query, self._source, self._cookie = b"", "", None
+        self._cookie_exempt = self._check_cookie
+        self.answered = 0   # replies sent in full (an attribute: the hot path counts it)
+        self.counters = {"limited": 0, "dropped": 0, "slipped": 0, "exempted": 0,
                          "evicted": 0, "limit_started": 0, "limit_stopped": 0}
 
     @classmethod
@@ -139,19 +150,37 @@ class ResponseRateLimiter:
 
     def filter(self, query: bytes, reply: bytes, source: str, now: float) -> bytes | None:
         """What to send for `reply` to `query` from `source`: it, a slip, or None (drop)."""
-        rclass, name = classify(reply, self.zone)
-        cookie: list[Any] = []
-
-        def exempt() -> bool:
-            cookie.append(self._cookie_state(query, source))
-            return cookie[0] == VALID
-        verdict = self.decide(source, rclass, name, now, exempt)
+        # Replies repeat (the engine's cache): their class and key are kept, by the bytes
+        # after the ID, in a bounded dict (cleared when full).
+        tail = reply[2:]
+        found = self._classes.get(tail)
+        if found is None:
+            if len(self._classes) >= _CLASS_CACHE:
+                self._classes.clear()
+            found = self._classes[tail] = classify(reply, self.zone)
+        rclass, name = found
+        # The cookie is looked at only if the reply would be limited (`decide` asks
+        # `_cookie_exempt`, bound once, which reads these two and leaves its verdict).
+        self._query, self._source, self._cookie = query, source, None
+        verdict = self.decide(source, rclass, name, now, self._cookie_exempt)
         if verdict is SEND:
             return reply
         if verdict is DROP:
             return None
-        # A client cookie without a valid server cookie: BADCOOKIE carries the fresh one.
-        return slip_reply(reply, badcookie=bool(cookie) and cookie[0] is not None)
+        if self._cookie is not None:
+            # A client cookie without a valid server cookie: BADCOOKIE carries the fresh one.
+            return slip_reply(reply, badcookie=True)
+        slipped = self._slips.get(tail)   # the same reply slips the same way: kept, bounded
+        if slipped is None:
+            if len(self._slips) >= _CLASS_CACHE:
+                self._slips.clear()
+            slipped = self._slips[tail] = slip_reply(reply)[2:]
+        return reply[:2] + slipped
+
+    def _check_cookie(self) -> bool:
+        """RFC 7873 5.2.5: a valid server cookie proves the address: no reflection, exempt."""
+        self._cookie = self._cookie_state(self._query, self._source)
+        return self._cookie == VALID
 
     def _cookie_state(self, query: bytes, source: str) -> str | None:
         """The verdict on the query's COOKIE option (`dns.cookies`), None without one."""
@@ -166,6 +195,14 @@ class ResponseRateLimiter:
 
     def netblock(self, source: str) -> tuple[int, int]:
         """(4 or 6, the masked address): the source's /ipv4_prefix or /ipv6_prefix."""
+        block = self._blocks.get(source)
+        if block is None:
+            if len(self._blocks) >= _BLOCK_CACHE:
+                self._blocks.clear()   # bounded: a spoofed flood only empties it
+            block = self._blocks[source] = self._netblock(source)
+        return block
+
+    def _netblock(self, source: str) -> tuple[int, int]:
         try:
             if ":" in source:
                 packed = socket.inet_pton(socket.AF_INET6, source.partition("%")[0])
@@ -185,39 +222,45 @@ class ResponseRateLimiter:
         """
         rate = self.rates[rclass]
         if not rate:
-            self.counters["answered"] += 1
+            self.answered += 1
             return SEND
-        key = (rclass, self.netblock(source), name)
+        block = self._blocks.get(source)
+        key = (rclass, block if block is not None else self.netblock(source), name)
         table = self._table
         b = table.pop(key, None)
+        # The hot path: literal indices (see _BAL... above), no attribute lookups it can avoid.
         if b is None:
             if len(table) >= self.table_size:
                 self._evict()
-            b = [rate, now, 0, None, 0, 0, 0]
+            b = [rate - 1, now, 0, None, 0, 0, 0]
+            table[key] = b   # the most recently used now
+            if b[0] >= 0:
+                self.answered += 1
+                return SEND
         else:
-            age = now - b[_LAST]
+            table[key] = b
+            age = now - b[1]
             if age > 0:
-                b[_LAST] = now
+                b[1] = now
                 if age > self.window:
-                    b[_BAL], b[_SLIP] = rate, 0
+                    b[0], b[2] = rate, 0
                 else:
-                    bal = b[_BAL] + age * rate
+                    bal = b[0] + age * rate
                     if bal >= rate:
-                        bal, b[_SLIP] = rate, 0
-                    b[_BAL] = bal
-        table[key] = b   # the most recently used now
-        b[_BAL] -= 1
-        if b[_BAL] >= 0:
-            if b[_SINCE] is not None:
-                self._stop(key, b, now, "rate back under the limit")
-            self.counters["answered"] += 1
-            return SEND
+                        bal, b[2] = rate, 0
+                    b[0] = bal
+            b[0] -= 1
+            if b[0] >= 0:
+                if b[3] is not None:
+                    self._stop(key, b, now, "rate back under the limit")
+                self.answered += 1
+                return SEND
         floor = -self.window * rate
         if b[_BAL] < floor:
             b[_BAL] = floor
         if exempt is True or (exempt and exempt()) or (self.exempt and self._exempt_source(source)):
             self.counters["exempted"] += 1
-            self.counters["answered"] += 1
+            self.answered += 1
             return SEND
         self.counters["limited"] += 1
         b[_LIMITED] += 1
@@ -320,7 +363,7 @@ class ResponseRateLimiter:
 
     def stats(self) -> dict[str, int | float]:
         """Counters (monotonic) and gauges (`table_size`, `limited_buckets`), flat."""
-        out: dict[str, int | float] = dict(self.counters)
+        out: dict[str, int | float] = {"answered": self.answered, **self.counters}
         out["table_size"] = len(self._table)
         out["limited_buckets"] = len(self._limited)
         return out
@@ -331,22 +374,6 @@ def _text(wire: bytes, name_to_text: Callable[[bytes], str]) -> str:
         return name_to_text(wire) if wire else "."
     except Exception:  # noqa: BLE001 - a key from a broken question: show it raw
         return wire.hex()
-
-
-def _question_end(reply: bytes) -> int:
-    """Offset after the first question's name (12 when there is no question)."""
-    if len(reply) < 12 or not (reply[4] or reply[5]):
-        return 12
-    pos = 12
-    end = len(reply)
-    while pos < end:
-        n = reply[pos]
-        if n == 0:
-            return pos + 1
-        if n & 0xC0:
-            return pos + 2
-        pos += n + 1
-    return end
 
 
 def classify(reply: bytes, zone: bytes = b"") -> tuple[str, bytes]:
@@ -362,18 +389,16 @@ def classify(reply: bytes, zone: bytes = b"") -> tuple[str, bytes]:
         return NXDOMAIN, zone
     if rcode != 0:
         return ERROR, zone
-    an = (reply[6] << 8) | reply[7]
-    ns = (reply[8] << 8) | reply[9]
-    qend = _question_end(reply)
-    qname = reply[12:qend].lower()
-    qtype = reply[qend:qend + 2]
+    # The question's name ends at its first zero octet (a label holding a zero octet only
+    # makes a key of its own: the key is not parsed, only compared).
+    qend = reply.find(b"\x00", 12) + 1 if reply[5] else 12
     # A reply truncated for size (TC=1) stands for the full answer it would have been.
-    if an or reply[2] & _TC:
-        return ANSWER, qname + qtype
-    if ns:
+    if reply[7] or reply[6] or reply[2] & _TC:
+        return ANSWER, reply[12:qend].lower() + reply[qend:qend + 2]
+    if reply[9] or reply[8]:
         if reply[2] & _AA:
-            return NODATA, qname + qtype
-        return REFERRAL, qname
+            return NODATA, reply[12:qend].lower() + reply[qend:qend + 2]
+        return REFERRAL, reply[12:qend].lower()
     return ERROR, zone  # NOERROR with nothing at all: BADVERS (its RCODE is in the OPT)
 
 

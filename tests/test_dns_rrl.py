@@ -449,3 +449,16 @@ def test_the_parent_keeps_each_workers_last_rrl_report_and_ignores_garbage():
     finally:
         for fd in (r, w, ack_r, ack_w):
             os.close(fd)
+
+
+def test_repeated_slips_carry_each_querys_own_id(engine):
+    rrl = limiter(1, slip=1)
+    slipped = []
+    for qid in (1, 2, 0xABCD, 7):
+        q = make_query("demo.app.lab.test", A, qid=qid, edns=True)
+        out = rrl.filter(q, engine.respond(q, "198.19.1.10"), "198.19.1.10", 100.0)
+        slipped.append(out)
+    for qid, out in zip((2, 0xABCD, 7), slipped[1:]):
+        msg = dnslib.DNSRecord.parse(out)
+        assert msg.header.id == qid and msg.header.tc == 1 and msg.rr == []
+    assert slipped[2][2:] == slipped[3][2:]
