@@ -462,3 +462,25 @@ def test_repeated_slips_carry_each_querys_own_id(engine):
         msg = dnslib.DNSRecord.parse(out)
         assert msg.header.id == qid and msg.header.tc == 1 and msg.rr == []
     assert slipped[2][2:] == slipped[3][2:]
+
+
+# -- the server's hook ---------------------------------------------------------------------------
+
+def test_the_server_builds_rrl_from_the_config_splits_it_over_workers_and_keeps_it_on_reload(example_config):
+    from dns.server import DnsServer
+    on = dataclasses.replace(example_config, rrl=RrlSettings(enabled=True, responses_per_second=30))
+    off = Engine(example_config)
+    assert DnsServer(off, ()).rrl is None                       # off by default: nothing on the path
+    engine = Engine(on)
+    srv = DnsServer(engine, (), workers=3)
+    assert srv.rrl.rates[ANSWER] == 10 and srv.rrl.cookies is engine.cookies
+    table = srv.rrl
+    srv._reload = lambda: Engine(on)
+    assert srv.reload() and srv.rrl is table and srv.rrl.cookies is srv.engine.cookies   # buckets kept
+    srv._reload = lambda: Engine(dataclasses.replace(on, rrl=RrlSettings(enabled=True, responses_per_second=60)))
+    assert srv.reload() and srv.rrl is not table and srv.rrl.rates[ANSWER] == 20
+    srv._reload = lambda: Engine(dataclasses.replace(on, rrl=RrlSettings(enabled=True, responses_per_second=2)))
+    kept = srv.rrl
+    assert not srv.reload() and srv.rrl is kept                 # 2/s over 3 workers: refused, old kept
+    srv._reload = lambda: Engine(example_config)
+    assert srv.reload() and srv.rrl is None
