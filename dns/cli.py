@@ -47,6 +47,8 @@ examples:
   gslb dns explain connect.lab.test --client 198.19.5.10 --down jp --config examples/dns.toml --json
   gslb dns explain demo.app.lab.test --ecs 198.19.5.0/24 --config examples/dns.toml \\
       --server-control /run/gslb-dns/127.0.0.1-5300.sock     # with the running server's health
+  gslb dns explain demo.app.lab.test --client 198.19.1.10 --config dns.toml \
+      --server-control /run/gslb-dns/127.0.0.1-5300.sock     # and whether [rrl] limits 198.19.1.0/24 now
 """
 
 CONTROL_EPILOG = """\
@@ -131,7 +133,9 @@ def add_parser(subparsers: Any) -> None:
     pe = sub.add_parser("explain", help="what the server answers a client, and why",
                         description="Show the location found for a client, the ranked PoPs and "
                                     "why, their health (from --down, or from the running server with "
-                                    "--server-control), the addresses chosen, the TTL and the ECS scope.",
+                                    "--server-control), the addresses chosen, the TTL and the ECS scope; with "
+                                    "[rrl] on, the response rate limits and (--server-control) whether "
+                                    "the client's netblock is being limited now.",
                         epilog=EXPLAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     pe.add_argument("name", metavar="NAME")
     pe.add_argument("--type", default="A", help="query type (default A)")
@@ -143,7 +147,8 @@ def add_parser(subparsers: Any) -> None:
     pe.add_argument("--down", metavar="ADDR|POP", action="append", default=[],
                     help="treat this address or PoP as down (repeatable)")
     pe.add_argument("--server-control", metavar="PATH",
-                    help="take health and drains from the running server behind this control socket")
+                    help="take health and drains, and the RRL buckets limited now, from the running "
+                         "server behind this control socket")
     pe.add_argument("--json", action="store_true")
     pe.set_defaults(func=_explain)
 
@@ -221,6 +226,17 @@ def _serve(args: argparse.Namespace) -> int:
         engine.close()
         print(f"gslb dns: {exc}", file=sys.stderr)
         return 2
+    rrl = "off"
+    if cfg.rrl.enabled:
+        from dns.rrl import ResponseRateLimiter
+        try:
+            ResponseRateLimiter.from_settings(cfg.rrl, workers=workers)
+        except ValueError as exc:
+            engine.close()
+            print(f"gslb dns: {cfg.path}: {exc}", file=sys.stderr)
+            return 2
+        rrl = (f"{cfg.rrl.responses_per_second}/s,window={cfg.rrl.window}s,slip={cfg.rrl.slip},"
+               f"per-worker={cfg.rrl.responses_per_second / workers:g}/s")
     control_required = bool(args.control or cfg.health.control_socket)
     control = (os.path.abspath(args.control) if args.control else cfg.health.control_socket
                or default_path(listen, named_netns()))
@@ -243,7 +259,7 @@ def _serve(args: argparse.Namespace) -> int:
         eng = eng or _engine(cfg, geoip, log_decisions=args.log_decisions)
         return DnsServer(eng, listen, reload=reload, reuse_port=workers > 1,
                          tcp_idle_timeout=cfg.server.tcp_idle_timeout,
-                         tcp_max_connections=cfg.server.tcp_max_connections)
+                         tcp_max_connections=cfg.server.tcp_max_connections, workers=workers)
 
     def monitor(publisher: Any) -> HealthMonitor:
         return HealthMonitor(cfg, publisher, control_path=control, control_required=control_required)
@@ -253,7 +269,7 @@ def _serve(args: argparse.Namespace) -> int:
                    "" if cfg.cookies.secret else ",random-secret"))
     log("starting", config=cfg.path, zone=cfg.zone.name, workers=workers,
         geoip_db=geoip or cfg.server.geoip_db or "none", health="on" if cfg.health.enabled else "off",
-        cookies=cookies)
+        cookies=cookies, rrl=rrl)
     if workers == 1:
         def single() -> DnsServer:
             srv = factory(engine)  # the engine validated above
@@ -328,6 +344,9 @@ def _explain(args: argparse.Namespace) -> int:
         return 2
     finally:
         engine.close()
+    out["rrl"] = _explain_rrl(args, cfg)
+    if out["rrl"] is None:
+        return 2
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -361,7 +380,41 @@ def _explain(args: argparse.Namespace) -> int:
     scope = out["ecs_scope"]
     print(f"ecs scope: {scope if scope is not None else '(no ECS in the query)'}"
           + ("" if out["location_dependent"] else "  (answer does not depend on location)"))
+    print("rrl:       " + _rrl_text(out["rrl"]))
     return 0
+
+
+def _explain_rrl(args: argparse.Namespace, cfg: Any) -> dict[str, Any] | None:
+    """`explain`'s RRL part: the limits, and (--server-control) whether they bite now."""
+    from dns.explain import rrl_status
+    reports = None
+    if cfg.rrl.enabled and args.server_control:
+        from dns.control import ControlError, request
+        try:
+            reports = request(args.server_control, {"op": "rrl"})["workers"]
+        except (ControlError, KeyError) as exc:
+            print(f"gslb dns explain: --server-control: {exc}", file=sys.stderr)
+            return None
+    try:
+        return rrl_status(cfg.rrl, args.client, reports, cfg.server.workers)
+    except ValueError as exc:
+        print(f"gslb dns explain: --client {args.client!r}: {exc}", file=sys.stderr)
+        return None
+
+
+def _rrl_text(r: dict[str, Any]) -> str:
+    if not r["enabled"]:
+        return "off"
+    text = (f"on, {r['responses_per_second']}/s per netblock and name ({r['per_worker_rate']:g}/s in "
+            f"each of {r['workers']} worker(s)), window {r['window']} s, slip {r['slip']}; "
+            f"{r['netblock']} ")
+    if r["limited"] is None:
+        return text + "(give --server-control to see whether it is limited now)"
+    if not r["limited"]:
+        return text + "is not limited  [running server]"
+    return text + "IS LIMITED: " + "; ".join(
+        f"{b['class']} {b['qname']}{' ' + b['qtype'] if b.get('qtype') else ''} "
+        f"({b['limited']} limited, worker {b['worker']})" for b in r["limited"]) + "  [running server]"
 
 
 def _control_path(args: argparse.Namespace, what: str) -> str | None:

@@ -24,7 +24,7 @@ __all__ = [
     "ConfigError",
     "SOA", "NameServer", "Zone", "Pop", "GslbName", "Policy", "Routing", "HealthSettings",
     "StaticRecord", "ServerSettings", "CookieSettings", "ChaosSettings", "DnsConfig", "load_dns_config", "parse_listen",
-    "DnssecKey", "DnssecSettings", "DNSSEC_ROLES",
+    "DnssecKey", "DnssecSettings", "DNSSEC_ROLES", "RrlSettings",
     "RECORD_TYPES", "FALLBACKS", "HEALTH_CHECKS",
 ]
 
@@ -150,6 +150,21 @@ class ChaosSettings:
     id: str | None = None            # id.server
 
 
+@dataclass(frozen=True)
+class RrlSettings:
+    """Response rate limiting (dns/rrl.py); every key in docs/configuration.md, `[rrl]`."""
+    enabled: bool = False
+    responses_per_second: int = 20          # per netblock and name, for the whole server
+    errors_per_second: int | None = None    # None: responses_per_second; 0: not limited
+    nxdomains_per_second: int | None = None  # None: responses_per_second; 0: not limited
+    window: int = 15                         # seconds
+    slip: int = 2                            # 0: drop all limited replies; 1: slip all
+    ipv4_prefix_length: int = 24
+    ipv6_prefix_length: int = 56
+    table_size: int = 20_000                 # buckets per worker process
+    exempt: tuple[str, ...] = ()             # CIDRs never limited
+
+
 DNSSEC_ROLES = ("csk", "ksk", "zsk")
 
 
@@ -187,6 +202,7 @@ class DnsConfig:
     cookies: CookieSettings = CookieSettings()
     chaos: ChaosSettings = ChaosSettings()
     dnssec: DnssecSettings = DnssecSettings()
+    rrl: RrlSettings = RrlSettings()
 
     def pop(self, pop_id: str) -> Pop:
         for p in self.pops:
@@ -429,13 +445,14 @@ def load_dns_config(path: str) -> DnsConfig:
     cookies = _cookies(root.table("cookies"))
     chaos = _chaos(root.table("chaos"))
     dnssec = _load_dnssec(root)
+    rrl = _rrl(root.table("rrl"))
 
     root.reject_unknown(["zone", "pop", "gslb", "policy", "routing", "health", "record", "server",
-                         "cookies", "chaos", "dnssec"])
+                         "cookies", "chaos", "dnssec", "rrl"])
     return DnsConfig(
         path=os.path.abspath(path), server=server, zone=zone, pops=tuple(pops), gslb=tuple(names),
         policy=policy, routing=routing, records=tuple(records), health=health,
-        cookies=cookies, chaos=chaos, dnssec=dnssec,
+        cookies=cookies, chaos=chaos, dnssec=dnssec, rrl=rrl,
     )
 
 
@@ -488,6 +505,30 @@ def _cookies(t: Table) -> CookieSettings:
     t.reject_unknown()
     extra = tuple(s for i, s in enumerate(extra) if s != secret and s not in extra[:i])
     return CookieSettings(enabled=enabled, secret=secret, secrets_accepted=extra, require=require)
+
+
+def _cidr(value: str) -> str:
+    return str(ipaddress.ip_network(value, strict=True))
+
+
+def _rrl(t: Table) -> RrlSettings:
+    """[rrl]: the limits of dns/rrl.py (BIND's `rate-limit` ranges where it has them)."""
+    rrl = RrlSettings(
+        enabled=t.bool("enabled", False),
+        responses_per_second=t.int("responses_per_second", 20, min=1, max=1_000_000),
+        errors_per_second=t.int("errors_per_second", None, min=0, max=1_000_000),
+        nxdomains_per_second=t.int("nxdomains_per_second", None, min=0, max=1_000_000),
+        window=t.int("window", 15, min=1, max=3600),
+        slip=t.int("slip", 2, min=0, max=10),
+        ipv4_prefix_length=t.int("ipv4_prefix_length", 24, min=8, max=32),
+        ipv6_prefix_length=t.int("ipv6_prefix_length", 56, min=16, max=128),
+        table_size=t.int("table_size", 20_000, min=100, max=10_000_000),
+        exempt=t.str_list("exempt", (), item=_cidr, what="CIDR (address/length, host bits zero)"),
+    )
+    if len(rrl.exempt) > 1000:
+        raise t.error("exempt", f"{len(rrl.exempt)} networks; at most 1000")
+    t.reject_unknown()
+    return rrl
 
 
 def _chaos(t: Table) -> ChaosSettings:

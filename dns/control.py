@@ -7,6 +7,7 @@ JSON object back on one line, `{"ok": true, ...}` or `{"ok": false, "error": "..
     {"op": "drain", "pop": "eu"}     {"op": "undrain", "pop": "eu"}
     {"op": "health"}                 per-address state, drains, workers' versions
     {"op": "snapshot"}               the encoded view the workers answer from
+    {"op": "rrl"}                    each worker's limited RRL buckets (dns/rrl.py), [] when none
 
 Where: `--control PATH`, else `[health].control_socket`, else
 `<runtime dir>/[<netns>-]<host>-<port>.sock` for the first listen address,
@@ -22,7 +23,7 @@ from typing import Any
 
 MAX_REQUEST = 4096
 MAX_REPLY = 4 << 20
-OPS = ("drain", "undrain", "health", "snapshot")
+OPS = ("drain", "undrain", "health", "snapshot", "rrl")
 
 
 class ControlError(Exception):

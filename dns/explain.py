@@ -3,10 +3,13 @@
 Runs the engine's own zone, placement and policy on one question, with the
 engine's health view, and describes each step: where the client was placed,
 the PoP ranking, the policy's choice, the TTL (and why it was lowered), and
-each ranked PoP's health. Reads no clock and opens no socket.
+each ranked PoP's health; and whether response rate limiting (`[rrl]`) limits
+the client's netblock, from the running server's report. Reads no clock and
+opens no socket.
 """
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from dns.policy import HealthView
@@ -90,3 +93,30 @@ def health_of(pop_addresses: Any, view: HealthView, pops: Any) -> list[dict[str,
         rows.append({"pop": pop, "state": state, "down": down, "addresses": len(addrs),
                      "changing": pop in view.changing})
     return rows
+
+
+def rrl_status(settings: Any, client: str, reports: dict[str, list] | None,
+               workers: int = 1) -> dict[str, Any]:
+    """What `[rrl]` (`dns.config.RrlSettings`) does to `client`'s netblock.
+
+    `reports`: the running server's limited buckets per worker pid (control op
+    "rrl"), None when the server was not asked. `limited` lists the client's
+    netblock's buckets that are limited now, each with the worker that limits it.
+    """
+    out: dict[str, Any] = {"enabled": bool(settings.enabled)}
+    if not settings.enabled:
+        return out
+    addr = ipaddress.ip_address(client.partition("%")[0])
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    prefix = settings.ipv4_prefix_length if addr.version == 4 else settings.ipv6_prefix_length
+    netblock = str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+    if reports:
+        workers = len(reports)
+    out.update(netblock=netblock, responses_per_second=settings.responses_per_second,
+               workers=workers, per_worker_rate=round(settings.responses_per_second / max(1, workers), 3),
+               window=settings.window, slip=settings.slip, from_server=reports is not None,
+               limited=None if reports is None else [
+                   {**row, "worker": pid} for pid, rows in sorted(reports.items())
+                   for row in rows if row.get("netblock") == netblock])
+    return out

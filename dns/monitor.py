@@ -68,6 +68,11 @@ class LocalPublisher:
     def applied(self) -> dict[str, int]:
         return {str(os.getpid()): self.server.engine.health.version}
 
+    def rrl_reports(self) -> dict[str, list]:
+        """This process's limited RRL buckets (none: RRL is off)."""
+        rrl = self.server.rrl
+        return {} if rrl is None else {str(os.getpid()): rrl.limited(time.monotonic())}
+
     async def wait_applied(self, version: int, timeout: float) -> bool:
         return True
 
@@ -84,6 +89,7 @@ class PipePublisher:
         self.partial: dict[int, bytes] = {}         # bytes of a line being written
         self.latest: dict[int, bytes | None] = {}   # newest whole snapshot not yet started
         self.acked: dict[int, int] = {pid: 0 for pid in self.feeds}
+        self.rrl: dict[int, list] = {}              # worker pid -> its last RRL report
         self._ack_buf = b""
         self._changed: asyncio.Event | None = None
         self._newest: bytes | None = None            # the last snapshot published, for a new worker
@@ -143,6 +149,9 @@ class PipePublisher:
         self._ack_buf += data
         *lines, self._ack_buf = self._ack_buf.split(b"\n")
         for line in lines:
+            if line.startswith(b"rrl "):
+                self._on_rrl(line)
+                continue
             try:
                 pid, version = map(int, line.split())
             except ValueError:
@@ -151,6 +160,19 @@ class PipePublisher:
                 self.acked[pid] = max(self.acked[pid], version)
         if self._changed is not None:
             self._changed.set()
+
+    def _on_rrl(self, line: bytes) -> None:
+        """'rrl PID JSON': a worker's limited RRL buckets (dns.server.DnsServer.report_rrl)."""
+        try:
+            _, pid_text, rows = line.split(b" ", 2)
+            pid, report = int(pid_text), json.loads(rows)
+        except ValueError:
+            return
+        if pid in self.acked and isinstance(report, list):
+            self.rrl[pid] = report
+
+    def rrl_reports(self) -> dict[str, list]:
+        return {str(pid): rows for pid, rows in self.rrl.items() if pid in self.acked}
 
     def applied(self) -> dict[str, int]:
         return {str(pid): v for pid, v in self.acked.items()}
@@ -171,6 +193,7 @@ class PipePublisher:
     def forget(self, pid: int) -> None:
         fd = self.feeds.pop(pid, None)
         self.acked.pop(pid, None)
+        self.rrl.pop(pid, None)
         self.partial.pop(pid, None)
         self.latest.pop(pid, None)
         if fd is not None:
@@ -343,6 +366,8 @@ class HealthMonitor:
             return {"ok": True, "pop": pop, "changed": changed, "drained": sorted(snap.drained),
                     "version": snap.version, "workers_agree": agreed,
                     "workers": self.publisher.applied()}
+        if op == "rrl":
+            return {"ok": True, "workers": self.publisher.rrl_reports()}
         snap = self.publish()
         if op == "snapshot":
             return {"ok": True, "snapshot": snap.encode().decode()}

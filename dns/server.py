@@ -45,6 +45,7 @@ class UdpReader:
     def on_readable(self) -> None:
         sock = self.sock
         respond = self.server.engine.respond
+        rrl = self.server.rrl   # None unless [rrl] enabled: one test per datagram when off
         recvfrom, sendto = sock.recvfrom, sock.sendto
         for _ in range(self.BATCH):
             try:
@@ -54,6 +55,9 @@ class UdpReader:
             except OSError:
                 continue  # e.g. an ICMP error queued for an earlier reply
             reply = respond(data, addr[0])
+            if rrl is not None and reply is not None:
+                # Only UDP is limited: a TCP peer's address is proven by the handshake.
+                reply = rrl.filter(data, reply, addr[0], time.monotonic())
             if reply is not None:
                 try:
                     sendto(reply, addr)
@@ -124,8 +128,12 @@ class DnsServer:
 
     def __init__(self, engine: Engine, listen: tuple[tuple[str, int], ...], *,
                  reload: Callable[[], Engine] | None = None, reuse_port: bool = False,
-                 tcp_idle_timeout: float = 10.0, tcp_max_connections: int = 512) -> None:
+                 tcp_idle_timeout: float = 10.0, tcp_max_connections: int = 512,
+                 workers: int = 1) -> None:
         self.engine = engine
+        self.workers = workers   # how many processes share the ports: RRL's rate is split over them
+        self.rrl: Any = None
+        self._set_rrl(engine)
         self.listen = listen
         self._reload = reload
         self.reuse_port = reuse_port
@@ -137,6 +145,7 @@ class DnsServer:
         self.monitor: Any = None                        # HealthMonitor, in a single process
         self.health_feed: tuple[int, int] | None = None  # (snapshot pipe, ack pipe), in a worker
         self._feed_buf = b""
+        self._rrl_reported = b""
         self._udp_sockets: list[socket.socket] = []
         self._servers: list[Any] = []
         self._stop = asyncio.Event()
@@ -159,12 +168,27 @@ class DnsServer:
             self._servers.append(await loop.create_server(lambda: TcpProtocol(self), sock=tcp))
             log("listening", address=join_host_port(host, port), proto="udp+tcp")
 
+    def _set_rrl(self, engine: Engine) -> None:
+        """Response rate limiting (dns/rrl.py) for `engine`'s `[rrl]`: a new table only when
+        the settings change (a reload keeps the buckets); raises ValueError for bad settings."""
+        settings = engine.cfg.rrl
+        if not settings.enabled:
+            self.rrl = None
+            return
+        if self.rrl is None or self._rrl_settings != settings:
+            from dns.rrl import ResponseRateLimiter
+            self.rrl = ResponseRateLimiter.from_settings(settings, workers=self.workers,
+                                                         zone=engine.zone.origin, cookies=engine.cookies)
+        self.rrl.cookies = engine.cookies   # secrets may change on reload
+        self._rrl_settings = settings
+
     def reload(self) -> bool:
         """Swap in a freshly built engine; on any error keep the old one (and say why)."""
         if self._reload is None:
             return False
         try:
             engine = self._reload()
+            self._set_rrl(engine)
         except Exception as exc:  # noqa: BLE001 - a bad reload must never stop the server
             log("reload_failed", level="error", error=str(exc), kept="previous configuration")
             return False
@@ -215,11 +239,37 @@ class DnsServer:
         period = min(1.0, self.tcp_idle_timeout / 2)
         while True:
             await asyncio.sleep(period)
+            if self.rrl is not None:
+                self.rrl.sweep(time.monotonic())   # "stopped limiting" lines after a flood ends
+                self.report_rrl()
             cutoff = time.monotonic() - self.tcp_idle_timeout
             for conn in [c for c in self.tcp_connections if c.last < cutoff]:
                 self.stats["tcp_idle_closed"] += 1
                 self.tcp_connections.discard(conn)
                 conn.transport.close()
+
+    def report_rrl(self) -> None:
+        """A worker: tell the parent (`gslb dns explain`, op "rrl") which RRL buckets are limited,
+        when that changed: one line on the ack pipe, `rrl PID JSON`, short enough (<= PIPE_BUF)
+        that lines of several workers never interleave."""
+        if self.health_feed is None or self.rrl is None:
+            return
+        import json
+        rows = [{k: r[k] for k in ("netblock", "class", "qname", "qtype", "limited") if k in r}
+                for r in self.rrl.limited(time.monotonic())]
+        line = b""
+        while True:
+            line = f"rrl {os.getpid()} {json.dumps(rows, separators=(',', ':'))}\n".encode()
+            if len(line) <= 4000 or not rows:
+                break
+            rows = rows[:len(rows) // 2]
+        if line == self._rrl_reported:
+            return
+        try:
+            os.write(self.health_feed[1], line)
+            self._rrl_reported = line
+        except OSError:
+            pass   # the parent is gone or busy: the next sweep tries again
 
     def stop(self) -> None:
         self._stop.set()
@@ -250,7 +300,8 @@ class DnsServer:
         for c in list(self.tcp_connections):
             c.transport.close()
         self.engine.close()
-        log("stopped", **self.engine.stats, **self.stats)
+        rrl = {f"rrl_{k}": v for k, v in self.rrl.stats().items()} if self.rrl is not None else {}
+        log("stopped", **self.engine.stats, **self.stats, **rrl)
 
 
 def _run_loop(coro: Any) -> None:
