@@ -200,9 +200,10 @@ def cmd_top(args: argparse.Namespace) -> int:
             else:
                 _console().print(top.render(prefix, first, second, interval, live=False))
             return 0 if snap["totals"]["alive"] == snap["totals"]["pops"] else 1
-        if collector.sample() is None:
+        first = collector.sample()
+        if first is None:
             return _fail(f"lab {prefix!r} is not up (`gslb lab up --prefix {prefix}`)")
-        top.live(collector, interval, _console())
+        top.live(collector, interval, _console(), first)
     except LabError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:

@@ -503,8 +503,9 @@ def once(collector: Collector, interval: float) -> tuple[Sample | None, Sample |
     return first, collector.sample()
 
 
-def live(collector: Collector, interval: float, console: Any) -> None:
-    """The live screen until q or Ctrl-C (KeyboardInterrupt is the caller's to catch)."""
+def live(collector: Collector, interval: float, console: Any, first: Sample | None = None) -> None:
+    """The live screen until q or Ctrl-C (KeyboardInterrupt is the caller's to catch),
+    starting from `first` when the caller has sampled already."""
     import select
     import sys
     import termios
@@ -515,16 +516,13 @@ def live(collector: Collector, interval: float, console: Any) -> None:
     stdin = sys.stdin
     tty_fd = stdin.fileno() if stdin is not None and stdin.isatty() else None
     saved = termios.tcgetattr(tty_fd) if tty_fd is not None else None
-    prev: Sample | None = None
     try:
         if tty_fd is not None:
             tty.setcbreak(tty_fd)   # keys one at a time, no echo; Ctrl-C still raises KeyboardInterrupt
-        with Live(render(collector.prefix, None, None, interval), console=console, screen=True,
+        cur = first if first is not None else collector.sample()
+        with Live(render(collector.prefix, None, cur, interval), console=console, screen=True,
                   auto_refresh=False, transient=False) as screen:
             while True:
-                cur = collector.sample()
-                screen.update(render(collector.prefix, prev, cur, interval), refresh=True)
-                prev = cur
                 due = (cur.t if cur is not None else time.monotonic()) + interval
                 while (left := due - time.monotonic()) > 0:
                     if tty_fd is None:
@@ -535,6 +533,8 @@ def live(collector: Collector, interval: float, console: Any) -> None:
                         key = os.read(tty_fd, 1)
                         if key in (b"q", b"Q") or key == b"":
                             return
+                prev, cur = cur, collector.sample()
+                screen.update(render(collector.prefix, prev, cur, interval), refresh=True)
     finally:
         if saved is not None:
             termios.tcsetattr(tty_fd, termios.TCSADRAIN, saved)

@@ -92,8 +92,8 @@ def test_top_shows_every_pop_its_rps_and_a_killed_edge_dead_and_quits_on_q(lab, 
                     "--resolve", f"{name}:443:{addr}", *urls, timeout=15)
             sent[0] += len(urls)
 
-    # COLUMNS/LINES from the test's environment (pytest sets them) would override the
-    # terminal's size for rich: the screen must be the tmux window's 160x40.
+    # The test process's children inherit COLUMNS=80 LINES=24 (seen under pytest), and rich
+    # prefers them to the terminal's size: the screen must be the tmux window's 160x40.
     cmd = " ".join(["env", "-u", "COLUMNS", "-u", "LINES",
                     *gslb_cmd(), "lab", "top", "--prefix", lab.prefix, "--interval", "0.5"])
     tmux.start(f"{cmd}; echo \"top exited rc=$?\"; sleep 60")
