@@ -1,7 +1,7 @@
 """`gslb lab top` on a real lab, on a real terminal: tmux.
 
 The live screen runs in a detached tmux session of a fixed size (its own tmux server,
-`-L`, so nobody else's sessions are touched); the test reads the screen with
+`-S` a socket of its own, so nobody else's sessions are touched); the test reads the screen with
 `tmux capture-pane -p`, polling with a bounded deadline, while it drives traffic from a
 client host through one PoP's edge (HTTPS requests for an endpoint name that is offline:
 each is a request head through the edge's front, answered 404, and counted), kills
@@ -11,7 +11,6 @@ and the tmux server killed in a finally: the session's lab is shared with other 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import threading
@@ -31,10 +30,11 @@ ROW = re.compile(r"^(?P<host>pop-[a-z0-9-]+)\s+.*?\s(?P<state>alive|dead|no answ
 
 
 class Tmux:
-    """One private tmux server (its own socket name) with one session."""
+    """One private tmux server (its own socket, in a temporary directory: `kill-server`
+    leaves the socket file behind) with one session; no configuration file."""
 
-    def __init__(self, name: str) -> None:
-        self.argv = ["tmux", "-L", name, "-f", "/dev/null"]
+    def __init__(self, socket_path: str) -> None:
+        self.argv = ["tmux", "-S", socket_path, "-f", "/dev/null"]
         self.session = "top"
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess:
@@ -59,24 +59,29 @@ def rows(screen: str) -> dict[str, dict[str, str]]:
     return {m["host"]: m.groupdict() for m in map(ROW.match, screen.splitlines()) if m}
 
 
+def client_of(lab, pop: str) -> str:
+    """The client host in the PoP's city when the plan has one, else the first client."""
+    mine = f"client-{lab.host(pop)['region']}"
+    return mine if any(h["name"] == mine for h in lab.hosts) else lab.role("client")[0]["name"]
+
+
 def describe(screen: str) -> str:
     return "screen:\n" + screen
 
 
 @need_tools("tmux", "curl")
-def test_top_shows_every_pop_its_rps_and_a_killed_edge_dead_and_quits_on_q(lab, gslb_run):
+def test_top_shows_every_pop_its_rps_and_a_killed_edge_dead_and_quits_on_q(lab, gslb_run, tmp_path_factory):
     pops = [h["name"] for h in lab.role("pop")]
     assert len(pops) >= 2, pops
     busy = "pop-eu" if "pop-eu" in pops else pops[0]
     victim = next(p for p in reversed(pops) if p != busy)
-    region = lab.host(busy)["region"]
-    client = f"client-{region}" if any(h["name"] == f"client-{region}" for h in lab.hosts) else lab.role("client")[0]["name"]
+    client = client_of(lab, busy)
     zone = load_plan(lab.status["plan"]).zone
     ca = lab.status["state"]["ca"]
     addr = lab.host(busy)["ipv4"][0]
     name = f"top-probe.app.{zone}"
 
-    tmux = Tmux(f"gslb-test-top-{os.getpid()}")
+    tmux = Tmux(str(tmp_path_factory.mktemp("tmux") / "s"))
     stop = threading.Event()
     sent = [0]
     killed = False
@@ -96,9 +101,9 @@ def test_top_shows_every_pop_its_rps_and_a_killed_edge_dead_and_quits_on_q(lab, 
     # prefers them to the terminal's size: the screen must be the tmux window's 160x40.
     cmd = " ".join(["env", "-u", "COLUMNS", "-u", "LINES",
                     *gslb_cmd(), "lab", "top", "--prefix", lab.prefix, "--interval", "0.5"])
-    tmux.start(f"{cmd}; echo \"top exited rc=$?\"; sleep 60")
     t = threading.Thread(target=traffic, daemon=True)
     try:
+        tmux.start(f"{cmd}; echo \"top exited rc=$?\"; sleep 60")
         # 1. Every PoP has its row, every edge alive, both name servers' views in.
         got, took = wait_for(lambda: (lambda s: s if set(pops) <= set(rows(s)) and
                                       all(r["state"] == "alive" for r in rows(s).values()) else None)(tmux.screen()),
@@ -150,3 +155,53 @@ def test_top_shows_every_pop_its_rps_and_a_killed_edge_dead_and_quits_on_q(lab, 
         tmux.kill()
         if killed:
             gslb_run("lab", "restart", "--prefix", lab.prefix, victim, timeout=60)
+
+
+def top_once(gslb_run, lab, *extra: str) -> tuple[int, dict]:
+    r = gslb_run("lab", "top", "--prefix", lab.prefix, "--once", "--json", "--interval", "0.3", *extra, timeout=30)
+    assert r.stdout, f"no output (exit {r.returncode}): {r.stderr}"
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_top_once_json_counts_requests_and_exits_1_while_an_edge_does_not_answer(lab, gslb_run):
+    pops = [h["name"] for h in lab.role("pop")]
+    busy, stopped = pops[0], pops[1]
+    zone = load_plan(lab.status["plan"]).zone
+    name = f"top-once.app.{zone}"
+    rc, before = top_once(gslb_run, lab)
+    assert rc == 0, before
+    assert [p["host"] for p in before["pops"]] == pops
+    assert all(p["state"] == "alive" and p["pid"] for p in before["pops"]), before["pops"]
+    assert before["totals"]["alive"] == len(pops) and before["dns"] == {h["name"]: True for h in lab.role("dns")}
+    count = {p["host"]: p["requests"] for p in before["pops"]}[busy]
+
+    # 5 requests through `busy` (one curl, one connection per 404: the edge closes after it)
+    urls = [f"https://{name}/?i={i}" for i in range(5)]
+    r = lab.run(client_of(lab, busy), "curl", "-s", *["-o", "/dev/null"] * len(urls), "-w", "%{http_code} ",
+                "--max-time", "5", "--cacert", lab.status["state"]["ca"],
+                "--resolve", f"{name}:443:{lab.host(busy)['ipv4'][0]}", *urls)
+    assert r.stdout.split() == ["404"] * 5, (r.stdout, r.stderr)
+    rc, after = top_once(gslb_run, lab)
+    row = {p["host"]: p for p in after["pops"]}[busy]
+    assert row["requests"] - count >= 5, (count, row)
+
+    # A stopped edge (SIGSTOP): alive but not answering; --once says so with exit 1.
+    r = gslb_run("lab", "kill", "--prefix", lab.prefix, "--signal", "STOP", stopped)
+    assert r.returncode == 0, r.stderr
+    try:
+        rc, snap = top_once(gslb_run, lab)
+        row = {p["host"]: p for p in snap["pops"]}[stopped]
+        assert rc == 1 and row["state"] == "no answer" and row["error"] == "timeout", row
+        assert row["connections"] is None and row["rps"] is None, row
+        assert snap["totals"]["alive"] == len(pops) - 1, snap["totals"]
+    finally:
+        gslb_run("lab", "kill", "--prefix", lab.prefix, "--signal", "CONT", stopped)
+    # Back: its /healthz answers and both name servers have every address of it up again.
+    def back():
+        rc, snap = top_once(gslb_run, lab)
+        row = {p["host"]: p for p in snap["pops"]}[stopped]
+        views = list(row["dns"].values())
+        return rc == 0 and row["state"] == "alive" and all(v and v["up"] == v["total"] for v in views)
+    ok, took = wait_for(back, timeout=30, step=0.2)
+    assert ok, f"{stopped} not back in every view within 30 s of SIGCONT"
+    print(f"\n{stopped}: SIGSTOP shown as no answer (exit 1); back in both views {took:.1f} s after SIGCONT")
