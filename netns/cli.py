@@ -189,6 +189,8 @@ def cmd_top(args: argparse.Namespace) -> int:
         interval = top.check_interval(args.interval)
         if args.json and not args.once:
             raise LabError("--json needs --once (the live screen is for people; --once --json for machines)")
+        if not args.once and not sys.stdout.isatty():
+            raise LabError("the live view needs a terminal; for a pipe or a file use --once (or --once --json)")
         collector = top.Collector(prefix, args.state_dir, timeout=min(1.0, max(0.2, interval * 0.8)))
         if args.once:
             first, second = top.once(collector, interval)

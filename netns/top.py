@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from netns.errors import LabError, NotRootError
+from netns.guard import require_socket_in
 from netns.topology import CLONE_NEWNET, NETNS_RUN_DIR
 
 MAX_HEALTH_REPLY = 64 * 1024      # bytes of a /healthz answer read (it is well under 1 KiB)
@@ -391,7 +392,6 @@ class Collector:
             if client is None:
                 raise LabError("the lab has no client host to probe from")
             socks = sockets_in(client["netns"], [socket.AF_INET] * len(probes))
-            from netns.guard import require_socket_in
             for s in socks:
                 require_socket_in(s, client["netns"])   # never a root-namespace socket
             answers = fetch_healthz(socks, probes, self.timeout)

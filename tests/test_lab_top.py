@@ -350,3 +350,9 @@ def test_an_interval_out_of_range_is_refused(interval, capsys, tmp_path):
 def test_top_of_a_lab_that_is_not_up_exits_1_with_the_way_to_start_it(capsys, tmp_path):
     assert main(["lab", "top", "--once", "--prefix", "gslbnone", "--state-dir", str(tmp_path / "none")]) == 1
     assert "lab 'gslbnone' is not up (`gslb lab up --prefix gslbnone`)" in capsys.readouterr().err
+
+
+def test_the_live_view_without_a_terminal_points_to_once(capsys, tmp_path):
+    # pytest's captured stdout is not a terminal
+    assert main(["lab", "top", "--prefix", "gslbnone", "--state-dir", str(tmp_path)]) == 1
+    assert "the live view needs a terminal; for a pipe or a file use --once" in capsys.readouterr().err
