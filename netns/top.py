@@ -355,9 +355,10 @@ def control_health(path: str, timeout: float = 0.5) -> dict[str, Any] | None:
 
 def _boot_time() -> float | None:
     try:
-        for line in open("/proc/stat"):
-            if line.startswith("btime "):
-                return float(line.split()[1])
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
     except OSError:
         pass
     return None
@@ -388,12 +389,20 @@ class Collector:
         client = next((h for h in state.hosts if h.get("role") == "client"), None)
         probes = [(h["ipv4"][0], lab.HEALTH_PORT) for h in pops if h.get("ipv4")]
         answers: list[dict[str, Any] | str]
+        # The sample's time is when the probes go out: the answers come within milliseconds
+        # (a silent edge has no counter to rate anyway), and the cadence stays even.
+        t, wall = time.monotonic(), time.time()
         try:
             if client is None:
                 raise LabError("the lab has no client host to probe from")
             socks = sockets_in(client["netns"], [socket.AF_INET] * len(probes))
-            for s in socks:
-                require_socket_in(s, client["netns"])   # never a root-namespace socket
+            try:
+                for s in socks:
+                    require_socket_in(s, client["netns"])   # never a root-namespace socket
+            except LabError:
+                for s in socks:
+                    s.close()
+                raise
             answers = fetch_healthz(socks, probes, self.timeout)
         except LabError as exc:
             answers = [str(exc)] * len(probes)
@@ -416,7 +425,7 @@ class Collector:
             ticks = [p.starttime for p in state.processes if p.starttime >= 0]
             if ticks:
                 started = self._boot + min(ticks) / self._tick
-        return Sample(t=time.monotonic(), wall=time.time(), edges=tuple(edges), views=views, started=started)
+        return Sample(t=t, wall=wall, edges=tuple(edges), views=views, started=started)
 
 
 # ---------------------------------------------------------------- the screen (rich)

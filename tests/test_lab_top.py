@@ -4,6 +4,7 @@ Plus the /healthz fetch against loopback listeners, and the command line's refus
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 
@@ -11,6 +12,7 @@ import pytest
 
 from gslb.cli import main
 from netns import top
+from netns.errors import NotRootError
 from netns.top import ALIVE, DEAD, NO_ANSWER, DnsView, EdgeSample, Sample
 
 
@@ -356,3 +358,30 @@ def test_the_live_view_without_a_terminal_points_to_once(capsys, tmp_path):
     # pytest's captured stdout is not a terminal
     assert main(["lab", "top", "--prefix", "gslbnone", "--state-dir", str(tmp_path)]) == 1
     assert "the live view needs a terminal; for a pipe or a file use --once" in capsys.readouterr().err
+
+
+def test_the_collector_on_a_lab_whose_hosts_are_gone_shows_every_edge_dead(tmp_path):
+    # state.json of a lab whose namespaces and processes are gone (a crash, a reboot):
+    # the collector answers with rows, not an exception.
+    state = {"prefix": "gtpunit", "dir": str(tmp_path), "plan": "-", "status": "up",
+             "hosts": [{"name": "client-eu", "role": "client", "region": "eu", "netns": "gtpunit-client-eu",
+                        "ipv4": ["198.19.3.10"], "ipv6": []},
+                       {"name": "pop-eu", "role": "pop", "region": "eu", "netns": "gtpunit-pop-eu",
+                        "city": "Frankfurt", "ipv4": ["198.18.3.1"], "ipv6": []},
+                       {"name": "dns1", "role": "dns", "region": None, "netns": "gtpunit-dns1",
+                        "ipv4": ["198.18.0.11"], "ipv6": []}],
+             "processes": [{"host": "pop-eu", "name": "edge", "pid": os.getpid(), "starttime": -2,
+                            "cmd": ["gslb", "edge"], "log": str(tmp_path / "edge.log")}]}
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    collector = top.Collector("gtpunit", str(tmp_path), timeout=0.2)
+    if os.geteuid() != 0:
+        with pytest.raises(NotRootError, match="needs root"):
+            collector.sample()
+        return
+    s = collector.sample()
+    (e,) = s.edges
+    assert (e.host, e.pop, e.city, e.pid, e.alive, e.health) == ("pop-eu", "eu", "Frankfurt", os.getpid(), False, None)
+    assert "gtpunit-client-eu" in e.error
+    assert s.views == {"dns1": None}
+    (r,) = top.pop_rows(None, s)
+    assert r.state == DEAD and r.dns == (("dns1", None),)
