@@ -68,6 +68,7 @@ class Stats:
     bad_hello: int = 0
     open: int = 0
     accept_errors: int = 0
+    requests: int = 0       # HTTP request heads through the HTTPS front (for rates: `gslb lab top`)
 
 
 class _HelloPeek:
@@ -514,6 +515,7 @@ class EdgeServer:
             "bindings": bindings,
             "connections": self.stats.open,
             "accepted": self.stats.accepted,
+            "requests": self.stats.requests,
             "refused_limit": self.stats.refused_limit,
             "accept_errors": self.stats.accept_errors,
             "bad_client_hello": self.stats.bad_hello,

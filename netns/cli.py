@@ -1,4 +1,4 @@
-"""`gslb lab up|down|status|exec|logs|kill|restart`: the command line of the lab.
+"""`gslb lab up|down|status|exec|logs|kill|restart|top`: the command line of the lab.
 
 Parses arguments, turns typed errors into one clear line and an exit status,
 and prints tables. The work is in `netns.lab`.
@@ -26,6 +26,7 @@ examples:
   sudo gslb lab status --json                       # the contract with tests and tools
   sudo gslb lab logs dns1
   sudo gslb lab kill pop-eu && sudo gslb lab restart pop-eu   # a failover drill
+  sudo gslb lab top                                 # live: every PoP's connections, rps, DNS health (q quits)
   sudo gslb lab down                                # remove all of it (idempotent)
   GSLB_LAB_PREFIX=mine sudo -E gslb lab up          # a second lab beside the first
 
@@ -136,6 +137,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rs.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for readiness (default 20)")
     rs.set_defaults(func=cmd_restart)
 
+    tp = sub.add_parser("top", help="a live view of every PoP: edge, connections, rps, DNS health",
+                        description="A live terminal view of the lab, one row per PoP: its edge (alive, dead, "
+                                    "or alive but not answering /healthz), pid, open connections, agent "
+                                    "sessions, requests per second over the last interval and the total, and "
+                                    "how many of the PoP's addresses each name server has up. Every "
+                                    "interval it fetches each edge's /healthz from inside a client host and "
+                                    "reads each name server's control socket. Keys: q quits (so does Ctrl-C). "
+                                    "--once samples twice, INTERVAL apart (a rate needs two samples), prints "
+                                    "one plain table and exits: 0 when every edge answers, 1 otherwise.",
+                        epilog="examples:\n  sudo gslb lab top\n  sudo gslb lab top --interval 0.5\n"
+                               "  sudo gslb lab top --once                        # one table, for scripts\n"
+                               "  sudo gslb lab top --once --json | jq '.pops[] | {host, state, rps}'\n"
+                               "  sudo gslb lab top --prefix mine\n",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(tp)
+    tp.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                    help="seconds between two samples (default 1; 0.1 to 60)")
+    tp.add_argument("--once", action="store_true", help="print one snapshot (plain table, no live screen) and exit")
+    tp.add_argument("--json", action="store_true", help="with --once: the snapshot as JSON (keys: docs/lab.md)")
+    tp.set_defaults(func=cmd_top)
+
 
 def cmd_kill(args: argparse.Namespace) -> int:
     import signal
@@ -156,6 +178,38 @@ def cmd_kill(args: argparse.Namespace) -> int:
         print(f"lab {prefix}: {k.host}: sent SIG{args.signal} to {k.name} (pid {k.pid}) at {at} UTC")
     if not killed:
         print(f"lab {prefix}: nothing alive to signal in {', '.join(args.hosts)}")
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from netns import top
+
+    try:
+        prefix = _prefix(args)
+        interval = top.check_interval(args.interval)
+        if args.json and not args.once:
+            raise LabError("--json needs --once (the live screen is for people; --once --json for machines)")
+        if not args.once and not sys.stdout.isatty():
+            raise LabError("the live view needs a terminal; for a pipe or a file use --once (or --once --json)")
+        collector = top.Collector(prefix, args.state_dir, timeout=min(1.0, max(0.2, interval * 0.8)))
+        if args.once:
+            first, second = top.once(collector, interval)
+            if second is None:
+                return _fail(f"lab {prefix!r} is not up (`gslb lab up --prefix {prefix}`)")
+            snap = top.snapshot_json(prefix, first, second, interval)
+            if args.json:
+                print(json.dumps(snap, indent=1))
+            else:
+                _console().print(top.render(prefix, first, second, interval, live=False))
+            return 0 if snap["totals"]["alive"] == snap["totals"]["pops"] else 1
+        first = collector.sample()
+        if first is None:
+            return _fail(f"lab {prefix!r} is not up (`gslb lab up --prefix {prefix}`)")
+        top.live(collector, interval, _console(), first)
+    except LabError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -12,6 +12,7 @@ from edge.endpoint import Endpoint
 from edge.front.http_front import HttpFront
 from edge.front.relay import RawRelay
 from edge.modules import build_chain
+from edge.server import Stats
 
 HOST = "demo.app.lab.test"
 
@@ -91,6 +92,7 @@ class Ctx:
         self.via = via
         self.effects = effects  # asyncio.Queue of (effect, future) for module effects
         self.performed = []
+        self.stats = Stats()  # HttpFront counts request heads here
 
     async def perform(self, effect):
         self.performed.append(effect)

@@ -46,6 +46,7 @@ class FrontContext(Protocol):
     idle_timeout: float
     via: str | None  # received-by of this PoP for Via (RFC 9110 7.6.3), e.g. "eu.lab.test"; None: no Via
     header_timeout: float | None  # seconds a request head may take (slowloris); None: no limit
+    stats: Any  # the server's counters: .requests += 1 per request head (edge.server.Stats)
 
     def lookup(self, kind: str, name: str) -> Endpoint | None: ...
 
@@ -157,6 +158,7 @@ class HttpFront(ClientSide):
             if type(ev) is RequestHead:
                 if decided is None:
                     self._requests += 1
+                    self.ctx.stats.requests += 1  # the edge's counter in /healthz (a rate: `gslb lab top`)
                 head = self._admit(ev, out, decided)
                 decided = None
                 if head is None:  # waiting for an effect: this head and the rest wait too
