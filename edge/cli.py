@@ -104,6 +104,7 @@ def _make_hub(cfg: Any) -> tuple[Any, Any]:
     # GSLB name, so the client enters at its nearest PoP (ngrok: 0.tcp.ngrok.io).
     hub_cfg = hubmod.HubConfig(domain=cfg.https_domain, pop=cfg.pop, lease_ttl=cfg.registry.lease_ttl,
                                ingress=ingress, tcp_host=f"0.tcp.{cfg.zone}", https_port=cfg.https_port,
+                               modules=frozenset(cfg.module_order),
                                **({"tcp_port_range": cfg.tcp_ports} if cfg.tcp_ports else {}))
     hub = hubmod.Hub(hub_cfg, tokens)
     return hub, hubmod.agent_protocol_factory(hub)

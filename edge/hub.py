@@ -39,7 +39,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 from edge.endpoint import Endpoint
-from edge.modules import check_bind_option
+from edge.modules import OPTION_OWNER, check_bind_option
 from edge.registry import (Lease, LeaseLost, MemoryRegistry, NameTaken, PortsExhausted, Registry, RegistryError,
                            RegistryUnavailable)
 from edge.registry.model import Binding, BindingEvent
@@ -74,6 +74,9 @@ class HubConfig:
     lease_ttl: float = 10.0  # registry lease of each agent session, seconds
     ingress: tuple[Mapping[str, Any], ...] = ()  # auth_ok's ingress list (docs/protocol.md 3.6)
     https_port: int = 443  # the edge's TLS listener: in endpoint URLs when it is not 443
+    # The modules of this edge's chain: a bind option whose module is not in it is refused
+    # (accepted, it would do nothing). None: not checked (a hub without a chain, in tests).
+    modules: frozenset[str] | None = None
 
     def endpoint_url(self, kind: str, name: str) -> str:
         """The public URL of an endpoint (bind_ok `url`, docs/protocol.md 3.4): https://NAME,
@@ -221,7 +224,7 @@ class Hub:
         follow. (The per-session limit is the control channel's rule.)
         Raises ControlError with code bad_request, name_in_use, port_range_exhausted, registry_unavailable (retryable) or
         internal; on error nothing changes."""
-        opts = _validate_options(kind, options)
+        opts = _validate_options(kind, options, self.config.modules)
         name = name.lower()
         host: str | None = None
         replaced: str | None = None  # the session of this PoP whose name this bind takes over
@@ -440,10 +443,12 @@ class Hub:
             conn.close()
 
 
-def _validate_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
+def _validate_options(kind: str, options: Mapping[str, Any],
+                      modules: frozenset[str] | None = None) -> dict[str, Any]:
     """docs/protocol.md 3.2: known keys only, right types. The tunnel's own
     options here; every other key belongs to a module (edge/modules/), which
-    checks and normalizes it."""
+    checks and normalizes it, and which must be in this edge's chain
+    (`modules`, when given)."""
     if not isinstance(options, Mapping):
         raise ControlError(M.ERR_BAD_REQUEST, "options must be an object")
     out: dict[str, Any] = {}
@@ -463,6 +468,10 @@ def _validate_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
                 raise ControlError(M.ERR_BAD_REQUEST, f"option {key!r} is not valid for {kind} endpoints") from None
             except ValueError as exc:
                 raise ControlError(M.ERR_BAD_REQUEST, str(exc)) from None
+            owner = OPTION_OWNER[key]
+            if modules is not None and owner not in modules:
+                raise ControlError(M.ERR_BAD_REQUEST, f"option {key!r} needs module {owner}, which this edge does "
+                                   f"not run ([edge.modules] order)")
         out[key] = value
     if kind == "tls":
         out.setdefault("terminate_at", "agent")

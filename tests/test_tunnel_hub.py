@@ -209,3 +209,14 @@ def test_http_binding_keeps_protection_options_as_their_modules_normalized_them(
         b = await h.bind(FakeConn(h), "http", "web", {"circuit_breaker": ["0.5"], "rate_limit": ["100/s"]})
         assert dict(b.options) == {"circuit_breaker": {"error_threshold": 0.5}, "rate_limit": {"rate": "100/s"}}
     run(go())
+
+
+def test_an_option_whose_module_the_edge_does_not_run_is_refused_not_ignored():
+    async def go():
+        h = hub(modules=frozenset({"ip_restriction"}))
+        with pytest.raises(ControlError, match="needs module rate_limit, which this edge does not run") as info:
+            await h.bind(FakeConn(h), "http", "web", {"rate_limit": "100/s"})
+        assert info.value.code == "bad_request" and h.bindings() == []
+        b = await h.bind(FakeConn(h), "http", "web", {"allow_cidrs": ["10.0.0.0/8"]})   # its module runs
+        assert b.options["allow_cidrs"] == ["10.0.0.0/8"]
+    run(go())

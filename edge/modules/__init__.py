@@ -35,7 +35,7 @@ from edge.modules.ip_restriction import IpRestriction
 from edge.modules.rate_limit import RateLimit
 
 __all__ = [
-    "BIND_OPTIONS", "DEFAULT_ORDER", "BindOption", "Chain", "Decision", "EffectResult", "HttpCall", "Module",
+    "BIND_OPTIONS", "DEFAULT_ORDER", "OPTION_OWNER", "BindOption", "Chain", "Decision", "EffectResult", "HttpCall", "Module",
     "ModuleConfigError", "Outcome", "REGISTRY", "Response", "Subject", "Verdict", "build_chain", "check_bind_option",
 ]
 
@@ -47,13 +47,15 @@ DEFAULT_ORDER: tuple[str, ...] = ("ip_restriction", "rate_limit", "circuit_break
 
 REGISTRY: dict[str, Callable[[Mapping[str, Any]], Module]] = {m.name: m.from_config for m in _MODULES}  # type: ignore[attr-defined]
 
-# Every module's bind options, by name; a name belongs to one module.
+# Every module's bind options, by name; a name belongs to one module (OPTION_OWNER).
 BIND_OPTIONS: dict[str, BindOption] = {}
+OPTION_OWNER: dict[str, str] = {}
 for _m in _MODULES:
     for _key, _opt in _m.bind_options.items():
         if _key in BIND_OPTIONS:
             raise RuntimeError(f"bind option {_key!r} is claimed by two modules")
         BIND_OPTIONS[_key] = _opt
+        OPTION_OWNER[_key] = _m.name
 
 
 def check_bind_option(kind: str, key: str, value: Any) -> Any:
