@@ -258,11 +258,13 @@ def _serve(args: argparse.Namespace) -> int:
         def single() -> DnsServer:
             srv = factory(engine)  # the engine validated above
             srv.monitor = monitor(LocalPublisher(srv))
+            srv.metrics_listen = cfg.server.metrics_listen
             return srv
         return run_single(single)
     # Each worker opens its own database after the fork; the parent's was only a check.
     engine.close()
-    return run_workers(workers, factory, monitor_factory=monitor, reload_config=reload_config)
+    return run_workers(workers, factory, monitor_factory=monitor, reload_config=reload_config,
+                       metrics_listen=cfg.server.metrics_listen)
 
 
 def _pops(args: argparse.Namespace) -> int:
