@@ -34,6 +34,11 @@ from dns.zone import ZoneData
 _BY_SOURCE = object()
 # `_respond_cookie` for a query that has no COOKIE option after all.
 _NO_COOKIE = object()
+# Query types counted by name in `Engine.tally` (/metrics); any other counts as one kind, so the
+# key set stays bounded whatever the clients send (RFC 1035, 3596, 4034, 5155, 6698, 6844, 9460).
+TALLY_TYPES = {**TYPE_NAMES, 12: "PTR", 13: "HINFO", 33: "SRV", 35: "NAPTR", 43: "DS", 46: "RRSIG",
+               47: "NSEC", 48: "DNSKEY", 50: "NSEC3", 51: "NSEC3PARAM", 52: "TLSA", 59: "CDS",
+               60: "CDNSKEY", 64: "SVCB", 65: "HTTPS"}
 # How long a query's cookie verdict is reused for the same bytes from the same address:
 # short against a cookie's 30-minute renewal, long against a resolver's query rate.
 _COOKIE_REUSE = 60
@@ -508,9 +513,8 @@ class Engine:
 
     def count(self, qtype: int, rcode: int, tcp: bool, ecs: bool, pops: tuple[str, ...] = ()) -> list[int]:
         """One more query of this kind (qtype -1: unknown or not parsed; rcode -1: no answer sent);
-        returns its cell. Types without a name count as one kind (TYPE_NAMES), so the key set stays
-        bounded whatever the clients send."""
-        key = (qtype if qtype in TYPE_NAMES else -1, rcode, tcp, ecs, pops)
+        returns its cell. Types not in TALLY_TYPES count as one kind (-1)."""
+        key = (qtype if qtype in TALLY_TYPES else -1, rcode, tcp, ecs, pops)
         cell = self.tally.get(key)
         if cell is None:
             cell = self.tally[key] = [0]

@@ -26,7 +26,8 @@ from typing import Any, Awaitable, Callable, Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from dns.wire import RCODE_NAMES, TYPE_NAMES
+from dns.engine import TALLY_TYPES
+from dns.wire import RCODE_NAMES
 from plumbing.stats import stats_of
 
 MAX_SNAPSHOT = 16 << 20     # bytes of one worker's reply (the tally's key set is bounded)
@@ -73,7 +74,7 @@ def merge(snaps: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _qtype(code: int) -> str:
-    return TYPE_NAMES.get(code, "other") if code >= 0 else "other"
+    return TALLY_TYPES.get(code, "other") if code >= 0 else "other"
 
 
 def _rcode(code: int) -> str:

@@ -14,6 +14,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
+from _tools import need_tools
+
 from dns import metrics as dm
 from dns.config import ConfigError, load_dns_config
 from dns.engine import Engine
@@ -408,3 +410,40 @@ def test_docs_list_every_registered_metric_and_nothing_else():
     assert sorted(set(docs) - set(registered)) == [], "in docs/metrics.md but not registered"
     for name, (typ, labels) in registered.items():
         assert docs[name] == (typ, labels), name
+
+
+# -- the lab's Prometheus ----------------------------------------------------------------------------
+
+@need_tools("promtool")
+def test_lab_prometheus_config_lists_every_daemon_and_promtool_accepts_it(tmp_path):
+    import subprocess
+    from netns import render
+    from netns.plan import load_plan
+    plan = load_plan(str(ROOT / "examples" / "lab.toml"))
+    assert [h.name for h in plan.by_role("metrics")] == ["metrics"]
+    text = render.prometheus_yml(plan, 9153, 9180, 1.0)
+    assert "scrape_interval: 1s" in text
+    for h in plan.by_role("dns"):
+        assert f"'{h.ipv4[0]}:9153'" in text and f"host: {h.name}}}" in text
+    for h in plan.by_role("pop"):
+        assert f"'{h.ipv4[0]}:9180'" in text and f"host: {h.name}}}" in text
+    f = tmp_path / "prometheus.yml"
+    f.write_text(text)
+    r = subprocess.run(["promtool", "check", "config", str(f)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # The name servers and the edges are told to listen where Prometheus looks.
+    assert 'metrics_listen = "0.0.0.0:9153"' in render.dns_toml(plan, "/x.mmdb", metrics_port=9153)
+    edge = render.edge_toml(plan, "/ca", "/certs", "/tok", health_port=9180)
+    for h in plan.by_role("pop"):
+        assert f'health_listen = "{h.ipv4[0]}:9180"' in edge
+
+
+def test_a_plan_has_at_most_one_metrics_host(tmp_path):
+    from netns.errors import PlanError
+    from netns.plan import load_plan
+    text = (ROOT / "examples" / "lab.toml").read_text()
+    extra = '\n[[host]]\nname = "metrics2"\nrole = "metrics"\nipv4 = ["198.18.0.91"]\nipv6 = ["fd7a:5e1b:c00::91"]\n'
+    f = tmp_path / "lab.toml"
+    f.write_text(text.replace("# PoPs: each runs", extra + "\n# PoPs: each runs", 1))
+    with pytest.raises(PlanError, match="at most one host with role 'metrics'"):
+        load_plan(str(f))

@@ -103,5 +103,6 @@ def relay(stream: Stream, upstream: asyncio.Transport, upstream_protocol: Upstre
     """Wire an open stream to a connected upstream; `first` are stream bytes
     already read (after the proxy header)."""
     if first:
+        BYTES[0] += len(first)
         upstream.write(first)
     stream.set_protocol(StreamToUpstream(upstream))
