@@ -239,8 +239,9 @@ class WorkerStats:
                 except ValueError:
                     continue  # a reply cut by the worker's send timeout
                 if isinstance(snap, dict) and snap.get("seq") == seq:
-                    self._bufs[pid] = buf
-                    self.last[pid] = snap
+                    if pid in self.socks:   # not forgotten (dead) meanwhile: its last is in `retired`
+                        self._bufs[pid] = buf
+                        self.last[pid] = snap
                     return
             chunk = await loop.sock_recv(sock, 1 << 16)
             if not chunk:
