@@ -25,52 +25,74 @@ MAX_ENDPOINTS = 1000   # distinct endpoint labels; names past that count as "oth
 KINDS = ("https", "tls", "tcp", "agent")
 
 
+_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+_ORIGINS = ("upstream", "edge")
+BYTE_KINDS = ("https", "tls", "tcp")
+
+
 class EdgeCounters:
-    """What the data path counts. Every method is a few adds."""
+    """What the data path counts: a few list and dict adds per request or connection
+    (no string is built, no prometheus_client call is made; the collector names things)."""
 
     def __init__(self) -> None:
         self.connections = dict.fromkeys(KINDS, 0)
-        self.requests: dict[tuple[str, str, str], int] = {}  # (endpoint, "2xx", origin) -> n
-        self.bytes: dict[tuple[str, str], int] = {}           # (kind, "in"|"out") -> n
+        # endpoint -> 12 counts: [status class 0-5 (other, 1xx..5xx)] for the upstream, then for the edge
+        self.requests: dict[str, list[int]] = {}
+        self.bytes_in = dict.fromkeys(BYTE_KINDS, 0)          # from clients, of ended connections
+        self.bytes_out = dict.fromkeys(BYTE_KINDS, 0)         # to clients
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)      # per bucket, not cumulative; last: +Inf
         self.duration_sum = 0.0
         self.decisions: dict[tuple[str, str], int] = {}       # (module, verdict) -> n
-        self._names: set[str] = set()
 
     def connection(self, kind: str) -> None:
         self.connections[kind] += 1
 
-    def _endpoint(self, name: str) -> str:
-        if name in self._names:
-            return name
-        if len(self._names) >= MAX_ENDPOINTS:
-            return "other"
-        self._names.add(name)
-        return name
+    def _row(self, endpoint: str) -> list[int]:
+        if len(self.requests) >= MAX_ENDPOINTS:
+            endpoint = "other"
+            row = self.requests.get(endpoint)
+            if row is not None:
+                return row
+        row = self.requests[endpoint] = [0] * 12
+        return row
 
     def request(self, endpoint: str, status: int, origin: str) -> None:
         """One response to a client: from the upstream (via the agent) or from the edge itself."""
-        key = (self._endpoint(endpoint), f"{status // 100}xx" if 100 <= status < 600 else "other", origin)
-        self.requests[key] = self.requests.get(key, 0) + 1
+        row = self.requests.get(endpoint) or self._row(endpoint)
+        c = status // 100
+        row[(c if 0 < c < 6 else 0) + (6 if origin == "edge" else 0)] += 1
 
     def response(self, endpoint: str, status: int, seconds: float) -> None:
         """An upstream's response head, `seconds` after its request head was let through."""
-        self.request(endpoint, status, "upstream")
+        row = self.requests.get(endpoint) or self._row(endpoint)
+        c = status // 100
+        row[c if 0 < c < 6 else 0] += 1
         self.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
         self.duration_sum += seconds
 
     def page_status(self, endpoint: str, page: bytes) -> None:
         """An answer the edge wrote itself ("HTTP/1.1 NNN ...")."""
-        self.request(endpoint, int(page[9:12]) if page[9:12].isdigit() else 0, "edge")
+        code = page[9:12]
+        self.request(endpoint, int(code) if code.isdigit() else 0, "edge")
 
     def decided(self, decision: Any) -> None:
-        key = (decision.module or "none", decision.verdict.value)
+        # Verdict's _value_ (its string): an Enum member's own hash and .value are Python-level calls.
+        key = (decision.module, decision.verdict._value_)
         self.decisions[key] = self.decisions.get(key, 0) + 1
 
     def transferred(self, kind: str, bytes_in: int, bytes_out: int) -> None:
         """A connection ended: bytes from the client (in) and to it (out)."""
-        for key, n in (((kind, "in"), bytes_in), ((kind, "out"), bytes_out)):
-            self.bytes[key] = self.bytes.get(key, 0) + n
+        self.bytes_in[kind] += bytes_in
+        self.bytes_out[kind] += bytes_out
+
+    def request_counts(self) -> dict[tuple[str, str, str], int]:
+        """{(endpoint, "2xx", origin): n} for the counts that are not zero."""
+        out = {}
+        for endpoint, row in list(self.requests.items()):
+            for i, n in enumerate(row):
+                if n:
+                    out[(endpoint, _CLASSES[i % 6], _ORIGINS[i // 6])] = n
+        return out
 
 
 # Counters nobody exposes: a front made without a server (tests) counts here.
@@ -98,13 +120,14 @@ class EdgeCollector(Collector):
         yield CounterMetricFamily("gslb_edge_accept_errors", "accept() failures (EMFILE ...)", value=st.accept_errors)
         reqs = CounterMetricFamily("gslb_edge_requests", "HTTP responses to clients, by endpoint, status class, origin",
                                    labels=["endpoint", "code", "origin"])
-        for key, n in sorted(c.requests.items()):
+        for key, n in sorted(c.request_counts().items()):
             reqs.add_metric(list(key), n)
         yield reqs
         bts = CounterMetricFamily("gslb_edge_bytes", "Bytes of ended client connections, by kind and direction",
                                   labels=["kind", "direction"])
-        for key, n in sorted(c.bytes.items()):
-            bts.add_metric(list(key), n)
+        for kind in BYTE_KINDS:
+            bts.add_metric([kind, "in"], c.bytes_in[kind])
+            bts.add_metric([kind, "out"], c.bytes_out[kind])
         yield bts
         cum, buckets = 0, []
         for le, n in zip((*map(repr, DURATION_BUCKETS), "+Inf"), c.buckets):
@@ -115,8 +138,8 @@ class EdgeCollector(Collector):
                                     buckets=buckets, sum_value=c.duration_sum)
         dec = CounterMetricFamily("gslb_edge_module_decisions", "Module chain decisions, by deciding module and verdict",
                                   labels=["module", "verdict"])
-        for key, n in sorted(c.decisions.items()):
-            dec.add_metric(list(key), n)
+        for (module, verdict), n in sorted(((m or "none", v), n) for (m, v), n in list(c.decisions.items())):
+            dec.add_metric([module, verdict], n)
         yield dec
         mod = GaugeMetricFamily("gslb_edge_module_stat", "A chain module's stats() values", labels=["module", "stat"])
         for m in getattr(srv.chain, "modules", ()):

@@ -308,8 +308,9 @@ def test_edge_collector_counts_and_reads_component_stats():
     assert m["gslb_edge_request_duration_seconds_sum"][()] == pytest.approx(40.0035)
     assert m["gslb_edge_module_decisions_total"] == {(("module", "ip_restriction"), ("verdict", "answer")): 1,
                                                      (("module", "none"), ("verdict", "allow")): 1}
-    assert m["gslb_edge_bytes_total"] == {(("direction", "in"), ("kind", "https")): 101,
-                                          (("direction", "out"), ("kind", "https")): 2002}
+    b = m["gslb_edge_bytes_total"]
+    assert b[(("direction", "in"), ("kind", "https"))] == 101 and b[(("direction", "out"), ("kind", "https"))] == 2002
+    assert b[(("direction", "in"), ("kind", "tcp"))] == 0 and len(b) == 6
     assert m["gslb_edge_module_stat"] == {(("module", "tiny_breaker"), ("stat", "error_ratio")): 0.25,
                                           (("module", "tiny_breaker"), ("stat", "state")): 2,
                                           (("module", "tiny_breaker"), ("stat", "trips")): 5}
@@ -322,9 +323,11 @@ def test_edge_endpoint_labels_are_bounded():
     c = em.EdgeCounters()
     for i in range(em.MAX_ENDPOINTS + 50):
         c.page_status(f"n{i}.app.lab.test", b"HTTP/1.1 404 Not Found\r\n\r\n")
-    names = {k[0] for k in c.requests}
+    counts = c.request_counts()
+    names = {k[0] for k in counts}
     assert len(names) == em.MAX_ENDPOINTS + 1 and "other" in names
-    assert c.requests[("other", "4xx", "edge")] == 50
+    assert counts[("other", "4xx", "edge")] == 50
+    assert counts[("n0.app.lab.test", "4xx", "edge")] == 1
 
 
 # -- agent -----------------------------------------------------------------------------------------
