@@ -242,7 +242,8 @@ class HttpFront(ClientSide):
             log.info(kv("request", client=self.peer[0], sni=self.sni, method=head.method, target=head.target[:200]))
         if self.stream is None and not self._opening:
             self._start_stream()
-        self._sent_at.append(asyncio.get_running_loop().time())
+        if self.resp is not None:  # its response head is seen (and timed) there
+            self._sent_at.append(asyncio.get_running_loop().time())
         return data
 
     def _perform(self, subject: Subject, decision: Decision) -> None:
