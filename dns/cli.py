@@ -38,6 +38,10 @@ health ([health] in docs/configuration.md): with enabled = true one checker
 (in the process owning the workers) probes every PoP address and publishes
 its view to every worker. The control socket (--control, [health].control_socket,
 default /run/gslb-dns/<first listen>.sock, mode 0600) takes drain, undrain, health.
+
+metrics: [server] metrics_listen = "127.0.0.1:9153" serves Prometheus GET /metrics
+(with workers: their sum, from the process owning them; docs/metrics.md), e.g.
+  curl -s http://127.0.0.1:9153/metrics | grep gslb_dns_queries_total
 """
 
 EXPLAIN_EPILOG = """\

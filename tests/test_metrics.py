@@ -450,3 +450,20 @@ def test_a_plan_has_at_most_one_metrics_host(tmp_path):
     f.write_text(text.replace("# PoPs: each runs", extra + "\n# PoPs: each runs", 1))
     with pytest.raises(PlanError, match="at most one host with role 'metrics'"):
         load_plan(str(f))
+
+
+def test_a_query_with_a_dns_cookie_counts_once():
+    """The cookie path answers through an inner respond() of a placeholder query: one count."""
+    srv = dns_server()
+    assert srv.engine.cookies is not None
+    rec = dnslib.DNSRecord.question("www.lab.test", "A")
+    rec.add_ar(dnslib.EDNS0(udp_len=1232, opts=[dnslib.EDNSOption(10, b"\x01" * 8)]))
+    for _ in range(3):
+        reply = srv.engine.respond(rec.pack(), "192.0.2.7")
+        assert reply is not None and reply[3] & 0xF == 0
+    c = dm.DnsCollector()
+    c.snapshot = dm.local_snapshot(srv)
+    m = scrape(c)
+    assert m["gslb_dns_queries_total"] == {
+        (("ecs", "no"), ("qtype", "A"), ("rcode", "NOERROR"), ("transport", "udp")): 3}
+    assert m["gslb_dns_cache_hits_total"][()] == 2
