@@ -38,6 +38,10 @@ health ([health] in docs/configuration.md): with enabled = true one checker
 (in the process owning the workers) probes every PoP address and publishes
 its view to every worker. The control socket (--control, [health].control_socket,
 default /run/gslb-dns/<first listen>.sock, mode 0600) takes drain, undrain, health.
+
+metrics: [server] metrics_listen = "127.0.0.1:9153" serves Prometheus GET /metrics
+(with workers: their sum, from the process owning them; docs/metrics.md), e.g.
+  curl -s http://127.0.0.1:9153/metrics | grep gslb_dns_queries_total
 """
 
 EXPLAIN_EPILOG = """\
@@ -274,11 +278,13 @@ def _serve(args: argparse.Namespace) -> int:
         def single() -> DnsServer:
             srv = factory(engine)  # the engine validated above
             srv.monitor = monitor(LocalPublisher(srv))
+            srv.metrics_listen = cfg.server.metrics_listen
             return srv
         return run_single(single)
     # Each worker opens its own database after the fork; the parent's was only a check.
     engine.close()
-    return run_workers(workers, factory, monitor_factory=monitor, reload_config=reload_config)
+    return run_workers(workers, factory, monitor_factory=monitor, reload_config=reload_config,
+                       metrics_listen=cfg.server.metrics_listen)
 
 
 def _pops(args: argparse.Namespace) -> int:

@@ -131,6 +131,7 @@ class ServerSettings:
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 512
     nsid: bytes | None = None        # RFC 5001 payload; None: no NSID in answers
+    metrics_listen: tuple[str, int] | None = None   # /metrics (docs/metrics.md); None: off
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,17 @@ def parse_listen(value: str) -> tuple[str, int]:
     except ValueError:
         raise ValueError(f"{host!r} is not an IP address") from None
     return host, port
+
+
+def _metrics_listen(sv: Any) -> tuple[str, int] | None:
+    """[server] metrics_listen = "ADDR:PORT": where /metrics is served (docs/metrics.md); absent: off."""
+    v = sv.str("metrics_listen", None)
+    if v is None:
+        return None
+    try:
+        return parse_listen(v)
+    except ValueError as exc:
+        raise sv.error("metrics_listen", f"{v!r} is not a valid ADDR:PORT: {exc}") from None
 
 
 def _ipv4(s: str) -> str:
@@ -439,6 +451,7 @@ def load_dns_config(path: str) -> DnsConfig:
         tcp_idle_timeout=sv.float("tcp_idle_timeout", 10.0, min=0.1, max=3600),
         tcp_max_connections=sv.int("tcp_max_connections", 512, min=1, max=65536),
         nsid=_nsid(sv),
+        metrics_listen=_metrics_listen(sv),
     )
     sv.reject_unknown()
 

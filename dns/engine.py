@@ -26,13 +26,19 @@ from dns import options as eo
 from dns import policy as pol
 from dns.cookies import BADCOOKIE, VALID
 from dns.wire import (AA, AXFR, BADVERS, CD, CLASS_IN, FORMERR, IXFR, MAILA, MAILB, NOERROR, NOTIMP, QR,
-                      RD, REFUSED, SERVFAIL, TC, ClientSubnet, Drop, Query, QueryError, Writer, parse_query)
+                      RD, REFUSED, SERVFAIL, TC, TYPE_NAMES, ClientSubnet, Drop, Query, QueryError, Writer,
+                      parse_query)
 from dns.zone import ZoneData
 
 # Entries mapping to this marker depend on the source address (GSLB answer, no ECS).
 _BY_SOURCE = object()
 # `_respond_cookie` for a query that has no COOKIE option after all.
 _NO_COOKIE = object()
+# Query types counted by name in `Engine.tally` (/metrics); any other counts as one kind, so the
+# key set stays bounded whatever the clients send (RFC 1035, 3596, 4034, 5155, 6698, 6844, 9460).
+TALLY_TYPES = {**TYPE_NAMES, 12: "PTR", 13: "HINFO", 33: "SRV", 35: "NAPTR", 43: "DS", 46: "RRSIG",
+               47: "NSEC", 48: "DNSKEY", 50: "NSEC3", 51: "NSEC3PARAM", 52: "TLSA", 59: "CDS",
+               60: "CDNSKEY", 64: "SVCB", 65: "HTTPS"}
 # How long a query's cookie verdict is reused for the same bytes from the same address:
 # short against a cookie's 30-minute renewal, long against a resolver's query rate.
 _COOKIE_REUSE = 60
@@ -88,6 +94,9 @@ class Engine:
         # misses: slow-path queries; errors: FORMERR/NOTIMP/BADVERS answered; dropped: no
         # answer; internal_errors: bugs turned into SERVFAIL (the fuzz test wants 0).
         self.stats = {"misses": 0, "errors": 0, "dropped": 0, "internal_errors": 0}
+        # Queries answered, for /metrics (dns/metrics.py): (qtype, rcode, tcp, ecs, pops) -> [count].
+        # A cached reply holds its cell, so a hit costs one add; hits = sum of cells - misses.
+        self.tally: dict[tuple, list[int]] = {}
         self.set_health(health)
 
     @classmethod
@@ -154,7 +163,8 @@ class Engine:
             if entry is _BY_SOURCE:
                 entry = self._by_source.get((key, source))
             if entry is not None:
-                variants, turn = entry
+                variants, turn, cell = entry
+                cell[0] += 1
                 i = turn[0]
                 turn[0] = (i + 1) % len(variants)
                 return data[:2] + variants[i]
@@ -185,6 +195,7 @@ class Engine:
             q = parse_query(data)
         except Drop:
             self.stats["dropped"] += 1
+            self.count(-1, -1, tcp, False)
             return None
         except QueryError as err:
             return self.error_response(data, err, tcp)
@@ -201,6 +212,7 @@ class Engine:
         if q.qclass == ch.CLASS_CH and self.chaos:
             chaos = ch.answer(self.chaos, q.qname_key, q.qname, q.qtype)
             if chaos is not None:
+                self.count(q.qtype, NOERROR, tcp, ecs is not None)
                 return data[:2] + self.build(q, data, NOERROR, True, chaos, (), (),
                                              ecs.echo(0) if ecs else None, tcp, extra)[2:]
         refusal = None
@@ -211,6 +223,7 @@ class Engine:
         elif q.qtype in (MAILA, MAILB):
             refusal = NOTIMP   # obsolete meta-types (RFC 1035 3.2.3), answered by nobody
         if refusal is not None:
+            self.count(q.qtype, refusal, tcp, ecs is not None)
             # RFC 7871 7.2.1: a reply to a query with ECS carries it back; scope 0 here.
             return data[:2] + self.build(q, data, refusal, False, (), (), (),
                                          ecs.echo(0) if ecs else None, tcp, extra)[2:]
@@ -265,7 +278,8 @@ class Engine:
             turn = self._turns[ans.answer_variants] = [0]
         first = turn[0] % len(variants)
         turn[0] = (first + 1) % len(variants)
-        entry = (variants, turn)
+        pops = tuple(sorted({p for sel in ans.selections for p in sel.pops_used}))
+        entry = (variants, turn, self.count(q.qtype, ans.rcode, tcp, ecs is not None, pops))
         cache = self._tcp if tcp else self._udp
         if len(cache) >= self.cache_size:
             del cache[next(iter(cache))]
@@ -391,6 +405,9 @@ class Engine:
     def error_response(self, data: bytes, err: QueryError, tcp: bool) -> bytes:
         """FORMERR/NOTIMP/BADVERS/SERVFAIL: header, the question when it parsed, an OPT when the query had one."""
         self.stats["errors"] += 1
+        qe = err.question_end
+        self.count(int.from_bytes(data[qe - 4:qe - 2], "big") if qe >= 16 else -1, err.rcode, tcp,
+                   err.edns is not None and err.edns.client_subnet is not None)
         copied = 0x7800 | RD | CD
         if err.flags & 0x7800:
             copied = 0x7800  # RD and CD mean something for QUERY only: not echoed for other opcodes
@@ -463,6 +480,7 @@ class Engine:
                 try:
                     q = parse_query(placeholder)
                 except Drop:
+                    self.count(-1, -1, tcp, False)
                     return None
                 except QueryError as err:
                     return self.error_response(data, err, tcp)
@@ -476,6 +494,7 @@ class Engine:
                 try:
                     q = parse_query(placeholder)
                 except Drop:
+                    self.count(-1, -1, tcp, False)
                     return None
                 except QueryError as err:
                     reply = self.error_response(placeholder, err, tcp)
@@ -491,6 +510,20 @@ class Engine:
             return self._servfail(data, tcp)
         reply = self.respond(placeholder, source, tcp, True)
         return None if reply is None else eo.splice_cookie(reply, cookie)
+
+    def count(self, qtype: int, rcode: int, tcp: bool, ecs: bool, pops: tuple[str, ...] = ()) -> list[int]:
+        """One more query of this kind (qtype -1: unknown or not parsed; rcode -1: no answer sent);
+        returns its cell. Types not in TALLY_TYPES count as one kind (-1)."""
+        key = (qtype if qtype in TALLY_TYPES else -1, rcode, tcp, ecs, pops)
+        cell = self.tally.get(key)
+        if cell is None:
+            cell = self.tally[key] = [0]
+        cell[0] += 1
+        return cell
+
+    def carry_counters(self, old: "Engine") -> None:
+        """A reload: go on counting where the engine this one replaces stopped (before any query)."""
+        self.stats, self.tally = old.stats, old.tally
 
     def _remember_cookie(self, key: tuple[bytes, str], value: tuple) -> None:
         seen = self._cookie_seen

@@ -142,6 +142,9 @@ class DnsServer:
         engine.options.set_keepalive(tcp_idle_timeout)  # RFC 7828: advertise what we apply
         self.tcp_connections: set[TcpProtocol] = set()
         self.stats = {"tcp_refused": 0, "tcp_idle_closed": 0, "udp_send_errors": 0}
+        self.reloads = {"ok": 0, "failed": 0}
+        self.metrics_listen: tuple[str, int] | None = None  # /metrics here (a single process)
+        self.stats_sock: socket.socket | None = None        # the supervisor asks for counters (a worker)
         self.monitor: Any = None                        # HealthMonitor, in a single process
         self.health_feed: tuple[int, int] | None = None  # (snapshot pipe, ack pipe), in a worker
         self._feed_buf = b""
@@ -191,10 +194,13 @@ class DnsServer:
             self._set_rrl(engine)
         except Exception as exc:  # noqa: BLE001 - a bad reload must never stop the server
             log("reload_failed", level="error", error=str(exc), kept="previous configuration")
+            self.reloads["failed"] += 1
             return False
         # The health view (a checker's state) outlives configurations.
         engine.options.set_keepalive(self.tcp_idle_timeout)
         engine.set_health(self.engine.health)
+        engine.carry_counters(self.engine)
+        self.reloads["ok"] += 1
         old, self.engine = self.engine, engine
         old.close()
         log("reloaded", zone=engine.zone.origin_text, pops=len(engine.cfg.pops),
@@ -274,6 +280,20 @@ class DnsServer:
     def stop(self) -> None:
         self._stop.set()
 
+    async def _start_metrics(self) -> Any:
+        """The worker's side of the supervisor's scrapes, or this process's own /metrics."""
+        from dns import metrics as dm
+        if self.stats_sock is not None:
+            dm.serve_worker_stats(self.stats_sock, self)
+        if self.metrics_listen is None:
+            return None
+        collector = dm.DnsCollector()
+        collector.monitor = self.monitor
+
+        async def refresh() -> dict[str, Any]:
+            return dm.local_snapshot(self)
+        return await dm.start_listener(*self.metrics_listen, collector, refresh)
+
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         await self.start()
@@ -285,9 +305,12 @@ class DnsServer:
             loop.add_reader(self.health_feed[0], self._on_feed)
         if self.monitor is not None:
             await self.monitor.start()
+        metrics = await self._start_metrics()
         sweeper = asyncio.create_task(self._sweep_idle())
         await self._stop.wait()
         sweeper.cancel()
+        if metrics is not None:
+            await metrics.cleanup()
         if self.monitor is not None:
             await self.monitor.stop()
         if self.health_feed is not None:
@@ -383,7 +406,7 @@ def _close_inherited(keep: set[int]) -> None:
 
 
 def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int],
-                 close_fds: list[int], from_loop: bool = False) -> int:
+                 close_fds: list[int], from_loop: bool = False, stats: socket.socket | None = None) -> int:
     """Fork one worker reading health snapshots from `feed` (snapshot pipe, ack pipe); in the
     child: close the parent's pipe ends in `close_fds` (everything inherited, when forked
     `from_loop`), serve, _exit."""
@@ -415,7 +438,7 @@ def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int],
     code = 1
     try:
         if from_loop:
-            _close_inherited(set(feed))
+            _close_inherited(set(feed) | ({stats.fileno()} if stats is not None else set()))
         for fd in close_fds:
             try:
                 os.close(fd)
@@ -425,6 +448,7 @@ def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int],
         def factory() -> DnsServer:
             srv = server_factory()
             srv.health_feed = feed
+            srv.stats_sock = stats
             return srv
         code = run_single(factory)
     finally:
@@ -436,7 +460,8 @@ def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int],
 def run_workers(n: int, server_factory: Callable[[], DnsServer],
                 monitor_factory: Callable[[Any], Any],
                 reload_config: Callable[[], Any] | None = None,
-                budget: RespawnBudget | None = None) -> int:
+                budget: RespawnBudget | None = None,
+                metrics_listen: tuple[str, int] | None = None) -> int:
     """Fork `n` workers, each binding its own sockets with SO_REUSEPORT.
 
     The parent relays signals: SIGHUP to every worker (each reloads on its
@@ -449,30 +474,41 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer],
     publishing snapshots to the workers over pipes, so every worker answers
     from the same view (a respawned worker gets the newest one at once); on
     SIGHUP it reconfigures it from `reload_config()` before relaying the signal.
+
+    With `metrics_listen`, the parent serves /metrics: the sum of every worker's counters, asked
+    over a socket pair per worker at each scrape (dns/metrics.py).
     """
     budget = budget or RespawnBudget()
     children: list[int] = []
     feeds: list[tuple[int, int]] = []
+    stats: dict[int, socket.socket] = {}
     ack_r, ack_w = os.pipe()
     for _ in range(n):
         feed_r, feed_w = os.pipe()
-        pid = _fork_worker(server_factory, (feed_r, ack_w), [fd for _, fd in feeds] + [feed_w, ack_r])
+        mine, theirs = socket.socketpair()
+        pid = _fork_worker(server_factory, (feed_r, ack_w),
+                           [fd for _, fd in feeds] + [s.fileno() for s in stats.values()]
+                           + [feed_w, ack_r, mine.fileno()], stats=theirs)
         os.close(feed_r)
+        theirs.close()
         feeds.append((pid, feed_w))
+        stats[pid] = mine
         children.append(pid)
     log("workers_started", workers=n, pids=",".join(map(str, children)))
     try:
         return _supervise(n, children, feeds, ack_r, ack_w, server_factory, budget, monitor_factory,
-                          reload_config)
+                          reload_config, stats, metrics_listen)
     finally:
         os.close(ack_w)   # open until here: respawned workers inherit it
 
 
 def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r: int, ack_w: int,
                server_factory: Callable[[], DnsServer], budget: RespawnBudget,
-               monitor_factory: Callable[[Any], Any], reload_config: Callable[[], Any] | None) -> int:
+               monitor_factory: Callable[[Any], Any], reload_config: Callable[[], Any] | None,
+               stats: dict[int, socket.socket], metrics_listen: tuple[str, int] | None) -> int:
     """The parent's event loop, the one supervisor: the health monitor, signal relay, reaping
-    (and replacing) workers."""
+    (and replacing) workers, /metrics."""
+    from dns import metrics as dm
     from dns.control import ControlError
     from dns.monitor import PipePublisher
     alive = set(children)
@@ -490,6 +526,11 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
         publisher = PipePublisher(feeds, ack_r)
         monitor = monitor_factory(publisher)
         done = asyncio.Event()
+        collector = dm.DnsCollector()
+        collector.monitor = monitor
+        workers = dm.WorkerStats(collector)
+        for pid, sock in stats.items():
+            workers.add(pid, sock)
 
         def respawn(dead: int, code: int) -> bool:
             # Only a death by signal (SIGKILL, SIGSEGV, the OOM killer) is replaced: a worker
@@ -497,8 +538,12 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
             if code >= 0 or not budget.take(time.monotonic()):
                 return False
             feed_r, feed_w = os.pipe()
-            new = _fork_worker(server_factory, (feed_r, ack_w), [], from_loop=True)
+            mine, theirs = socket.socketpair()
+            new = _fork_worker(server_factory, (feed_r, ack_w), [], from_loop=True, stats=theirs)
             os.close(feed_r)
+            theirs.close()
+            workers.add(new, mine)
+            collector.respawns += 1
             alive.add(new)
             publisher.add(new, feed_w)   # sends it the newest snapshot
             log("worker_respawned", level="error", worker=dead, code=code, new=new)
@@ -515,6 +560,7 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
                     break
                 alive.discard(pid)
                 publisher.forget(pid)
+                workers.forget(pid)
                 if state["stopping"]:
                     continue
                 code = os.waitstatus_to_exitcode(st)
@@ -548,6 +594,7 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
                 await asyncio.sleep(0.1)
 
         reaping = asyncio.create_task(reaper())
+        runner = None
         try:
             await monitor.start()
         except Exception as exc:  # noqa: BLE001 - ControlError, OSError: stop the workers, exit 1
@@ -555,8 +602,17 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
                 level="error", error=str(exc))
             state["status"], state["stopping"] = 1, True
             send(signal.SIGTERM)
+        if metrics_listen is not None and not state["stopping"]:
+            try:
+                runner = await dm.start_listener(*metrics_listen, collector, workers.collect)
+            except OSError as exc:  # as a worker that cannot listen: stop, exit 1
+                log("listen_failed", level="error", error=str(exc))
+                state["status"], state["stopping"] = 1, True
+                send(signal.SIGTERM)
         await done.wait()
         await reaping
+        if runner is not None:
+            await runner.cleanup()
         await monitor.stop()
 
     _run_loop(main())

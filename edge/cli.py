@@ -17,6 +17,7 @@ examples:
   curl --cacert /tmp/gslb-edge/ca/ca.pem --resolve demo.app.lab.test:8443:127.0.0.1 \\
        https://demo.app.lab.test:8443/
   curl -s http://127.0.0.1:8081/healthz          # {"pop": "local", "sessions": 0, ...}
+  curl -s http://127.0.0.1:8081/metrics          # Prometheus text, same listener (docs/metrics.md)
 
 The :443 listener reads each ClientHello's SNI without consuming it, then:
   connect.<zone>, <pop>.connect.<zone>  agents' tunnel sessions (TLS with the edge's certificate)

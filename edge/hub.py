@@ -152,6 +152,7 @@ class Hub:
         self._by_id: dict[str, LocalEndpoint] = {}
         self._listeners: list[Callable[[str, LocalEndpoint], None]] = []
         self.connections: set[AgentConnection] = set()
+        self.registry_errors = 0   # failed registry binds/unbinds (/metrics)
         # A single node's registry is a MemoryRegistry; `attach` swaps in a
         # shared one (etcd) before the first bind.
         self.registry: Registry = MemoryRegistry()
@@ -254,11 +255,13 @@ class Hub:
             raise ControlError(M.ERR_PORT_RANGE_EXHAUSTED, f"port range exhausted: {exc}") from None
         except (RegistryUnavailable, LeaseLost) as exc:
             log.warning(kv("bind_registry_unavailable", session=conn.session_id, kind=kind, error=str(exc)))
+            self.registry_errors += 1
             raise ControlError(M.ERR_REGISTRY_UNAVAILABLE,
                                "the endpoint registry is unavailable (no etcd quorum?): new binds fail until it is back; "
                                "retry later") from None
         except RegistryError as exc:
             log.warning(kv("bind_registry_error", session=conn.session_id, error=str(exc)))
+            self.registry_errors += 1
             raise ControlError(M.ERR_INTERNAL, f"registry error: {type(exc).__name__}") from None
         if conn.is_closed:
             # the session died while the registry answered: its lease goes with it
@@ -329,6 +332,7 @@ class Hub:
             except RegistryError as exc:
                 # the name stays held by this session's lease until it ends
                 log.warning(kv("unbind_registry_failed", session=conn.session_id, url=b.url, error=str(exc)))
+                self.registry_errors += 1
         return b
 
     def _drop(self, binding_id: str) -> "LocalEndpoint":

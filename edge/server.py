@@ -43,6 +43,7 @@ from edge.front.redirect import RedirectFront
 from edge.front.relay import RawRelay
 from edge.front.tls_hello import ClientHello, ClientHelloError, parse_client_hello
 from edge.memtrim import HeapTrimmer
+from edge.metrics import EdgeCounters
 from edge.modules import Chain, EffectResult, HttpCall, Outcome, Subject, Verdict, build_chain
 from edge.modules import base as modbase
 from plumbing.kvlog import kv
@@ -163,6 +164,7 @@ class EdgeServer:
         self.header_timeout = cfg.timeouts.header
         self.via = f"{cfg.pop}.{cfg.zone}"  # received-by in Via (RFC 9110 7.6.3)
         self.stats = Stats()
+        self.metrics = EdgeCounters()   # /metrics on the health listener (edge/metrics.py)
         # Connection churn leaves freed TLS buffers in glibc's heap holes: give
         # them back every few hundred closed connections (edge/memtrim.py).
         self.trimmer = HeapTrimmer()
@@ -326,11 +328,13 @@ class EdgeServer:
                 self.release(sock)
                 return
             agent_factory = self.agent_protocol_factory
+            self.metrics.connection("agent")
             self._spawn(self._accept_tls(sock, peer2, sni, lambda: agent_factory(on_closed=self._closed),
                                          names=self.cfg.ingress_names, alpn=()))
             return
         tls_endpoint = self.lookup("tls", sni)
         if tls_endpoint is not None:
+            self.metrics.connection("tls")
             admitted, subject = self._admit_conn(tls_endpoint, "tls", sni, peer2)
             if not admitted:
                 self.release(sock)
@@ -348,6 +352,7 @@ class EdgeServer:
             self.release(sock)
             return
         if self.is_https_name(sni):
+            self.metrics.connection("https")
             self._spawn(self._accept_tls(sock, peer2, sni, lambda: HttpFront(self, sni, on_closed=self._closed),
                                          names=(sni,),
                                          alpn=("http/1.1",)))
@@ -428,6 +433,7 @@ class EdgeServer:
         subject = Subject(client_ip=modbase.client_ip(peer[0]), client_port=peer[1], kind=kind, endpoint=endpoint,
                           options=target.options, now=self.loop.time())
         decision = self.chain.decide(subject)
+        self.metrics.decided(decision)
         if decision.verdict is Verdict.PERFORM:
             # Effects run for HTTP requests only (edge/modules/README.md): a
             # connection is decided at once, before its first byte is read.
@@ -471,6 +477,7 @@ class EdgeServer:
 
         def closed(relay: RawRelay, exc: BaseException | None) -> None:
             self.release(None)
+            self.metrics.transferred(kind, relay.bytes_up, relay.bytes_down)
             subj = state["subject"]
             if subj is not None and self.chain.observes:
                 self.chain.observe(subj, Outcome(0, relay.bytes_up, relay.bytes_down, self.loop.time() - subj.now,
@@ -485,6 +492,7 @@ class EdgeServer:
             self.stats.refused_limit += 1
             return _Refuse()
         self.stats.open += 1
+        self.metrics.connection("tcp")
 
         def resolve(peer: tuple[str, int]) -> tuple[Endpoint, Subject | None] | None:
             endpoint = self.lookup("tcp", port)
@@ -529,11 +537,14 @@ class EdgeServer:
         # aiohttp here, not on the data path (docs/configuration.md: admin/health endpoints).
         from aiohttp import web
 
+        from edge import metrics as edge_metrics
+
         async def healthz(request: web.Request) -> web.Response:
             return web.Response(text=json.dumps(self.health()) + "\n", content_type="application/json")
 
         app = web.Application()
         app.router.add_get("/healthz", healthz)
+        edge_metrics.add_route(app, self)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         sock = listen_socket(host, port)

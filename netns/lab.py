@@ -48,6 +48,10 @@ READY_TIMEOUT = 20.0      # seconds from starting processes to ready (answers, r
 HEALTH_PORT = 80          # the edge's :80 answers GET /healthz by address (and 308s the rest)
 HTTPS_PORT = 443          # the edge's one TLS listener (SNI dispatch)
 TCP_PORTS = "20000-20099" # TCP endpoints' ports on every PoP
+DNS_METRICS_PORT = 9153   # `gslb dns` /metrics ([server] metrics_listen) when the plan has a metrics host
+EDGE_METRICS_PORT = 9180  # the edges' health listener (/healthz, /metrics) then
+PROMETHEUS_PORT = 9090    # the metrics host's Prometheus (UI and HTTP API)
+SCRAPE_INTERVAL = 1.0     # seconds between two scrapes of every daemon
 # The edges route between PoPs over the registry (etcd) and peer links, so a
 # bare agent binds at ONE PoP, its nearest: `gslb lab exec agent` leaves
 # GSLB_SERVER unset and the agent resolves connect.<zone>, as a user's agent
@@ -121,6 +125,15 @@ class LabPaths:
 
     def dns_control(self, host: str) -> Path:
         return self.dir / f"{host}.dns.ctl"
+
+    @property
+    def prometheus_config(self) -> Path:
+        return self.dir / "prometheus.yml"
+
+    @property
+    def prometheus_data(self) -> Path:
+        """Prometheus's TSDB: inside the state dir, so `down` removes it."""
+        return self.dir / "prometheus"
 
     @property
     def dnssec_key(self) -> Path:
@@ -324,6 +337,14 @@ def _term_wait(p: Proc) -> float:
     """Seconds between TERM and KILL when stopping p. etcd is crash-safe (its WAL
     is fsynced), so a KILL after ~1 s loses nothing and keeps `down` quick."""
     return ETCD_TERM_WAIT if p.name == "etcd" else 2.0
+
+
+def metrics_command(paths: LabPaths, host: Host) -> list[str]:
+    """Prometheus on the metrics host, scraping what prometheus.yml lists (docs/metrics.md)."""
+    prometheus = shutil.which("prometheus") or "/usr/bin/prometheus"
+    return [prometheus, f"--config.file={paths.prometheus_config}", f"--storage.tsdb.path={paths.prometheus_data}",
+            f"--web.listen-address={join_host_port(host.ipv4[0], PROMETHEUS_PORT)}",
+            "--storage.tsdb.retention.time=1d", "--log.level=warn"]
 
 
 def resolver_command(paths: LabPaths) -> list[str]:
@@ -543,6 +564,8 @@ def _wait_restarted(paths: LabPaths, state: LabState, started: list[tuple[Proc, 
                 ok = _http_ok(client_ns, addr, 2379, "/health")
             elif p.name == "dns":
                 ok = _dns_ok(client_ns, addr, f"{zone}.", "SOA")
+            elif p.name == "prometheus":
+                ok = _http_ok(client_ns, addr, PROMETHEUS_PORT, "/-/ready")
             else:   # unbound: an answer through it
                 ok = _dns_ok(client_ns, addr, f"demo.app.{zone}.", "A")
             if ok:
@@ -596,7 +619,8 @@ def _leftovers(paths: LabPaths) -> bool:
 
 def up(plan: LabPlan, prefix: str, state_dir: str | None = None, force: bool = False,
        progress: Progress = _quiet) -> UpResult:
-    check_environment(extra_tools=("etcd",) if plan.by_role("registry") else ())
+    check_environment(extra_tools=(("etcd",) if plan.by_role("registry") else ())
+                      + (("prometheus",) if plan.by_role("metrics") else ()))
     paths = lab_paths(prefix, state_dir)
     with _lock(paths):
         current = status(prefix, state_dir)
@@ -664,10 +688,14 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
     progress("writing configs, the lab mmdb, the lab CA and the agent's authtoken")
     paths.geo_table.write_text(render.geo_table(plan))
     paths.dns_config.write_text(render.dns_toml(plan, str(paths.mmdb), HEALTH_PORT, HTTPS_PORT,
-                                                dnssec_key=str(paths.dnssec_key)))
+                                                dnssec_key=str(paths.dnssec_key), metrics_port=DNS_METRICS_PORT))
+    if plan.by_role("metrics"):
+        paths.prometheus_config.write_text(render.prometheus_yml(plan, DNS_METRICS_PORT, EDGE_METRICS_PORT,
+                                                                         SCRAPE_INTERVAL))
     _write_secret(paths.authtoken_file, secrets.token_urlsafe(32) + "\n")
     paths.edge_config.write_text(render.edge_toml(plan, str(paths.ca_dir), str(paths.cert_dir),
-                                                  str(paths.authtoken_file), TCP_PORTS, HTTPS_PORT, HEALTH_PORT))
+                                                  str(paths.authtoken_file), TCP_PORTS, HTTPS_PORT, HEALTH_PORT,
+                                                  health_port=EDGE_METRICS_PORT if plan.by_role("metrics") else None))
     paths.agent_config.write_text(render.agent_toml(plan, str(paths.ca_cert), str(paths.authtoken_file)))
     # Both are Python start-ups of about a second on a busy machine: side by side.
     _run_tools([
@@ -701,6 +729,9 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
         elif h.role == "registry":
             p = procs.spawn(ns, h.name, "etcd", registry_command(paths, plan, h),
                             paths.logs / f"{h.name}.etcd.log", env)
+        elif h.role == "metrics":
+            p = procs.spawn(ns, h.name, "prometheus", metrics_command(paths, h),
+                            paths.logs / f"{h.name}.prometheus.log", env)
         else:
             continue
         state.processes.append(p)
@@ -802,6 +833,7 @@ def _wait_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
     http = [(h.ipv4[0], 2379, "/health", h.name) for h in plan.by_role("registry")]
     # An edge answers /healthz on :80 only once all its listeners (:443 too) are bound.
     http += [(h.ipv4[0], HEALTH_PORT, "/healthz", h.name) for h in plan.by_role("pop")]
+    http += [(h.ipv4[0], PROMETHEUS_PORT, "/-/ready", h.name) for h in plan.by_role("metrics")]
     views = [h.name for h in plan.by_role("dns")]
     resolver = plan.by_role("resolver")[0]
     first = [(resolver.ipv4[0], f"demo.app.{plan.zone}.", "A", resolver.name)]

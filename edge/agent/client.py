@@ -19,6 +19,7 @@ from typing import Any, Callable
 from edge import errors as E
 from edge.agent.bindings import BindingTable
 from edge.agent.config import AgentConfig, EndpointConfig
+from edge.agent.metrics import new_counts
 from edge.agent.relay import UpstreamProtocol, relay
 from edge.tunnel import messages as M
 from edge.tunnel.errors import ControlError, MessageError, SessionClosedError, TunnelError
@@ -149,6 +150,7 @@ class Agent:
         self.online = asyncio.Event()
         self.ingress: list[dict[str, Any]] = []  # from the last auth_ok: where to go if DNS fails us
         self.sessions_started = 0
+        self.counts = new_counts()  # /metrics (edge/agent/metrics.py)
         self._bindings = BindingTable()  # the current session's (a new one per session)
         self._bindings.binding_done()
         self._stop = asyncio.Event()
@@ -173,6 +175,7 @@ class Agent:
                 return 1
             except (OSError, ssl.SSLError, asyncio.TimeoutError, TunnelError, ControlError) as exc:
                 log.warning(kv("connect_failed", error=_describe(exc), attempt=attempt + 1))
+                self.counts["connect_failures"] += 1
                 was_online = False
             if self._stop.is_set():
                 break
@@ -181,6 +184,7 @@ class Agent:
             delay = backoff_delay(attempt, self.config.backoff_initial, self.config.backoff_max)
             attempt += 1
             log.warning(kv("reconnecting", delay=f"{delay:.2f}", attempt=attempt))
+            self.counts["reconnects"] += 1
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
             except asyncio.TimeoutError:
@@ -257,6 +261,7 @@ class Agent:
         Returns whether it got online."""
         self.session = session
         self.sessions_started += 1
+        self.counts["sessions"] += 1
         # before the first bind: the edge's streams come from its first bind_ok on
         self._bindings = bindings = BindingTable()
         control = ControlChannel(session.open_stream())
@@ -339,6 +344,7 @@ class Agent:
         task.add_done_callback(self._stream_tasks.discard)
 
     async def _serve_stream(self, stream: Stream, bindings: BindingTable) -> None:
+        self.counts["streams"] += 1
         try:
             header_obj, rest = await read_header(stream, HEADER_TIMEOUT)
             if header_obj is None:
@@ -366,6 +372,7 @@ class Agent:
         except (OSError, asyncio.TimeoutError) as exc:
             log.warning(kv("upstream_unreachable", endpoint=header.endpoint, upstream=f"{ep.host}:{ep.port}",
                            client=header.client_addr, error=_describe(exc)))
+            self.counts["upstream_errors"] += 1
             if ep.kind == "http" and not stream.is_closing():
                 stream.write(_bad_gateway(header.endpoint, ep))
                 stream.close()

@@ -91,6 +91,7 @@ class AgentConfig:
     connect_timeout: float = 10.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    metrics: tuple[str, int] | None = None  # /metrics listener (docs/metrics.md); None: off
 
     def server_address(self) -> tuple[str, int]:
         if self.server:
@@ -104,6 +105,21 @@ class AgentConfig:
         if self.zone:
             return f"connect.{self.zone}"
         return self.server_address()[0]
+
+
+def parse_metrics(value: str | None) -> tuple[str, int] | None:
+    """`metrics = "127.0.0.1:9101"` / --metrics: where /metrics is served (an IP address, a port)."""
+    if value is None:
+        return None
+    import ipaddress
+    try:
+        host, port = split_host_port(value, 0)
+        ipaddress.ip_address(host)
+    except (ConfigError, ValueError):
+        raise bad_value("metrics", f"{value!r}: expected IP:PORT, e.g. 127.0.0.1:9101") from None
+    if not 0 < port < 65536:
+        raise bad_value("metrics", f"{value!r}: expected IP:PORT, e.g. 127.0.0.1:9101")
+    return host, port
 
 
 def split_host_port(value: str, default_port: int = 443) -> tuple[str, int]:
@@ -192,7 +208,7 @@ def _read_token_file(path: str) -> str:
 
 _TOP_KEYS = {
     "server", "zone", "ca", "authtoken", "authtoken_file", "heartbeat_interval",
-    "heartbeat_timeout", "connect_timeout", "endpoints",
+    "heartbeat_timeout", "connect_timeout", "endpoints", "metrics",
 }
 _EP_KEYS = {"kind", "name", "port", "host", "terminate_at", "proxy_protocol"} | set(BIND_OPTIONS)
 
@@ -254,6 +270,7 @@ def load_agent_config(
         if server:
             split_host_port(server)
         file_ca = _typed(data, "ca", str, None)
+        metrics = parse_metrics(_typed(data, "metrics", str, None))
         file_zone = _typed(data, "zone", str, None)
     except ConfigError as exc:
         raise root.error(exc.key, exc.problem) from None
@@ -267,6 +284,7 @@ def load_agent_config(
         heartbeat_interval=hb_i,
         heartbeat_timeout=hb_t,
         connect_timeout=ct,
+        metrics=metrics,
     )
 
 

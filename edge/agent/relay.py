@@ -17,6 +17,10 @@ from edge.tunnel.session import Stream
 EOF_DRAIN_LIMIT = 30.0
 
 
+# Bytes relayed by this process: [edge -> upstream, upstream -> edge] (edge/agent/metrics.py).
+BYTES = [0, 0]
+
+
 class UpstreamProtocol(asyncio.Protocol):
     """The local connection (agent -> 127.0.0.1:PORT); its bytes go into the stream."""
 
@@ -28,6 +32,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        BYTES[1] += len(data)
         self.stream.write(data)
 
     def eof_received(self) -> bool:
@@ -58,6 +63,7 @@ class StreamToUpstream:
         self.stream = stream
 
     def data_received(self, data: bytes) -> None:
+        BYTES[0] += len(data)
         self.upstream.write(data)
 
     def eof_received(self) -> None:
@@ -97,5 +103,6 @@ def relay(stream: Stream, upstream: asyncio.Transport, upstream_protocol: Upstre
     """Wire an open stream to a connected upstream; `first` are stream bytes
     already read (after the proxy header)."""
     if first:
+        BYTES[0] += len(first)
         upstream.write(first)
     stream.set_protocol(StreamToUpstream(upstream))

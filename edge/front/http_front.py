@@ -24,6 +24,7 @@ from edge.endpoint import Endpoint, open_stream_within
 from edge.front.http1 import HttpError, RequestHead, RequestRewriter, error_response, host_name
 from edge.front.relay import ClientSide, log
 from edge.front.response import ResponseRewriter, add_via
+from edge.metrics import DISCARD
 from edge.modules import Chain, Decision, EffectResult, HttpCall, Outcome, Subject, Verdict
 from edge.modules import base as modbase
 from plumbing.kvlog import kv
@@ -99,12 +100,14 @@ class HttpFront(ClientSide):
         via = ctx.via
         self._via = f"1.1 {via}".encode("ascii") if via else None
         self._observing = ctx.chain.observes  # some module learns from outcomes
+        self._metrics = getattr(ctx, "metrics", None) or DISCARD  # edge/metrics.py
+        self._sent_at: deque[float] = deque()         # when each request let through went on (metrics)
         self._inflight: deque[_Exchange] = deque()    # requests let through, awaiting their response head
         self._answering: _Exchange | None = None      # the one whose response is coming
         self._effect_task: asyncio.Task[None] | None = None  # a module's effect (PERFORM) running
         self._held: list[Any] = []                    # request events waiting for it
         self.resp: ResponseRewriter | None = (
-            ResponseRewriter(f"1.1 {via}", on_final=self._response_head if self._observing else None) if via else None)
+            ResponseRewriter(f"1.1 {via}", on_final=self._response_head) if via else None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -212,6 +215,7 @@ class HttpFront(ClientSide):
                     request=modbase.RequestHead(head.method, head.target, head.host, data),
                 )
                 decision = self.ctx.chain.decide(subject)
+            self._metrics.decided(decision)
             if decision.verdict is Verdict.PERFORM:
                 if out:  # earlier requests of this read go on
                     self.send_to_stream(b"".join(out))
@@ -240,6 +244,8 @@ class HttpFront(ClientSide):
             log.info(kv("request", client=self.peer[0], sni=self.sni, method=head.method, target=head.target[:200]))
         if self.stream is None and not self._opening:
             self._start_stream()
+        if self.resp is not None:  # its response head is seen (and timed) there
+            self._sent_at.append(asyncio.get_running_loop().time())
         return data
 
     def _perform(self, subject: Subject, decision: Decision) -> None:
@@ -334,6 +340,7 @@ class HttpFront(ClientSide):
     def _answer(self, page: bytes) -> None:
         """Answer from the edge and close; after requests already sent on, once their answers are done."""
         self._stop = True
+        self._metrics.page_status(self.sni, page)
         if self._via is not None:
             end = page.index(b"\r\n\r\n") + 4
             page = (add_via(page[:end], self._via) or page[:end]) + page[end:]
@@ -361,6 +368,7 @@ class HttpFront(ClientSide):
         if self._effect_task is not None:
             self._effect_task.cancel()
         self._observe_rest("client_closed")
+        self._metrics.transferred("https", self.bytes_up, self.bytes_down)
         if self._on_closed is not None:
             self._on_closed(exc)
 
@@ -369,6 +377,8 @@ class HttpFront(ClientSide):
         """ResponseRewriter saw a final response head: the previous response is
         complete (HTTP/1.1 answers in order), this one belongs to the oldest
         request still waiting. Bytes are counted per read of the stream."""
+        if self._sent_at:
+            self._metrics.response(self.sni, status, asyncio.get_running_loop().time() - self._sent_at.popleft())
         if self._answering is not None:
             self._observe(self._answering, "")
             self._answering = None
@@ -417,6 +427,7 @@ class HttpFront(ClientSide):
         elif self.bytes_down == 0 and self._requests:
             log.info(kv("upstream_no_answer", client=self.peer[0], sni=self.sni,
                         error=type(exc).__name__ if exc else "eof"))
+            self._metrics.request(self.sni, E.BAD_GATEWAY.status, "edge")
             self.client.write(error_response(  # type: ignore[union-attr]
                 E.BAD_GATEWAY.status, E.BAD_GATEWAY.code, "Bad gateway",
                 f"The service behind {self.sni} closed without answering."))
