@@ -19,7 +19,7 @@ import pytest
 from _helpers import dig_answers as answers
 from _helpers import dig_flags as flags
 from _helpers import dig_status as status
-from test_dns_dig import Server, need
+from test_dns_dig import Server, free_port, need
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +27,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FLOOD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rrl_flood.py")
 
 
-def config(d, name: str, rrl: str) -> str:
+def config(d, name: str, rrl: str, metrics_port: int | None = None) -> str:
     text = open(os.path.join(REPO, "examples", "dns.toml")).read()
+    if metrics_port is not None:
+        text = text.replace("[server]\n", f'[server]\nmetrics_listen = "127.0.0.1:{metrics_port}"\n', 1)
     path = os.path.join(d, f"{name}.toml")
     with open(path, "w") as fh:
         fh.write(text + "\n[rrl]\nenabled = true\n" + rrl)
@@ -61,6 +63,16 @@ def stopped_counters(log: str) -> dict[str, int]:
     return total
 
 
+def rrl_metrics(port: int) -> dict[str, float]:
+    """gslb_dns_rrl_stat{stat=...} from the server's /metrics, fetched with curl."""
+    from prometheus_client.parser import text_string_to_metric_families
+    out = subprocess.run([need("curl"), "-sf", "--max-time", "10", f"http://127.0.0.1:{port}/metrics"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    return {s.labels["stat"]: s.value for fam in text_string_to_metric_families(out.stdout)
+            if fam.name == "gslb_dns_rrl_stat" for s in fam.samples}
+
+
 def explain(conf: str, control: str, client: str) -> dict:
     out = subprocess.run([sys.executable, "-m", "gslb.cli", "dns", "explain", "demo.app.lab.test",
                           "--client", client, "--config", conf, "--server-control", control, "--json"],
@@ -85,7 +97,8 @@ def conf_dir(tmp_path_factory, lab_mmdb):
 
 def test_a_flood_gets_at_most_the_rate_in_full_answers_the_rest_tc_or_dropped_and_tcp_works(conf_dir):
     rate, workers = 10, 2
-    conf = config(str(conf_dir), "flood", f"responses_per_second = {rate}\n")
+    metrics_port = free_port()
+    conf = config(str(conf_dir), "flood", f"responses_per_second = {rate}\n", metrics_port)
     control = os.path.join(str(conf_dir), "flood.sock")
     srv = Server(conf, "--workers", str(workers), "--control", control, log_dir=str(conf_dir))
     try:
@@ -110,6 +123,10 @@ def test_a_flood_gets_at_most_the_rate_in_full_answers_the_rest_tc_or_dropped_an
         assert "netblock=127.0.0.0/24 class=answer qname=demo.app.lab.test. qtype=A" in log, log
         # One start line per limited bucket (per worker), not one per packet.
         assert 1 <= log.count("event=rrl_limit_start") <= workers, log
+        # /metrics: the limiter's counters, summed over both workers (docs/metrics.md).
+        stat = rrl_metrics(metrics_port)
+        assert stat["slipped"] >= got["tc"] and stat["limited"] >= n_limited, (stat, got)
+        assert stat["slipped"] + stat["dropped"] == stat["limited"], stat
     finally:
         code = srv.stop()
     assert code == 0
