@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -80,7 +81,7 @@ def net(tmp_path_factory):
     tmp: Path = tmp_path_factory.mktemp("protection")
     ca = CertAuthority.create(tmp / "ca")
     token = secret_file(tmp / "authtokens", "protection-token-123\n")
-    https_port, http_port = free_port(), free_port()
+    https_port, http_port, admin_port = free_port(), free_port(), free_port()
     lo, hi = free_range(2)
     cfg = tmp / "edge.toml"
     # no [edge.modules] order: the default chain (ip_restriction, rate_limit, circuit_breaker)
@@ -95,6 +96,7 @@ tcp_ports = "{lo}-{hi}"
 listen = ["127.0.0.1"]
 https_port = {https_port}
 http_port = {http_port}
+health_listen = "127.0.0.1:{admin_port}"
 """)
     up = Upstream()
     agent_toml = tmp / "agent.toml"
@@ -132,7 +134,8 @@ rate_limit = {{ rate = "2/h", key = "header:X-Api-Key" }}
     agent = Proc([*GSLB, "agent", "start", "--config", str(agent_toml)], "agent")
     for name in ("flaky", "limited", "keyed"):
         agent.wait_line(rf"forwarding https://{name}\.app\.lab\.test")
-    yield type("Net", (), dict(ca=ca, up=up, edge=edge, agent=agent, https_port=https_port))
+    yield type("Net", (), dict(ca=ca, up=up, edge=edge, agent=agent, https_port=https_port,
+                                admin_port=admin_port))
     agent.stop()
     edge.stop()
 
@@ -225,3 +228,19 @@ def test_rate_limit_by_header_value(net):
 
     assert [as_("alice"), as_("alice"), as_("alice")] == [200, 200, 429]
     assert as_("bob") == 200
+
+
+@need_tools("curl")
+def test_what_the_modules_did_reaches_the_edges_metrics(net):
+    """After the tests above: /metrics on the edge's admin listener carries the
+    modules' stats() (docs/metrics.md, gslb_edge_module_stat{module,stat})."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = subprocess.run(["curl", "-sf", "--max-time", "10", f"http://127.0.0.1:{net.admin_port}/metrics"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    stat = {(s.labels["module"], s.labels["stat"]): s.value for fam in text_string_to_metric_families(out.stdout)
+            if fam.name == "gslb_edge_module_stat" for s in fam.samples}
+    assert stat[("circuit_breaker", "opened_total")] >= 1 and stat[("circuit_breaker", "closed_total")] >= 1, stat
+    assert stat[("circuit_breaker", "rejected_total")] >= 3, stat
+    assert stat[("rate_limit", "limited_total")] >= 3, stat
