@@ -431,7 +431,7 @@ class EdgeServer:
         if not self.chain.modules:
             return True, None
         subject = Subject(client_ip=modbase.client_ip(peer[0]), client_port=peer[1], kind=kind, endpoint=endpoint,
-                          options=target.options, now=self.loop.time())
+                          options=target.options, now=self.loop.time(), wall=time.time())
         decision = self.chain.decide(subject)
         self.metrics.decided(decision)
         if decision.verdict is Verdict.PERFORM:

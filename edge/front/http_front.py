@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections import deque
 from typing import Any, Callable, Protocol
 
@@ -211,7 +212,7 @@ class HttpFront(ClientSide):
             else:
                 subject = Subject(
                     client_ip=self._ip, client_port=self.peer[1], kind="http", endpoint=self.sni,  # type: ignore[arg-type]
-                    options=self.endpoint.options, now=asyncio.get_running_loop().time(),
+                    options=self.endpoint.options, now=asyncio.get_running_loop().time(), wall=time.time(),
                     request=modbase.RequestHead(head.method, head.target, head.host, data),
                 )
                 decision = self.ctx.chain.decide(subject)

@@ -189,6 +189,8 @@ class Subject:
     options: Mapping[str, Any] = field(default_factory=dict)  # the binding's options
     request: RequestHead | None = None
     now: float = 0.0                  # the shell's monotonic clock, seconds
+    wall: float = 0.0                 # wall-clock time (Unix seconds): for what must mean the same at every
+                                      # PoP (session cookies, token expiry); `now` for everything else
 
 
 @dataclass(frozen=True)
