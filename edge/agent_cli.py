@@ -28,6 +28,9 @@ examples:
   gslb agent http 8080 --name demo --server 127.0.0.1:4443 --zone lab.test \\
       --ca lab-ca.pem --authtoken-file token
   gslb agent http 8080 --name demo --server eu.connect.lab.test --server us.connect.lab.test
+  gslb agent http 8080 --name demo --inspect 127.0.0.1:4041   # inspector UI + API elsewhere
+  gslb agent http 8080 --name demo --inspect false            # no inspector, no capture
+  curl -s http://127.0.0.1:4040/api/requests/http             # captured requests (ngrok's API shape)
 
 environment:
   GSLB_ZONE              zone; the edge is found at connect.<zone>:443 (--zone)
@@ -64,6 +67,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     # 812 MB/s) while small HTTPS requests stayed within noise (0.42x vs 0.40x nginx).
     g.add_argument("--loop", choices=("uvloop", "asyncio"), default="asyncio",
                    help="event loop (default asyncio: faster than uvloop for the agent's TLS writes)")
+    g.add_argument(
+        "--inspect", metavar="ADDR:PORT|false",
+        help="traffic inspector (web UI + API) of the HTTP endpoints; default 127.0.0.1:4040 "
+        "(the next of 10 ports if busy); false: off, nothing captured (docs/inspector.md)",
+    )
     g.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug); logs go to stderr")
 
 
@@ -185,6 +193,10 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):  
         changes["heartbeat_interval"] = args.heartbeat_interval
     if args.heartbeat_timeout is not None:
         changes["heartbeat_timeout"] = args.heartbeat_timeout
+    if getattr(args, "inspect", None) is not None:
+        from edge.agent.config import read_inspect
+
+        changes["inspect"] = read_inspect(args.inspect)
     cfg = dataclasses.replace(cfg, **changes)
     check_timers(cfg.heartbeat_interval, cfg.heartbeat_timeout, cfg.connect_timeout)
     if cfg.ca is not None and not cfg.ca.is_file():
@@ -199,6 +211,28 @@ def server_list(args: argparse.Namespace, env: dict[str, str]) -> list[str]:
     if args.server:
         return list(args.server)
     return [s.strip() for s in env.get("GSLB_SERVER", "").split(",") if s.strip()]
+
+
+async def _start_inspector(cfg: Any) -> tuple[Any, Any]:
+    """The inspector for the HTTP endpoints (docs/inspector.md), or (None, None)
+    when off, when there is no HTTP endpoint, or when no port of the range is free
+    (the agent still runs: the tunnels matter more than their inspection)."""
+    if cfg.inspect is None or not any(ep.kind == "http" for ep in cfg.endpoints):
+        return None, None
+    from edge.agent.inspect.server import Inspector
+    from plumbing.kvlog import kv
+
+    host, port = cfg.inspect
+    inspector = Inspector()
+    try:
+        runner = await inspector.start(host, port)
+    except OSError as exc:
+        logging.getLogger("edge.agent").warning(kv("inspector_not_started", address=f"{host}:{port}", error=str(exc)))
+        print(f"gslb agent: warning: inspector not started on {host}:{port}: {exc.strerror or exc}",
+              file=sys.stderr, flush=True)
+        return None, None
+    print(f"inspector {inspector.url}", flush=True)
+    return inspector, runner
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -236,8 +270,9 @@ def _run(args: argparse.Namespace) -> int:
         # over (docs/protocol.md 3.3), instead of the others failing with
         # name_in_use; with independent edges, nothing changes.
         agent_id = secrets.token_hex(8)
+        inspector, inspector_runner = await _start_inspector(cfg)
         try:
-            agents = [Agent(c, out=out, agent_id=agent_id) for c in configs]
+            agents = [Agent(c, out=out, agent_id=agent_id, inspector=inspector) for c in configs]
         except (OSError, ValueError) as exc:  # unreadable CA file
             print(f"gslb agent: error: ca: {exc}", file=sys.stderr)
             return 2
@@ -257,6 +292,8 @@ def _run(args: argparse.Namespace) -> int:
             if any(t.result() != 0 for t in done):
                 status = 1  # a final error at one edge ends the agent
                 stop_all()
+        if inspector_runner is not None:
+            await inspector_runner.cleanup()
         return status
 
     if args.loop == "uvloop":
