@@ -233,3 +233,42 @@ def test_inspect_option_values():
         assert exc.value.key == "inspect"
     with pytest.raises(ConfigError):
         read_inspect(4040)
+
+
+def _parse(argv):
+    import argparse
+
+    from edge import agent_cli
+
+    p = argparse.ArgumentParser()
+    agent_cli.add_parser(p.add_subparsers())
+    return p.parse_args(argv)
+
+
+def test_inspect_key_in_agent_toml_and_flag_override(tmp_path, monkeypatch):
+    import edge.agent.config
+    from edge import agent_cli
+    from edge.agent.config import load_agent_config
+
+    monkeypatch.setattr(edge.agent.config, "DEFAULTS_PATH", tmp_path / "absent.toml")
+    base = 'zone = "lab.test"\nauthtoken = "t"\n{extra}\n[[endpoints]]\nkind = "http"\nname = "d"\nport = 80\n'
+    p = tmp_path / "agent.toml"
+    p.write_text(base.format(extra=""))
+    assert load_agent_config(p, env={}).inspect == ("127.0.0.1", 4040)
+    p.write_text(base.format(extra="inspect = false"))
+    assert load_agent_config(p, env={}).inspect is None
+    p.write_text(base.format(extra='inspect = "127.0.0.1:4999"'))
+    assert load_agent_config(p, env={}).inspect == ("127.0.0.1", 4999)
+    cfg = agent_cli.build_config(_parse(["agent", "start", "--config", str(p), "--inspect", "false"]), env={})
+    assert cfg.inspect is None
+    cfg = agent_cli.build_config(_parse(["agent", "http", "80", "--name", "d", "--zone", "z.test", "--authtoken", "t",
+                                         "--inspect", "[::1]:4050"]), env={})
+    assert cfg.inspect == ("::1", 4050)
+    p.write_text(base.format(extra='inspect = "nowhere:port"'))
+    with pytest.raises(ConfigError) as exc:
+        load_agent_config(p, env={})
+    assert str(exc.value).startswith(f"{p}:3: inspect:")
+    p.write_text(base.format(extra="inspect = 4040"))
+    with pytest.raises(ConfigError) as exc:
+        load_agent_config(p, env={})
+    assert "inspect: wrong type" in str(exc.value)
