@@ -185,13 +185,20 @@ def test_stream_closed_mid_exchange_marks_the_entry():
 
 def test_malformed_bytes_stop_the_capture_without_raising():
     for junk in (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", b"GET / HTTP/1.1\r\nContent-Length: zz\r\n\r\n",
-                 b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"):
+                 b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                 b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"):
         cap, store, _ = capture()
         cap.feed_request(junk)
         cap.feed_request(GET)  # ignored once broken
         cap.feed_response(OK)
         cap.close()
         assert cap.broken, junk
+    # a field line that is not one is shown as it came, the framing still followed
+    cap, store, _ = capture()
+    cap.feed_request(b"GET /odd HTTP/1.1\r\nno colon here\r\nX-A: 1\r\n\r\n")
+    cap.feed_response(OK)
+    (e,) = store.entries()
+    assert e.request.headers == [("no colon here", ""), ("X-A", "1")] and e.response.status == 200 and not cap.broken
     cap, store, _ = capture()
     cap.feed_response(OK)  # a response with no request
     assert cap.broken and len(store) == 0

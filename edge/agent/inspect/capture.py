@@ -34,7 +34,8 @@ class CaptureError(Exception):
 
 def parse_head(raw: bytes, request: bool) -> tuple[str, str, str, list[tuple[str, str]]]:
     """A head (without the blank line) -> (a, b, c, headers): request (method,
-    target, version), response (version, status code, reason). CaptureError if bad."""
+    target, version), response (version, status code, reason). CaptureError if
+    bad. Run when an entry is shown, not while the bytes are relayed."""
     lines = raw.split(b"\r\n")
     start = lines[0].decode("latin-1")
     if request:
@@ -67,10 +68,10 @@ def header(headers: list[tuple[str, str]], name: str) -> str | None:
 
 
 class MessageReader:
-    """Frames one direction's messages. `feed(data)` calls `on_head(head_bytes,
-    parsed)` -> (has_body_framing); `on_body(data)`; `on_end()`."""
+    """Frames one direction's messages. `feed(data)` calls `on_head(head)` ->
+    its framing (body_framing's answer, 'held' or 'raw'), `on_body(data)`, `on_end()`."""
 
-    def __init__(self, request: bool, on_head: Callable[[bytes, tuple], str],
+    def __init__(self, request: bool, on_head: Callable[[bytes], str],
                  on_body: Callable[[bytes], None], on_end: Callable[[], None],
                  on_raw: Callable[[bytes], None] | None = None) -> None:
         self.request = request
@@ -100,8 +101,7 @@ class MessageReader:
                     self._buf = buf
                     return
                 head, buf = buf[:end + 4], buf[end + 4:]
-                parsed = parse_head(head[:-4], self.request)
-                framing = self._on_head(head, parsed)
+                framing = self._on_head(head)
                 self._start_body(framing)
             elif st == "length":
                 n = min(self._left, len(buf))
@@ -194,24 +194,54 @@ class MessageReader:
         return buf
 
 
-def body_framing(headers: list[tuple[str, str]], request: bool, method: str = "", status: int = 0) -> str:
+def parse_start(head: bytes, request: bool) -> tuple[str, str, str]:
+    """Only the start line (the hot path): request (method, target, version),
+    response (version, status code, reason). CaptureError if bad."""
+    end = head.find(b"\r\n")
+    start = (head if end < 0 else head[:end]).decode("latin-1")
+    if request:
+        parts = start.split(" ")
+        if len(parts) != 3 or not parts[0].isalpha() or not parts[2].startswith("HTTP/1."):
+            raise CaptureError(f"bad request line {start[:80]!r}")
+        return parts[0], parts[1], parts[2]
+    parts = start.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not (len(parts[1]) == 3 and parts[1].isdigit()):
+        raise CaptureError(f"bad status line {start[:80]!r}")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else ""
+
+
+def field_values(lower_head: bytes, name: bytes) -> list[bytes]:
+    """The values of field `name` (lower case) in a lower-cased head: a few
+    finds in C, not a parse of every line (the relay waits for this)."""
+    out = []
+    key = b"\r\n" + name + b":"
+    i = lower_head.find(key)
+    while i >= 0:
+        j = lower_head.find(b"\r\n", i + len(key))
+        out.append(lower_head[i + len(key):j if j >= 0 else len(lower_head)].strip())
+        i = lower_head.find(key, i + len(key))
+    return out
+
+
+def body_framing(lower_head: bytes, request: bool, method: str = "", status: int = 0) -> str:
     """RFC 9112 6.3 message body length, as 'none' | 'chunked' | 'length:N' | 'close'."""
     if not request and (method == "HEAD" or 100 <= status < 200 or status in _NO_BODY_STATUS):
         return "none"
     if not request and method == "CONNECT" and 200 <= status < 300:
         return "close"
-    te = header(headers, "transfer-encoding")
-    if te is not None:
-        if te.lower().rsplit(",", 1)[-1].strip() == "chunked":
+    te = field_values(lower_head, b"transfer-encoding")
+    if te:
+        if b",".join(te).rsplit(b",", 1)[-1].strip() == b"chunked":
             return "chunked"
         if request:
             raise CaptureError("request Transfer-Encoding without final chunked")  # RFC 9112 6.3 (4)
         return "close"
-    cl = header(headers, "content-length")
-    if cl is not None:
-        values = {v.strip() for v in cl.split(",")}
+    cl = field_values(lower_head, b"content-length")
+    if cl:
+        # RFC 9112 6.3 (5): differing or invalid values are an error
+        values = {v.strip() for c in cl for v in c.split(b",")}
         if len(values) != 1 or not next(iter(values)).isdigit():
-            raise CaptureError(f"bad Content-Length {cl[:40]!r}")
+            raise CaptureError(f"bad Content-Length {b','.join(cl)[:40]!r}")
         return f"length:{int(values.pop())}"
     return "none" if request else "close"
 
@@ -320,15 +350,16 @@ class HttpCapture:
         self._req_entry = self._resp_entry = None
 
     # -- request direction -----------------------------------------------
-    def _req_head(self, head: bytes, parsed: tuple) -> str:
-        method, target, version, headers = parsed
+    def _req_head(self, head: bytes) -> str:
+        method, target, version = parse_start(head, True)
         entry = Entry(self.tunnel_name, self.remote_addr, self.now(), replay_of=self.replay_of)
-        entry.request = Message(head, version, headers, method=method, uri=target)
+        entry.request = Message(head, version, method=method, uri=target)
         self.store.add(entry)
         self.last_entry = self._req_entry = entry
         self._waiting.append(entry)
-        framing = body_framing(headers, True)
-        upgrade = header(headers, "upgrade") is not None and "upgrade" in (header(headers, "connection") or "").lower()
+        lower = head.lower()
+        framing = body_framing(lower, True)
+        upgrade = b"\r\nupgrade:" in lower and any(b"upgrade" in v for v in field_values(lower, b"connection"))
         if upgrade and framing == "none":
             entry.upgrade_requested = True
             return "held"
@@ -344,8 +375,8 @@ class HttpCapture:
         self._req_entry = None
 
     # -- response direction ----------------------------------------------
-    def _resp_head(self, head: bytes, parsed: tuple) -> str:
-        version, code, reason, headers = parsed
+    def _resp_head(self, head: bytes) -> str:
+        version, code, reason = parse_start(head, False)
         status = int(code)
         if not self._waiting:
             raise CaptureError("a response with no request")
@@ -353,7 +384,7 @@ class HttpCapture:
         if 100 <= status < 200 and status != 101:
             return "none"  # interim (100 Continue): not shown, as ngrok does not
         self._waiting.pop(0)
-        self.store.set_response(entry, Message(head, version, headers, status=status, reason=reason))
+        self.store.set_response(entry, Message(head, version, status=status, reason=reason))
         self._resp_entry = entry
         if status == 101 and entry.upgrade_requested:
             # RFC 9110 15.2.2: the protocol changes right after this head
@@ -366,7 +397,7 @@ class HttpCapture:
                 self._ws_out.feed(held)
                 entry.ws_frames_out = self._ws_out.frames
             return "raw"
-        framing = body_framing(headers, False, entry.request.method, status)  # type: ignore[union-attr]
+        framing = body_framing(head.lower(), False, entry.request.method, status)  # type: ignore[union-attr]
         if entry.upgrade_requested:
             # refused upgrade: what the client sent meanwhile is HTTP again
             self._resume_requests()

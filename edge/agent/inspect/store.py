@@ -23,9 +23,8 @@ DEFAULT_BODY_CAP = 1024 * 1024
 class Message:
     """One request or response as captured: its head as sent and the start of its body."""
 
-    head: bytes
+    head: bytes            # as sent, with its blank line
     version: str
-    headers: list[tuple[str, str]]
     method: str = ""       # requests
     uri: str = ""
     status: int = 0        # responses
@@ -34,10 +33,33 @@ class Message:
     body_size: int = 0     # every body byte seen, kept or not
     truncated: bool = False
     done: bool = False
+    _headers: list[tuple[str, str]] | None = None
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """Parsed when first shown (the capture only reads the framing fields)."""
+        if self._headers is None:
+            from edge.agent.inspect.capture import CaptureError, parse_head
+
+            try:
+                self._headers = parse_head(self.head[:-4], bool(self.method))[3]
+            except CaptureError:
+                self._headers = lenient_headers(self.head)
+        return self._headers
 
     @property
     def kept(self) -> int:
         return len(self.head) + len(self.body)
+
+
+def lenient_headers(head: bytes) -> list[tuple[str, str]]:
+    """Every line after the first as (name, value); a line without a colon as (line, "")."""
+    out = []
+    for line in head.split(b"\r\n")[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            out.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+    return out
 
 
 @dataclass(slots=True, eq=False)
