@@ -240,3 +240,57 @@ def test_filters_on_path_status_and_duration():
     assert matches(e, path="/api") and not matches(e, path="/other")
     assert matches(e, status="404") and matches(e, status="4xx") and not matches(e, status="2xx")
     assert matches(e, min_ms=500) and not matches(e, min_ms=501)
+
+
+class FakeStream:
+    def __init__(self) -> None:
+        self.got = bytearray()
+        self.protocol = None
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.got += data
+
+    def set_protocol(self, protocol) -> None:
+        self.protocol = protocol
+        protocol.connection_made(self)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.got = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.got += data
+
+    def close(self) -> None:
+        pass
+
+
+def test_capturing_relay_passes_every_byte_unchanged_even_when_the_capture_gives_up():
+    from edge.agent.relay import CapturingUpstreamProtocol, CapturingStreamToUpstream, UpstreamProtocol, relay
+
+    cap, store, _ = capture()
+    stream, upstream = FakeStream(), FakeTransport()
+    up = CapturingUpstreamProtocol(stream, cap)  # type: ignore[arg-type]
+    up.connection_made(upstream)  # type: ignore[arg-type]
+    relay(stream, upstream, up, GET[:10], cap)  # type: ignore[arg-type]
+    assert isinstance(stream.protocol, CapturingStreamToUpstream)
+    sent = [GET[10:], b"\x00\xffnot http at all\r\n\r\n", os.urandom(3000)]
+    for chunk in sent:
+        stream.protocol.data_received(chunk)
+    answers = [OK, os.urandom(5000)]
+    for chunk in answers:
+        up.data_received(chunk)
+    assert bytes(upstream.got) == GET[:10] + b"".join(sent)
+    assert bytes(stream.got) == b"".join(answers)
+    assert cap.broken and len(store) == 1 and store.entries()[0].error.startswith("capture stopped")
+    up.connection_lost(None)
+    stream.protocol.connection_lost(None)  # both ends closing: the capture closes once
+    # without a capture the plain classes run (--inspect false: no capture code on the path)
+    stream2, upstream2 = FakeStream(), FakeTransport()
+    relay(stream2, upstream2, UpstreamProtocol(stream2), b"x")  # type: ignore[arg-type]
+    assert type(stream2.protocol).__name__ == "StreamToUpstream"
