@@ -105,6 +105,11 @@ def test_list_and_detail_follow_ngrok_shape_with_raw_base64():
             s = await (await c.get("/api/requests/http?summary=1&status=2xx&path=/hook")).json()
             assert s["requests"][0]["status_code"] == 201 and s["requests"][0]["path"] == "/hook?a=1"
             assert (await c.get("/api/requests/http/nope")).status == 404
+            v = d["version"]
+            assert (await (await c.get(f"/api/requests/http?unless_version={v}")).json())["unchanged"] is True
+            capture_one(insp, REQ, RESP)
+            later = await (await c.get(f"/api/requests/http?unless_version={v}&summary=1")).json()
+            assert "unchanged" not in later and len(later["requests"]) == 2 and later["version"] > v
         finally:
             await c.close()
     run(go())

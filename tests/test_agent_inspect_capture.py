@@ -231,6 +231,26 @@ def test_eviction_keeps_entries_and_bytes_bounded():
     assert len(store) == 0 and store.bytes == 0
 
 
+def test_an_entry_evicted_in_flight_keeps_no_more_body():
+    store = Store(max_entries=1)
+    cap, _, _ = capture(store)
+    cap.feed_request(b"POST /slow HTTP/1.1\r\nContent-Length: 100000\r\n\r\n" + b"a" * 10)
+    slow = store.entries()[0]
+    other, _, _ = capture(store)
+    other.feed_request(GET)  # evicts /slow, still uploading
+    cap.feed_request(b"b" * 50_000)
+    assert slow.evicted and len(slow.request.body) == 10 and store.bytes == len(GET)
+
+
+def test_pipelined_requests_without_responses_are_bounded():
+    from edge.agent.inspect.capture import MAX_PIPELINED
+
+    cap, store, _ = capture(Store(max_entries=10))
+    for _ in range(MAX_PIPELINED + 1):
+        cap.feed_request(b"GET / HTTP/1.1\r\n\r\n")
+    assert cap.broken and "await their responses" in cap.broken and len(cap._waiting) == 0
+
+
 def test_filters_on_path_status_and_duration():
     cap, store, clock = capture()
     cap.feed_request(b"GET /api/users HTTP/1.1\r\n\r\n")

@@ -24,6 +24,7 @@ MAX_HEAD = 64 * 1024          # a head larger than this is not HTTP we show
 MAX_HEADERS = 200
 MAX_CHUNK_LINE = 4096         # chunk-size line with extensions
 MAX_HELD_AFTER_UPGRADE = 64 * 1024  # client bytes held while a 101 is awaited
+MAX_PIPELINED = 256           # requests awaiting their response on one stream
 
 _NO_BODY_STATUS = (204, 304)
 
@@ -357,6 +358,8 @@ class HttpCapture:
         self.store.add(entry)
         self.last_entry = self._req_entry = entry
         self._waiting.append(entry)
+        if len(self._waiting) > MAX_PIPELINED:
+            raise CaptureError(f"more than {MAX_PIPELINED} requests await their responses")
         lower = head.lower()
         framing = body_framing(lower, True)
         upgrade = b"\r\nupgrade:" in lower and any(b"upgrade" in v for v in field_values(lower, b"connection"))

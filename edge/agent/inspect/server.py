@@ -7,7 +7,8 @@ tools written for it work: `GET /api/tunnels`, `GET /api/requests/http`
 /api/requests/http` (clear, 204). Additions: the list takes ?summary=1,
 ?path, ?status, ?min_ms and carries `version`; a replay may carry `method`,
 `path`, `headers` and `body` edits; `GET /api/requests/http/:id?views=1` adds
-rendered bodies.
+rendered bodies; `?unless_version=V` answers `{"unchanged": true}` while the
+store's version is still V (the page polls with it).
 
 Replays go from the agent straight to the endpoint's local upstream (as
 ngrok's do) and are captured as new entries with `replay_of`.
@@ -257,6 +258,9 @@ class Inspector:
         except ValueError:
             raise ApiError(400, "limit and min_ms must be numbers") from None
         limit = max(0, min(limit, self.store.max_entries))
+        if q.get("unless_version") == str(self.store.version):
+            # the page's poll when nothing changed: no list built, no rows sent
+            return web.json_response({"uri": "/api/requests/http", "unchanged": True, "version": self.store.version})
         tunnel = q.get("tunnel_name")
         path, status = q.get("path", ""), q.get("status", "")
         out = []
@@ -309,6 +313,8 @@ class Inspector:
                 bound = runner.addresses[-1][1]
                 shown = f"[{host}]" if ":" in host else host
                 self.url = f"http://{shown}:{bound}"
+                log.info(kv("inspector_listening", url=self.url, max_entries=self.store.max_entries,
+                            max_bytes=self.store.max_bytes))
                 return runner
             except OSError as exc:
                 last = exc

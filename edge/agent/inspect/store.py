@@ -128,15 +128,16 @@ class Store:
 
     def add_body(self, entry: Entry, msg: Message, data: bytes) -> None:
         msg.body_size += len(data)
+        if entry.evicted:  # still in flight but out of the store: keep nothing more
+            return
         room = self.body_cap - len(msg.body)
         if len(data) > room:
             msg.truncated = True
             data = data[:max(room, 0)]
         if data:
             msg.body += data
-            if not entry.evicted:
-                self.bytes += len(data)
-                self._evict()
+            self.bytes += len(data)
+            self._evict()
         self.touch()
 
     def set_response(self, entry: Entry, msg: Message) -> None:

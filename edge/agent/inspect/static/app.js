@@ -148,10 +148,11 @@ async function loadTunnels() {
 async function poll() {
   try {
     const fq = filterQuery();
-    const r = await fetch("/api/requests/http?" + fq);
+    const since = fq === state.filterKey ? "&unless_version=" + state.version : "";
+    const r = await fetch("/api/requests/http?" + fq + since);
     if (r.ok) {
       const d = await r.json();
-      if (d.version !== state.version || fq !== state.filterKey) {
+      if (!d.unchanged) {
         state.version = d.version;
         state.filterKey = fq;
         renderList(d.requests);
