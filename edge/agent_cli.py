@@ -231,7 +231,8 @@ async def _start_inspector(cfg: Any) -> tuple[Any, Any]:
         print(f"gslb agent: warning: inspector not started on {host}:{port}: {exc.strerror or exc}",
               file=sys.stderr, flush=True)
         return None, None
-    print(f"inspector {inspector.url}", flush=True)
+    # stderr: stdout carries only the forwarding lines, which scripts read
+    print(f"gslb agent: inspector {inspector.url}", file=sys.stderr, flush=True)
     return inspector, runner
 
 

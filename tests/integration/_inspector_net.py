@@ -104,7 +104,7 @@ kind = "tcp"
 port = {self.up.port}
 """)
         self.agent = Proc([*GSLB, "agent", "start", "--config", str(agent_toml), *self.common, *agent_args], "agent")
-        self.inspector = self.agent.wait_line(r"^inspector (http://\S+)").group(1)
+        self.inspector = self.agent.wait_line(r"^gslb agent: inspector (http://\S+)").group(1)
         self.agent.wait_line(r"forwarding https://demo\.app\.lab\.test")
         self.agent.wait_line(r"forwarding tcp://")
 

@@ -99,7 +99,7 @@ def test_inspect_false_listens_nowhere_and_still_relays(net):
     a = Proc([*GSLB, "agent", "http", str(net.up.port), "--name", "quiet", "--inspect", "false", *net.common], "quiet")
     try:
         a.wait_line(r"forwarding https://quiet")
-        assert not any(line.startswith("inspector ") for line in a.log)
+        assert not any("inspector" in line for line in a.log)
         r = subprocess.run([CURL, "-sS", "--max-time", "30", "--cacert", str(net.ca.cert_path), "--resolve",
                             f"quiet.app.lab.test:{net.https_port}:127.0.0.1",
                             f"https://quiet.app.lab.test:{net.https_port}/q"], capture_output=True, timeout=60)
