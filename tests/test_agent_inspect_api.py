@@ -277,3 +277,10 @@ def test_inspect_key_in_agent_toml_and_flag_override(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as exc:
         load_agent_config(p, env={})
     assert "inspect: wrong type" in str(exc.value)
+
+
+def test_agent_help_documents_inspect_with_examples(capsys):
+    with pytest.raises(SystemExit):
+        _parse(["agent", "http", "--help"])
+    out = capsys.readouterr().out
+    assert "--inspect ADDR:PORT|false" in out and "--inspect false" in out and "/api/requests/http" in out

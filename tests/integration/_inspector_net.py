@@ -53,7 +53,7 @@ class Recorder:
                 return web.Response(body=bytes(range(256)), content_type="application/octet-stream")
             return web.json_response({"path": request.path_qs, "n": len(self.seen), "body": body.decode(errors="replace")})
 
-        app = web.Application()
+        app = web.Application(client_max_size=64 << 20)
         app.router.add_get("/ws", ws)
         app.router.add_route("*", "/{tail:.*}", any_path)
         runner = web.AppRunner(app)

@@ -108,3 +108,25 @@ def test_inspect_false_listens_nowhere_and_still_relays(net):
         assert f"pid={a.pid}," not in listening
     finally:
         a.stop()
+
+
+@need_tools("curl")
+def test_large_bodies_are_kept_up_to_the_cap_and_the_store_stays_bounded(net):
+    from edge.agent.inspect.store import DEFAULT_BODY_CAP, DEFAULT_MAX_BYTES
+
+    n = 3 * DEFAULT_BODY_CAP
+    body = net.tmp / "big.bin"
+    body.write_bytes(b"\x00\x01" * (n // 2))
+    for i in range(3):
+        r = net.curl(f"/big/{i}", "--data-binary", f"@{body}", "-H", "Content-Type: application/octet-stream",
+                     "-o", "/dev/null", "-w", "%{http_code}")
+        assert r.stdout == b"200", r.stderr
+    got = poll("three big uploads answered", lambda: [
+        e for e in entries(net, limit=50, summary=1) if e["path"].startswith("/big/") and e["status_code"]])
+    assert len(got) == 3
+    d = net.api(f"/api/requests/http/{got[0]['id']}?views=1")[2]
+    assert d["request"]["body"]["size"] == n and d["request"]["body"]["captured"] == DEFAULT_BODY_CAP
+    assert d["request"]["truncated"] is True and d["request"]["body"]["kind"] == "binary"
+    assert net.up.seen[-1][3] == body.read_bytes()  # the upstream got every byte
+    stats = net.api("/api/")[2]["store"]
+    assert 3 * DEFAULT_BODY_CAP <= stats["bytes"] <= DEFAULT_MAX_BYTES
