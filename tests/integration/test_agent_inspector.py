@@ -94,6 +94,19 @@ def test_host_header_of_another_name_is_refused(net):
 
 
 @need_tools("curl")
+def test_chunked_upload_is_captured_whole(net):
+    r = subprocess.run(f"printf 'part one, part two' | {CURL} -sS --max-time 30 --cacert {net.ca.cert_path} "
+                       f"--resolve {NAME}:{net.https_port}:127.0.0.1 -T - -X POST https://{NAME}:{net.https_port}/chunky",
+                       shell=True, capture_output=True, timeout=60)
+    assert json.loads(r.stdout)["body"] == "part one, part two", r.stderr
+    e = poll("the chunked upload", lambda: [x for x in entries(net, limit=50) if x["request"]["uri"] == "/chunky"
+                                            and x["response"]])[0]
+    d = net.api(f"/api/requests/http/{e['id']}?views=1")[2]
+    assert d["request"]["headers"]["Transfer-Encoding"] == ["chunked"]
+    assert d["request"]["body"]["text"] == "part one, part two" and d["request"]["truncated"] is False
+
+
+@need_tools("curl", "ss")
 def test_inspect_false_listens_nowhere_and_still_relays(net):
     # a second agent with the inspector off: it prints no inspector line and serves the same
     a = Proc([*GSLB, "agent", "http", str(net.up.port), "--name", "quiet", "--inspect", "false", *net.common], "quiet")
