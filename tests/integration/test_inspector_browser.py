@@ -18,19 +18,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 CHROMIUM = "/usr/bin/chromium"
 
 
+def _missing(msg: str) -> None:
+    """Skip locally, fail in CI (the rule of tests/_tools.py)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI: {msg}")
+    pytest.skip(msg)
+
+
 def _playwright():
+    if not os.path.exists(CHROMIUM):
+        _missing(f"needs {CHROMIUM} (Debian package chromium): run `make install`")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        msg = "needs the PyPI package playwright (pip install -e '.[test]')"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI: {msg}")
-        pytest.skip(msg)
+        _missing("needs the PyPI package playwright (the test extras: `make install`)")
     return sync_playwright
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
+    _playwright()  # the clear message before anything starts
     n = Net(tmp_path_factory.mktemp("inspect-ui"))
     yield n
     n.stop()
