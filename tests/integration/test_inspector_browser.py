@@ -66,14 +66,17 @@ def rows(page) -> list[dict]:
         size: tr.querySelector('.size').textContent, client: tr.querySelector('.client').textContent}))""")
 
 
-def shot(page, tmp_path, name: str) -> None:
+def shot(page, tmp_path, capsys, name: str) -> None:
+    """A full-page screenshot under the test's tmp dir; its path goes to the
+    terminal even when pytest captures output."""
     path = tmp_path / f"inspector-{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    print(f"screenshot: {path}")
+    with capsys.disabled():
+        print(f"\nscreenshot: {path}")
 
 
 @need_tools(CHROMIUM, "curl")
-def test_list_updates_live_while_curl_sends_requests(net, page, tmp_path):
+def test_list_updates_live_while_curl_sends_requests(net, page, tmp_path, capsys):
     net.api("/api/requests/http", "DELETE")
     poll("empty list", lambda: rows(page) == [])
     for i in range(3):
@@ -85,7 +88,7 @@ def test_list_updates_live_while_curl_sends_requests(net, page, tmp_path):
     assert all(r["method"] == "GET" and r["client"] == "127.0.0.1" and r["duration"].endswith("ms") for r in got)
     net.curl("/status/404")
     poll("the 404 row", lambda: any(r["status"] == "404" for r in rows(page)))
-    shot(page, tmp_path, "live-list")
+    shot(page, tmp_path, capsys, "live-list")
     page.fill("#f-status", "4xx")
     poll("only the 404 under the 4xx filter", lambda: [r["path"] for r in rows(page)] == ["/status/404"])
     page.fill("#f-status", "")
@@ -97,7 +100,7 @@ def test_list_updates_live_while_curl_sends_requests(net, page, tmp_path):
 
 
 @need_tools(CHROMIUM, "curl")
-def test_details_and_replay_from_the_ui_reach_the_upstream(net, page, tmp_path):
+def test_details_and_replay_from_the_ui_reach_the_upstream(net, page, tmp_path, capsys):
     r = net.curl("/webhook", "-H", "Content-Type: application/json", "-H", "X-Signature: abc",
                  "--data-binary", '{"event": "push", "n": 1}')
     assert r.returncode == 0
@@ -108,7 +111,7 @@ def test_details_and_replay_from_the_ui_reach_the_upstream(net, page, tmp_path):
     headers = page.text_content("#d-req-headers")
     assert "X-Signature" in headers and "abc" in headers and "X-Forwarded-For" in headers
     assert page.text_content("#d-req-body") == '{\n  "event": "push",\n  "n": 1\n}'  # pretty-printed
-    shot(page, tmp_path, "details")
+    shot(page, tmp_path, capsys, "details")
     before = len(net.up.seen)
     page.click("#replay")
     poll("the upstream got the replay", lambda: len(net.up.seen) > before)
@@ -127,12 +130,12 @@ def test_details_and_replay_from_the_ui_reach_the_upstream(net, page, tmp_path):
     method, path, hdrs, body = net.up.seen[-1]
     assert (method, path, hdrs.get("X-Edited"), body) == ("PUT", "/edited?v=2", "yes", b"changed")
     poll("the edited replay row", lambda: any(x["replay"] and x["path"] == "/edited?v=2" for x in rows(page)))
-    shot(page, tmp_path, "replayed")
+    shot(page, tmp_path, capsys, "replayed")
     assert page.errors == []
 
 
 @need_tools(CHROMIUM, "curl")
-def test_script_in_a_path_is_shown_as_text(net, page, tmp_path):
+def test_script_in_a_path_is_shown_as_text(net, page, tmp_path, capsys):
     evil = "/<script>window.__pwned=1</script><svg/onload=window.__pwned=2>"
     r = net.curl(evil, "--path-as-is", "-g")
     assert r.returncode == 0, r.stderr
@@ -145,12 +148,12 @@ def test_script_in_a_path_is_shown_as_text(net, page, tmp_path):
     poll("its details", lambda: page.text_content("#d-title") == "GET " + evil)
     assert page.evaluate("window.__pwned === undefined")
     assert page.eval_on_selector_all("#list script, #list svg, #detail script, #detail svg", "els => els.length") == 0
-    shot(page, tmp_path, "xss-as-text")
+    shot(page, tmp_path, capsys, "xss-as-text")
     assert page.errors == []
 
 
 @need_tools(CHROMIUM, "curl")
-def test_binary_body_as_hex_and_clear(net, page, tmp_path):
+def test_binary_body_as_hex_and_clear(net, page, tmp_path, capsys):
     net.curl("/bin", "-o", "/dev/null")
     poll("the /bin row", lambda: any(x["path"] == "/bin" for x in rows(page)))
     page.click("#list tbody tr.entry:has(td.path:text-is('/bin'))")
