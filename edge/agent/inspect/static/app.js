@@ -67,7 +67,8 @@ function renderHeaders(table, list) {
 }
 
 function renderBody(metaEl, preEl, body) {
-  if (!body) { metaEl.textContent = ""; preEl.textContent = ""; return; }
+  if (!body) { metaEl.textContent = ""; preEl.textContent = ""; preEl.hidden = true; return; }
+  preEl.hidden = !body.text;
   metaEl.replaceChildren(el("span", body.kind + ", " + fmtSize(body.size) + (body.note ? ", " + body.note : "")));
   if (body.truncated) metaEl.append(" ", el("span", "truncated: " + fmtSize(body.captured) + " captured", "truncated"));
   if (body.error) metaEl.append(" ", el("span", body.error, "truncated"));
