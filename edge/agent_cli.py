@@ -276,6 +276,8 @@ def _run(args: argparse.Namespace) -> int:
             agents = [Agent(c, out=out, agent_id=agent_id, inspector=inspector) for c in configs]
         except (OSError, ValueError) as exc:  # unreadable CA file
             print(f"gslb agent: error: ca: {exc}", file=sys.stderr)
+            if inspector_runner is not None:
+                await inspector_runner.cleanup()
             return 2
         loop = asyncio.get_running_loop()
 
