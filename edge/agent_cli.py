@@ -29,6 +29,9 @@ examples:
   gslb agent http 8080 --name demo --server 127.0.0.1:4443 --zone lab.test \\
       --ca lab-ca.pem --authtoken-file token
   gslb agent http 8080 --name demo --server eu.connect.lab.test --server us.connect.lab.test
+  gslb agent http 8080 --name demo --inspect 127.0.0.1:4041   # inspector UI + API elsewhere
+  gslb agent http 8080 --name demo --inspect false            # no inspector, no capture
+  curl -s http://127.0.0.1:4040/api/requests/http             # captured requests (ngrok's API shape)
 
 environment:
   GSLB_ZONE              zone; the edge is found at connect.<zone>:443 (--zone)
@@ -67,6 +70,11 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="event loop (default asyncio: faster than uvloop for the agent's TLS writes)")
     g.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus /metrics there, e.g. 127.0.0.1:9101 (default off; docs/metrics.md)")
+    g.add_argument(
+        "--inspect", metavar="ADDR:PORT|false",
+        help="traffic inspector (web UI + API) of the HTTP endpoints; default 127.0.0.1:4040 "
+        "(the next of 10 ports if busy); false: off, nothing captured (docs/inspector.md)",
+    )
     g.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug); logs go to stderr")
 
 
@@ -191,6 +199,10 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):  
     if getattr(args, "metrics", None):
         from edge.agent.config import parse_metrics
         changes["metrics"] = parse_metrics(args.metrics)
+    if getattr(args, "inspect", None) is not None:
+        from edge.agent.config import read_inspect
+
+        changes["inspect"] = read_inspect(args.inspect)
     cfg = dataclasses.replace(cfg, **changes)
     check_timers(cfg.heartbeat_interval, cfg.heartbeat_timeout, cfg.connect_timeout)
     if cfg.ca is not None and not cfg.ca.is_file():
@@ -205,6 +217,29 @@ def server_list(args: argparse.Namespace, env: dict[str, str]) -> list[str]:
     if args.server:
         return list(args.server)
     return [s.strip() for s in env.get("GSLB_SERVER", "").split(",") if s.strip()]
+
+
+async def _start_inspector(cfg: Any) -> tuple[Any, Any]:
+    """The inspector for the HTTP endpoints (docs/inspector.md), or (None, None)
+    when off, when there is no HTTP endpoint, or when no port of the range is free
+    (the agent still runs: the tunnels matter more than their inspection)."""
+    if cfg.inspect is None or not any(ep.kind == "http" for ep in cfg.endpoints):
+        return None, None
+    from edge.agent.inspect.server import Inspector
+    from plumbing.kvlog import kv
+
+    host, port = cfg.inspect
+    inspector = Inspector()
+    try:
+        runner = await inspector.start(host, port)
+    except OSError as exc:
+        logging.getLogger("edge.agent").warning(kv("inspector_not_started", address=f"{host}:{port}", error=str(exc)))
+        print(f"gslb agent: warning: inspector not started on {host}:{port}: {exc.strerror or exc}",
+              file=sys.stderr, flush=True)
+        return None, None
+    # stderr: stdout carries only the forwarding lines, which scripts read
+    print(f"gslb agent: inspector {inspector.url}", file=sys.stderr, flush=True)
+    return inspector, runner
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -242,10 +277,13 @@ def _run(args: argparse.Namespace) -> int:
         # over (docs/protocol.md 3.3), instead of the others failing with
         # name_in_use; with independent edges, nothing changes.
         agent_id = secrets.token_hex(8)
+        inspector, inspector_runner = await _start_inspector(cfg)
         try:
-            agents = [Agent(c, out=out, agent_id=agent_id) for c in configs]
+            agents = [Agent(c, out=out, agent_id=agent_id, inspector=inspector) for c in configs]
         except (OSError, ValueError) as exc:  # unreadable CA file
             print(f"gslb agent: error: ca: {exc}", file=sys.stderr)
+            if inspector_runner is not None:
+                await inspector_runner.cleanup()
             return 2
         loop = asyncio.get_running_loop()
         runner = None
@@ -255,6 +293,8 @@ def _run(args: argparse.Namespace) -> int:
                 runner = await start_listener(*cfg.metrics, agents)
             except OSError as exc:
                 print(f"gslb agent: error: metrics: {exc}", file=sys.stderr)
+                if inspector_runner is not None:
+                    await inspector_runner.cleanup()
                 return 2
 
         def stop_all() -> None:
@@ -273,6 +313,8 @@ def _run(args: argparse.Namespace) -> int:
                 stop_all()
         if runner is not None:
             await runner.cleanup()
+        if inspector_runner is not None:
+            await inspector_runner.cleanup()
         return status
 
     if args.loop == "uvloop":

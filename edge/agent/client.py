@@ -20,7 +20,7 @@ from edge import errors as E
 from edge.agent.bindings import BindingTable
 from edge.agent.config import AgentConfig, EndpointConfig
 from edge.agent.metrics import new_counts
-from edge.agent.relay import UpstreamProtocol, relay
+from edge.agent.relay import CapturingUpstreamProtocol, UpstreamProtocol, relay
 from edge.tunnel import messages as M
 from edge.tunnel.errors import ControlError, MessageError, SessionClosedError, TunnelError
 from plumbing.addr import split_host_port
@@ -139,12 +139,17 @@ class Agent:
         out: Callable[[str], None] | None = None,
         session_config: SessionConfig | None = None,
         agent_id: str | None = None,
+        inspector: Any = None,
     ) -> None:
         self.config = config
         self.ssl_context = ssl_context or make_client_ssl_context(config)
         self.out = out or (lambda line: print(line, flush=True))
         self.session_config = session_config or SessionConfig()
         self.agent_id = agent_id or secrets.token_hex(8)
+        # edge/agent/inspect/server.py Inspector: captures HTTP endpoints' traffic; None: off, no cost
+        self.inspector = inspector
+        if inspector is not None:
+            inspector.agents.append(self)
         self.session: Session | None = None
         self.forwardings: list[Forwarding] = []
         self.online = asyncio.Event()
@@ -365,22 +370,33 @@ class Agent:
         stream.extra["header"] = header
         stream.extra["peername"] = (header.client_addr, header.client_port)
         loop = asyncio.get_running_loop()
+        capture = None
+        if self.inspector is not None and ep.kind == "http":
+            capture = self.inspector.new_capture(ep, header.client_addr)
+        factory: Callable[[], UpstreamProtocol] = (
+            (lambda: UpstreamProtocol(stream)) if capture is None else (lambda: CapturingUpstreamProtocol(stream, capture))
+        )
         try:
             upstream, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamProtocol(stream), ep.host, ep.port), UPSTREAM_CONNECT_TIMEOUT
+                loop.create_connection(factory, ep.host, ep.port), UPSTREAM_CONNECT_TIMEOUT
             )
         except (OSError, asyncio.TimeoutError) as exc:
             log.warning(kv("upstream_unreachable", endpoint=header.endpoint, upstream=f"{ep.host}:{ep.port}",
                            client=header.client_addr, error=_describe(exc)))
             self.counts["upstream_errors"] += 1
             if ep.kind == "http" and not stream.is_closing():
-                stream.write(_bad_gateway(header.endpoint, ep))
+                answer = _bad_gateway(header.endpoint, ep)
+                stream.write(answer)
                 stream.close()
+                if capture is not None:  # shown as the 502 the client got
+                    capture.feed_request(rest)
+                    capture.feed_response(answer)
+                    capture.close()
             else:
                 stream.abort()
             return
         log.debug(kv("stream_open", endpoint=header.endpoint, client=f"{header.client_addr}:{header.client_port}"))
-        relay(stream, upstream, proto, rest)  # type: ignore[arg-type]
+        relay(stream, upstream, proto, rest, capture)  # type: ignore[arg-type]
 
 
 def _bad_gateway(endpoint: str, ep: EndpointConfig) -> bytes:

@@ -18,6 +18,7 @@ environment, which wins over the file.
     authtoken_file = "/path/token"  # or authtoken = "...", env GSLB_AUTHTOKEN(_FILE)
     heartbeat_interval = 10         # seconds
     heartbeat_timeout = 15          # seconds without any frame -> reconnect
+    inspect = "127.0.0.1:4040"      # the inspector's web UI + API (docs/inspector.md); false: off
 
     [[endpoints]]
     kind = "http"                   # http | tls | tcp
@@ -44,6 +45,7 @@ from plumbing import addr as plumbing_addr
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_ENDPOINTS = 64
 DEFAULTS_PATH = Path("/etc/gslb/agent.toml")
+DEFAULT_INSPECT = ("127.0.0.1", 4040)  # ngrok's web_addr default
 
 
 def bad_value(key: str, problem: str) -> ConfigError:
@@ -92,6 +94,8 @@ class AgentConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     metrics: tuple[str, int] | None = None  # /metrics listener (docs/metrics.md); None: off
+    # the traffic inspector's listen address (docs/inspector.md); None: off
+    inspect: tuple[str, int] | None = DEFAULT_INSPECT
 
     def server_address(self) -> tuple[str, int]:
         if self.server:
@@ -209,6 +213,7 @@ def _read_token_file(path: str) -> str:
 _TOP_KEYS = {
     "server", "zone", "ca", "authtoken", "authtoken_file", "heartbeat_interval",
     "heartbeat_timeout", "connect_timeout", "endpoints", "metrics",
+    "heartbeat_timeout", "connect_timeout", "endpoints", "inspect",
 }
 _EP_KEYS = {"kind", "name", "port", "host", "terminate_at", "proxy_protocol"} | set(BIND_OPTIONS)
 
@@ -272,6 +277,7 @@ def load_agent_config(
         file_ca = _typed(data, "ca", str, None)
         metrics = parse_metrics(_typed(data, "metrics", str, None))
         file_zone = _typed(data, "zone", str, None)
+        inspect = read_inspect(data["inspect"]) if "inspect" in data else DEFAULT_INSPECT
     except ConfigError as exc:
         raise root.error(exc.key, exc.problem) from None
     ca = ov.get("ca") or (doc.resolve_path(file_ca) if file_ca else None)
@@ -285,7 +291,24 @@ def load_agent_config(
         heartbeat_timeout=hb_t,
         connect_timeout=ct,
         metrics=metrics,
+        inspect=inspect,
     )
+
+
+def read_inspect(value: Any) -> tuple[str, int] | None:
+    """The `inspect` key / --inspect: "ADDR:PORT", "PORT", or false -> (host, port) | None."""
+    from edge.agent.inspect.server import parse_inspect
+
+    if value is False:
+        return None
+    if value is True:
+        value = "true"
+    if not isinstance(value, str):
+        raise bad_value("inspect", f"wrong type ({type(value).__name__}): \"ADDR:PORT\" or false")
+    try:
+        return parse_inspect(value)
+    except ValueError as exc:
+        raise bad_value("inspect", str(exc)) from None
 
 
 def check_timers(interval: float, timeout: float, connect_timeout: float = 10.0) -> None:

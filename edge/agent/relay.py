@@ -86,6 +86,40 @@ class StreamToUpstream:
             self.upstream.close()
 
 
+class CapturingUpstreamProtocol(UpstreamProtocol):
+    """UpstreamProtocol that also hands a copy of each read to the inspector's
+    capture, after the bytes are on their way (HTTP endpoints with the
+    inspector on; otherwise the plain class runs and capture costs nothing)."""
+
+    def __init__(self, stream: Stream, capture: Any) -> None:
+        super().__init__(stream)
+        self.capture = capture
+
+    def data_received(self, data: bytes) -> None:
+        BYTES[1] += len(data)
+        self.stream.write(data)
+        self.capture.feed_response(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.capture.close()
+
+
+class CapturingStreamToUpstream(StreamToUpstream):
+    def __init__(self, upstream: asyncio.Transport, capture: Any) -> None:
+        super().__init__(upstream)
+        self.capture = capture
+
+    def data_received(self, data: bytes) -> None:
+        BYTES[0] += len(data)
+        self.upstream.write(data)
+        self.capture.feed_request(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.capture.close()
+
+
 def half_close_when_drained(transport: asyncio.Transport, waited: float = 0.0) -> None:
     if transport.is_closing():
         return
@@ -99,10 +133,15 @@ def half_close_when_drained(transport: asyncio.Transport, waited: float = 0.0) -
     loop.call_later(0.01, half_close_when_drained, transport, waited + 0.01)
 
 
-def relay(stream: Stream, upstream: asyncio.Transport, upstream_protocol: UpstreamProtocol, first: bytes = b"") -> None:
+def relay(stream: Stream, upstream: asyncio.Transport, upstream_protocol: UpstreamProtocol, first: bytes = b"",
+          capture: Any = None) -> None:
     """Wire an open stream to a connected upstream; `first` are stream bytes
-    already read (after the proxy header)."""
+    already read (after the proxy header). `capture` (edge/agent/inspect/
+    capture.py) gets a copy of the bytes each way; its protocol then must be
+    a CapturingUpstreamProtocol."""
     if first:
         BYTES[0] += len(first)
         upstream.write(first)
-    stream.set_protocol(StreamToUpstream(upstream))
+        if capture is not None:
+            capture.feed_request(first)
+    stream.set_protocol(StreamToUpstream(upstream) if capture is None else CapturingStreamToUpstream(upstream, capture))
