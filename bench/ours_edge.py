@@ -93,8 +93,11 @@ class OursEdge:
     def _agent(self, key: str, args: list[str], timeout: float = 20.0) -> str:
         """Start `gslb agent ARGS`, wait for its forwarding line, return the URL."""
         self._ensure_edge()
+        # --inspect false: the figures are the data path's, as a production agent runs it (the
+        # inspector, on by default for people, copies every request; docs/inspector.md has its cost).
         argv = [sys.executable, "-m", "gslb.cli", "agent", *args, "--server", f"127.0.0.1:{EDGE_PORT}",
-                "--zone", ZONE, "--ca", self.certs["ca_cert"], "--authtoken-file", self.token_file]
+                "--zone", ZONE, "--ca", self.certs["ca_cert"], "--authtoken-file", self.token_file,
+                "--inspect", "false"]
         p = self.procs.start(f"gslb-agent-{key}", argv, cwd=self.ctx.repo)
         self.agents[key] = p
         deadline = time.monotonic() + timeout
