@@ -290,3 +290,71 @@ def test_min_rate_judged_only_after_grace_and_exact_at_the_boundary():
     off = MinRate(0.0, 3.0)
     off.start(0.0)
     assert off.feed(0, 1000.0)
+
+
+# -- [edge.abuse] and the safety limits in the edge config ----------------------------------------------------
+from edge.config import ConfigError, parse  # noqa: E402
+
+BASE = """\
+zone = "lab.test"
+
+[edge]
+ca_dir = "/tmp/ca"
+
+[pops.us]
+listen = ["198.19.1.1"]
+"""
+
+
+def test_abuse_is_on_by_default_with_production_limits():
+    cfg = parse(BASE, "us", "e.toml")
+    assert cfg.abuse == AbuseConfig()
+    assert cfg.abuse.enabled and cfg.abuse.block_durations == (10.0, 60.0, 600.0)
+    assert cfg.limits.max_header_count == 100 and cfg.limits.min_header_rate == 64.0
+    assert cfg.limits.min_body_rate == 64.0 and cfg.timeouts.rate_grace == 3.0
+
+
+def test_abuse_table_and_pop_override():
+    text = BASE + """
+[edge.abuse]
+exempt = ["198.19.0.0/16", "2001:db8::/32"]
+block_durations = [2, 4]
+slow_headers = 3
+
+[pops.us.abuse]
+enabled = false
+"""
+    us = parse(text.replace("[pops.us.abuse]\nenabled = false\n", ""), "us", "e.toml")
+    assert us.abuse.exempt == ("198.19.0.0/16", "2001:db8::/32")
+    assert us.abuse.block_durations == (2.0, 4.0) and us.abuse.slow_headers == 3
+    assert parse(text, "us").abuse.enabled is False
+
+
+@pytest.mark.parametrize("line,message", [
+    ("exempt = [\"10.0.0.1/8\"]", "e.toml:7: edge.abuse.exempt: '10.0.0.1/8' is not a network"),
+    ("exempt = \"10.0.0.0/8\"", "e.toml:7: edge.abuse.exempt: expected a list"),
+    ("block_durations = [60, 10]", "e.toml:7: edge.abuse.block_durations: expected ascending"),
+    ("block_durations = []", "e.toml:7: edge.abuse.block_durations: expected a list of 1..8"),
+    ("enabled = 1", "e.toml:7: edge.abuse.enabled: expected true or false"),
+    ("error_ratio = 2", "e.toml:7: edge.abuse.error_ratio: expected a number"),
+    ("max_concurrent = 0", "e.toml:7: edge.abuse.max_concurrent: expected an integer"),
+    ("nonsense = 1", "e.toml:7: edge.abuse.nonsense"),
+])
+def test_bad_abuse_values_name_file_line_key(line, message):
+    text = BASE.replace("[pops.us]", "[edge.abuse]\n" + line + "\n\n[pops.us]")
+    with pytest.raises(ConfigError) as exc:
+        parse(text, "us", "e.toml")
+    assert str(exc.value).startswith(message), str(exc.value)
+
+
+@pytest.mark.parametrize("table,line,key", [
+    ("limits", "max_header_count = 2", "edge.limits.max_header_count"),
+    ("limits", "min_body_rate = -1", "edge.limits.min_body_rate"),
+    ("limits", "min_header_rate = \"fast\"", "edge.limits.min_header_rate"),
+    ("timeouts", "rate_grace = 0", "edge.timeouts.rate_grace"),
+])
+def test_bad_safety_limits_name_file_line_key(table, line, key):
+    text = BASE.replace("[pops.us]", f"[edge.{table}]\n{line}\n\n[pops.us]")
+    with pytest.raises(ConfigError) as exc:
+        parse(text, "us", "e.toml")
+    assert str(exc.value).startswith(f"e.toml:7: {key}: "), str(exc.value)

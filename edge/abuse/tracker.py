@@ -222,6 +222,8 @@ class AbuseTracker:
                 self._block(net, "slowloris", now)
                 return False
             return True
+        if kind == "handshake_failed":
+            return self.handshake(conn, False, now)
         if kind not in ERROR_KINDS:
             raise ValueError(f"unknown abuse event kind {kind!r}")
         if host.exempt:
