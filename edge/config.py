@@ -328,7 +328,7 @@ def _abuse(t: Table) -> AbuseConfig:
     enabled = t.value("enabled", True)
     if not isinstance(enabled, bool):
         raise t.error("enabled", f"expected true or false, got {enabled!r}")
-    exempt = t.value("exempt", [])
+    exempt = t.value("exempt", list(d.exempt))
     if not isinstance(exempt, list) or len(exempt) > 1024:
         raise t.error("exempt", "expected a list of at most 1024 CIDRs, e.g. [\"10.77.0.0/24\", \"fd00::/8\"]")
     nets = []

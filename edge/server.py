@@ -104,8 +104,9 @@ class _HelloPeek:
         self._finish()
         self.server.stats.bad_hello += 1
         log.info(kv(event, client=self.peer[0], port=self.peer[1], **fields))
-        # no ClientHello: a connection that never sent a request; a broken one is malformed too
-        self.server.abuse_closed(self.abuse, http=True, error="malformed" if event == "bad_client_hello" else None)
+        # a broken ClientHello is malformed; none within the handshake timeout: a connection
+        # held without a request (a client that closes at once, a TCP probe, is neither)
+        self.server.abuse_closed(self.abuse, error={"bad_client_hello": "malformed", "hello_timeout": "idle"}.get(event))
         self.server.release(self.sock)
 
     def _timeout(self) -> None:
@@ -265,14 +266,13 @@ class EdgeServer:
         self.abuse.expire(self.loop.time())
         self._abuse_timer = self.loop.call_later(1.0, self._abuse_tick)
 
-    def abuse_closed(self, conn: AbuseConn | None, *, http: bool = False, error: str | None = None,
-                     nbytes: int = 0) -> None:
+    def abuse_closed(self, conn: AbuseConn | None, *, error: str | None = None, nbytes: int = 0) -> None:
         """A connection the abuse layer admitted ends (once: the tracker ignores repeats)."""
         if conn is not None and self.abuse is not None:
             now = self.loop.time()
             if error is not None:
                 self.abuse.error(conn, error, now)
-            self.abuse.closed(conn, now, nbytes=nbytes, http=http)
+            self.abuse.closed(conn, now, nbytes=nbytes)
 
     def _closer(self, conn: AbuseConn | None) -> Callable[..., None]:
         """on_closed for a protocol that holds an admitted connection."""

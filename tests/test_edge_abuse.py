@@ -150,6 +150,14 @@ def test_after_expiry_the_next_accept_unblocks_and_the_source_starts_afresh():
 
 
 # -- exempt sources -------------------------------------------------------------------------------
+def test_loopback_is_exempt_by_default():
+    t, logged = tracker(connections_burst=1, max_concurrent=1)
+    for _ in range(100):
+        assert t.admit("127.0.0.1", 0.0) is not None
+        assert t.admit("::1", 0.0) is not None
+    assert logged == []
+
+
 def test_exempt_network_is_never_blocked_even_inside_a_blocked_slash24():
     t, logged = tracker(connections_burst=2, net_factor=1, max_concurrent=1,
                         exempt=("198.19.5.53/32", "2001:db8::/32"))
@@ -159,7 +167,8 @@ def test_exempt_network_is_never_blocked_even_inside_a_blocked_slash24():
         assert t.handshake(c, False, 0.0)
         assert t.request(c, "healthz", 0.0)
         assert t.error(c, "header_timeout", 0.0)
-        t.closed(c, 0.0, http=True)
+        assert t.error(c, "idle", 0.0)
+        t.closed(c, 0.0)
     assert logged == []
     _trip(t, 0.0, "198.19.5.7")                               # a neighbour trips the /24 ...
     assert t.admit("198.19.5.53", 0.0) is not None            # ... the checker still gets in
@@ -188,18 +197,27 @@ def test_slow_events_spread_over_windows_do_not_block():
     assert logged == []
 
 
-def test_connections_that_never_send_a_request_block():
+def test_connections_held_without_a_request_block_at_the_limit():
     t, logged = tracker(idle_connections=20)
-    for i in range(20):
+    for i in range(19):
         c = t.admit("198.19.5.10", 0.0)
-        t.closed(c, 0.0, http=True)
+        assert t.error(c, "idle", 0.0)
+        t.closed(c, 0.0)
+    c = t.admit("198.19.5.10", 0.0)
+    assert not t.error(c, "idle", 0.0)
     assert logged[-1][1]["reason"] == "idle_connections"
-    # a TLS passthrough or tunnel connection has no HTTP request: not a pattern
-    t2, logged2 = tracker(idle_connections=20)
-    for _ in range(100):
-        c = t2.admit("198.19.5.10", 0.0)
-        t2.closed(c, 0.0, http=False)
-    assert logged2 == []
+
+
+def test_connect_and_close_probes_are_no_pattern():
+    # a TCP health check (the lab's name servers: every second, each address) holds nothing
+    t, logged = tracker()
+    now = 0.0
+    for _ in range(3000):
+        c = t.admit("198.19.0.53", now)
+        assert c is not None
+        t.closed(c, now)
+        now += 0.1
+    assert logged == []
 
 
 def test_request_flood_to_one_endpoint_and_keepalive_connection_gets_refused():
@@ -274,7 +292,7 @@ def test_stats_are_flat_numbers():
     t, _ = tracker()
     c = t.admit("198.19.5.10", 0.0)
     t.request(c, "demo", 0.0)
-    t.closed(c, 0.0, nbytes=1234, http=True)
+    t.closed(c, 0.0, nbytes=1234)
     s = t.stats()
     assert all(isinstance(v, (int, float)) for v in s.values())
     assert s["connections"] == 1 and s["requests"] == 1 and s["bytes"] == 1234 and s["idle"] == 0

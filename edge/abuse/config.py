@@ -17,7 +17,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class AbuseConfig:
     enabled: bool = True
-    exempt: tuple[str, ...] = ()              # CIDRs never blocked (health checkers, peers, monitoring)
+    # CIDRs never blocked (health checkers, monitoring); loopback: processes on the edge's own machine
+    exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     table_size: int = 65536                   # sources remembered per table (hosts, networks): LRU eviction
     max_blocks: int = 16384                   # prefixes blocked at once (oldest block dropped beyond)
     net_factor: int = 8                       # a /24 or /48 may do this many times a host's limits
@@ -30,7 +31,7 @@ class AbuseConfig:
     requests_burst: int = 1000
     window: float = 10.0                      # seconds: the window of the pattern counts below
     slow_headers: int = 5                     # slowloris: heads/bodies too slow or timed out, per window
-    idle_connections: int = 20                # connections closed without a request, per window
+    idle_connections: int = 20                # connections the edge closed for sending nothing, per window
     error_ratio: float = 0.5                  # share of errors (edge 4xx, failed handshakes, malformed) ...
     error_min_events: int = 40                # ... once a window holds this many events
     block_durations: tuple[float, ...] = (10.0, 60.0, 600.0)   # seconds, by repeat offence

@@ -29,6 +29,7 @@ REASONS = ("connection_rate", "concurrent", "handshake_rate", "request_flood", "
            "idle_connections", "error_ratio")
 ERROR_KINDS = ("edge_4xx", "malformed", "handshake_failed")
 SLOW_KINDS = ("slow_header", "header_timeout", "slow_body")
+IDLE = "idle"
 _MAX_ENDPOINTS = 32   # per-endpoint request buckets kept per source
 
 
@@ -204,9 +205,28 @@ class AbuseTracker:
 
     def error(self, conn: Conn, kind: str, now: float) -> bool:
         """The edge answered a request with a 4xx ("edge_4xx") or found it
-        malformed ("malformed"); or a head or body came too slowly
-        ("slow_header", "header_timeout", "slow_body"). False: now blocked."""
+        malformed ("malformed"); a TLS handshake failed ("handshake_failed");
+        a head or body came too slowly ("slow_header", "header_timeout",
+        "slow_body"); or the edge closed a connection that sent nothing within
+        its timeout ("idle": no ClientHello, no first request head; a client
+        that connects and closes at once, as a TCP health check does, is no
+        pattern: it holds nothing). False: the source is now blocked."""
         host, net = conn.host, conn.net
+        if kind == "idle":
+            self.counts["idle"] += 1
+            if host.exempt:
+                return True
+            self._window(host, now)
+            self._window(net, now)
+            host.idle += 1
+            net.idle += 1
+            if host.idle >= self._idle[0]:
+                self._block(host, "idle_connections", now)
+                return False
+            if net.idle >= self._idle[1]:
+                self._block(net, "idle_connections", now)
+                return False
+            return True
         if kind in SLOW_KINDS:
             self.counts["slow"] += 1
             if host.exempt:
@@ -231,9 +251,8 @@ class AbuseTracker:
             return True
         return self._event(conn, now, error=True)
 
-    def closed(self, conn: Conn, now: float, nbytes: int = 0, http: bool = False) -> None:
-        """A connection accepted by `admit` ended (once; later calls are ignored).
-        `http`: it was an HTTP front connection, where no request is a pattern."""
+    def closed(self, conn: Conn, now: float, nbytes: int = 0) -> None:
+        """A connection accepted by `admit` ended (once; later calls are ignored)."""
         if conn.closed:
             return
         conn.closed = True
@@ -242,18 +261,6 @@ class AbuseTracker:
         net.open -= 1
         host.bytes += nbytes
         self.counts["bytes"] += nbytes
-        if http and conn.requests == 0:
-            self.counts["idle"] += 1
-            if host.exempt:
-                return
-            self._window(host, now)
-            self._window(net, now)
-            host.idle += 1
-            net.idle += 1
-            if host.idle >= self._idle[0]:
-                self._block(host, "idle_connections", now)
-            elif net.idle >= self._idle[1]:
-                self._block(net, "idle_connections", now)
 
     def expire(self, now: float) -> int:
         """Lift the blocks whose time is up (one abuse_unblock line each); how many."""

@@ -92,6 +92,7 @@ class HttpFront(ClientSide):
         self._abuse = abuse if ctx.abuse is not None else None
         self._head_rate = MinRate(ctx.min_header_rate, ctx.rate_grace)   # slowloris: heads trickled in
         self._body_rate = MinRate(ctx.min_body_rate, ctx.rate_grace)     # and bodies
+        self.bytes_in = 0                                                # from the client, all told
         self._on_closed = on_closed  # fn(exc) once the client connection is gone
         self.sni = sni
         self.idle_timeout = ctx.idle_timeout
@@ -146,10 +147,12 @@ class HttpFront(ClientSide):
         if self._closed or self._stop:
             return
         log.info(kv("header_timeout", client=self.peer[0], sni=self.sni, seconds=self._header_timeout))
-        # RFC 9110 15.5.9: 408, the server closes the connection.
+        # RFC 9110 15.5.9: 408, the server closes the connection. For the abuse layer:
+        # nothing at all on a new connection is one held idle, a head begun and not ended a slow one.
+        idle = self._requests == 0 and self.bytes_in == 0
         self._refuse(E.REQUEST_TIMEOUT.status, E.REQUEST_TIMEOUT.code, "Request timeout",
                      f"The request head did not arrive within {self._header_timeout:g} s.",
-                     abuse_kind="header_timeout")
+                     abuse_kind="idle" if idle else "header_timeout")
 
     def _too_slow(self, what: str, rate: MinRate) -> None:
         """A head or body averaged less than its minimum rate (edge/abuse/rate.py): 408, closed."""
@@ -168,6 +171,7 @@ class HttpFront(ClientSide):
     def data_received(self, data: bytes) -> None:
         if self._stop:
             return
+        self.bytes_in += len(data)
         if self._body_rate.running or (self._head_rate.min_rate and self.rw.in_head):  # type: ignore[union-attr]
             now = asyncio.get_running_loop().time()
             if self._body_rate.running:
@@ -419,9 +423,8 @@ class HttpFront(ClientSide):
 
     def on_closed(self, exc: BaseException | None) -> None:
         if self._abuse is not None:
-            # an HTTP connection that ends without a request is a pattern (edge/abuse/README.md)
             self.ctx.abuse.closed(self._abuse, asyncio.get_running_loop().time(),  # type: ignore[union-attr]
-                                  nbytes=self.bytes_up + self.bytes_down, http=True)
+                                  nbytes=self.bytes_in + self.bytes_down)
         if self._effect_task is not None:
             self._effect_task.cancel()
         self._observe_rest("client_closed")
