@@ -59,13 +59,16 @@ class Source:
 class Conn:
     """What a shell holds for one accepted connection and hands back with its events."""
 
-    __slots__ = ("host", "net", "requests", "closed")
+    __slots__ = ("host", "net", "requests", "closed", "endpoint", "host_bucket", "net_bucket")
 
     def __init__(self, host: Source, net: Source) -> None:
         self.host = host
         self.net = net
         self.requests = 0
         self.closed = False
+        self.endpoint: str | None = None      # the endpoint of the buckets below
+        self.host_bucket: list[float] = []
+        self.net_bucket: list[float] = []
 
 
 class Block:
@@ -177,9 +180,12 @@ class AbuseTracker:
 
     def request(self, conn: Conn, endpoint: str, now: float) -> bool:
         """An HTTP request head to `endpoint` arrived: False when the source is
-        (now) blocked; the edge answers 429 ERR_GSLB_3430 and closes."""
+        (now) blocked; the edge answers 429 ERR_GSLB_3430 and closes.
+
+        The hot path: the connection keeps its endpoint's buckets (a front's
+        endpoint is its SNI, one per connection), so no table look-up here."""
         conn.requests += 1
-        host, net = conn.host, conn.net
+        host = conn.host
         host.requests += 1
         self.counts["requests"] += 1
         if host.exempt:
@@ -187,21 +193,48 @@ class AbuseTracker:
         if self.blocks and self._conn_blocked(conn, now):
             self.counts["answered"] += 1
             return False
-        for src, (rate, burst) in ((host, self._req_limits[0]), (net, self._req_limits[1])):
-            eps = src.endpoints
-            b = eps.get(endpoint)
-            if b is None:
-                b = eps[endpoint] = [burst, now]
-                if len(eps) > _MAX_ENDPOINTS:
-                    eps.popitem(last=False)
-            if not _take(b, rate, burst, now):
-                self._block(src, "request_flood", now)
-                self.counts["answered"] += 1
-                return False
-        if not self._event(conn, now, error=False):
+        if conn.endpoint != endpoint:
+            conn.endpoint = endpoint
+            conn.host_bucket = self._endpoint_bucket(host, endpoint, 0, now)
+            conn.net_bucket = self._endpoint_bucket(conn.net, endpoint, 1, now)
+        (hrate, hburst), (nrate, nburst) = self._req_limits
+        b = conn.host_bucket                    # _take, inlined: this runs for every request
+        tokens = b[0] + (now - b[1]) * hrate
+        b[1] = now
+        b[0] = (hburst if tokens > hburst else tokens) - 1.0
+        if b[0] < 0.0:
+            b[0] += 1.0
+            self._block(host, "request_flood", now)
             self.counts["answered"] += 1
             return False
+        net = conn.net
+        b = conn.net_bucket
+        tokens = b[0] + (now - b[1]) * nrate
+        b[1] = now
+        b[0] = (nburst if tokens > nburst else tokens) - 1.0
+        if b[0] < 0.0:
+            b[0] += 1.0
+            self._block(net, "request_flood", now)
+            self.counts["answered"] += 1
+            return False
+        # one more event for the error ratio (what _event does, without an error)
+        window = self.cfg.window
+        if now - host.win_start >= window:
+            self._window(host, now)
+        if now - net.win_start >= window:
+            self._window(net, now)
+        host.events += 1
+        net.events += 1
         return True
+
+    def _endpoint_bucket(self, src: Source, endpoint: str, level: int, now: float) -> list[float]:
+        eps = src.endpoints
+        b = eps.get(endpoint)
+        if b is None:
+            b = eps[endpoint] = [self._req_limits[level][1], now]
+            if len(eps) > _MAX_ENDPOINTS:
+                eps.popitem(last=False)
+        return b
 
     def error(self, conn: Conn, kind: str, now: float) -> bool:
         """The edge answered a request with a 4xx ("edge_4xx") or found it
@@ -329,7 +362,8 @@ class AbuseTracker:
             return
         src.conn_bucket = [self._conn_limits[level][1], now]
         src.hs_bucket = [self._hs_limits[level][1], now]
-        src.endpoints.clear()
+        for b in src.endpoints.values():   # in place: connections hold them
+            b[0], b[1] = self._req_limits[level][1], now
         src.win_start = now
         src.slow = src.idle = src.errors = src.events = 0
 
