@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -376,3 +377,83 @@ def test_bad_safety_limits_name_file_line_key(table, line, key):
     with pytest.raises(ConfigError) as exc:
         parse(text, "us", "e.toml")
     assert str(exc.value).startswith(f"e.toml:7: {key}: "), str(exc.value)
+
+
+# -- the HTTPS front's hooks (edge/front/http_front.py), with fakes for the sockets ------------------------------
+import asyncio  # noqa: E402
+
+from _front_fakes import REQ, Ctx, FakeBinding, FakeTransport, settle  # noqa: E402
+
+from edge.front.http_front import HttpFront  # noqa: E402
+
+CLIENT = ("192.0.2.7", 40000)
+
+
+def front_with_tracker(binding, **over) -> tuple[HttpFront, FakeTransport, AbuseTracker]:
+    ctx = Ctx(binding)
+    ctx.abuse = AbuseTracker(dataclasses.replace(CFG, **over))
+    ctx.max_header_count = 100
+    conn = ctx.abuse.admit(CLIENT[0], asyncio.get_running_loop().time())
+    front = HttpFront(ctx, "demo.app.lab.test", abuse=conn)
+    client = FakeTransport(peer=CLIENT, tls=True)
+    front.connection_made(client)
+    return front, client, ctx.abuse
+
+
+def test_front_counts_requests_and_a_keepalive_request_of_a_blocked_source_gets_429_with_retry_after():
+    async def main():
+        front, client, t = front_with_tracker(FakeBinding(), connections_burst=2,
+                                              connections_per_second=0.0001)
+        front.data_received(REQ)
+        await settle()
+        assert t.stats()["requests"] == 1 and b"HTTP/1.1 429" not in client.data
+        now = asyncio.get_running_loop().time()
+        while t.admit(CLIENT[0], now) is not None:   # the same source floods new connections
+            pass
+        front.data_received(REQ)                     # its old keep-alive connection asks again
+        await settle()
+        assert front.stream.closed                   # nothing more to the agent ...
+        front.stream_eof()                           # ... and once its stream ends, the page
+        page = client.data.split(b"HTTP/1.1 429", 1)[1]
+        assert b"X-Gslb-Error-Code: ERR_GSLB_3430" in page
+        retry = re.search(rb"\r\nRetry-After: (\d+)\r\n", page)
+        assert retry and 1 <= int(retry.group(1)) <= 10           # the rest of the 10 s block
+        assert t.stats()["answered"] == 1
+    asyncio.run(main())
+
+
+def test_front_edge_4xx_and_malformed_requests_count_as_errors():
+    async def main():
+        front, client, t = front_with_tracker(None)  # no agent: 404 ERR_GSLB_3200
+        front.data_received(REQ)
+        assert client.data.startswith(b"HTTP/1.1 404") and t.stats()["errors"] == 1
+        front2, client2, t2 = front_with_tracker(FakeBinding())
+        front2.data_received(b"GET / HTTP/1.1\r\nHost: demo.app.lab.test\r\nBad Header\r\n\r\n")
+        assert client2.data.startswith(b"HTTP/1.1 400") and t2.stats()["errors"] == 1
+        front3, client3, t3 = front_with_tracker(FakeBinding())
+        front3.data_received(b"GET / HTTP/1.1\r\nHost: demo.app.lab.test\r\n" + b"X: y\r\n" * 101 + b"\r\n")
+        assert client3.data.startswith(b"HTTP/1.1 431") and t3.stats()["errors"] == 1
+    asyncio.run(main())
+
+
+def test_front_closed_connection_reports_its_bytes_once():
+    async def main():
+        front, client, t = front_with_tracker(None)
+        front.data_received(REQ)
+        front.connection_lost(None)
+        s = t.stats()
+        assert s["bytes"] == len(REQ)              # from the client; the edge's own page is not the agent's bytes
+        assert t.hosts["192.0.2.7/32"].open == 0
+    asyncio.run(main())
+
+
+def test_header_count_limit_is_configurable():
+    from edge.front.http1 import HttpError, RequestRewriter
+
+    rw = RequestRewriter("192.0.2.7", max_header_count=8)
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: y\r\n" * 7 + b"\r\n"
+    assert rw.feed(head)                                   # 8 fields: at the limit
+    rw = RequestRewriter("192.0.2.7", max_header_count=8)
+    with pytest.raises(HttpError) as exc:
+        rw.feed(b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: y\r\n" * 8 + b"\r\n")
+    assert exc.value.status == 431
