@@ -457,3 +457,13 @@ def test_header_count_limit_is_configurable():
     with pytest.raises(HttpError) as exc:
         rw.feed(b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: y\r\n" * 8 + b"\r\n")
     assert exc.value.status == 431
+
+
+def test_an_exempt_hosts_connections_do_not_fill_its_networks_budget():
+    t, logged = tracker(max_concurrent=2, net_factor=1, exempt=("198.19.5.53/32",))
+    held = [t.admit("198.19.5.53", 0.0) for _ in range(50)]   # a checker holding many connections
+    assert all(c is not None for c in held)
+    assert t.admit("198.19.5.7", 0.0) is not None             # its neighbour is not over the /24 limit
+    for c in held:
+        t.closed(c, 0.0)
+    assert t.nets["198.19.5.0/24"].open == 1 and logged == []

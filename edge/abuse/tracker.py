@@ -140,22 +140,25 @@ class AbuseTracker:
         net = self._source(self.nets, nkey, addr, now, 1)
         self.counts["connections"] += 1
         host.connections += 1
+        if host.exempt:
+            # counted as itself only: an exempt checker's connections must not fill its /24's budget
+            host.open += 1
+            return Conn(host, net)
         net.connections += 1
-        if not host.exempt:
-            reason = None
-            if not _take(host.conn_bucket, *self._conn_limits[0], now):
-                reason, victim = "connection_rate", host
-            elif not _take(net.conn_bucket, *self._conn_limits[1], now):
-                reason, victim = "connection_rate", net
-            elif host.open >= self._concurrent[0]:
-                reason, victim = "concurrent", host
-            elif net.open >= self._concurrent[1]:
-                reason, victim = "concurrent", net
-            if reason is not None:
-                self._block(victim, reason, now)
-                self.counts["refused"] += 1
-                self.blocks[victim.key].refused += 1
-                return None
+        reason = None
+        if not _take(host.conn_bucket, *self._conn_limits[0], now):
+            reason, victim = "connection_rate", host
+        elif not _take(net.conn_bucket, *self._conn_limits[1], now):
+            reason, victim = "connection_rate", net
+        elif host.open >= self._concurrent[0]:
+            reason, victim = "concurrent", host
+        elif net.open >= self._concurrent[1]:
+            reason, victim = "concurrent", net
+        if reason is not None:
+            self._block(victim, reason, now)
+            self.counts["refused"] += 1
+            self.blocks[victim.key].refused += 1
+            return None
         host.open += 1
         net.open += 1
         return Conn(host, net)
@@ -291,7 +294,8 @@ class AbuseTracker:
         conn.closed = True
         host, net = conn.host, conn.net
         host.open -= 1
-        net.open -= 1
+        if not host.exempt:
+            net.open -= 1
         host.bytes += nbytes
         self.counts["bytes"] += nbytes
 
@@ -343,7 +347,7 @@ class AbuseTracker:
         if src is not None:
             table.move_to_end(key)
             return src
-        exempt = bool(self.exempt) and self.exempt.contains(addr)
+        exempt = level == 0 and bool(self.exempt) and self.exempt.contains(addr)   # a host's, not a network's
         src = table[key] = Source(key, exempt, self._conn_limits[level][1], self._hs_limits[level][1], now)
         if len(table) > self.cfg.table_size:
             # Least recently seen first. A Conn may still hold an evicted Source:
