@@ -111,6 +111,7 @@ class AbuseTracker:
         self._req_limits = ((cfg.requests_per_second, float(cfg.requests_burst)),
                             (cfg.requests_per_second * f, cfg.requests_burst * f))
         self._concurrent = (cfg.max_concurrent, cfg.max_concurrent * cfg.net_factor)
+        self._window_s = cfg.window
         self._slow = (cfg.slow_headers, cfg.slow_headers * cfg.net_factor)
         self._idle = (cfg.idle_connections, cfg.idle_connections * cfg.net_factor)
         self.hosts: OrderedDict[str, Source] = OrderedDict()
@@ -221,10 +222,9 @@ class AbuseTracker:
             self.counts["answered"] += 1
             return False
         # one more event for the error ratio (what _event does, without an error)
-        window = self.cfg.window
-        if now - host.win_start >= window:
+        if now - host.win_start >= self._window_s:
             self._window(host, now)
-        if now - net.win_start >= window:
+        if now - net.win_start >= self._window_s:
             self._window(net, now)
         host.events += 1
         net.events += 1

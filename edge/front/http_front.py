@@ -201,10 +201,12 @@ class HttpFront(ClientSide):
                 if decided is None:
                     self._requests += 1
                     self._head_rate.stop()
-                    if self._abuse is not None and not self._blocked_check(out):
-                        break
-                    if self._body_rate.min_rate:
-                        self._body_rate.start(asyncio.get_running_loop().time())
+                    if self._abuse is not None or self._body_rate.min_rate:
+                        now = asyncio.get_running_loop().time()
+                        if self._abuse is not None and not self._blocked_check(out, now):
+                            break
+                        if self._body_rate.min_rate:
+                            self._body_rate.start(now)
                 head = self._admit(ev, out, decided)
                 decided = None
                 if head is None:  # waiting for an effect: this head and the rest wait too
@@ -228,11 +230,10 @@ class HttpFront(ClientSide):
         else:
             self._cancel_header_timer()
 
-    def _blocked_check(self, out: list[bytes]) -> bool:
+    def _blocked_check(self, out: list[bytes], now: float) -> bool:
         """Count a request with the abuse layer; False when its source is blocked:
         then 429 ERR_GSLB_3430 with Retry-After, and the connection closes."""
         tracker = self.ctx.abuse
-        now = asyncio.get_running_loop().time()
         if tracker.request(self._abuse, self.sni, now):  # type: ignore[union-attr,arg-type]
             return True
         if out:  # earlier requests of this read go on; their answers come first
