@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 
 from bench import ours_edge
@@ -168,6 +169,8 @@ def _https(ctx, procs: Procs, certs: dict, root: str, ours, missing: str | None)
     added = {k: lat[k]["latency_p50_ms"] - lat["upstream"]["latency_p50_ms"] for k in order
              if "invalid" not in lat[k] and "invalid" not in lat["upstream"]}
 
+    abuse_row, abuse = _abuse_cost(ctx, procs, certs, seconds, missing if ours is None else None)
+
     rss = ours.peak_rss() if ours is not None else None
     if getattr(ctx, "profile", False) and ours is not None:
         from bench.profile import Sampler
@@ -179,7 +182,7 @@ def _https(ctx, procs: Procs, certs: dict, root: str, ours, missing: str | None)
             _wrk(servers["ours"] + path, seconds)
             ctx.profiles.update(sampler.finish())
     d = {"title": "Edge HTTPS", "wrk": results, "sequential": lat, "added_p50_ms": added, "peak_rss_kib": rss,
-         "lines": _https_lines(results, lat, added, rss, seconds)}
+         "abuse_cpu": abuse, "lines": _https_lines(results, lat, added, rss, seconds) + abuse.get("lines", [])}
 
     def val(v, who):
         st = results[v].get(who)
@@ -200,8 +203,91 @@ def _https(ctx, procs: Procs, certs: dict, root: str, ours, missing: str | None)
         figure_row("edge_https_close_rps", val("close", "ours"), val("close", "nginx2w"),
                    note=note_for("close", "ours", "nginx2w")),
         figure_row("edge_p50_added_ms", added.get("ours"), added.get("nginx1w"), note=missing),
+        abuse_row,
     ]
     return rows, d
+
+
+# The abuse layer's cost: two more edges beside the first, each with its own agent to the same
+# upstream. "on" accounts every connection and request (loopback not exempt, limits far above what
+# wrk does, so nothing is blocked); "off" has the layer disabled. Same wrk runs, alternated.
+ABUSE_ON = """
+[edge.abuse]
+exempt = []
+connections_per_second = 1e7
+connections_burst = 10000000
+max_concurrent = 10000000
+handshakes_per_second = 1e7
+handshakes_burst = 10000000
+requests_per_second = 1e7
+requests_burst = 10000000
+"""
+ABUSE_OFF = """
+[edge.abuse]
+enabled = false
+"""
+ABUSE_PORTS = {"on": (7443, (20040, 20049)), "off": (7444, (20050, 20059))}   # free of the others above
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (proc(5): fields 14 and 15, clock ticks)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _abuse_cost(ctx, procs: Procs, certs: dict, seconds: float, missing: str | None) -> tuple[dict, dict]:
+    """Edge CPU seconds per request with the abuse layer on and off (100 B, keep-alive): the
+    `edge_abuse_cpu_us` row and its details. CPU time, not req/s: the machine may be shared."""
+    if missing:
+        return unavailable_row("edge_abuse_cpu_us", missing), {}
+    edges: dict[str, ours_edge.OursEdge] = {}
+    urls: dict[str, str] = {}
+    rounds = 3 if ctx.quick else 5
+    per: dict[str, list[float]] = {"on": [], "off": []}
+    try:
+        for key, extra in (("on", ABUSE_ON), ("off", ABUSE_OFF)):
+            port, tcp = ABUSE_PORTS[key]
+            e = ours_edge.OursEdge(ctx, procs, certs, name=f"edge-abuse-{key}", port=port, tcp_ports=tcp,
+                                   extra=extra)
+            edges[key] = e
+            urls[key] = e.start_http(UPSTREAM_PORT, HTTPS_NAME) + "/small"
+        for key in urls:  # warm-up: TLS contexts, the stream, the upstream connection
+            _wrk(urls[key], 1.0)
+        for rnd in range(rounds):
+            # Both at once, for the same seconds: whatever else the machine runs meanwhile
+            # weighs on both sides alike (a pair, not two runs minutes apart).
+            pids = {key: edges[key].edge.pid for key in edges}
+            c0 = {key: _cpu_seconds(pid) for key, pid in pids.items()}
+            out: dict[str, dict] = {}
+            threads = [threading.Thread(target=lambda k=key: out.__setitem__(k, _wrk(urls[k], seconds, threads=1,
+                                                                                      conns=32)))
+                       for key in urls]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(seconds + 60)
+            for key, pid in pids.items():
+                st = out.get(key)
+                if st is None or "invalid" in st:
+                    raise RuntimeError(f"abuse {key}: no valid wrk run: {st and st.get('invalid')}")
+                per[key].append((_cpu_seconds(pid) - c0[key]) / st["requests"] * 1e6)
+                ctx.log(f"edge: abuse layer {key:3s} round {rnd + 1}/{rounds} {st['rps']:>9,.0f} req/s  "
+                        f"edge CPU {per[key][-1]:.1f} us/request")
+    except (RuntimeError, OSError) as exc:
+        return unavailable_row("edge_abuse_cpu_us", f"not measured: {str(exc)[:300]}"), {}
+    finally:
+        for e in edges.values():
+            for p in [*e.agents.values(), e.edge]:
+                if p is not None:
+                    procs.stop(p)
+    on, off = median(per["on"]), median(per["off"])
+    row = figure_row("edge_abuse_cpu_us", on, off)
+    pairs = [round(a / b, 3) for a, b in zip(per["on"], per["off"])]
+    row["note"] = f"ratio of each simultaneous pair: {pairs}"
+    lines = [f"- edge CPU per request, abuse layer on / off (median of {rounds} simultaneous pairs): "
+             f"{on:.1f} / {off:.1f} us (ratio {on / off:.3f}; target <= 1.10; pairs {pairs})"]
+    return row, {"cpu_us_per_request": per, "on": on, "off": off, "lines": lines}
 
 
 def aggregate_wrk(runs: list[dict]) -> dict:

@@ -40,16 +40,17 @@ order = ["ip_restriction"]        # as examples/edge.toml: the chain a deploymen
 [edge.modules.ip_restriction]
 allow_cidrs = []
 deny_cidrs = []
-
+{extra}
 [pops.bench]
 listen = ["127.0.0.1"]
 """
 
 
 def edge_config_text(*, ca_dir: str, cert_dir: str, authtokens: str, zone: str = ZONE,
-                     https_port: int = EDGE_PORT, tcp_ports: tuple[int, int] = TCP_PORTS) -> str:
+                     https_port: int = EDGE_PORT, tcp_ports: tuple[int, int] = TCP_PORTS, extra: str = "") -> str:
+    """`extra`: more TOML tables (e.g. an [edge.abuse] variant), placed before [pops.bench]."""
     return EDGE_TOML.format(zone=zone, https_port=https_port, tcp_lo=tcp_ports[0], tcp_hi=tcp_ports[1],
-                            ca_dir=ca_dir, cert_dir=cert_dir, authtokens=authtokens)
+                            ca_dir=ca_dir, cert_dir=cert_dir, authtokens=authtokens, extra=extra)
 
 
 _FORWARDING = re.compile(r"forwarding (\S+) -> (\S+)")
@@ -61,11 +62,15 @@ def parse_forwarding(text: str) -> list[tuple[str, str]]:
 
 
 class OursEdge:
-    def __init__(self, ctx, procs: Procs, certs: dict) -> None:
+    def __init__(self, ctx, procs: Procs, certs: dict, *, name: str = "edge", port: int = EDGE_PORT,
+                 tcp_ports: tuple[int, int] = TCP_PORTS, extra: str = "") -> None:
+        """`name`, `port`, `tcp_ports`, `extra`: a second edge beside the first (its own
+        directory, ports and config tables), as the abuse-layer cost figure runs."""
         self.ctx, self.procs, self.certs = ctx, procs, certs
+        self.name, self.port, self.tcp_ports, self.extra = name, port, tcp_ports, extra
         self.edge = None
         self.agents: dict[str, object] = {}
-        self.dir = os.path.join(ctx.tmp, "edge")
+        self.dir = os.path.join(ctx.tmp, name)
         self.token_file = os.path.join(self.dir, "authtoken")
 
     def unavailable(self) -> str | None:
@@ -85,20 +90,22 @@ class OursEdge:
         conf = os.path.join(self.dir, "edge.toml")
         with open(conf, "w") as fh:
             fh.write(edge_config_text(ca_dir=self.certs["ca_dir"], cert_dir=os.path.join(self.dir, "certs"),
-                                      authtokens=self.token_file))
-        self.edge = self.procs.start("gslb-edge", [sys.executable, "-m", "gslb.cli", "edge", "--config", conf,
-                                                   "--pop", "bench"], cwd=self.ctx.repo)
-        wait_tcp("127.0.0.1", EDGE_PORT, self.edge)
+                                      authtokens=self.token_file, https_port=self.port, tcp_ports=self.tcp_ports,
+                                      extra=self.extra))
+        self.edge = self.procs.start(f"gslb-{self.name}", [sys.executable, "-m", "gslb.cli", "edge", "--config",
+                                                           conf, "--pop", "bench"], cwd=self.ctx.repo)
+        wait_tcp("127.0.0.1", self.port, self.edge)
 
     def _agent(self, key: str, args: list[str], timeout: float = 20.0) -> str:
         """Start `gslb agent ARGS`, wait for its forwarding line, return the URL."""
         self._ensure_edge()
         # --inspect false: the figures are the data path's, as a production agent runs it (the
         # inspector, on by default for people, copies every request; docs/inspector.md has its cost).
-        argv = [sys.executable, "-m", "gslb.cli", "agent", *args, "--server", f"127.0.0.1:{EDGE_PORT}",
+        argv = [sys.executable, "-m", "gslb.cli", "agent", *args, "--server", f"127.0.0.1:{self.port}",
                 "--zone", ZONE, "--ca", self.certs["ca_cert"], "--authtoken-file", self.token_file,
                 "--inspect", "false"]
-        p = self.procs.start(f"gslb-agent-{key}", argv, cwd=self.ctx.repo)
+        p = self.procs.start(f"gslb-agent-{key}" + ("" if self.name == "edge" else f"-{self.name}"), argv,
+                             cwd=self.ctx.repo)
         self.agents[key] = p
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -117,7 +124,7 @@ class OursEdge:
         label = name.split(".")[0]
         url = self._agent("http", ["http", str(upstream_port), "--name", label])
         host = url.split("://", 1)[1].split("/")[0].split(":")[0]
-        return f"https://{host}:{EDGE_PORT}"
+        return f"https://{host}:{self.port}"
 
     def start_tcp(self, local_port: int) -> int:
         """A TCP endpoint to 127.0.0.1:local_port; returns the edge port it was given."""

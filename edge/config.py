@@ -14,6 +14,7 @@ Layout (see examples/edge.toml for every key, its default and unit):
     [edge.timeouts]   seconds
     [edge.limits]     counts and bytes
     [edge.modules]    order = [...]; [edge.modules.<name>] options
+    [edge.abuse]      the automatic abuse layer (edge/abuse/README.md): limits, blocks, exempt CIDRs
     [pops.<id>]       listen = [addresses]; health_listen; any [edge] key overrides
     [registry]        kind = "memory" | "etcd"; endpoints; prefix; lease_ttl; timeouts
     [peer]            listen = ["ADDR:PORT"]; timeouts of the links between PoPs
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.abuse.config import AbuseConfig
 from plumbing.toml import ConfigError, Table, TomlDoc
 from plumbing.addr import split_host_port
 
@@ -43,12 +45,16 @@ class Timeouts:
     idle: float = 300.0         # client connection with no bytes either way, seconds
     stream_open: float = 10.0   # waiting for the tunnel to open a stream, seconds
     header: float = 20.0        # one HTTP request head, from its first byte (slowloris), seconds
+    rate_grace: float = 3.0     # a head's or body's minimum rate is judged after this long, seconds
 
 
 @dataclass(frozen=True)
 class Limits:
     max_connections: int = 10000        # client connections at once, all listeners
     max_header_bytes: int = 16384       # HTTP request head
+    max_header_count: int = 100         # header fields in one HTTP request head
+    min_header_rate: float = 64.0       # bytes/s a request head must average after rate_grace (0: off)
+    min_body_rate: float = 64.0         # bytes/s a request body must average after rate_grace (0: off)
     max_client_hello: int = 16384       # bytes peeked for the ClientHello
     max_cached_certs: int = 1024        # SSLContexts held in memory
 
@@ -98,6 +104,7 @@ class EdgeConfig:
     authtokens_file: str | None
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    abuse: AbuseConfig = field(default_factory=AbuseConfig)
     module_order: tuple[str, ...] = ()
     module_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
@@ -131,7 +138,7 @@ _NAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$
 
 _EDGE_KEYS = {
     "https_domain", "listen", "https_port", "http_port", "tcp_ports", "health_listen", "ca_dir",
-    "cert_dir", "authtokens_file", "timeouts", "limits", "modules",
+    "cert_dir", "authtokens_file", "timeouts", "limits", "modules", "abuse",
 }
 
 
@@ -255,22 +262,29 @@ def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
 
     t, _ = get("timeouts", {})
     tt = t.table("timeouts")
-    tt.reject_unknown(("handshake", "idle", "stream_open", "header"))
+    tt.reject_unknown(("handshake", "idle", "stream_open", "header", "rate_grace"))
     timeouts = Timeouts(
         handshake=_num(tt, "handshake", 10.0, 0.1, 300),
         idle=_num(tt, "idle", 300.0, 1, 86400),
         stream_open=_num(tt, "stream_open", 10.0, 0.1, 300),
         header=_num(tt, "header", 20.0, 0.1, 3600),
+        rate_grace=_num(tt, "rate_grace", 3.0, 0.1, 3600),
     )
     t, _ = get("limits", {})
     lt = t.table("limits")
-    lt.reject_unknown(("max_connections", "max_header_bytes", "max_client_hello", "max_cached_certs"))
+    lt.reject_unknown(("max_connections", "max_header_bytes", "max_header_count", "min_header_rate",
+                       "min_body_rate", "max_client_hello", "max_cached_certs"))
     limits = Limits(
         max_connections=_int(lt, "max_connections", 10000, 1, 1_000_000),
         max_header_bytes=_int(lt, "max_header_bytes", 16384, 1024, 1 << 20),
+        max_header_count=_int(lt, "max_header_count", 100, 8, 10000),
+        min_header_rate=_num(lt, "min_header_rate", 64.0, 0, 1e9),
+        min_body_rate=_num(lt, "min_body_rate", 64.0, 0, 1e9),
         max_client_hello=_int(lt, "max_client_hello", 16384, 512, 65536),
         max_cached_certs=_int(lt, "max_cached_certs", 1024, 1, 100_000),
     )
+    t, _ = get("abuse", {})
+    abuse = _abuse(t.table("abuse"))
     t, _ = get("modules", {})
     mt = t.table("modules")
     from edge.modules import DEFAULT_ORDER
@@ -286,7 +300,7 @@ def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
         source=doc.path, zone=zone, pop=pop, https_domain=https_domain, listen=listen,
         https_port=https_port, http_port=http_port, tcp_ports=tcp_ports, health_listen=health,
         ca_dir=ca_dir, cert_dir=cert_dir, authtokens_file=authtokens_file, timeouts=timeouts,
-        limits=limits, module_order=tuple(order), module_options=options,
+        limits=limits, abuse=abuse, module_order=tuple(order), module_options=options,
         registry=_registry(root.table("registry")),
         peer=_peer(root.table("peer")),
         peers=_peers(root.table("peers")),
@@ -304,6 +318,61 @@ def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
                 raise mt.table(name).error(key, problem) from None
             raise mt.error("order", str(exc)) from None
     return cfg
+
+
+_ABUSE_KEYS = (
+    "enabled", "exempt", "table_size", "max_blocks", "net_factor", "connections_per_second",
+    "connections_burst", "max_concurrent", "handshakes_per_second", "handshakes_burst",
+    "requests_per_second", "requests_burst", "window", "slow_headers", "idle_connections", "error_ratio",
+    "error_min_events", "block_durations", "escalation_decay",
+)
+
+
+def _abuse(t: Table) -> AbuseConfig:
+    """[edge.abuse] (edge/abuse/README.md); every key optional, the defaults are production ones."""
+    t.reject_unknown(_ABUSE_KEYS)
+    d = AbuseConfig()
+    enabled = t.value("enabled", True)
+    if not isinstance(enabled, bool):
+        raise t.error("enabled", f"expected true or false, got {enabled!r}")
+    exempt = t.value("exempt", list(d.exempt))
+    if not isinstance(exempt, list) or len(exempt) > 1024:
+        raise t.error("exempt", "expected a list of at most 1024 CIDRs, e.g. [\"10.77.0.0/24\", \"fd00::/8\"]")
+    nets = []
+    for c in exempt:
+        if not isinstance(c, str):
+            raise t.error("exempt", f"expected a CIDR string, got {c!r}")
+        try:
+            nets.append(str(ipaddress.ip_network(c, strict=True)))
+        except ValueError as exc:
+            raise t.error("exempt", f"{c!r} is not a network: {exc}") from None
+    durations = t.value("block_durations", list(d.block_durations))
+    if (not isinstance(durations, list) or not 1 <= len(durations) <= 8
+            or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not 1 <= x <= 86400
+                   for x in durations)):
+        raise t.error("block_durations", f"expected a list of 1..8 durations 1..86400 s, got {durations!r}")
+    if list(durations) != sorted(durations):
+        raise t.error("block_durations", f"expected ascending durations (they escalate), got {durations!r}")
+    return AbuseConfig(
+        enabled=enabled, exempt=tuple(nets),
+        table_size=_int(t, "table_size", d.table_size, 16, 10_000_000),
+        max_blocks=_int(t, "max_blocks", d.max_blocks, 16, 1_000_000),
+        net_factor=_int(t, "net_factor", d.net_factor, 1, 256),
+        connections_per_second=_num(t, "connections_per_second", d.connections_per_second, 0.01, 1e7),
+        connections_burst=_int(t, "connections_burst", d.connections_burst, 1, 10_000_000),
+        max_concurrent=_int(t, "max_concurrent", d.max_concurrent, 1, 10_000_000),
+        handshakes_per_second=_num(t, "handshakes_per_second", d.handshakes_per_second, 0.01, 1e7),
+        handshakes_burst=_int(t, "handshakes_burst", d.handshakes_burst, 1, 10_000_000),
+        requests_per_second=_num(t, "requests_per_second", d.requests_per_second, 0.01, 1e7),
+        requests_burst=_int(t, "requests_burst", d.requests_burst, 1, 10_000_000),
+        window=_num(t, "window", d.window, 1, 3600),
+        slow_headers=_int(t, "slow_headers", d.slow_headers, 1, 1_000_000),
+        idle_connections=_int(t, "idle_connections", d.idle_connections, 1, 1_000_000),
+        error_ratio=_num(t, "error_ratio", d.error_ratio, 0.01, 1),
+        error_min_events=_int(t, "error_min_events", d.error_min_events, 1, 1_000_000),
+        block_durations=tuple(float(x) for x in durations),
+        escalation_decay=_num(t, "escalation_decay", d.escalation_decay, 0, 30 * 86400),
+    )
 
 
 def _registry(t: Table) -> RegistryConfig:

@@ -28,6 +28,7 @@ BAD_REQUEST = ErrorCode("ERR_GSLB_3400", 400)         # not valid HTTP/1.x
 METHOD_NOT_ALLOWED = ErrorCode("ERR_GSLB_3405", 405)  # CONNECT: the edge is no forward proxy
 REQUEST_TIMEOUT = ErrorCode("ERR_GSLB_3408", 408)     # request head not complete in time
 MISDIRECTED = ErrorCode("ERR_GSLB_3421", 421)         # Host is not the connection's SNI
+ABUSE_BLOCKED = ErrorCode("ERR_GSLB_3430", 429)       # the client's network is blocked by the abuse layer
 HEAD_TOO_LARGE = ErrorCode("ERR_GSLB_3431", 431)      # request head too large or too many fields
 BAD_GATEWAY = ErrorCode("ERR_GSLB_3502", 502)         # the endpoint's agent could not be reached
 RATE_LIMITED = ErrorCode("ERR_GSLB_3429", 429)        # over the endpoint's rate_limit (Retry-After says when)
@@ -37,5 +38,5 @@ AGENT_UPSTREAM = ErrorCode("ERR_GSLB_AGENT_UPSTREAM", 502)  # the agent could no
 CODES: dict[str, ErrorCode] = {e.code: e for e in (
     OFFLINE, UNKNOWN_HOST, DENIED, FORBIDDEN, BAD_REQUEST, METHOD_NOT_ALLOWED, REQUEST_TIMEOUT,
     MISDIRECTED, HEAD_TOO_LARGE, BAD_GATEWAY, AGENT_UPSTREAM,
-    RATE_LIMITED, CIRCUIT_OPEN,
+    RATE_LIMITED, CIRCUIT_OPEN, ABUSE_BLOCKED,
 )}

@@ -34,6 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from edge.abuse import AbuseTracker, Conn as AbuseConn
 from edge.certs import CertStore
 from edge.config import EdgeConfig
 from edge.endpoint import Endpoint, open_stream_within
@@ -81,10 +82,12 @@ class _HelloPeek:
     delay instead of spinning; the handshake timeout bounds the whole wait.
     """
 
-    def __init__(self, server: "EdgeServer", sock: socket.socket, peer: tuple[Any, ...]) -> None:
+    def __init__(self, server: "EdgeServer", sock: socket.socket, peer: tuple[Any, ...],
+                 abuse: AbuseConn | None = None) -> None:
         self.server = server
         self.sock = sock
         self.peer = peer
+        self.abuse = abuse
         self.loop = server.loop
         self.tries = 0
         self.done = False
@@ -103,6 +106,9 @@ class _HelloPeek:
         self._finish()
         self.server.stats.bad_hello += 1
         log.info(kv(event, client=self.peer[0], port=self.peer[1], **fields))
+        # a broken ClientHello is malformed; none within the handshake timeout: a connection
+        # held without a request (a client that closes at once, a TCP probe, is neither)
+        self.server.abuse_closed(self.abuse, error={"bad_client_hello": "malformed", "hello_timeout": "idle"}.get(event))
         self.server.release(self.sock)
 
     def _timeout(self) -> None:
@@ -139,7 +145,7 @@ class _HelloPeek:
             self.loop.call_later(delay, self._rearm)
             return
         self._finish()
-        self.server.dispatch(self.sock, self.peer, hello)
+        self.server.dispatch(self.sock, self.peer, hello, self.abuse)
 
 
 class EdgeServer:
@@ -165,6 +171,13 @@ class EdgeServer:
         self.via = f"{cfg.pop}.{cfg.zone}"  # received-by in Via (RFC 9110 7.6.3)
         self.stats = Stats()
         self.metrics = EdgeCounters()   # /metrics on the health listener (edge/metrics.py)
+        # The automatic abuse layer (edge/abuse/README.md): per-source accounting, blocks at accept.
+        self.abuse: AbuseTracker | None = AbuseTracker(cfg.abuse, _abuse_log) if cfg.abuse.enabled else None
+        self._abuse_timer: asyncio.TimerHandle | None = None
+        self.max_header_count = cfg.limits.max_header_count
+        self.min_header_rate = cfg.limits.min_header_rate
+        self.min_body_rate = cfg.limits.min_body_rate
+        self.rate_grace = cfg.timeouts.rate_grace
         # Connection churn leaves freed TLS buffers in glibc's heap holes: give
         # them back every few hundred closed connections (edge/memtrim.py).
         self.trimmer = HeapTrimmer()
@@ -244,11 +257,40 @@ class EdgeServer:
         except BaseException:
             await self.close()
             raise
+        if self.abuse is not None:
+            self._abuse_tick()
         log.info(kv("edge_started", pop=cfg.pop, listen=",".join(cfg.listen), https_port=cfg.https_port,
                     http_port=cfg.http_port, tcp_ports=f"{cfg.tcp_ports[0]}-{cfg.tcp_ports[1]}" if cfg.tcp_ports else None,
                     health=f"{cfg.health_listen[0]}:{cfg.health_listen[1]}" if cfg.health_listen else None))
 
+    def _abuse_tick(self) -> None:
+        """Lift expired blocks once a second, so each gets its abuse_unblock line on time."""
+        assert self.abuse is not None
+        self.abuse.expire(self.loop.time())
+        self._abuse_timer = self.loop.call_later(1.0, self._abuse_tick)
+
+    def abuse_closed(self, conn: AbuseConn | None, *, error: str | None = None, nbytes: int = 0) -> None:
+        """A connection the abuse layer admitted ends (once: the tracker ignores repeats)."""
+        if conn is not None and self.abuse is not None:
+            now = self.loop.time()
+            if error is not None:
+                self.abuse.error(conn, error, now)
+            self.abuse.closed(conn, now, nbytes=nbytes)
+
+    def _closer(self, conn: AbuseConn | None) -> Callable[..., None]:
+        """on_closed for a protocol that holds an admitted connection."""
+        if conn is None:
+            return self._closed
+
+        def closed(*_: Any) -> None:
+            self.abuse_closed(conn)
+            self.release(None)
+        return closed
+
     async def close(self) -> None:
+        if self._abuse_timer is not None:
+            self._abuse_timer.cancel()
+            self._abuse_timer = None
         for sock in self._listeners:
             try:
                 self.loop.remove_reader(sock.fileno())
@@ -285,10 +327,16 @@ class EdgeServer:
                 self.stats.refused_limit += 1
                 sock.close()
                 continue
+            conn = None
+            if self.abuse is not None:
+                conn = self.abuse.admit(peer[0], self.loop.time())
+                if conn is None:  # a blocked source: closed before any TLS, counted in abuse stats
+                    sock.close()
+                    continue
             self.stats.open += 1
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _HelloPeek(self, sock, peer)
+            _HelloPeek(self, sock, peer, conn)
 
     def _accept_failed(self, lsock: socket.socket, exc: OSError) -> None:
         self.stats.accept_errors += 1
@@ -315,49 +363,57 @@ class EdgeServer:
         if sock is not None:
             sock.close()
 
-    def dispatch(self, sock: socket.socket, peer: tuple[Any, ...], hello: ClientHello) -> None:
+    def dispatch(self, sock: socket.socket, peer: tuple[Any, ...], hello: ClientHello,
+                 abuse: AbuseConn | None = None) -> None:
         sni = hello.sni
         peer2 = (str(peer[0]), int(peer[1]))
         if sni is None:
             log.info(kv("no_sni", client=peer2[0]))
+            self.abuse_closed(abuse, error="malformed")
             self.release(sock)
             return
         if sni in self.cfg.ingress_names:
             if self.agent_protocol_factory is None:
                 log.info(kv("agent_ingress_disabled", client=peer2[0], sni=sni))
+                self.abuse_closed(abuse)
                 self.release(sock)
                 return
             agent_factory = self.agent_protocol_factory
             self.metrics.connection("agent")
-            self._spawn(self._accept_tls(sock, peer2, sni, lambda: agent_factory(on_closed=self._closed),
-                                         names=self.cfg.ingress_names, alpn=()))
+            closer = self._closer(abuse)
+            self._spawn(self._accept_tls(sock, peer2, sni, lambda: agent_factory(on_closed=closer),
+                                         names=self.cfg.ingress_names, alpn=(), abuse=abuse))
             return
         tls_endpoint = self.lookup("tls", sni)
         if tls_endpoint is not None:
             self.metrics.connection("tls")
             admitted, subject = self._admit_conn(tls_endpoint, "tls", sni, peer2)
             if not admitted:
+                self.abuse_closed(abuse)
                 self.release(sock)
                 return
             if tls_endpoint.terminate_at == "edge":
                 factory = lambda: self._relay(tls_endpoint, "tls", sni, tls_terminated=True,  # noqa: E731
-                                              subject=subject)
-                self._spawn(self._accept_tls(sock, peer2, sni, factory, names=(sni,), alpn=()))
+                                              subject=subject, abuse=abuse)
+                self._spawn(self._accept_tls(sock, peer2, sni, factory, names=(sni,), alpn=(), abuse=abuse))
             else:
-                factory = lambda: self._relay(tls_endpoint, "tls", sni, subject=subject)  # noqa: E731
-                self._spawn(self._accept_plain(sock, factory))
+                factory = lambda: self._relay(tls_endpoint, "tls", sni, subject=subject, abuse=abuse)  # noqa: E731
+                self._spawn(self._accept_plain(sock, factory, abuse))
             return
         if sni in self._tls_names and self.lookup("http", sni) is None:
             log.info(kv("tls_endpoint_offline", client=peer2[0], sni=sni))
+            self.abuse_closed(abuse)
             self.release(sock)
             return
         if self.is_https_name(sni):
             self.metrics.connection("https")
-            self._spawn(self._accept_tls(sock, peer2, sni, lambda: HttpFront(self, sni, on_closed=self._closed),
+            self._spawn(self._accept_tls(sock, peer2, sni,
+                                         lambda: HttpFront(self, sni, on_closed=self._closed, abuse=abuse),
                                          names=(sni,),
-                                         alpn=("http/1.1",)))
+                                         alpn=("http/1.1",), abuse=abuse))
             return
         log.info(kv("unknown_sni", client=peer2[0], sni=sni))
+        self.abuse_closed(abuse, error="malformed")
         self.release(sock)
 
     def _spawn(self, coro: Any) -> None:
@@ -371,16 +427,18 @@ class EdgeServer:
         (the protocols call it, as on_closed, from their connection_lost)."""
         self.release(None)
 
-    async def _accept_plain(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
+    async def _accept_plain(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
+                            abuse: AbuseConn | None = None) -> None:
         try:
             await self.loop.connect_accepted_socket(factory, sock)
         except OSError as exc:
             log.info(kv("accept_failed", error=type(exc).__name__))
+            self.abuse_closed(abuse)
             self.release(sock)
 
     async def _accept_tls(self, sock: socket.socket, peer: tuple[str, int], sni: str,
                           factory: Callable[[], asyncio.Protocol], names: tuple[str, ...],
-                          alpn: tuple[str, ...]) -> None:
+                          alpn: tuple[str, ...], abuse: AbuseConn | None = None) -> None:
         try:
             ctx = self.certs.cached(names, alpn)
             if ctx is None:
@@ -388,18 +446,25 @@ class EdgeServer:
                 ctx = await self.loop.run_in_executor(None, self.certs.context, names, alpn)
         except Exception as exc:  # noqa: BLE001 - a name we cannot serve: close, log
             log.warning(kv("cert_failed", sni=sni, error=type(exc).__name__, detail=exc))
+            self.abuse_closed(abuse)
             self.release(sock)
             return
         try:
-            await self.loop.connect_accepted_socket(
+            transport, _ = await self.loop.connect_accepted_socket(
                 factory, sock, ssl=ctx, ssl_handshake_timeout=self.cfg.timeouts.handshake)
         except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
             log.info(kv("tls_handshake_failed", client=peer[0], sni=sni, error=type(exc).__name__))
             # uvloop/asyncio closed the transport (and so the socket) already
+            self.abuse_closed(abuse, error="handshake_failed")
             self.release(None)
+            return
         except Exception as exc:  # noqa: BLE001 - ssl.SSLError and the like
             log.info(kv("tls_handshake_failed", client=peer[0], sni=sni, error=type(exc).__name__))
+            self.abuse_closed(abuse, error="handshake_failed")
             self.release(None)
+            return
+        if abuse is not None and self.abuse is not None and not self.abuse.handshake(abuse, True, self.loop.time()):
+            transport.abort()  # this handshake blocked its source (handshake flood): the protocol closes
 
     # -- module effects -------------------------------------------------------------------
     async def perform(self, effect: HttpCall) -> EffectResult:
@@ -448,17 +513,18 @@ class EdgeServer:
 
     def _relay(self, endpoint: Endpoint | None, kind: str, sni: str | None,
                resolve: Callable[[tuple[str, int]], tuple[Endpoint, Subject | None] | None] | None = None,
-               tls_terminated: bool = False, subject: Subject | None = None) -> RawRelay:
+               tls_terminated: bool = False, subject: Subject | None = None,
+               abuse: AbuseConn | None = None) -> RawRelay:
         """A raw relay to `endpoint` (or to what `resolve(peer)` finds when it
         opens; None: close); the chain observes `subject`'s outcome at the end."""
-        state: dict[str, Any] = {"endpoint": endpoint, "subject": subject}
+        state: dict[str, Any] = {"endpoint": endpoint, "subject": subject, "abuse": abuse}
 
         async def opener(relay: RawRelay) -> Any:
             ep = state["endpoint"]
             if ep is None and resolve is not None:
                 found = resolve(relay.peer)
                 if found is not None:
-                    ep, state["subject"] = found
+                    ep, state["subject"], state["abuse"] = found
                     state["endpoint"] = ep
             if ep is None:
                 return None
@@ -476,6 +542,7 @@ class EdgeServer:
                                    authority=sni)
 
         def closed(relay: RawRelay, exc: BaseException | None) -> None:
+            self.abuse_closed(state["abuse"], nbytes=relay.bytes_up + relay.bytes_down)
             self.release(None)
             self.metrics.transferred(kind, relay.bytes_up, relay.bytes_down)
             subj = state["subject"]
@@ -494,13 +561,23 @@ class EdgeServer:
         self.stats.open += 1
         self.metrics.connection("tcp")
 
-        def resolve(peer: tuple[str, int]) -> tuple[Endpoint, Subject | None] | None:
+        def resolve(peer: tuple[str, int]) -> tuple[Endpoint, Subject | None, AbuseConn | None] | None:
+            conn = None
+            if self.abuse is not None:
+                # asyncio accepted this one: the abuse layer decides before a stream opens
+                conn = self.abuse.admit(peer[0], self.loop.time())
+                if conn is None:
+                    return None
             endpoint = self.lookup("tcp", port)
             if endpoint is None:
                 log.info(kv("tcp_endpoint_offline", client=peer[0], port=port))
+                self.abuse_closed(conn)
                 return None
             admitted, subject = self._admit_conn(endpoint, "tcp", str(port), peer)
-            return (endpoint, subject) if admitted else None
+            if not admitted:
+                self.abuse_closed(conn)
+                return None
+            return endpoint, subject, conn
 
         return self._relay(None, "tcp", None, resolve)
 
@@ -527,6 +604,7 @@ class EdgeServer:
             "refused_limit": self.stats.refused_limit,
             "accept_errors": self.stats.accept_errors,
             "bad_client_hello": self.stats.bad_hello,
+            "abuse": self.abuse.stats() if self.abuse is not None else None,  # edge/abuse/README.md
             "heap_trims": self.trimmer.trims,
             "uptime_s": round(time.monotonic() - self.started, 1),
             "pid": os.getpid(),
@@ -552,6 +630,11 @@ class EdgeServer:
         await site.start()
         self._health_runner = runner
         self.bound["health"] = [(host, sock.getsockname()[1])]
+
+
+def _abuse_log(event: str, fields: dict[str, Any]) -> None:
+    # abuse_block / abuse_unblock: at warning, so they show without -v (one line each)
+    log.warning(kv(event, **fields))
 
 
 class _Refuse(asyncio.Protocol):

@@ -14,6 +14,8 @@ No I/O here, so every generator is unit-tested on its text.
 """
 from __future__ import annotations
 
+import ipaddress
+
 import json
 import math
 from typing import Any
@@ -165,6 +167,11 @@ def edge_toml(plan: LabPlan, ca_dir: str, cert_dir: str, authtokens_file: str,
     # in the edge's default order (edge/modules/README.md): an option whose module is missing
     # from the chain would be accepted and do nothing.
     lines += [""] + _toml_table("[edge.modules]", {"order": ["ip_restriction", "rate_limit", "circuit_breaker"]})
+    # The abuse layer (edge/abuse/README.md) never blocks the name servers' health probes
+    # (every second, each edge address, :80 and :443), nor the edge's own machine.
+    ns = [ipaddress.ip_address(a) for h in plan.by_role("dns") for a in (*h.ipv4, *h.ipv6)]
+    lines += [""] + _toml_table("[edge.abuse]", {"exempt": ["127.0.0.0/8", "::1/128"] + [
+        f"{a}/{a.max_prefixlen}" for a in ns]})
     for pop in plan.pops:
         # Every address of the PoP, v4 and v6: DNS hands any of them to clients.
         table: dict[str, Any] = {"listen": list(pop.ipv4) + list(pop.ipv6)}

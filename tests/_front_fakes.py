@@ -85,6 +85,11 @@ class Ctx:
     idle_timeout = 60.0
     header_timeout = None
     via = None
+    abuse = None            # the abuse layer off (tests/test_edge_abuse.py drives it)
+    max_header_count = 100
+    min_header_rate = 0.0
+    min_body_rate = 0.0
+    rate_grace = 3.0
 
     def __init__(self, binding, deny=(), chain=None, via=None, effects=None):
         self.binding = binding

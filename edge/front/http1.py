@@ -90,11 +90,13 @@ class RequestRewriter:
         forwarded_port: int = 443,
         proto: str = "https",
         max_header_bytes: int = 16 * 1024,
+        max_header_count: int = MAX_HEADERS,
     ) -> None:
         self._xff = client_addr.encode("ascii")
         self._xfport = str(forwarded_port).encode("ascii")  # the port the client connected to
         self._proto = proto.encode("ascii")
         self._max_header = max_header_bytes
+        self._max_fields = max_header_count
         self._parser = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
         self._reset_head()
@@ -152,8 +154,8 @@ class RequestRewriter:
         if not self._in_head:
             return  # trailer fields (RFC 9112 7.1.2): not forwarded, we re-chunk
         self._count(len(name) + len(value) + 4)
-        if len(self._headers) >= MAX_HEADERS:
-            raise HttpError.of(E.HEAD_TOO_LARGE, f"more than {MAX_HEADERS} header fields")
+        if len(self._headers) >= self._max_fields:
+            raise HttpError.of(E.HEAD_TOO_LARGE, f"more than {self._max_fields} header fields")
         self._headers.append((name, value))
 
     def _count(self, n: int) -> None:
@@ -254,6 +256,7 @@ _REASONS = {
     308: "Permanent Redirect", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 421: "Misdirected Request", 431: "Request Header Fields Too Large", 502: "Bad Gateway",
     503: "Service Unavailable",
+    429: "Too Many Requests",
 }
 
 

@@ -21,8 +21,10 @@ from collections import deque
 from typing import Any, Callable, Protocol
 
 from edge import errors as E
+from edge.abuse import AbuseTracker, MinRate
+from edge.abuse import Conn as AbuseConn
 from edge.endpoint import Endpoint, open_stream_within
-from edge.front.http1 import HttpError, RequestHead, RequestRewriter, error_response, host_name
+from edge.front.http1 import BodyData, HttpError, RequestHead, RequestRewriter, error_response, host_name
 from edge.front.relay import ClientSide, log
 from edge.front.response import ResponseRewriter, add_via
 from edge.metrics import DISCARD
@@ -49,6 +51,11 @@ class FrontContext(Protocol):
     via: str | None  # received-by of this PoP for Via (RFC 9110 7.6.3), e.g. "eu.lab.test"; None: no Via
     header_timeout: float | None  # seconds a request head may take (slowloris); None: no limit
     stats: Any  # the server's counters: .requests += 1 per request head (edge.server.Stats)
+    abuse: AbuseTracker | None    # the abuse layer (edge/abuse/), None: off
+    max_header_count: int         # header fields in one request head
+    min_header_rate: float        # bytes/s a head must average after rate_grace; 0: off
+    min_body_rate: float          # bytes/s a body must average after rate_grace; 0: off
+    rate_grace: float             # seconds
 
     def lookup(self, kind: str, name: str) -> Endpoint | None: ...
 
@@ -80,9 +87,15 @@ class _Exchange:
 
 class HttpFront(ClientSide):
     def __init__(self, ctx: FrontContext, sni: str,
-                 on_closed: Callable[[BaseException | None], None] | None = None) -> None:
+                 on_closed: Callable[[BaseException | None], None] | None = None,
+                 abuse: AbuseConn | None = None) -> None:
         super().__init__()
         self.ctx = ctx
+        # The abuse layer (edge/abuse/README.md): this connection's accounting, fed per request.
+        self._abuse = abuse if ctx.abuse is not None else None
+        self._head_rate = MinRate(ctx.min_header_rate, ctx.rate_grace)   # slowloris: heads trickled in
+        self._body_rate = MinRate(ctx.min_body_rate, ctx.rate_grace)     # and bodies
+        self.bytes_in = 0                                                # from the client, all told
         self._on_closed = on_closed  # fn(exc) once the client connection is gone
         self.sni = sni
         self.idle_timeout = ctx.idle_timeout
@@ -116,6 +129,7 @@ class HttpFront(ClientSide):
         self.rw = RequestRewriter(
             str(self._ip) if self._ip else self.peer[0], forwarded_port=self.ctx.https_port,
             proto="https", max_header_bytes=self.ctx.max_header_bytes,
+            max_header_count=self.ctx.max_header_count,
         )
         # The first request head must come within the header timeout of the
         # handshake's end: a client that opens TLS and sends nothing, or a
@@ -138,18 +152,47 @@ class HttpFront(ClientSide):
         if self._closed or self._stop:
             return
         log.info(kv("header_timeout", client=self.peer[0], sni=self.sni, seconds=self._header_timeout))
-        # RFC 9110 15.5.9: 408, the server closes the connection.
+        # RFC 9110 15.5.9: 408, the server closes the connection. For the abuse layer:
+        # nothing at all on a new connection is one held idle, a head begun and not ended a slow one.
+        idle = self._requests == 0 and self.bytes_in == 0
         self._refuse(E.REQUEST_TIMEOUT.status, E.REQUEST_TIMEOUT.code, "Request timeout",
-                     f"The request head did not arrive within {self._header_timeout:g} s.")
+                     f"The request head did not arrive within {self._header_timeout:g} s.",
+                     abuse_kind="idle" if idle else "header_timeout")
+
+    def _too_slow(self, what: str, rate: MinRate) -> None:
+        """A head or body averaged less than its minimum rate (edge/abuse/rate.py): 408, closed."""
+        log.info(kv(f"slow_{what}", client=self.peer[0], sni=self.sni, bytes=rate.n, min_rate=rate.min_rate))
+        self._refuse(E.REQUEST_TIMEOUT.status, E.REQUEST_TIMEOUT.code, "Request timeout",
+                     f"The request {what} arrived slower than {rate.min_rate:g} bytes/s.",
+                     abuse_kind=f"slow_{what}")
+
+    def set_client_paused(self, reason: str, paused: bool) -> None:
+        super().set_client_paused(reason, paused)
+        if not paused and not self._pause_reasons and self._body_rate.running:
+            # the edge itself stopped reading (stream opening, backpressure): not the client's time
+            self._body_rate.start(asyncio.get_running_loop().time())
 
     # -- client bytes ---------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         if self._stop:
             return
+        self.bytes_in += len(data)
+        if self._body_rate.running or (self._head_rate.min_rate and self.rw.in_head):  # type: ignore[union-attr]
+            now = asyncio.get_running_loop().time()
+            if self._body_rate.running:
+                if not self._body_rate.feed(len(data), now):
+                    self._too_slow("body", self._body_rate)
+                    return
+            else:
+                if not self._head_rate.running:
+                    self._head_rate.start(now)
+                if not self._head_rate.feed(len(data), now):
+                    self._too_slow("header", self._head_rate)
+                    return
         try:
             events = self.rw.feed(data)  # type: ignore[union-attr]
         except HttpError as exc:
-            self._refuse(exc.status, exc.code, "Bad request", exc.message)
+            self._refuse(exc.status, exc.code, "Bad request", exc.message, abuse_kind="malformed")
             return
         if self._effect_task is not None:
             self._held.extend(events)  # a module's effect runs: what follows keeps its place
@@ -163,6 +206,13 @@ class HttpFront(ClientSide):
                 if decided is None:
                     self._requests += 1
                     self.ctx.stats.requests += 1  # the edge's counter in /healthz (a rate: `gslb lab top`)
+                    self._head_rate.stop()
+                    if self._abuse is not None or self._body_rate.min_rate:
+                        now = asyncio.get_running_loop().time()
+                        if self._abuse is not None and not self._blocked_check(out, now):
+                            break
+                        if self._body_rate.min_rate:
+                            self._body_rate.start(now)
                 head = self._admit(ev, out, decided)
                 decided = None
                 if head is None:  # waiting for an effect: this head and the rest wait too
@@ -174,6 +224,8 @@ class HttpFront(ClientSide):
                     self.resp.expect(ev.method)
                 out.append(head)
                 continue
+            if type(ev) is not BodyData:
+                self._body_rate.stop()  # RequestEnd, Upgraded
             out.append(ev.data)
         if out and not self._stop:
             self.send_to_stream(b"".join(out))
@@ -183,6 +235,24 @@ class HttpFront(ClientSide):
             self._arm_header_timer()
         else:
             self._cancel_header_timer()
+
+    def _blocked_check(self, out: list[bytes], now: float) -> bool:
+        """Count a request with the abuse layer; False when its source is blocked:
+        then 429 ERR_GSLB_3430 with Retry-After, and the connection closes."""
+        tracker = self.ctx.abuse
+        if tracker.request(self._abuse, self.sni, now):  # type: ignore[union-attr,arg-type]
+            return True
+        if out:  # earlier requests of this read go on; their answers come first
+            self.send_to_stream(b"".join(out))
+            out.clear()
+        block = tracker.is_blocked(self.peer[0], now)  # type: ignore[union-attr]
+        retry = max(1, int((block.until - now) + 0.999)) if block is not None else 1
+        log.info(kv("request_blocked", client=self.peer[0], sni=self.sni, code=E.ABUSE_BLOCKED.code,
+                    retry_after=retry))
+        page = error_response(E.ABUSE_BLOCKED.status, E.ABUSE_BLOCKED.code, "Too many requests",
+                              f"Requests from your network are blocked for {retry} s (abuse protection).")
+        self._answer(page.replace(b"\r\n", b"\r\nRetry-After: %d\r\n" % retry, 1))
+        return False
 
     def _admit(self, head: RequestHead, out: list[bytes],
                decided: tuple[Subject, Decision] | None = None) -> bytes | bool | None:
@@ -334,8 +404,11 @@ class HttpFront(ClientSide):
         self._refuse(E.BAD_GATEWAY.status, E.BAD_GATEWAY.code, "Bad gateway",
                      f"The agent for {self.sni} could not be reached.")
 
-    def _refuse(self, status: int, code: str, title: str, detail: str) -> None:
-        """Answer with the edge's error page and close (see `_answer`)."""
+    def _refuse(self, status: int, code: str, title: str, detail: str, abuse_kind: str = "edge_4xx") -> None:
+        """Answer with the edge's error page and close (see `_answer`); a 4xx
+        counts for the abuse layer as `abuse_kind` (edge/abuse/tracker.py)."""
+        if self._abuse is not None and 400 <= status < 500:
+            self.ctx.abuse.error(self._abuse, abuse_kind, asyncio.get_running_loop().time())  # type: ignore[union-attr]
         self._answer(error_response(status, code, title, detail))
 
     def _answer(self, page: bytes) -> None:
@@ -366,6 +439,9 @@ class HttpFront(ClientSide):
         super().from_stream(data)
 
     def on_closed(self, exc: BaseException | None) -> None:
+        if self._abuse is not None:
+            self.ctx.abuse.closed(self._abuse, asyncio.get_running_loop().time(),  # type: ignore[union-attr]
+                                  nbytes=self.bytes_in + self.bytes_down)
         if self._effect_task is not None:
             self._effect_task.cancel()
         self._observe_rest("client_closed")
