@@ -177,6 +177,8 @@ health_listen = "127.0.0.1:{health_port}"
         assert out >= 5 * len(b"hello from upstream\n")
         assert m["gslb_edge_bytes_total"][(("direction", "in"), ("kind", "https"))] >= 5 * len(b"GET /x HTTP/1.1\r\n")
         assert m["gslb_edge_agent_sessions"][()] == 1 and m["gslb_edge_bindings"][()] == 1
+        # The abuse layer is on by default: its stats() are there (loopback is exempt: nothing blocked).
+        assert m["gslb_edge_abuse_stat"][(("stat", "blocked"),)] == 0
         a = scrape(agent_port)
         assert a["gslb_agent_session_up"] == {(("server", f"127.0.0.1:{https_port}"),): 1}
         assert a["gslb_agent_sessions_total"][()] == 1
