@@ -131,6 +131,7 @@ class ServerSettings:
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 512
     nsid: bytes | None = None        # RFC 5001 payload; None: no NSID in answers
+    user: str | None = None          # USER[:GROUP] to become after binding (plumbing.privileges)
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,19 @@ class DnsConfig:
             if p.id == pop_id:
                 return p
         raise KeyError(pop_id)
+
+
+def _user(sv: Any) -> str | None:
+    """[server].user: resolved now, so a user this host lacks is a config error with its line."""
+    from plumbing.privileges import PrivilegeError, resolve_user
+    spec = sv.str("user", None)
+    if spec is None:
+        return None
+    try:
+        resolve_user(spec)
+    except PrivilegeError as exc:
+        raise sv.error("user", str(exc).replace("--user ", "")) from None
+    return spec
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -423,6 +437,7 @@ def load_dns_config(path: str) -> DnsConfig:
         tcp_idle_timeout=sv.float("tcp_idle_timeout", 10.0, min=0.1, max=3600),
         tcp_max_connections=sv.int("tcp_max_connections", 512, min=1, max=65536),
         nsid=_nsid(sv),
+        user=_user(sv),
     )
     sv.reject_unknown()
 
