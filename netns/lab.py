@@ -715,7 +715,7 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
     t_start = time.monotonic()
 
     progress("waiting for the first answer through the resolver")
-    _wait_ready(plan, paths, state)
+    _wait_ready(plan, paths, state, progress)
     t_ready = time.monotonic()
     state.status = "up"
     state.timings = {"build": round(t_build - t0, 3), "configs": round(t_config - t_build, 3),
@@ -803,7 +803,7 @@ def _answers(reply: bytes, qid: int) -> int | None:
     return len(r.rr)
 
 
-def _wait_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
+def _wait_ready(plan: LabPlan, paths: LabPaths, state: LabState, progress: Progress = _quiet) -> None:
     """Poll until the lab answers right, not merely answers. In order:
 
     1. both name servers answer SOA;
@@ -849,12 +849,17 @@ def _wait_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
             addr, qname, qtype, _host = pending[0]
             if _dns_ok(client_ns, addr, qname, qtype):
                 pending.pop(0)
+                if pending is soa and not soa:
+                    progress(f"{len(plan.by_role('dns'))} name servers answer SOA")
             else:
                 time.sleep(0.05)
         elif http:
             addr, port, path, _host = http[0]
             if _http_ok(client_ns, addr, port, path):
                 http.pop(0)
+                if not http:
+                    progress(f"{len(plan.by_role('registry'))} etcd members and {len(plan.by_role('pop'))} "
+                             "edges healthy")
             else:
                 time.sleep(0.05)
         else:
@@ -866,6 +871,8 @@ def _wait_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
             else:
                 not_up.pop(host, None)
                 views.pop(0)
+                if not views:
+                    progress("every name server's health checks have every PoP address up")
     log.debug(kv("ready", attempts=attempts))
 
 

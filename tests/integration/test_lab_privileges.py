@@ -13,6 +13,7 @@ import json
 import os
 import grp
 import pwd
+import re
 import signal
 import uuid
 from pathlib import Path
@@ -111,8 +112,12 @@ def test_a_sighup_reload_works_as_nobody_and_the_name_server_still_answers(lab, 
 
 def test_lab_restart_of_a_pop_starts_its_edge_unprivileged_again(lab, gslb_run):
     old = next(p for p in processes(gslb_run, lab, "edge") if p["host"] == "pop-au")
-    gslb_run("lab", "restart", "--prefix", lab.prefix, "pop-au", check=True, timeout=60)
+    r = gslb_run("lab", "restart", "--prefix", lab.prefix, "pop-au", check=True, timeout=60)
     new = next(p for p in processes(gslb_run, lab, "edge") if p["host"] == "pop-au")
+    # progress on stderr (seconds since the start), the result on stdout
+    assert re.search(rf"^lab {lab.prefix}: \[ *[\d.]+ s\] pop-au: edge started \(pid {new['pid']}\)$",
+                     r.stderr, re.M), r.stderr
+    assert f"pop-au: edge running again (pid {new['pid']})" in r.stdout, r.stdout
     assert new["pid"] != old["pid"] and new["alive"], (old, new)
     assert_unprivileged(new["pid"], "pop-au: edge after restart")
     pop = lab.host("pop-au")
