@@ -43,7 +43,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--user", metavar="USER[:GROUP]",
                    help="after binding every listener (:443, :80, TCP ports, health, peer) and reading the "
                         "CA and authtokens as root, become this user for good (its primary group unless "
-                        "GROUP is given); cert_dir must be writable by it. Under systemd prefer User= "
+                        "GROUP is given); cert_dir must be writable by it (default: the config's user "
+                        "key; none: keep running as started). Under systemd prefer User= "
                         "with CAP_NET_BIND_SERVICE (deploy/README.md)")
     p.set_defaults(func=_run)
     sub = p.add_subparsers(dest="edge_command", metavar="COMMAND")
@@ -134,12 +135,14 @@ def _run(args: argparse.Namespace) -> int:
     except PrivilegeError as exc:
         print(f"gslb edge: {exc}", file=sys.stderr)
         return 2
-    if ident is not None and os.geteuid() != 0 and os.geteuid() != ident.uid:
-        print(f"gslb edge: --user {ident}: only root can switch users (running as uid {os.geteuid()})",
-              file=sys.stderr)
-        return 2
     try:
         cfg = load(args.config, args.pop)
+        if ident is None and cfg.user:
+            ident = resolve_user(cfg.user)   # checked by the loader already
+        if ident is not None and os.geteuid() != 0 and os.geteuid() != ident.uid:
+            print(f"gslb edge: --user {ident}: only root can switch users (running as uid {os.geteuid()})",
+                  file=sys.stderr)
+            return 2
         ca = CertAuthority.load(cfg.ca_dir)
         certs = CertStore(ca, cfg.cert_dir, max_cached=cfg.limits.max_cached_certs)
         hub, agent_factory = _make_hub(cfg)

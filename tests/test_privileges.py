@@ -132,3 +132,38 @@ def test_dns_server_user_key_is_checked_with_its_file_and_line(tmp_path):
         load_dns_config(str(path))
     path.write_text(text.replace('user = "no-such-user-gde"', 'user = "nobody:nogroup"'))
     assert load_dns_config(str(path)).server.user == "nobody:nogroup"
+
+
+def test_edge_user_key_is_checked_with_its_file_and_line_and_a_pop_may_override_it(tmp_path):
+    from edge.config import ConfigError, load
+    base = ('zone = "lab.test"\n[edge]\nca_dir = "/tmp/gde-ca"\nuser = "{edge}"\n'
+            '[pops.a]\nlisten = ["127.0.0.1"]\n[pops.b]\nlisten = ["127.0.0.1"]\nuser = "{b}"\n')
+    path = tmp_path / "edge.toml"
+    path.write_text(base.format(edge="no-such-user-gde", b="nobody"))
+    with pytest.raises(ConfigError, match=r"edge.toml:4: .*user.*no such user"):
+        load(str(path), "a")
+    assert load(str(path), "b").user == "nobody"          # the PoP's own value wins
+    path.write_text(base.format(edge="nobody:nogroup", b="nobody"))
+    assert load(str(path), "a").user == "nobody:nogroup"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root (CI runs as root)")
+def test_edge_refuses_to_serve_when_the_user_cannot_write_cert_dir(tmp_path):
+    import socket
+    r = _gslb("edge", "ca", "init", "--dir", str(tmp_path / "ca"))
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "certs").mkdir(mode=0o755)          # root's: nobody cannot write there
+    tmp_path.chmod(0o755)
+    with socket.socket() as s:                       # two loopback ports nobody else uses now
+        s.bind(("127.0.0.1", 0))
+        https = s.getsockname()[1]
+        with socket.socket() as s2:
+            s2.bind(("127.0.0.1", 0))
+            http = s2.getsockname()[1]
+    (tmp_path / "edge.toml").write_text(
+        f'zone = "lab.test"\n[edge]\nca_dir = "{tmp_path}/ca"\ncert_dir = "{tmp_path}/certs"\n'
+        f'user = "nobody:nogroup"\n[pops.local]\nlisten = ["127.0.0.1"]\nhttps_port = {https}\nhttp_port = {http}\n')
+    r = _gslb("edge", "--config", str(tmp_path / "edge.toml"), "--pop", "local")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "event=privileges_dropped" in r.stderr and "user=nobody" in r.stderr, r.stderr
+    assert f"cert_dir {tmp_path}/certs is not writable by that user" in r.stderr, r.stderr
