@@ -749,6 +749,10 @@ def _hand_over(paths: LabPaths) -> None:
     paths.cert_dir.mkdir(mode=0o755, exist_ok=True)
     for path in (paths.dnssec_key, paths.cert_dir):
         os.chown(path, ident.uid, ident.gid)
+    # Readable whatever root's umask was when they were written (they hold no secret).
+    os.chmod(paths.dir, 0o755)
+    for path in (paths.dns_config, paths.mmdb, paths.edge_config):
+        os.chmod(path, 0o644)
 
 
 def _write_secret(path: Path, text: str) -> None:
