@@ -86,12 +86,12 @@ def wait_until(pred, timeout: float) -> bool:
     return False
 
 
-def check(unit: str, trace: Path) -> None:
+def check(unit: str, trace: Path, seen: tuple[str, ...] = ("socket", "bind", "execve")) -> None:
     s = unit_service(unit)
     allowed = allowed_syscalls(s["SystemCallFilter"])
     assert len(allowed) > 100, len(allowed)
     calls, families = traced(trace)
-    assert {"socket", "bind", "execve"} <= calls, sorted(calls)   # the trace is real
+    assert set(seen) <= calls, sorted(calls)   # the trace is real
     outside = sorted(calls - allowed)
     assert not outside, f"{unit}: system calls outside {s['SystemCallFilter']}: {outside}"
     restricted = set(s["RestrictAddressFamilies"].split())
@@ -157,3 +157,46 @@ def test_gslb_edge_serving_tls_stays_inside_the_units_syscall_filter_and_familie
     finally:
         p.stop()
     check("gslb-edge@.service", trace)
+
+
+@need_tools("strace", "systemd-analyze", "curl")
+def test_gslb_agent_carrying_requests_stays_inside_the_units_syscall_filter_and_families(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    r = subprocess.run([sys.executable, "-m", "gslb.cli", "edge", "ca", "init", "--dir", str(tmp_path / "ca")],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr
+    token = tmp_path / "authtoken"
+    token.write_text("gde-syscalls-" + "t" * 30 + "\n")
+    token.chmod(0o600)
+    https, http, upstream_port = free_port(), free_port(), free_port()
+    (tmp_path / "edge.toml").write_text(
+        f'zone = "lab.test"\n[edge]\nca_dir = "{tmp_path}/ca"\ncert_dir = "{tmp_path}/certs"\n'
+        f'authtokens_file = "{token}"\n'
+        f'[pops.local]\nlisten = ["127.0.0.1"]\nhttps_port = {https}\nhttp_port = {http}\n')
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "index.html").write_text("hello through the tunnel\n")
+    edge = Proc([sys.executable, "-m", "gslb.cli", "edge", "--config", str(tmp_path / "edge.toml"), "--pop", "local"],
+                "edge", env=env)
+    upstream = Proc([sys.executable, "-m", "http.server", str(upstream_port), "--bind", "127.0.0.1",
+                     "--directory", str(tmp_path / "www")], "upstream", env=env)
+    trace = tmp_path / "agent.trace"
+    agent = strace(trace, "agent", "http", str(upstream_port), "--name", "demo", "--server", f"127.0.0.1:{https}",
+                   "--zone", "lab.test", "--ca", str(tmp_path / "ca" / "ca.pem"), "--authtoken-file", str(token))
+    name = "demo.app.lab.test"
+    try:
+        edge.wait_line(r"gslb edge: pop=local", 60)
+
+        def curl() -> str:
+            return subprocess.run(["curl", "-s", "--max-time", "5", "--cacert", str(tmp_path / "ca" / "ca.pem"),
+                                   "--resolve", f"{name}:{https}:127.0.0.1", f"https://{name}:{https}/"],
+                                  capture_output=True, text=True, timeout=20).stdout
+        assert wait_until(lambda: curl() == "hello through the tunnel\n", 60), agent.log[-20:]
+        for _ in range(5):
+            assert curl() == "hello through the tunnel\n"
+        agent.stop()      # SIGTERM to strace, which passes it to the agent and ends with it
+        assert agent.p.returncode is not None
+    finally:
+        agent.stop()
+        upstream.stop()
+        edge.stop()
+    check("gslb-agent.service", trace, seen=("socket", "connect", "execve"))
