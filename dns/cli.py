@@ -290,7 +290,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     if ident is not None:
         try:
-            preload(("dns", "geo", "plumbing", "maxminddb", "cryptography.hazmat.primitives"))
+            preload(("dns", "geo", "plumbing", "maxminddb", "cryptography.hazmat.primitives"),
+                    exclude=("geo.build", "geo.cli"))
             drop_privileges(ident, component="dns")
             # What workers and reloads read, read once now as that user: a key or database it
             # cannot read is a start-up error, not a crash loop of workers or a failed reload.

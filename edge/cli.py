@@ -193,7 +193,8 @@ def _drop(cfg: Any, ident: Any) -> str | None:
     import os
 
     from plumbing.privileges import PrivilegeError, drop_privileges, preload
-    preload(("edge", "geo", "plumbing", "aiohttp", "cryptography.hazmat.primitives", "cryptography.x509"))
+    preload(("edge", "geo", "plumbing", "aiohttp", "cryptography.hazmat.primitives", "cryptography.x509"),
+            exclude=("edge.agent", "edge.agent_cli", "geo.build", "geo.cli"))
     try:
         drop_privileges(ident, component="edge")
     except PrivilegeError as exc:

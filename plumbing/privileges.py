@@ -104,13 +104,16 @@ STDLIB_LAZY = (
 _NOT_PRELOADED = frozenset({"pytest_plugin", "test_utils", "worker", "conftest", "__main__"})
 
 
-def preload(packages: tuple[str, ...], extra: tuple[str, ...] = STDLIB_LAZY) -> int:
+def preload(packages: tuple[str, ...], extra: tuple[str, ...] = STDLIB_LAZY, exclude: tuple[str, ...] = ()) -> int:
     """Import now every module of `packages` (walking their sub-packages) and of `extra`.
 
     Called as root just before the drop: afterwards no code is loaded from disk, so the
     service user needs no access to the installation (nor can a file it can write be
     imported later). A module that cannot be imported (an optional dependency missing) is
-    skipped: it would fail the same way later. Returns how many modules were imported."""
+    skipped: it would fail the same way later. Modules under a name in `exclude` (another
+    program's code in the same package, e.g. the agent's beside the edge's) are not imported,
+    so nothing they register at import (metrics, say) shows up in this daemon. Returns how
+    many modules were imported."""
     import importlib
     import pkgutil
 
@@ -128,7 +131,8 @@ def preload(packages: tuple[str, ...], extra: tuple[str, ...] = STDLIB_LAZY) -> 
             continue
         count += 1
         for info in pkgutil.walk_packages(getattr(pkg, "__path__", []), prefix=top + ".", onerror=lambda _: None):
-            if info.name.rsplit(".", 1)[-1] in _NOT_PRELOADED:
+            if info.name.rsplit(".", 1)[-1] in _NOT_PRELOADED or any(
+                    info.name == x or info.name.startswith(x + ".") for x in exclude):
                 continue
             try:
                 importlib.import_module(info.name)

@@ -167,3 +167,13 @@ def test_edge_refuses_to_serve_when_the_user_cannot_write_cert_dir(tmp_path):
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "event=privileges_dropped" in r.stderr and "user=nobody" in r.stderr, r.stderr
     assert f"cert_dir {tmp_path}/certs is not writable by that user" in r.stderr, r.stderr
+
+
+def test_preload_leaves_out_what_is_excluded():
+    import importlib
+    import sys as _sys
+    for name in [m for m in _sys.modules if m == "geo.build" or m.startswith("geo.build.")]:
+        del _sys.modules[name]
+    preload(("geo",), extra=(), exclude=("geo.build",))
+    assert "geo.build" not in _sys.modules and "geo.locate" in _sys.modules
+    importlib.import_module("geo.build")   # what the other tests of this run may expect

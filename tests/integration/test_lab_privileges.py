@@ -130,3 +130,14 @@ def test_lab_restart_of_a_pop_starts_its_edge_unprivileged_again(lab, gslb_run):
     code, verify = r.stdout.split()
     # Any HTTP answer (404 without an agent, 200 with one) over a verified TLS handshake.
     assert verify == "0" and code != "000", f"https at the restarted pop-au: {r.stdout!r} {r.stderr}"
+
+
+def test_no_name_server_or_edge_log_shows_code_that_could_not_be_loaded_after_the_drop(lab, gslb_run):
+    """Run last in this file (and after the other lab test files in a session): whatever they
+    made the daemons do, nothing failed to import once they ran as nobody (the lab's Python
+    may live where nobody cannot read: plumbing.privileges.preload)."""
+    bad = ("ModuleNotFoundError", "No module named", "unknown encoding", "Permission denied", "Traceback")
+    for p in processes(gslb_run, lab, "dns") + processes(gslb_run, lab, "edge"):
+        text = Path(p["log"]).read_text(errors="replace")
+        found = [b for b in bad if b in text]
+        assert not found, f"{p['host']}: {p['name']} log has {found}:\n{text[-3000:]}"
