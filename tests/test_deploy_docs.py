@@ -82,3 +82,47 @@ def test_the_agent_toml_of_the_page_loads(tmp_path):
     path.write_text(heredoc("/etc/gslb/agent.toml").replace("/etc/gslb/authtoken", str(token)))
     cfg = load_agent_config(str(path), env={})
     assert cfg.endpoints[0].name == "demo" and cfg.endpoints[0].port == 8080
+
+
+def gslb_commands() -> list[list[str]]:
+    """Every `gslb ...` command of the page's sh blocks (after `admin$`, `runuser -u gslb --`,
+    `&&`, `;`; here-documents left out), as argv without the program."""
+    import shlex
+    out = []
+    for block in re.findall(r"```sh\n(.*?)```", DOC, re.S):
+        block = re.sub(r"<<'?EOF'?\n.*?\nEOF\n", "\n", block, flags=re.S).replace("\\\n", " ")
+        for line in block.splitlines():
+            lex = shlex.shlex(re.sub(r"^\s*admin\$\s*", "", line), posix=True, punctuation_chars=True)
+            lex.whitespace_split = True
+            lex.commenters = "#"
+            words = list(lex)
+            parts: list[list[str]] = [[]]
+            for w in words:
+                if w in ("&&", ";", "||", "|"):
+                    parts.append([])
+                else:
+                    parts[-1].append(w)
+            for cmd in parts:
+                if cmd[:3] == ["runuser", "-u", "gslb"]:
+                    cmd = cmd[4:]
+                if cmd and cmd[0] in ("gslb", "/opt/gslb-edge/venv/bin/gslb"):
+                    out.append(cmd[1:])
+    return out
+
+
+def test_every_gslb_command_on_the_page_is_one_the_cli_accepts():
+    from gslb.cli import build_parser
+    cmds = gslb_commands()
+    assert len(cmds) >= 12, cmds
+    seen = set()
+    for argv in cmds:
+        if argv == ["--version"]:
+            continue
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:
+            raise AssertionError(f"docs/deploy.md: `gslb {' '.join(argv)}` is refused by the parser") from exc
+        assert getattr(args, "func", None) is not None, argv
+        seen.add(tuple(argv[:2]))
+    for want in (("dns", "--config"), ("edge", "--config"), ("dns", "drain"), ("dns", "ds"), ("edge", "ca")):
+        assert want in seen, (want, sorted(seen))
