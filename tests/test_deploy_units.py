@@ -8,7 +8,7 @@ is not executable: against the installed `gslb` in a copy whose paths point at i
 """
 from __future__ import annotations
 
-import configparser
+import re
 import shlex
 import shutil
 import subprocess
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from _tools import need_tools
+from _units import one, parse_unit, unit
 
 from gslb.cli import build_parser
 
@@ -26,25 +27,29 @@ INSTALLED = "/opt/gslb-edge/venv/bin/gslb"   # where docs/deploy.md installs the
 UNITS = ("gslb-dns.service", "gslb-edge@.service", "gslb-agent.service")
 
 
-def unit(name: str) -> configparser.RawConfigParser:
-    cp = configparser.RawConfigParser(strict=True, interpolation=None, delimiters=("=",),
-                                      comment_prefixes=("#", ";"))
-    cp.optionxform = str  # systemd keys are case-sensitive
-    cp.read_string((DEPLOY / name).read_text(), source=name)
-    return cp
-
-
 def exec_start(name: str) -> list[str]:
-    argv = shlex.split(unit(name)["Service"]["ExecStart"].replace("%i", "eu"))
+    argv = shlex.split(one(unit(name)["Service"], "ExecStart").replace("%i", "eu"))
     assert argv[0] == INSTALLED, argv
     return argv[1:]
 
 
 def test_every_unit_is_there_and_parses_with_the_three_sections():
     for name in UNITS:
-        cp = unit(name)
-        assert cp.sections() == ["Unit", "Service", "Install"], (name, cp.sections())
-        assert cp["Install"]["WantedBy"] == "multi-user.target"
+        u = unit(name)
+        assert list(u) == ["Unit", "Service", "Install"], (name, list(u))
+        assert one(u["Install"], "WantedBy") == "multi-user.target"
+        # every key but the ones systemd documents as lists is given once
+        for key, values in u["Service"].items():
+            assert len(values) == 1 or key == "SystemCallFilter", (name, key, values)
+
+
+def test_the_unit_parser_reads_lists_continuations_and_refuses_junk():
+    u = parse_unit("[Service]\n# c\nA=1\nA=2\nB=x\\\n  y\n")   # backslash-newline: one space
+    assert u == {"Service": {"A": ["1", "2"], "B": ["x y"]}}
+    with pytest.raises(ValueError, match="not Key=Value"):
+        parse_unit("[Service]\njunk\n")
+    with pytest.raises(ValueError, match="section"):
+        parse_unit("[Service]\n[Service]\n")
 
 
 @pytest.mark.parametrize("name, func", [("gslb-dns.service", "dns.cli._serve"),
@@ -70,34 +75,35 @@ def test_a_misspelt_flag_in_exec_start_would_be_refused(capsys):
 @pytest.mark.parametrize("name", UNITS)
 def test_every_unit_runs_unprivileged_in_a_sandbox(name):
     s = unit(name)["Service"]
-    assert (s["User"], s["Group"]) == ("gslb", "gslb")
+    assert (one(s, "User"), one(s, "Group")) == ("gslb", "gslb")
     for key, want in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-                      "PrivateTmp": "yes", "PrivateDevices": "yes", "RestrictSUIDSGID": "yes",
-                      "SystemCallFilter": "@system-service", "Restart": "on-failure", "UMask": "0077"}.items():
-        assert s.get(key) == want, (name, key, s.get(key))
-    families = set(s["RestrictAddressFamilies"].split())
+                      "PrivateTmp": "yes", "PrivateDevices": "yes", "PrivateMounts": "yes",
+                      "RestrictSUIDSGID": "yes", "Restart": "on-failure", "UMask": "0077"}.items():
+        assert one(s, key) == want, (name, key, s.get(key))
+    assert s["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+    families = set(one(s, "RestrictAddressFamilies").split())
     assert {"AF_INET", "AF_INET6", "AF_UNIX"} <= families <= {"AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"}
-    assert int(s["LimitNOFILE"]) >= 65536
+    assert int(one(s, "LimitNOFILE")) >= 65536
 
 
 @pytest.mark.parametrize("name", ["gslb-dns.service", "gslb-edge@.service"])
 def test_dns_and_edge_bind_low_ports_with_only_cap_net_bind_service(name):
     s = unit(name)["Service"]
-    assert s["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
-    assert s["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
+    assert one(s, "AmbientCapabilities") == "CAP_NET_BIND_SERVICE"
+    assert one(s, "CapabilityBoundingSet") == "CAP_NET_BIND_SERVICE"
 
 
 def test_the_agent_holds_no_capability_at_all():
     s = unit("gslb-agent.service")["Service"]
-    assert s["CapabilityBoundingSet"] == "" and "AmbientCapabilities" not in s
+    assert one(s, "CapabilityBoundingSet") == "" and "AmbientCapabilities" not in s
 
 
 def test_dns_reloads_with_sighup_and_has_its_runtime_directory_edge_its_state_directory():
     dns = unit("gslb-dns.service")["Service"]
-    assert dns["ExecReload"] == "/bin/kill -HUP $MAINPID"
-    assert dns["RuntimeDirectory"] == "gslb-dns" and dns["KillMode"] == "mixed"
+    assert one(dns, "ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert one(dns, "RuntimeDirectory") == "gslb-dns" and one(dns, "KillMode") == "mixed"
     edge = unit("gslb-edge@.service")["Service"]
-    assert edge["StateDirectory"] == "gslb-edge"
+    assert one(edge, "StateDirectory") == "gslb-edge"
     # The edge has no SIGHUP handler (SIGHUP would stop it): no reload promised.
     assert "ExecReload" not in edge and "ExecReload" not in unit("gslb-agent.service")["Service"]
 
@@ -122,3 +128,18 @@ def test_systemd_analyze_verify_does_catch_a_misspelt_key(tmp_path):
     r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "gslb-dns.service")],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert "Unknown key 'ProtectHoem'" in r.stderr, r.stderr
+
+
+@need_tools("systemd-analyze")
+def test_systemd_analyze_security_rates_every_unit_ok_with_exposure_at_most_2(tmp_path):
+    """systemd's own score of the sandbox (0 = locked down, 10 = none); 1.3-1.5 when written."""
+    gslb = Path(sys.executable).with_name("gslb")
+    for name in UNITS:
+        (tmp_path / name).write_text((DEPLOY / name).read_text().replace(INSTALLED, str(gslb)))
+    for name in UNITS:
+        target = name.replace("@.", "@eu.")
+        r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", target],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        m = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", r.stdout)
+        assert m, r.stdout[-500:] + r.stderr
+        assert float(m.group(1)) <= 2.0 and m.group(2) == "OK", (target, m.group(0))
