@@ -2,16 +2,16 @@
 
 Owns resolving a user/group spec and the drop itself. The daemons open what
 needs root first (ports below 1024, the control socket, files only root may
-read), then call `drop_privileges`, which, in this order (the order matters:
+read), then call `drop_privileges`, which, in this order (SEI CERT C POS36-C:
 after setuid a process may no longer change its groups):
 
-    setgroups([])   no supplementary group of root's stays (CVE-class mistake:
-                    a process that keeps group 0 or `shadow` after "dropping")
+    setgroups([])   no supplementary group of root's stays (a process that keeps
+                    group 0 after "dropping" still reads what group root may)
     setgid(gid)     real, effective and saved group ids (we are still root)
     setuid(uid)     real, effective and saved user ids: no way back
 
-and then checks there is no way back: `setuid(0)` must fail, and the real,
-effective and saved ids must all be the target's. Anything else is an error,
+and then checks there is no way back (POS37-C): `setuid(0)` must fail, and the
+real, effective and saved ids must all be the target's. Anything else is an error,
 never a warning: a daemon that believes it dropped root and did not is worse
 than one that refuses to start.
 
