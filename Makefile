@@ -10,12 +10,13 @@ STAMP   := $(VENV)/.installed
 # (gdnsd and nginx: the bench's unit tests check the peers' generated configs with them;
 #  go and HashiCorp's yamux source: the tunnel's interop test builds its Go peer offline;
 #  delv, drill, ldns-verify-zone: real DNSSEC validators judge the signed answers;
-#  prometheus: the lab's metrics host scrapes every daemon's /metrics)
+#  prometheus: the lab's metrics host scrapes every daemon's /metrics;
+#  systemd-analyze, strace: tests/test_deploy_units.py and test_deploy_syscalls.py check the units of deploy/)
 SYSTOOLS := dig:dnsutils kdig:knot-dnsutils delv:bind9-dnsutils drill:ldnsutils \
             ldns-verify-zone:ldnsutils unbound:unbound curl:curl ip:iproute2 etcd:etcd-server \
             etcdctl:etcd-client gdnsd:gdnsd nginx:nginx-light \
             /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream \
-            go:golang-go tmux:tmux prometheus:prometheus chromium:chromium \
+            go:golang-go tmux:tmux prometheus:prometheus chromium:chromium systemd-analyze:systemd strace:strace \
             /usr/share/gocode/src/github.com/hashicorp/yamux/session.go:golang-github-hashicorp-yamux-dev
 BENCHTOOLS := dnsperf:dnsperf wrk:wrk
 

@@ -175,9 +175,10 @@ def _failover_outer(args: argparse.Namespace, tmp: str) -> None:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
 
-    out: dict = {"rows": [], "details": {}, "failure": None}
+    out: dict = {"rows": [], "details": {}, "failure": None, "seconds": None}
     try:
         out["rows"], out["details"] = failover.run(args.quick, tmp, log)
+        out["seconds"] = round(time.monotonic() - t0, 1)
         errors = out["details"].get("errors")
         if errors:   # figures measured before the error keep their values; the others get its note
             out["failure"] = "; ".join(errors)
@@ -237,6 +238,13 @@ def inner(args: argparse.Namespace) -> int:
     os.makedirs(logs_dir, exist_ok=True)
     procs = Procs(logs_dir)
     failures: dict[str, str] = {}
+    seconds: dict[str, float] = {}   # wall-clock time of each part, for the final summary line
+    t_part = time.monotonic()
+
+    def part_done(name: str) -> None:
+        nonlocal t_part
+        seconds[name] = round(time.monotonic() - t_part, 1)
+        t_part = time.monotonic()
     try:
         if "dns" in parts:
             from bench import dnsbench
@@ -249,6 +257,7 @@ def inner(args: argparse.Namespace) -> int:
                 ctx.log(f"dns: FAILED: {failures['dns']}")
             finally:
                 procs.stop_all()
+                part_done("dns")
         if "edge" in parts or "tunnel" in parts:
             from bench import edgebench
             try:
@@ -260,6 +269,7 @@ def inner(args: argparse.Namespace) -> int:
                 ctx.log(f"edge: FAILED: {failures['edge']}")
             finally:
                 procs.stop_all()
+                part_done("+".join(p for p in ("edge", "tunnel") if p in parts))
         if "failover" in parts:   # measured by the outer process (see the module docstring)
             try:
                 with open(os.path.join(tmp, "failover.json")) as fh:
@@ -267,6 +277,8 @@ def inner(args: argparse.Namespace) -> int:
             except (OSError, ValueError) as exc:
                 fo = {"rows": [], "details": {}, "failure": f"no result from the outer process: {exc}"}
             rows += fo["rows"]
+            if fo.get("seconds") is not None:
+                seconds["failover"] = fo["seconds"]
             if fo["details"]:
                 details["failover"] = fo["details"]
             if fo.get("failure"):
@@ -296,6 +308,7 @@ def inner(args: argparse.Namespace) -> int:
             "tools": _versions(),
             "loadavg_at_start": load_start,
             "loadavg_at_end": _loadavg(),
+            "part_seconds": seconds,
         },
         "summary": summary,
         "details": details,
@@ -320,6 +333,11 @@ def inner(args: argparse.Namespace) -> int:
     print(render_table(summary))
     print()
     ctx.log(f"bench: wrote {os.path.relpath(jpath, REPO)} and {os.path.relpath(mpath, REPO)}")
+    # The failover part ran before this process started (in the outer one): its time is added.
+    total = time.monotonic() - ctx.t0 + seconds.get("failover", 0.0)
+    ctx.log(f"bench: done in {total:.1f} s ("
+            + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+            + (f"; failed: {', '.join(failures)}" if failures else "") + ")")
     return 1 if failures else 0
 
 

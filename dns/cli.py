@@ -20,6 +20,7 @@ examples:
   gslb dns --config examples/dns.toml --listen 127.0.0.1:5300 --listen [::1]:5300
   gslb dns --config examples/dns.toml --workers 2 --geoip-db GeoLite2-City.mmdb
   gslb dns --config examples/dns.toml --log-decisions     # one line per answer computed
+  gslb dns --config /etc/gslb/dns.toml --user gslb:gslb    # bind :53 as root, then run as gslb
   gslb dns pops --config examples/dns.toml --json
   gslb dns explain demo.app.lab.test --type A --client 127.0.0.1 --ecs 198.19.5.0/24 \\
       --config examples/dns.toml
@@ -33,6 +34,12 @@ examples:
 
 signals: SIGHUP reloads the configuration and the geo database (a bad reload
 logs reload_failed and keeps serving the old data); SIGTERM/SIGINT stop.
+
+privileges: with --user (or [server].user) the process that owns the workers binds every
+listening socket and the control socket as root, then drops to that user (setgroups, setgid,
+setuid; setuid(0) must fail afterwards) before any worker starts, so workers, respawned ones
+and SIGHUP reloads run unprivileged: the configuration, the geo database and the DNSSEC keys
+must be readable by that user (docs/deploy.md). A user that does not exist: exit 2.
 
 health ([health] in docs/configuration.md): with enabled = true one checker
 (in the process owning the workers) probes every PoP address and publishes
@@ -122,6 +129,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--control", metavar="PATH",
                    help="control socket for drain/undrain/health (default: [health].control_socket, "
                         "else /run/gslb-dns/<first listen address>.sock)")
+    p.add_argument("--user", metavar="USER[:GROUP]",
+                   help="after binding the ports and the control socket as root, become this user "
+                        "(its primary group unless GROUP is given) for good (default: [server].user; "
+                        "none: keep running as started). Under systemd prefer User= with "
+                        "CAP_NET_BIND_SERVICE (deploy/README.md)")
     p.set_defaults(func=_serve)
     sub = p.add_subparsers(dest="dns_command", metavar="SUBCOMMAND")
 
@@ -211,6 +223,17 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 2
+    from plumbing.privileges import PrivilegeError, drop_privileges, preload, resolve_user
+    user_spec = args.user or cfg.server.user
+    try:
+        ident = resolve_user(user_spec) if user_spec else None
+    except PrivilegeError as exc:
+        print(f"gslb dns: {exc}", file=sys.stderr)
+        return 2
+    if ident is not None and os.geteuid() != 0 and os.geteuid() != ident.uid:
+        print(f"gslb dns: --user {ident}: only root can switch users (running as uid {os.geteuid()})",
+              file=sys.stderr)
+        return 2
     geoip = os.path.abspath(args.geoip_db) if args.geoip_db else None
     try:
         engine = _engine(cfg, geoip, log_decisions=args.log_decisions)
@@ -265,8 +288,50 @@ def _serve(args: argparse.Namespace) -> int:
                          tcp_idle_timeout=cfg.server.tcp_idle_timeout,
                          tcp_max_connections=cfg.server.tcp_max_connections, workers=workers)
 
+    # Everything that may need root is opened here, in the process that owns the workers,
+    # before it forks any: the listening sockets (one set per worker slot) and the control socket.
+    from dns.control import ControlError
+    from dns.monitor import bind_control_socket
+    from dns.server import bind_listeners, bind_worker_listeners, close_listeners
+    try:
+        slots = [bind_listeners(listen)] if workers == 1 else bind_worker_listeners(listen, workers)
+    except OSError as exc:
+        engine.close()
+        log("listen_failed", level="error", error=str(exc))
+        return 1
+    try:
+        control_sock = bind_control_socket(control, control_required,
+                                           owner=(ident.uid, ident.gid) if ident else None)
+    except (ControlError, OSError) as exc:
+        engine.close()
+        for slot in slots:
+            close_listeners(slot)
+        log("control_failed", level="error", error=str(exc))
+        return 1
+    if ident is not None:
+        try:
+            preload(("dns", "geo", "plumbing", "maxminddb", "cryptography.hazmat.primitives", "prometheus_client"),
+                    exclude=("geo.build", "geo.cli"))
+            drop_privileges(ident, component="dns")
+            # What workers and reloads read, read once now as that user: a key or database it
+            # cannot read is a start-up error, not a crash loop of workers or a failed reload.
+            as_user = reload()
+        except PrivilegeError as exc:
+            print(f"gslb dns: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:  # noqa: BLE001 - ConfigError, OSError, GeoDatabaseError ...
+            print(f"gslb dns: running as {ident}: {exc} (the configuration, the geo database and "
+                  "the DNSSEC keys must be readable by that user: docs/deploy.md)", file=sys.stderr)
+            return 2
+        engine.close()
+        engine = as_user
+
     def monitor(publisher: Any) -> HealthMonitor:
-        return HealthMonitor(cfg, publisher, control_path=control, control_required=control_required)
+        # No socket: another server's is live there (logged by bind_control_socket): run without one.
+        m = HealthMonitor(cfg, publisher, control_path=control if control_sock is not None else None,
+                          control_required=control_required)
+        m.control_sock = control_sock
+        return m
 
     cookies = ("off" if not cfg.cookies.enabled else
                ("required" if cfg.cookies.require else "on") + (
@@ -277,13 +342,14 @@ def _serve(args: argparse.Namespace) -> int:
     if workers == 1:
         def single() -> DnsServer:
             srv = factory(engine)  # the engine validated above
+            srv.sockets = slots[0]
             srv.monitor = monitor(LocalPublisher(srv))
             srv.metrics_listen = cfg.server.metrics_listen
             return srv
         return run_single(single)
     # Each worker opens its own database after the fork; the parent's was only a check.
     engine.close()
-    return run_workers(workers, factory, monitor_factory=monitor, reload_config=reload_config,
+    return run_workers(workers, factory, monitor_factory=monitor, reload_config=reload_config, slots=slots,
                        metrics_listen=cfg.server.metrics_listen)
 
 

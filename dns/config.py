@@ -132,6 +132,7 @@ class ServerSettings:
     tcp_max_connections: int = 512
     nsid: bytes | None = None        # RFC 5001 payload; None: no NSID in answers
     metrics_listen: tuple[str, int] | None = None   # /metrics (docs/metrics.md); None: off
+    user: str | None = None          # USER[:GROUP] to become after binding (plumbing.privileges)
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,19 @@ class DnsConfig:
             if p.id == pop_id:
                 return p
         raise KeyError(pop_id)
+
+
+def _user(sv: Any) -> str | None:
+    """[server].user: resolved now, so a user this host lacks is a config error with its line."""
+    from plumbing.privileges import PrivilegeError, resolve_user
+    spec = sv.str("user", None)
+    if spec is None:
+        return None
+    try:
+        resolve_user(spec)
+    except PrivilegeError as exc:
+        raise sv.error("user", str(exc).replace("--user ", "")) from None
+    return spec
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -452,6 +466,7 @@ def load_dns_config(path: str) -> DnsConfig:
         tcp_max_connections=sv.int("tcp_max_connections", 512, min=1, max=65536),
         nsid=_nsid(sv),
         metrics_listen=_metrics_listen(sv),
+        user=_user(sv),
     )
     sv.reject_unknown()
 

@@ -207,6 +207,37 @@ class PipePublisher:
 Checker = Callable[[str, Any], Awaitable[str | None]]
 
 
+def bind_control_socket(path: str, required: bool, owner: tuple[int, int] | None = None) -> socket.socket | None:
+    """The control socket, listening, mode 0600 (owned by `owner` (uid, gid) when given: the user
+    a server drops to). A live socket of another server at `path`: ControlError when
+    `required`, else logged and None; a stale one (its server died) is replaced."""
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    if os.path.lexists(path):
+        if control_alive(path):
+            msg = f"control socket {path} is in use by another running server"
+            if required:
+                raise ControlError(msg)
+            log("control_unavailable", level="error", path=path, reason=msg,
+                hint="give each server its own with --control or [health].control_socket")
+            return None
+        os.unlink(path)  # a stale socket of a server that died
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # 0600 from the start, not after a window
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        if owner is not None:
+            os.chown(path, *owner)
+        sock.listen(100)  # asyncio.start_unix_server's default backlog
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    sock.setblocking(False)
+    return sock
+
+
 class HealthMonitor:
     """Probe rounds + control socket + publishing, around one `HealthStates`."""
 
@@ -227,6 +258,8 @@ class HealthMonitor:
         self._probe_task: asyncio.Task | None = None
         self._control: Any = None
         self._control_ino: int | None = None
+        # Bound beforehand (bind_control_socket), by a process that drops root before start().
+        self.control_sock: socket.socket | None = None
         self.rounds = 0
 
     @property
@@ -317,22 +350,12 @@ class HealthMonitor:
     async def _start_control(self) -> None:
         path = self.control_path
         assert path is not None
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        if os.path.lexists(path):
-            if control_alive(path):
-                msg = f"control socket {path} is in use by another running server"
-                if self.control_required:
-                    raise ControlError(msg)
-                log("control_unavailable", level="error", path=path, reason=msg,
-                    hint="give each server its own with --control or [health].control_socket")
+        sock, self.control_sock = self.control_sock, None
+        if sock is None:
+            sock = bind_control_socket(path, self.control_required)
+            if sock is None:
                 return
-            os.unlink(path)  # a stale socket of a server that died
-        old = os.umask(0o177)  # 0600 from the start, not after a window
-        try:
-            self._control = await asyncio.start_unix_server(self._handle, path, limit=MAX_REQUEST)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
+        self._control = await asyncio.start_unix_server(self._handle, sock=sock, limit=MAX_REQUEST)
         self._control_ino = os.stat(path).st_ino
         log("control_listening", path=path)
 

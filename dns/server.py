@@ -123,8 +123,61 @@ class TcpProtocol(asyncio.Protocol):
 _UDP_RCVBUF = 4 << 20
 
 
+Listener = tuple[str, int, socket.socket, socket.socket]   # host, port, UDP, TCP (listening)
+
+
+def bind_listeners(listen: tuple[tuple[str, int], ...], *, reuse_port: bool = False) -> list[Listener]:
+    """A UDP and a TCP socket on every address of `listen` (port 0: one ephemeral port for both).
+
+    Each family its own socket ([::]:53 beside 0.0.0.0:53), SO_REUSEPORT with workers. On
+    failure every socket opened so far is closed and the OSError ("cannot listen on ...") raised."""
+    out: list[Listener] = []
+    try:
+        for host, port in listen:
+            udp = listen_socket(host, port, socket.SOCK_DGRAM, reuse_port=reuse_port, rcvbuf=_UDP_RCVBUF)
+            if port == 0:
+                port = udp.getsockname()[1]  # TCP on the same ephemeral port
+            try:
+                tcp = listen_socket(host, port, socket.SOCK_STREAM, reuse_port=reuse_port)
+            except OSError:
+                udp.close()
+                raise
+            out.append((host, port, udp, tcp))
+    except BaseException:
+        close_listeners(out)
+        raise
+    return out
+
+
+def bind_worker_listeners(listen: tuple[tuple[str, int], ...], n: int) -> list[list[Listener]]:
+    """One set of listeners per worker slot, all on the same ports (SO_REUSEPORT): the kernel
+    spreads queries over the slots. The first set fixes ephemeral (port 0) ports for the rest."""
+    slots: list[list[Listener]] = []
+    try:
+        first = bind_listeners(listen, reuse_port=True)
+        slots.append(first)
+        fixed = tuple((host, port) for host, port, _, _ in first)
+        for _ in range(n - 1):
+            slots.append(bind_listeners(fixed, reuse_port=True))
+    except BaseException:
+        for slot in slots:
+            close_listeners(slot)
+        raise
+    return slots
+
+
+def close_listeners(listeners: list[Listener]) -> None:
+    for _, _, udp, tcp in listeners:
+        udp.close()
+        tcp.close()
+
+
+def listener_fds(listeners: list[Listener]) -> set[int]:
+    return {fd for _, _, udp, tcp in listeners for fd in (udp.fileno(), tcp.fileno())}
+
+
 class DnsServer:
-    """Listens on every address of `listen` and serves `engine`."""
+    """Listens on every address of `listen` (or on `sockets`, bound beforehand) and serves `engine`."""
 
     def __init__(self, engine: Engine, listen: tuple[tuple[str, int], ...], *,
                  reload: Callable[[], Engine] | None = None, reuse_port: bool = False,
@@ -149,22 +202,18 @@ class DnsServer:
         self.health_feed: tuple[int, int] | None = None  # (snapshot pipe, ack pipe), in a worker
         self._feed_buf = b""
         self._rrl_reported = b""
+        # Bound before serving (bind_listeners): by the process owning the workers, before it
+        # drops root (--user), so a worker, a respawned one too, never needs privileges.
+        self.sockets: list[Listener] | None = None
         self._udp_sockets: list[socket.socket] = []
         self._servers: list[Any] = []
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for host, port in self.listen:
-            # Each family its own socket ([::]:53 beside 0.0.0.0:53), SO_REUSEPORT with workers.
-            udp = listen_socket(host, port, socket.SOCK_DGRAM, reuse_port=self.reuse_port, rcvbuf=_UDP_RCVBUF)
-            if port == 0:
-                port = udp.getsockname()[1]  # TCP on the same ephemeral port
-            try:
-                tcp = listen_socket(host, port, socket.SOCK_STREAM, reuse_port=self.reuse_port)
-            except OSError:
-                udp.close()
-                raise
+        if self.sockets is None:
+            self.sockets = bind_listeners(self.listen, reuse_port=self.reuse_port)
+        for host, port, udp, tcp in self.sockets:
             reader = UdpReader(self, udp)
             loop.add_reader(udp.fileno(), reader.on_readable)
             self._udp_sockets.append(udp)
@@ -406,9 +455,12 @@ def _close_inherited(keep: set[int]) -> None:
 
 
 def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int],
-                 close_fds: list[int], from_loop: bool = False, stats: socket.socket | None = None) -> int:
-    """Fork one worker reading health snapshots from `feed` (snapshot pipe, ack pipe); in the
-    child: close the parent's pipe ends in `close_fds` (everything inherited, when forked
+                 close_fds: list[int], from_loop: bool = False, stats: socket.socket | None = None,
+                 sockets: list[Listener] | None = None) -> int:
+    """Fork one worker reading health snapshots from `feed` (snapshot pipe, ack pipe), answering
+    the parent's metrics requests on `stats`, and serving on `sockets` (its slot's listeners,
+    bound by the parent; None: it binds its own); in the child: close the parent's descriptors
+    in `close_fds` (everything inherited but `feed`, `stats` and `sockets`, when forked
     `from_loop`), serve, _exit."""
     # The three signals the parent relays stay blocked across the fork: one
     # sent to the new worker before it has reset the parent's handlers would
@@ -438,7 +490,8 @@ def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int],
     code = 1
     try:
         if from_loop:
-            _close_inherited(set(feed) | ({stats.fileno()} if stats is not None else set()))
+            _close_inherited(set(feed) | ({stats.fileno()} if stats is not None else set())
+                             | (listener_fds(sockets) if sockets else set()))
         for fd in close_fds:
             try:
                 os.close(fd)
@@ -449,6 +502,8 @@ def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int],
             srv = server_factory()
             srv.health_feed = feed
             srv.stats_sock = stats
+            if sockets is not None:
+                srv.sockets = sockets
             return srv
         code = run_single(factory)
     finally:
@@ -461,8 +516,14 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer],
                 monitor_factory: Callable[[Any], Any],
                 reload_config: Callable[[], Any] | None = None,
                 budget: RespawnBudget | None = None,
-                metrics_listen: tuple[str, int] | None = None) -> int:
-    """Fork `n` workers, each binding its own sockets with SO_REUSEPORT.
+                metrics_listen: tuple[str, int] | None = None,
+                slots: list[list[Listener]] | None = None) -> int:
+    """Fork `n` workers, each serving its own sockets with SO_REUSEPORT.
+
+    `slots` (bind_worker_listeners): the sockets of each worker, bound by this process before
+    it forks (and before it drops root); a respawned worker takes over its predecessor's
+    slot, so queries the kernel queued on it meanwhile are answered, not lost. Without
+    `slots` each worker binds its own.
 
     The parent relays signals: SIGHUP to every worker (each reloads on its
     own), SIGTERM/SIGINT to every worker and then waits for them. A worker
@@ -483,21 +544,25 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer],
     feeds: list[tuple[int, int]] = []
     stats: dict[int, socket.socket] = {}
     ack_r, ack_w = os.pipe()
-    for _ in range(n):
+    slot_of: dict[int, int] = {}
+    for i in range(n):
         feed_r, feed_w = os.pipe()
         mine, theirs = socket.socketpair()
+        others = [fd for j, slot in enumerate(slots or []) if j != i for fd in listener_fds(slot)]
         pid = _fork_worker(server_factory, (feed_r, ack_w),
                            [fd for _, fd in feeds] + [s.fileno() for s in stats.values()]
-                           + [feed_w, ack_r, mine.fileno()], stats=theirs)
+                           + [feed_w, ack_r, mine.fileno()] + others, stats=theirs,
+                           sockets=slots[i] if slots else None)
         os.close(feed_r)
         theirs.close()
         feeds.append((pid, feed_w))
         stats[pid] = mine
         children.append(pid)
+        slot_of[pid] = i
     log("workers_started", workers=n, pids=",".join(map(str, children)))
     try:
         return _supervise(n, children, feeds, ack_r, ack_w, server_factory, budget, monitor_factory,
-                          reload_config, stats, metrics_listen)
+                          reload_config, stats, metrics_listen, slots, slot_of)
     finally:
         os.close(ack_w)   # open until here: respawned workers inherit it
 
@@ -505,7 +570,8 @@ def run_workers(n: int, server_factory: Callable[[], DnsServer],
 def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r: int, ack_w: int,
                server_factory: Callable[[], DnsServer], budget: RespawnBudget,
                monitor_factory: Callable[[Any], Any], reload_config: Callable[[], Any] | None,
-               stats: dict[int, socket.socket], metrics_listen: tuple[str, int] | None) -> int:
+               stats: dict[int, socket.socket], metrics_listen: tuple[str, int] | None,
+               slots: list[list[Listener]] | None = None, slot_of: dict[int, int] | None = None) -> int:
     """The parent's event loop, the one supervisor: the health monitor, signal relay, reaping
     (and replacing) workers, /metrics."""
     from dns import metrics as dm
@@ -538,12 +604,16 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
             if code >= 0 or not budget.take(time.monotonic()):
                 return False
             feed_r, feed_w = os.pipe()
+            slot = (slot_of or {}).pop(dead, None)
             mine, theirs = socket.socketpair()
-            new = _fork_worker(server_factory, (feed_r, ack_w), [], from_loop=True, stats=theirs)
+            new = _fork_worker(server_factory, (feed_r, ack_w), [], from_loop=True, stats=theirs,
+                               sockets=slots[slot] if slots and slot is not None else None)
             os.close(feed_r)
             theirs.close()
             workers.add(new, mine)
             collector.respawns += 1
+            if slot is not None and slot_of is not None:
+                slot_of[new] = slot
             alive.add(new)
             publisher.add(new, feed_w)   # sends it the newest snapshot
             log("worker_respawned", level="error", worker=dead, code=code, new=new)

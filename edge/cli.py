@@ -18,6 +18,7 @@ examples:
        https://demo.app.lab.test:8443/
   curl -s http://127.0.0.1:8081/healthz          # {"pop": "local", "sessions": 0, ...}
   curl -s http://127.0.0.1:8081/metrics          # Prometheus text, same listener (docs/metrics.md)
+  gslb edge --config /etc/gslb/edge.toml --pop eu --user gslb:gslb   # bind :443 as root, run as gslb
 
 The :443 listener reads each ClientHello's SNI without consuming it, then:
   connect.<zone>, <pop>.connect.<zone>  agents' tunnel sessions (TLS with the edge's certificate)
@@ -40,6 +41,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--pop", metavar="ID", help="which [pops.<id>] of the configuration this node is")
     p.add_argument("-v", "--verbose", action="store_true", help="log every connection decision (key=value lines)")
     p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop instead of uvloop")
+    p.add_argument("--user", metavar="USER[:GROUP]",
+                   help="after binding every listener (:443, :80, TCP ports, health, peer) and reading the "
+                        "CA and authtokens as root, become this user for good (its primary group unless "
+                        "GROUP is given); cert_dir must be writable by it (default: the config's user "
+                        "key; none: keep running as started). Under systemd prefer User= "
+                        "with CAP_NET_BIND_SERVICE (deploy/README.md)")
     p.set_defaults(func=_run)
     sub = p.add_subparsers(dest="edge_command", metavar="COMMAND")
     ca = sub.add_parser(
@@ -122,9 +129,22 @@ def _run(args: argparse.Namespace) -> int:
     from plumbing.toml import EXIT_CONFIG
 
     from plumbing.kvlog import configure
+    from plumbing.privileges import PrivilegeError, resolve_user
     configure(logging.INFO if args.verbose else logging.WARNING)
+    import os
+    try:
+        ident = resolve_user(args.user) if args.user else None
+    except PrivilegeError as exc:
+        print(f"gslb edge: {exc}", file=sys.stderr)
+        return 2
     try:
         cfg = load(args.config, args.pop)
+        if ident is None and cfg.user:
+            ident = resolve_user(cfg.user)   # checked by the loader already
+        if ident is not None and os.geteuid() != 0 and os.geteuid() != ident.uid:
+            print(f"gslb edge: --user {ident}: only root can switch users (running as uid {os.geteuid()})",
+                  file=sys.stderr)
+            return 2
         ca = CertAuthority.load(cfg.ca_dir)
         certs = CertStore(ca, cfg.cert_dir, max_cached=cfg.limits.max_cached_certs)
         hub, agent_factory = _make_hub(cfg)
@@ -144,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
         except ImportError:
             pass
     try:
-        return asyncio.run(_serve(cfg, certs, hub, agent_factory))
+        return asyncio.run(_serve(cfg, certs, hub, agent_factory, ident))
     except OSError as exc:
         print(f"gslb edge: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -169,7 +189,26 @@ async def _attach_registry(cfg: Any, certs: Any, hub: Any) -> tuple[Any, Any]:
     return registry, peers
 
 
-async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any) -> int:
+def _drop(cfg: Any, ident: Any) -> str | None:
+    """Become `ident` (plumbing.privileges) once every listener is bound; the reason when that
+    fails or the user cannot write the certificates the edge issues (cert_dir)."""
+    import os
+
+    from plumbing.privileges import PrivilegeError, drop_privileges, preload
+    preload(("edge", "geo", "plumbing", "aiohttp", "cryptography.hazmat.primitives", "cryptography.x509",
+             "prometheus_client"),
+            exclude=("edge.agent", "edge.agent_cli", "geo.build", "geo.cli"))
+    try:
+        drop_privileges(ident, component="edge")
+    except PrivilegeError as exc:
+        return str(exc)
+    if not os.access(cfg.cert_dir, os.W_OK | os.X_OK):
+        return (f"running as {ident}: cert_dir {cfg.cert_dir} is not writable by that user "
+                f"(chown {ident} {cfg.cert_dir}: the edge writes the certificates it issues there)")
+    return None
+
+
+async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any, ident: Any = None) -> int:
     from edge.registry import RegistryError
     from edge.server import EdgeServer
 
@@ -180,6 +219,16 @@ async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any) -> int:
         return 1
     server = EdgeServer(cfg, hub, certs, agent_protocol_factory=agent_factory)
     await server.start()
+    if ident is not None:
+        problem = _drop(cfg, ident)
+        if problem is not None:
+            print(f"gslb edge: {problem}", file=sys.stderr)
+            await server.close()
+            if peers is not None:
+                await peers.close()
+            if registry is not None:
+                await registry.close()
+            return 2
     print(
         f"gslb edge: pop={cfg.pop} https={','.join(f'{a}:{p}' for a, p in server.bound.get('https', []))}"
         + (f" http_port={cfg.http_port}" if cfg.http_port else "")

@@ -110,6 +110,7 @@ class EdgeConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     peer: PeerConfig = field(default_factory=PeerConfig)
     peers: tuple[PeerAddress, ...] = ()
+    user: str | None = None              # USER[:GROUP] to become after binding (plumbing.privileges)
 
     @property
     def peer_name(self) -> str:
@@ -138,7 +139,7 @@ _NAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$
 
 _EDGE_KEYS = {
     "https_domain", "listen", "https_port", "http_port", "tcp_ports", "health_listen", "ca_dir",
-    "cert_dir", "authtokens_file", "timeouts", "limits", "modules", "abuse",
+    "cert_dir", "authtokens_file", "timeouts", "limits", "modules", "abuse", "user",
 }
 
 
@@ -260,6 +261,16 @@ def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
     t, v = get("authtokens_file", None)
     authtokens_file = doc.resolve_path(_str(t, "authtokens_file", v)) if v is not None else None
 
+    t, v = get("user", None)
+    user = None
+    if v is not None:
+        from plumbing.privileges import PrivilegeError, resolve_user
+        user = _str(t, "user", v)
+        try:
+            resolve_user(user)
+        except PrivilegeError as exc:
+            raise t.error("user", str(exc).replace("--user ", "")) from None
+
     t, _ = get("timeouts", {})
     tt = t.table("timeouts")
     tt.reject_unknown(("handshake", "idle", "stream_open", "header", "rate_grace"))
@@ -303,7 +314,7 @@ def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
         limits=limits, abuse=abuse, module_order=tuple(order), module_options=options,
         registry=_registry(root.table("registry")),
         peer=_peer(root.table("peer")),
-        peers=_peers(root.table("peers")),
+        peers=_peers(root.table("peers")), user=user,
     )
     # Module options are checked now, so a typo fails at start, not at the first request.
     from edge.modules import ModuleConfigError, build_chain

@@ -65,6 +65,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--plan", default=None, metavar="FILE", help="lab plan (default: examples/lab.toml)")
     up.add_argument("--force", action="store_true", help="restart the lab if it is already up")
     up.add_argument("--json", action="store_true", help="print the status JSON instead of the table")
+    up.add_argument("-q", "--quiet", action="store_true",
+                    help="no progress lines (on stderr, one a phase with the seconds since the start)")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="remove the lab (idempotent)",
@@ -135,6 +137,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _common(rs)
     rs.add_argument("hosts", nargs="+", metavar="HOST")
     rs.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for readiness (default 20)")
+    rs.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     rs.set_defaults(func=cmd_restart)
 
     tp = sub.add_parser("top", help="a live view of every PoP: edge, connections, rps, DNS health",
@@ -218,12 +221,27 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
     try:
         prefix = _prefix(args)
-        done = lab.restart(prefix, args.hosts, args.state_dir, timeout=max(1.0, min(args.timeout, 300.0)))
+        done = lab.restart(prefix, args.hosts, args.state_dir, timeout=max(1.0, min(args.timeout, 300.0)),
+                           progress=_progress(prefix, args.quiet))
     except LabError as exc:
         return _fail(str(exc))
     for r in done:
         print(f"lab {prefix}: {r.host}: {r.name} running again (pid {r.pid}), ready after {r.seconds:.2f} s")
     return 0
+
+
+def _progress(prefix: str, quiet: bool):
+    """Progress lines on stderr (stdout keeps the result: the table, the JSON), each with the
+    seconds since the command started: `lab gslb: [  1.2 s] starting name servers ...`."""
+    t0 = time.monotonic()
+
+    def progress(msg: str) -> None:
+        if quiet:
+            return
+        # Flushed at once: pyroute2 forks helpers, and a fork inherits (and later flushes)
+        # whatever sits unflushed in a buffer.
+        print(f"lab {prefix}: [{time.monotonic() - t0:5.1f} s] {msg}", file=sys.stderr, flush=True)
+    return progress
 
 
 def _fail(msg: str, code: int = 1) -> int:
@@ -258,14 +276,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         plan = load_plan(args.plan or default_plan_path())
         console = _console()
         t0 = time.monotonic()
-        def progress(msg: str) -> None:
-            if not args.json:
-                console.print(f"[dim]lab {prefix}:[/dim] {msg}")
-                # Flush now: pyroute2 forks helpers, and a fork inherits (and
-                # later flushes) whatever sits unflushed in our stdout buffer.
-                console.file.flush()
-
-        result = lab.up(plan, prefix, args.state_dir, force=args.force, progress=progress)
+        result = lab.up(plan, prefix, args.state_dir, force=args.force, progress=_progress(prefix, args.quiet))
         total = time.monotonic() - t0
     except LabError as exc:
         # A bad plan file exits 2, as a bad configuration does in every command (plumbing.toml).

@@ -58,6 +58,10 @@ SCRAPE_INTERVAL = 1.0     # seconds between two scrapes of every daemon
 # does. True hands it every PoP's <pop>.connect.<zone> instead (one session
 # per PoP; the layout before cross-PoP routing, kept for comparisons).
 AGENT_BINDS_EVERY_POP = False
+# The name servers and the edges bind :53/:443 as root and then run as this user (`--user`):
+# Debian's unprivileged `nobody:nogroup`, which exists on every Debian host (the lab never
+# creates users). What they read after the drop is made theirs first (_hand_over).
+SERVICE_USER = "nobody:nogroup"
 
 Progress = Callable[[str], None]
 
@@ -284,7 +288,8 @@ def dns_command(paths: LabPaths, host: Host) -> list[str]:
     listen = [join_host_port(a, 53) for a in (*host.ipv4, *host.ipv6)]
     # An explicit control socket in the state dir: the default one lives under
     # /run/gslb-dns/, a directory `down` would otherwise leave behind.
-    argv = [*gslb_argv(), "dns", "--config", str(paths.dns_config), "--control", str(paths.dns_control(host.name))]
+    argv = [*gslb_argv(), "dns", "--config", str(paths.dns_config), "--control", str(paths.dns_control(host.name)),
+            "--user", SERVICE_USER]
     for item in listen:
         argv += ["--listen", item]
     return argv
@@ -293,7 +298,8 @@ def dns_command(paths: LabPaths, host: Host) -> list[str]:
 def pop_command(paths: LabPaths, host: Host) -> list[str]:
     """What runs in a PoP host: the edge of PoP `region`, on every address of the host
     (the generated edge.toml lists them under [pops.<id>])."""
-    return [*gslb_argv(), "edge", "--config", str(paths.edge_config), "--pop", host.region or host.name]
+    return [*gslb_argv(), "edge", "--config", str(paths.edge_config), "--pop", host.region or host.name,
+            "--user", SERVICE_USER]
 
 
 def agent_servers(plan: LabPlan) -> list[str]:
@@ -715,6 +721,7 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
     _write_state(paths, state)
     t_config = time.monotonic()
 
+    _hand_over(paths)
     progress("starting name servers, resolver, registry and the PoPs' edges")
     env = _child_env()
     for h in plan.hosts:
@@ -739,7 +746,7 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
     t_start = time.monotonic()
 
     progress("waiting for the first answer through the resolver")
-    _wait_ready(plan, paths, state)
+    _wait_ready(plan, paths, state, progress)
     t_ready = time.monotonic()
     state.status = "up"
     state.timings = {"build": round(t_build - t0, 3), "configs": round(t_config - t_build, 3),
@@ -758,6 +765,25 @@ def _ds_from_keygen(log_path: Path) -> str:
         if len(parts) >= 7 and parts[1:3] == ["IN", "DS"]:
             return f"{parts[0]} DS {' '.join(parts[3:])}"
     raise LabError(f"gslb dns keygen printed no DS record (see {log_path})")
+
+
+def _hand_over(paths: LabPaths) -> None:
+    """Give SERVICE_USER what the name servers and edges read or write after they drop root:
+    the zone's signing key (read again on SIGHUP; stays 0600, owned by that user) and the
+    directory the edges issue certificates into. The CA key and the authtokens stay root's:
+    the edges read them before the drop. Control sockets are bound before it, as root."""
+    from plumbing.privileges import PrivilegeError, resolve_user
+    try:
+        ident = resolve_user(SERVICE_USER)
+    except PrivilegeError as exc:
+        raise LabError(f"the lab runs its name servers and edges as {SERVICE_USER}: {exc}") from None
+    paths.cert_dir.mkdir(mode=0o755, exist_ok=True)
+    for path in (paths.dnssec_key, paths.cert_dir):
+        os.chown(path, ident.uid, ident.gid)
+    # Readable whatever root's umask was when they were written (they hold no secret).
+    os.chmod(paths.dir, 0o755)
+    for path in (paths.dns_config, paths.mmdb, paths.edge_config):
+        os.chmod(path, 0o644)
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -812,7 +838,7 @@ def _answers(reply: bytes, qid: int) -> int | None:
     return len(r.rr)
 
 
-def _wait_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
+def _wait_ready(plan: LabPlan, paths: LabPaths, state: LabState, progress: Progress = _quiet) -> None:
     """Poll until the lab answers right, not merely answers. In order:
 
     1. both name servers answer SOA;
@@ -859,12 +885,17 @@ def _wait_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
             addr, qname, qtype, _host = pending[0]
             if _dns_ok(client_ns, addr, qname, qtype):
                 pending.pop(0)
+                if pending is soa and not soa:
+                    progress(f"{len(plan.by_role('dns'))} name servers answer SOA")
             else:
                 time.sleep(0.05)
         elif http:
             addr, port, path, _host = http[0]
             if _http_ok(client_ns, addr, port, path):
                 http.pop(0)
+                if not http:
+                    progress(f"{len(plan.by_role('registry'))} etcd members and {len(plan.by_role('pop'))} "
+                             "edges healthy")
             else:
                 time.sleep(0.05)
         else:
@@ -876,6 +907,8 @@ def _wait_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
             else:
                 not_up.pop(host, None)
                 views.pop(0)
+                if not views:
+                    progress("every name server's health checks have every PoP address up")
     log.debug(kv("ready", attempts=attempts))
 
 
