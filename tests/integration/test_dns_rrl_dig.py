@@ -107,9 +107,10 @@ def test_a_flood_gets_at_most_the_rate_in_full_answers_the_rest_tc_or_dropped_an
         # Full answers: at most `rate` in any second over the whole server (rate / workers each).
         assert got["full_max_in_1s"] <= rate and got["full"] >= 1, got
         assert got["other"] == 0, got
-        # slip = 2: about every second limited reply goes out truncated, the others are dropped.
-        n_limited = got["sent"] - got["full"]
-        assert 0.4 * n_limited <= got["tc"] <= 0.6 * n_limited + workers, got
+        # The limited replies that came back are TC=1 (slip 2; the ratio is judged on the
+        # server's counters after it stops: on a busy machine its socket queue may drop
+        # queries before RRL sees them, and what the client receives says nothing of slip).
+        assert got["tc"] >= 1, got
         # explain, through the control socket, says the netblock is limited, by which worker.
         limited = wait_explain(conf, control, "127.0.0.77")
         assert limited and {b["class"] for b in limited} == {"answer"}, limited
@@ -125,14 +126,17 @@ def test_a_flood_gets_at_most_the_rate_in_full_answers_the_rest_tc_or_dropped_an
         assert 1 <= log.count("event=rrl_limit_start") <= workers, log
         # /metrics: the limiter's counters, summed over both workers (docs/metrics.md).
         stat = rrl_metrics(metrics_port)
-        assert stat["slipped"] >= got["tc"] and stat["limited"] >= n_limited, (stat, got)
+        assert stat["slipped"] >= got["tc"] and stat["limited"] >= 1, (stat, got)
         assert stat["slipped"] + stat["dropped"] == stat["limited"], stat
     finally:
         code = srv.stop()
     assert code == 0
     counters = stopped_counters(open(srv.log_path).read())
-    assert counters["rrl_slipped"] >= got["tc"] and counters["rrl_limited"] >= n_limited, (counters, got)
-    assert counters["rrl_slipped"] + counters["rrl_dropped"] == counters["rrl_limited"]
+    limited = counters["rrl_limited"]
+    assert counters["rrl_slipped"] >= got["tc"] and limited >= 1, (counters, got)
+    assert counters["rrl_slipped"] + counters["rrl_dropped"] == limited
+    # slip = 2: every second limited reply of a bucket goes out truncated, the others are dropped.
+    assert 0.5 * limited - workers <= counters["rrl_slipped"] <= 0.5 * limited + workers, counters
     print(f"\nRRL flood: {got}\nserver counters: {counters}")
 
 

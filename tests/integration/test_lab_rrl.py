@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 
@@ -35,8 +36,10 @@ def test_a_flood_from_one_client_host_is_limited_and_dig_tcp_still_works(lab, gs
     assert not load_dns_config(config).rrl.enabled, "the lab's name servers keep RRL off"
     with tempfile.TemporaryDirectory(prefix="gslb-rrl-") as d:
         conf = os.path.join(d, "dns-rrl.toml")
+        # The lab's config, minus its /metrics listener (the lab's name server holds that port).
         with open(config) as src, open(conf, "w") as out:
-            out.write(src.read() + f"\n[rrl]\nenabled = true\nresponses_per_second = {RATE}\n")
+            text = re.sub(r"(?m)^metrics_listen = .*$", "", src.read())
+            out.write(text + f"\n[rrl]\nenabled = true\nresponses_per_second = {RATE}\n")
         # The lab's config holds absolute paths (mmdb, control socket): give this one its own socket.
         srv = lab.spawn(dns_host["name"], *gslb_argv, "dns", "--config", conf, "--listen", f"{addr}:{PORT}",
                         "--workers", str(WORKERS), "--control", os.path.join(d, "ctl.sock"),
@@ -52,16 +55,31 @@ def test_a_flood_from_one_client_host_is_limited_and_dig_tcp_still_works(lab, gs
             print(f"\nlab RRL flood from {client} to {addr}:{PORT} ({WORKERS} workers, {RATE}/s): {got}")
             # At most the configured rate of full answers in any one second, over both workers.
             assert 1 <= got["full"] and got["full_max_in_1s"] <= RATE, got
-            # The limited ones: about half slipped with TC=1 (slip 2), the rest dropped; nothing else.
-            limited = got["sent"] - got["full"]
-            assert got["other"] == 0 and 0.4 * limited <= got["tc"] <= 0.6 * limited + WORKERS, got
+            # The limited ones that came back are TC=1 with no records (slip 2), nothing else. How
+            # many come back is the network's business: on a busy machine the server's socket
+            # queue drops queries before RRL sees them, so the slip ratio is judged on the
+            # server's own counters below, not on what the client received.
+            assert got["other"] == 0 and got["tc"] >= 1, got
             srv.wait_line(r"event=rrl_limit_start .*class=answer qname=demo\.app\.lab\.test\.", timeout=10)
             # dig +tcp from the flooding host still gets its answer.
             r = lab.run(client, "dig", f"@{addr}", "-p", str(PORT), "+tcp", "+time=3", "+tries=1",
                         "demo.app.lab.test", "A")
-            assert "status: NOERROR" in r.stdout and "ANSWER: 2" in r.stdout and "(TCP)" in r.stdout, r.stdout
+            assert "status: NOERROR" in r.stdout and "ANSWER: 2" in r.stdout and "(TCP)" in r.stdout, (
+                r.stdout + "\n".join(srv.log[-30:]))
         finally:
             srv.stop()
         assert srv.p.returncode == 0, "\n".join(srv.log[-20:])
         stopped = [line for line in srv.log if "event=stopped" in line and "rrl_limited=" in line]
         assert len(stopped) == WORKERS, srv.log[-20:]
+        counters: dict[str, int] = {}
+        for line in stopped:
+            for field in line.split():
+                k, _, v = field.partition("=")
+                if k.startswith("rrl_") and v.isdigit():
+                    counters[k] = counters.get(k, 0) + int(v)
+        print(f"server counters: {counters}")
+        limited = counters["rrl_limited"]
+        # slip 2: every second limited reply of a bucket slips (TC=1), the others are dropped.
+        assert counters["rrl_slipped"] + counters["rrl_dropped"] == limited >= 1, counters
+        assert 0.5 * limited - WORKERS <= counters["rrl_slipped"] <= 0.5 * limited + WORKERS, counters
+        assert got["tc"] <= counters["rrl_slipped"], (got, counters)   # every TC=1 the client saw was a slip
