@@ -201,3 +201,32 @@ def test_registry_down_keeps_the_last_set_and_everything_else(etcd, server):
     server.wait_log("acme_registry_back", count=2)
     assert server.logs().count("acme_registry_back") == 2
     etcd.delete(name)
+
+
+def test_dns01_solver_through_etcd_and_both_workers(etcd, server):
+    """Dns01Solver with the edge's EtcdRegistry: present returns once the server answers, cleanup removes."""
+    import asyncio
+
+    from edge.acme.dns01 import Dns01Solver, txt_value
+    from edge.registry import EtcdConfig, EtcdRegistry
+
+    async def main():
+        async with EtcdRegistry(EtcdConfig(endpoints=(etcd.url,), prefix=PREFIX)) as reg:
+            solver = Dns01Solver(reg, [f"127.0.0.1:{server.port}", f"[::1]:{server.port}"], timeout=20,
+                                 interval=0.1, confirmations=5)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            await solver.present("*.tls.lab.test", "tk1", "tk1.thumb")
+            await solver.present("tls.lab.test", "tk2", "tk2.thumb")
+            took = loop.time() - t0
+            want = sorted([txt_value("tk1.thumb"), txt_value("tk2.thumb")])
+            assert txt_values(server.port, "_acme-challenge.tls.lab.test") == want
+            out = dig(server, "_acme-challenge.tls.lab.test", "TXT", "+norec")
+            assert all(f'"{v}"' in out for v in want)
+            await solver.cleanup("*.tls.lab.test", "tk1")
+            await solver.cleanup("tls.lab.test", "tk2")
+            assert await reg.get_opaque("dns01/_acme-challenge.tls.lab.test") is None
+            return took
+    took = asyncio.run(main())
+    wait_everywhere(server.port, "_acme-challenge.tls.lab.test", [])
+    print(f"\nDns01Solver.present x2 (poll 0.5 s, 2 workers, 2 addresses): {took * 1000:.0f} ms")
