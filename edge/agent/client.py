@@ -279,7 +279,7 @@ class Agent:
                 forwardings = []
                 try:
                     for ep in cfg.endpoints:
-                        reply = await control.request(lambda i, ep=ep: M.Bind(i, ep.kind, ep.name, ep.bind_options()), timeout)
+                        reply = await control.request(lambda i, ep=ep: M.Bind(i, ep.kind, ep.domain or ep.name, ep.bind_options()), timeout)
                         assert isinstance(reply, M.BindOk)
                         # Serve it now, not once every bind has its reply: the
                         # edge opens streams for it from its bind_ok on.
