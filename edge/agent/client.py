@@ -289,7 +289,9 @@ class Agent:
                     bindings.binding_done()
             except ControlError as exc:
                 if exc.code in FATAL_CODES:
-                    raise FatalAgentError(exc.code, f"{FATAL_TEXT.get(exc.code, exc.message)}: {exc.message}") from None
+                    text = FATAL_TEXT.get(exc.code)
+                    # bad_request has no text of its own: the edge's message says it all (once)
+                    raise FatalAgentError(exc.code, f"{text}: {exc.message}" if text else exc.message) from None
                 raise
             self.forwardings = forwardings
             for f in forwardings:
