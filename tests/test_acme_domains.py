@@ -231,3 +231,17 @@ def test_agent_cli_domain_flag_and_toml_key(tmp_path, monkeypatch):
                     'domain = "secure.example.test"\n')
     cfg = edge.agent.config.load_agent_config(str(toml), {}, {})
     assert cfg.endpoints[0].domain == "secure.example.test"
+
+
+def test_edge_config_custom_domain_keys_and_every_pops_addresses():
+    from edge.config import ConfigError, parse
+    base = ('zone = "lab.test"\n[edge]\nca_dir = "/tmp/ca"\n{extra}\n[pops.us]\nlisten = ["198.19.1.1", "2001:db8::1"]\n'
+            '[pops.eu]\nlisten = ["198.19.2.1"]\n')
+    cfg = parse(base.format(extra=""), "us", "e.toml")
+    assert cfg.custom_domains is True and cfg.resolvers == ()
+    assert cfg.edge_addresses == ("198.19.1.1", "2001:db8::1", "198.19.2.1")
+    cfg = parse(base.format(extra='custom_domains = false\nresolvers = ["198.18.0.53"]'), "eu", "e.toml")
+    assert cfg.custom_domains is False and cfg.resolvers == ("198.18.0.53",)
+    for extra, key in (('custom_domains = "yes"', "edge.custom_domains"), ('resolvers = ["ns1"]', "edge.resolvers")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            parse(base.format(extra=extra), "us", "e.toml")

@@ -230,3 +230,22 @@ def test_dns01_solver_through_etcd_and_both_workers(etcd, server):
     took = asyncio.run(main())
     wait_everywhere(server.port, "_acme-challenge.tls.lab.test", [])
     print(f"\nDns01Solver.present x2 (poll 0.5 s, 2 workers, 2 addresses): {took * 1000:.0f} ms")
+
+
+def test_a_reload_keeps_the_txt_set(etcd, server):
+    """With etcd down (no poll can bring it back), a SIGHUP reload still answers the set read before."""
+    v = digest("reload.thumb")
+    name = "_acme-challenge.reload.lab.test"
+    etcd.put(name, [v])
+    wait_everywhere(server.port, name, [v])
+    etcd.stop()
+    try:
+        before = server.logs().count("event=reloaded")
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_log("event=reloaded", count=before + 2)   # both workers
+        assert server.logs().count("event=reloaded") == before + 2
+        assert all(txt_values(server.port, name) == [v] for _ in range(20))
+    finally:
+        etcd.start()
+    etcd.delete(name)
+    wait_everywhere(server.port, name, [])
