@@ -310,7 +310,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     if ident is not None:
         try:
-            preload(("dns", "geo", "plumbing", "maxminddb", "cryptography.hazmat.primitives", "prometheus_client"),
+            preload(("dns", "geo", "plumbing", "maxminddb", "cryptography.hazmat.primitives", "prometheus_client",
+                     "aiohttp"),
                     exclude=("geo.build", "geo.cli"))
             drop_privileges(ident, component="dns")
             # What workers and reloads read, read once now as that user: a key or database it

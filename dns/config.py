@@ -24,7 +24,7 @@ __all__ = [
     "ConfigError",
     "SOA", "NameServer", "Zone", "Pop", "GslbName", "Policy", "Routing", "HealthSettings",
     "StaticRecord", "ServerSettings", "CookieSettings", "ChaosSettings", "DnsConfig", "load_dns_config", "parse_listen",
-    "DnssecKey", "DnssecSettings", "DNSSEC_ROLES", "RrlSettings",
+    "DnssecKey", "DnssecSettings", "DNSSEC_ROLES", "RrlSettings", "AcmeSettings",
     "RECORD_TYPES", "FALLBACKS", "HEALTH_CHECKS",
 ]
 
@@ -167,6 +167,17 @@ class RrlSettings:
     exempt: tuple[str, ...] = ()             # CIDRs never limited
 
 
+@dataclass(frozen=True)
+class AcmeSettings:
+    """DNS-01 TXT records from the registry (dns/acme.py); every key in docs/configuration.md, `[acme]`."""
+    enabled: bool = False
+    endpoints: tuple[str, ...] = ()          # etcd client URLs, e.g. http://10.77.0.21:2379
+    prefix: str = "/gslb/"                   # the registry prefix (the edge's [registry].prefix)
+    ttl: int = 10                            # TTL of the TXT answers
+    poll_interval: float = 1.0               # seconds between two reads of the registry
+    request_timeout: float = 2.0             # one HTTP request to one member
+
+
 DNSSEC_ROLES = ("csk", "ksk", "zsk")
 
 
@@ -205,6 +216,7 @@ class DnsConfig:
     chaos: ChaosSettings = ChaosSettings()
     dnssec: DnssecSettings = DnssecSettings()
     rrl: RrlSettings = RrlSettings()
+    acme: AcmeSettings = AcmeSettings()
 
     def pop(self, pop_id: str) -> Pop:
         for p in self.pops:
@@ -474,13 +486,14 @@ def load_dns_config(path: str) -> DnsConfig:
     chaos = _chaos(root.table("chaos"))
     dnssec = _load_dnssec(root)
     rrl = _rrl(root.table("rrl"))
+    acme = _acme(root.table("acme"))
 
     root.reject_unknown(["zone", "pop", "gslb", "policy", "routing", "health", "record", "server",
-                         "cookies", "chaos", "dnssec", "rrl"])
+                         "cookies", "chaos", "dnssec", "rrl", "acme"])
     return DnsConfig(
         path=os.path.abspath(path), server=server, zone=zone, pops=tuple(pops), gslb=tuple(names),
         policy=policy, routing=routing, records=tuple(records), health=health,
-        cookies=cookies, chaos=chaos, dnssec=dnssec, rrl=rrl,
+        cookies=cookies, chaos=chaos, dnssec=dnssec, rrl=rrl, acme=acme,
     )
 
 
@@ -557,6 +570,36 @@ def _rrl(t: Table) -> RrlSettings:
         raise t.error("exempt", f"{len(rrl.exempt)} networks; at most 1000")
     t.reject_unknown()
     return rrl
+
+
+_ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.:\[\]-]+(:[0-9]{1,5})?/?$")
+_PREFIX = re.compile(r"^/([A-Za-z0-9_.-]+/)*$")
+
+
+def _endpoint(value: str) -> str:
+    if not _ENDPOINT.match(value):
+        raise ValueError("not an http://host:port URL")
+    return value.rstrip("/")
+
+
+def _acme(t: Table) -> AcmeSettings:
+    """[acme]: where the DNS-01 TXT records come from (dns/acme.py)."""
+    acme = AcmeSettings(
+        enabled=t.bool("enabled", False),
+        endpoints=tuple(t.str_list("endpoints", (), item=_endpoint, what="http://host:port URL")),
+        prefix=t.str("prefix", "/gslb/"),
+        ttl=t.int("ttl", 10, min=1, max=300),
+        poll_interval=t.float("poll_interval", 1.0, min=0.1, max=60),
+        request_timeout=t.float("request_timeout", 2.0, min=0.1, max=60),
+    )
+    if len(acme.prefix) > 128 or not _PREFIX.match(acme.prefix):
+        raise t.error("prefix", f"{acme.prefix!r}: must look like /a/b/ (the edge's [registry].prefix)")
+    if acme.enabled and not acme.endpoints:
+        raise t.error("endpoints", "needs at least one etcd client URL when enabled")
+    if len(acme.endpoints) > 16:
+        raise t.error("endpoints", f"{len(acme.endpoints)} URLs; at most 16")
+    t.reject_unknown()
+    return acme
 
 
 def _chaos(t: Table) -> ChaosSettings:

@@ -125,6 +125,14 @@ class Engine:
         self._built.clear()
         self.zone.forget()
 
+    def set_acme(self, txt: dict[bytes, tuple[str, ...]]) -> list[bytes]:
+        """Serve this DNS-01 TXT set (dns/acme.py) with `[acme] ttl`, and empty the reply caches.
+
+        Returns the owners not served (outside the zone, or at a CNAME or GSLB name)."""
+        refused = self.zone.set_acme(txt, self.cfg.acme.ttl)
+        self.invalidate()
+        return refused
+
     def set_health(self, health: pol.HealthView | None) -> None:
         """Plug in the health view answers use, and empty the reply caches.
 

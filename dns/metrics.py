@@ -50,11 +50,12 @@ def local_snapshot(server: Any) -> dict[str, Any]:
                   for (qt, rc, tcp, ecs, pops), cell in list(eng.tally.items())],
         "engine": dict(eng.stats), "server": dict(server.stats), "reloads": dict(server.reloads),
         "rrl": rrl_stats(server),
+        "acme": stats_of(server.acme) if getattr(server, "acme", None) is not None else {},
     }
 
 
 def empty_snapshot() -> dict[str, Any]:
-    return {"tally": [], "engine": {}, "server": {}, "reloads": {}, "rrl": {}}
+    return {"tally": [], "engine": {}, "server": {}, "reloads": {}, "rrl": {}, "acme": {}}
 
 
 def merge(snaps: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def merge(snaps: Iterable[dict[str, Any]]) -> dict[str, Any]:
         for qt, rc, tcp, ecs, pops, n in snap.get("tally", ()):
             key = (qt, rc, tcp, ecs, tuple(pops))
             tally[key] = tally.get(key, 0) + n
-        for part in ("engine", "server", "reloads", "rrl"):
+        for part in ("engine", "server", "reloads", "rrl", "acme"):
             acc = out[part]
             for k, v in snap.get(part, {}).items():
                 acc[k] = acc.get(k, 0) + v
@@ -142,6 +143,11 @@ class DnsCollector(Collector):
         for k, v in sorted(snap["rrl"].items()):
             rrl.add_metric([k], v)
         yield rrl
+        acme = GaugeMetricFamily("gslb_dns_acme_stat", "The DNS-01 TXT source's stats(), summed over workers",
+                                 labels=["stat"])
+        for k, v in sorted(snap.get("acme", {}).items()):
+            acme.add_metric([k], v)
+        yield acme
         yield from self._health()
         yield GaugeMetricFamily("gslb_dns_workers", "Processes serving queries", value=self.workers)
         yield CounterMetricFamily("gslb_dns_worker_respawns", "Workers replaced after dying by a signal",

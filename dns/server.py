@@ -205,6 +205,8 @@ class DnsServer:
         # Bound before serving (bind_listeners): by the process owning the workers, before it
         # drops root (--user), so a worker, a respawned one too, never needs privileges.
         self.sockets: list[Listener] | None = None
+        self.acme: Any = None          # dns.acme.AcmeTxtSource when [acme] is enabled
+        self.acme_txt: dict[bytes, tuple[str, ...]] = {}
         self._udp_sockets: list[socket.socket] = []
         self._servers: list[Any] = []
         self._stop = asyncio.Event()
@@ -249,6 +251,8 @@ class DnsServer:
         engine.options.set_keepalive(self.tcp_idle_timeout)
         engine.set_health(self.engine.health)
         engine.carry_counters(self.engine)
+        if self.acme_txt:
+            engine.set_acme(self.acme_txt)
         self.reloads["ok"] += 1
         old, self.engine = self.engine, engine
         old.close()
@@ -256,7 +260,17 @@ class DnsServer:
             geoip_db=engine.locator.db.path if engine.locator else "none")
         if self.monitor is not None:
             self.monitor.reconfigure(engine.cfg)
+        if self.acme is not None and self.acme.settings != engine.cfg.acme:
+            log("acme_settings_changed", level="warning", applied="after a restart")
         return True
+
+    def _acme_changed(self, txt: Any) -> None:
+        """The registry's DNS-01 TXT set changed (dns/acme.py): serve it."""
+        self.acme_txt = dict(txt.names)
+        refused = self.engine.set_acme(self.acme_txt)
+        from dns.wire import name_to_text
+        log("acme_txt_updated", level="debug", names=len(txt.names) - len(refused),
+            not_served=",".join(name_to_text(n) for n in refused[:5]) or "none")
 
     def apply_health(self, snap: Any) -> None:
         """A new health view: swap it in (the engine empties its reply cache)."""
@@ -355,9 +369,15 @@ class DnsServer:
         if self.monitor is not None:
             await self.monitor.start()
         metrics = await self._start_metrics()
+        if self.engine.cfg.acme.enabled and self.acme is None:
+            from dns.acme import AcmeTxtSource
+            self.acme = AcmeTxtSource(self.engine.cfg.acme, self._acme_changed)
+            self.acme.start()
         sweeper = asyncio.create_task(self._sweep_idle())
         await self._stop.wait()
         sweeper.cancel()
+        if self.acme is not None:
+            await self.acme.stop()
         if metrics is not None:
             await metrics.cleanup()
         if self.monitor is not None:

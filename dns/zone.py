@@ -149,6 +149,56 @@ class ZoneData:
     def add_rrset(self, rrset: RRset) -> None:
         """Add an RRset at an existing name (the signer's DNSKEY RRset at the apex)."""
         self._add(rrset)
+        if self._base is not None:
+            self._base[0].setdefault(rrset.name, {})[rrset.rtype] = rrset
+
+    _base: tuple[dict, dict, set] | None = None
+    acme_names: tuple[bytes, ...] = ()
+
+    def set_acme(self, txt: dict[bytes, tuple[str, ...]], ttl: int) -> list[bytes]:
+        """Serve exactly these DNS-01 TXT RRsets (RFC 8555 8.4) on top of the configured zone.
+
+        `txt`: lower-case wire owner -> values (dns/acme.py). Owners outside
+        the zone, or at a name the configuration gives a CNAME, are not
+        served (returned). A TXT RRset replaces a configured one at its owner.
+        The owner makes its parents exist (RFC 4592 2.2.2): a parent that a
+        wildcard used to answer (`demo.app.lab.test` under `*.app.lab.test`
+        while `_acme-challenge.demo.app.lab.test` exists) gets the wildcard's
+        data copied, so the endpoint's own name keeps answering. The caller
+        drops the reply caches (`Engine.set_acme`).
+        """
+        if self._base is None:
+            self._base = ({k: dict(v) for k, v in self.nodes.items()}, dict(self.gslb), set(self.names))
+        nodes = {k: dict(v) for k, v in self._base[0].items()}
+        gslb = dict(self._base[1])
+        names = set(self._base[2])
+        base_nodes, base_gslb, base_names = self._base
+        refused: list[bytes] = []
+        served: list[bytes] = []
+        for owner in sorted(txt):
+            if not self.contains(owner) or owner == self.origin or CNAME in base_nodes.get(owner, {}) \
+                    or owner in base_gslb:
+                refused.append(owner)
+                continue
+            rdatas = tuple((character_strings(v),) for v in txt[owner])
+            nodes.setdefault(owner, {})[TXT] = RRset(owner, TXT, ttl, rdatas)
+            served.append(owner)
+            for off in label_offsets(owner)[1:]:
+                suffix = owner[off:]
+                if suffix in base_names:
+                    break
+                if suffix not in names:
+                    kind, wild = self._find(suffix, base_names, base_nodes, base_gslb)
+                    if kind == "wildcard":
+                        for rtype, rrset in base_nodes.get(wild, {}).items():
+                            nodes.setdefault(suffix, {})[rtype] = RRset(suffix, rtype, rrset.ttl, rrset.rdatas)
+                        if wild in base_gslb:
+                            gslb[suffix] = Gslb(suffix, base_gslb[wild].pin)
+                names.add(suffix)
+            names.add(owner)
+        self.nodes, self.gslb, self.names = nodes, gslb, names
+        self.acme_names = tuple(served)
+        return refused
 
     def _add(self, rrset: RRset) -> None:
         self.nodes.setdefault(rrset.name, {})[rrset.rtype] = rrset
@@ -163,16 +213,20 @@ class ZoneData:
 
     def find(self, key: bytes) -> tuple[str, bytes]:
         """("exact"|"wildcard"|"nxdomain", node key). RFC 4592 3.3.1 closest encloser."""
-        if key in self.names:
+        return self._find(key, self.names, self.nodes, self.gslb)
+
+    @staticmethod
+    def _find(key: bytes, names: set, nodes: dict, gslb: dict) -> tuple[str, bytes]:
+        if key in names:
             return "exact", key
         for off in label_offsets(key)[1:]:
             ce = key[off:]
-            if ce in self.names:
+            if ce in names:
                 wild = b"\x01*" + ce
-                if wild in self.nodes or wild in self.gslb:
+                if wild in nodes or wild in gslb:
                     return "wildcard", wild
                 return "nxdomain", ce
-        return "nxdomain", self.origin  # not reached for names inside the zone
+        return "nxdomain", key  # not reached for names inside the zone
 
     def resolve(self, qname: bytes, qtype: int, place: Callable[[], Any],
                 health: pol.HealthView) -> Answer:

@@ -21,6 +21,8 @@ EPILOG = """\
 examples:
   gslb agent http 8080 --name demo
       https://demo.<domain> -> http://localhost:8080
+  gslb agent http 8080 --domain shop.example.com       # a custom domain: CNAME it to the edge first
+      https://shop.example.com -> http://localhost:8080
   gslb agent tls 8443 --name secure                    # passthrough: the edge never sees the key
   gslb agent tls 8443 --name secure --terminate-at edge
   gslb agent tcp 22 --proxy-protocol                   # the edge allocates a port
@@ -45,7 +47,7 @@ Flags win over the environment, which wins over the defaults file.
 The authtoken is never printed or logged.
 
 exit status: 0 stopped, 1 final error (bad authtoken, name already online,
-port range exhausted), 2 bad usage or configuration.
+port range exhausted, a custom domain that does not point at the edge), 2 bad usage or configuration.
 """
 
 
@@ -105,13 +107,13 @@ def add_parser(subparsers: Any) -> None:
 
     http = sub.add_parser("http", help="HTTPS endpoint NAME.<domain> -> http://localhost:PORT", epilog=EPILOG, formatter_class=fmt)
     _endpoint_flags(http, proxy_protocol=False)
-    http.add_argument("--name", required=True, help="endpoint name: a DNS label")
+    _name_flags(http)
     _common(http)
     http.set_defaults(func=_run, kind="http")
 
     tls = sub.add_parser("tls", help="TLS endpoint NAME.<domain>:443 -> localhost:PORT", epilog=EPILOG, formatter_class=fmt)
     _endpoint_flags(tls, proxy_protocol=True)
-    tls.add_argument("--name", required=True, help="endpoint name: a DNS label")
+    _name_flags(tls)
     tls.add_argument(
         "--terminate-at", choices=("edge", "agent"), default="agent",
         help="agent (default): TLS passes through the edge untouched; edge: the edge terminates it",
@@ -128,6 +130,14 @@ def add_parser(subparsers: Any) -> None:
     start.add_argument("--config", required=True, metavar="FILE", help="agent.toml (schema: edge/agent/config.py)")
     _common(start)
     start.set_defaults(func=_run, kind=None)
+
+
+def _name_flags(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--name", help="endpoint name: a DNS label (NAME.<domain>)")
+    which.add_argument("--domain", metavar="HOSTNAME",
+                       help="a domain you own instead of NAME.<domain>, e.g. shop.example.com; its DNS must "
+                            "point at the edge (CNAME to NAME.<domain>), else the edge refuses it")
 
 
 def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):  # -> AgentConfig
@@ -166,6 +176,7 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):  
                 kind=args.kind,
                 port=args.port,
                 name=(getattr(args, "name", "") or "").lower(),
+                domain=(getattr(args, "domain", "") or "").lower().rstrip("."),
                 host=args.host,
                 terminate_at=getattr(args, "terminate_at", None),
                 proxy_protocol=getattr(args, "proxy_protocol", False),

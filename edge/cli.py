@@ -95,6 +95,18 @@ def _ca_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _domain_check(cfg: Any) -> Any:
+    """edge.acme.domains' check for custom domains (docs/acme-dns.md), None when they are off."""
+    if not cfg.custom_domains:
+        return None
+    from edge.acme import domains
+    checker = domains.DomainChecker(cfg.resolvers or domains.read_resolv_conf(),
+                                    (cfg.https_domain, cfg.zone), cfg.edge_addresses,
+                                    example_target=f"<name>.{cfg.https_domain}")
+    domains.configure(checker)
+    return domains.check_domain
+
+
 def _make_hub(cfg: Any) -> tuple[Any, Any]:
     """The hub (registry of agent sessions) and the protocol factory for agents' connections."""
     from edge import hub as hubmod
@@ -112,7 +124,7 @@ def _make_hub(cfg: Any) -> tuple[Any, Any]:
     # GSLB name, so the client enters at its nearest PoP (ngrok: 0.tcp.ngrok.io).
     hub_cfg = hubmod.HubConfig(domain=cfg.https_domain, pop=cfg.pop, lease_ttl=cfg.registry.lease_ttl,
                                ingress=ingress, tcp_host=f"0.tcp.{cfg.zone}", https_port=cfg.https_port,
-                               modules=frozenset(cfg.module_order),
+                               modules=frozenset(cfg.module_order), domain_check=_domain_check(cfg),
                                **({"tcp_port_range": cfg.tcp_ports} if cfg.tcp_ports else {}))
     hub = hubmod.Hub(hub_cfg, tokens)
     return hub, hubmod.agent_protocol_factory(hub)

@@ -111,6 +111,10 @@ class EdgeConfig:
     peer: PeerConfig = field(default_factory=PeerConfig)
     peers: tuple[PeerAddress, ...] = ()
     user: str | None = None              # USER[:GROUP] to become after binding (plumbing.privileges)
+    # Custom domains (docs/acme-dns.md): checked against these before a bind.
+    custom_domains: bool = True
+    resolvers: tuple[str, ...] = ()      # recursive resolvers; () = /etc/resolv.conf
+    edge_addresses: tuple[str, ...] = ()  # every [pops.*] listen address (what a domain's A/AAAA may be)
 
     @property
     def peer_name(self) -> str:
@@ -139,8 +143,16 @@ _NAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$
 
 _EDGE_KEYS = {
     "https_domain", "listen", "https_port", "http_port", "tcp_ports", "health_listen", "ca_dir",
-    "cert_dir", "authtokens_file", "timeouts", "limits", "modules", "abuse", "user",
+    "cert_dir", "authtokens_file", "timeouts", "limits", "modules", "abuse", "user", "custom_domains", "resolvers",
 }
+
+
+def _is_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s)
+    except ValueError:
+        return False
+    return True
 
 
 def _port(t: Table, key: str, v: Any) -> int:
@@ -270,6 +282,19 @@ def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
             resolve_user(user)
         except PrivilegeError as exc:
             raise t.error("user", str(exc).replace("--user ", "")) from None
+    t, v = get("custom_domains", True)
+    if not isinstance(v, bool):
+        raise t.error("custom_domains", f"expected true or false, got {v!r}")
+    custom_domains = v
+    t, v = get("resolvers", [])
+    if not isinstance(v, list) or len(v) > 3:
+        raise t.error("resolvers", "expected a list of at most 3 resolver addresses")
+    resolvers = tuple(_addr(t, "resolvers", a) for a in v)
+    edge_addresses: list[str] = []
+    for pid in pops.keys():
+        lv = pops.table(pid).value("listen", edge.value("listen", []))
+        if isinstance(lv, list):
+            edge_addresses += [str(ipaddress.ip_address(a)) for a in lv if isinstance(a, str) and _is_ip(a)]
 
     t, _ = get("timeouts", {})
     tt = t.table("timeouts")
@@ -315,6 +340,7 @@ def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
         registry=_registry(root.table("registry")),
         peer=_peer(root.table("peer")),
         peers=_peers(root.table("peers")), user=user,
+        custom_domains=custom_domains, resolvers=resolvers, edge_addresses=tuple(dict.fromkeys(edge_addresses)),
     )
     # Module options are checked now, so a typo fails at start, not at the first request.
     from edge.modules import ModuleConfigError, build_chain

@@ -36,7 +36,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 from edge.endpoint import Endpoint
 from edge.modules import OPTION_OWNER, check_bind_option
@@ -54,6 +54,7 @@ from plumbing.kvlog import kv
 log = logging.getLogger("edge.hub")
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DOMAIN = re.compile(r"^(?=.{3,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_AUTHTOKENS = 10_000
 MAX_AUTHTOKEN_LENGTH = 512
 
@@ -77,6 +78,10 @@ class HubConfig:
     # The modules of this edge's chain: a bind option whose module is not in it is refused
     # (accepted, it would do nothing). None: not checked (a hub without a chain, in tests).
     modules: frozenset[str] | None = None
+    # Custom domains (`gslb agent http --domain shop.example.com`, docs/acme-dns.md): awaited
+    # with the hostname before it is bound, raises (edge.acme.domains.DomainError) when it does
+    # not point at the edge. None: custom domains are refused.
+    domain_check: Callable[[str], Awaitable[None]] | None = None
 
     def endpoint_url(self, kind: str, name: str) -> str:
         """The public URL of an endpoint (bind_ok `url`, docs/protocol.md 3.4): https://NAME,
@@ -230,9 +235,12 @@ class Hub:
         host: str | None = None
         replaced: str | None = None  # the session of this PoP whose name this bind takes over
         if kind in ("http", "tls"):
-            if not _LABEL.match(name):
+            if "." in name:
+                host = await self._custom_domain(name)
+            elif not _LABEL.match(name):
                 raise ControlError(M.ERR_BAD_REQUEST, f"name {name!r} is not a DNS label (a-z, 0-9, '-', 1-63 characters)")
-            host = self.hostname_for(name)
+            else:
+                host = self.hostname_for(name)
             existing = self._by_host.get(host)
             if existing is not None and existing.connection is not conn:
                 if not existing.connection.takes_over(conn):
@@ -267,6 +275,25 @@ class Hub:
             # the session died while the registry answered: its lease goes with it
             raise ControlError(M.ERR_INTERNAL, "session closed")
         return self._add_local(conn, kind, host, opts, rname)
+
+    async def _custom_domain(self, name: str) -> str:
+        """A custom domain's hostname once the check says it points at the edge; else bad_request
+        with the check's message (what to add to the domain's DNS)."""
+        name = name.rstrip(".")
+        if not _DOMAIN.match(name):
+            raise ControlError(M.ERR_BAD_REQUEST, f"domain {name!r} is not a hostname (labels of a-z, 0-9, '-')")
+        if name == self.config.domain or name.endswith("." + self.config.domain):
+            raise ControlError(M.ERR_BAD_REQUEST, f"{name} is under the edge's endpoint domain: bind its "
+                               f"name with --name instead")
+        check = self.config.domain_check
+        if check is None:
+            raise ControlError(M.ERR_BAD_REQUEST, "this edge does not serve custom domains")
+        try:
+            await check(name)
+        except Exception as exc:  # noqa: BLE001 - DomainError, or a resolver failure: the agent is told
+            log.info(kv("custom_domain_refused", domain=name, reason=str(exc)))
+            raise ControlError(M.ERR_BAD_REQUEST, str(exc)) from None
+        return name
 
     async def _bind_registry(self, conn: "AgentConnection", kind: str, host: str | None, opts: Mapping[str, Any],
                              replaced: str | None) -> str:

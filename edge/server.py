@@ -223,7 +223,10 @@ class EdgeServer:
             self._tls_names.pop(host, None)
 
     def is_https_name(self, host: str) -> bool:
-        return self.endpoint_label(host) is not None
+        if self.endpoint_label(host) is not None:
+            return True
+        # A custom domain (docs/acme-dns.md): an HTTPS name while an http endpoint is bound to it.
+        return "." in host and self.lookup("http", host) is not None
 
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:

@@ -713,6 +713,7 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
         ([*gslb_argv(), "dns", "keygen", "--out", str(paths.dnssec_key), "--zone", plan.zone],
          "gslb dns keygen", paths.keygen_log),
     ])
+    (paths.unbound_dir / f"{render.CUSTOMER_ZONE}.zone").write_text(render.customer_zone_file(plan))
     paths.unbound_conf.write_text(render.unbound_conf(plan, str(paths.unbound_dir),
                                                       trust_anchor=_ds_from_keygen(paths.keygen_log)))
     state.ca, state.authtoken_file = str(paths.ca_cert), str(paths.authtoken_file)

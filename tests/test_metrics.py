@@ -389,6 +389,9 @@ def test_docs_list_every_registered_metric_and_nothing_else():
     from dns.monitor import HealthMonitor, LocalPublisher
     srv = dns_server()
     srv.engine.rrl = TinyRRL()
+    from dns.acme import AcmeTxtSource
+    from dns.config import AcmeSettings
+    srv.acme = AcmeTxtSource(AcmeSettings(), lambda txt: None)
     traffic(srv)
     dc = dm.DnsCollector()
     dc.snapshot = dm.local_snapshot(srv)

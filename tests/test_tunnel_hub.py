@@ -156,7 +156,7 @@ def test_unbind_of_another_sessions_binding_is_refused():
     "kind, name, options, match",
     [
         ("http", "-bad", {}, "DNS label"),
-        ("http", "a.b", {}, "DNS label"),
+        ("http", "a.b", {}, "does not serve custom domains"),   # a name with a dot is a custom domain
         ("http", "ok", {"proxy_protocol": True}, "headers"),
         ("http", "ok", {"terminate_at": "edge"}, "not valid for http"),
         ("tls", "ok", {"terminate_at": "middle"}, "'edge' or 'agent'"),

@@ -284,7 +284,7 @@ class Agent:
                 forwardings = []
                 try:
                     for ep in cfg.endpoints:
-                        reply = await control.request(lambda i, ep=ep: M.Bind(i, ep.kind, ep.name, ep.bind_options()), timeout)
+                        reply = await control.request(lambda i, ep=ep: M.Bind(i, ep.kind, ep.domain or ep.name, ep.bind_options()), timeout)
                         assert isinstance(reply, M.BindOk)
                         # Serve it now, not once every bind has its reply: the
                         # edge opens streams for it from its bind_ok on.
@@ -294,7 +294,9 @@ class Agent:
                     bindings.binding_done()
             except ControlError as exc:
                 if exc.code in FATAL_CODES:
-                    raise FatalAgentError(exc.code, f"{FATAL_TEXT.get(exc.code, exc.message)}: {exc.message}") from None
+                    text = FATAL_TEXT.get(exc.code)
+                    # bad_request has no text of its own: the edge's message says it all (once)
+                    raise FatalAgentError(exc.code, f"{text}: {exc.message}" if text else exc.message) from None
                 raise
             self.forwardings = forwardings
             for f in forwardings:

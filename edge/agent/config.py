@@ -23,6 +23,8 @@ environment, which wins over the file.
     [[endpoints]]
     kind = "http"                   # http | tls | tcp
     name = "demo"                   # http/tls: demo.<endpoint domain>
+    # domain = "shop.example.test"  # http/tls, instead of name: a domain you own, whose
+                                    # DNS points at the edge (CNAME to NAME.<endpoint domain>)
     port = 8080                     # local service on 127.0.0.1
     # terminate_at = "agent"        # tls only: edge | agent (passthrough)
     # proxy_protocol = false        # tls/tcp: edge sends PROXY v2 first
@@ -43,6 +45,8 @@ from plumbing.toml import ConfigError, TomlDoc
 from plumbing import addr as plumbing_addr
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# A custom domain: two labels or more (a hostname the user owns; the edge checks where it points).
+_DOMAIN = re.compile(r"^(?=.{3,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_ENDPOINTS = 64
 DEFAULTS_PATH = Path("/etc/gslb/agent.toml")
 DEFAULT_INSPECT = ("127.0.0.1", 4040)  # ngrok's web_addr default
@@ -60,6 +64,7 @@ class EndpointConfig:
     port: int
     name: str = ""
     host: str = "127.0.0.1"  # the local service's address
+    domain: str = ""         # http/tls: a custom domain instead of NAME.<domain>
     terminate_at: str | None = None
     proxy_protocol: bool = False
     # bind options owned by edge modules (edge/modules/: BIND_OPTIONS), e.g.
@@ -145,7 +150,14 @@ def validate_endpoint(ep: EndpointConfig) -> EndpointConfig:
         raise bad_value("kind", f"{ep.kind!r} is not one of {', '.join(KINDS)}")
     if not 1 <= ep.port <= 65535:
         raise bad_value("port", f"{ep.port} is not a TCP port (1-65535)")
-    if ep.kind in ("http", "tls"):
+    if ep.domain and ep.kind not in ("http", "tls"):
+        raise bad_value("domain", "only http and tls endpoints have a custom domain")
+    if ep.domain:
+        if ep.name:
+            raise bad_value("domain", "give a name or a domain, not both")
+        if not _DOMAIN.match(ep.domain):
+            raise bad_value("domain", f"{ep.domain!r} is not a hostname with a dot (e.g. shop.example.com)")
+    elif ep.kind in ("http", "tls"):
         if not _LABEL.match(ep.name):
             raise bad_value("name", f"{ep.name!r} is not a DNS label (a-z, 0-9, '-', 1-63 characters)")
     elif ep.name:
@@ -215,7 +227,7 @@ _TOP_KEYS = {
     "heartbeat_timeout", "connect_timeout", "endpoints", "metrics",
     "heartbeat_timeout", "connect_timeout", "endpoints", "inspect",
 }
-_EP_KEYS = {"kind", "name", "port", "host", "terminate_at", "proxy_protocol"} | set(BIND_OPTIONS)
+_EP_KEYS = {"kind", "name", "domain", "port", "host", "terminate_at", "proxy_protocol"} | set(BIND_OPTIONS)
 
 
 def load_agent_config(
@@ -248,6 +260,7 @@ def load_agent_config(
                 kind=_typed(raw, "kind", str, None),
                 port=_typed(raw, "port", int, None),
                 name=_typed(raw, "name", str, "").lower(),
+                domain=_typed(raw, "domain", str, "").lower().rstrip("."),
                 host=_typed(raw, "host", str, "127.0.0.1"),
                 terminate_at=_typed(raw, "terminate_at", str, None),
                 proxy_protocol=_typed(raw, "proxy_protocol", bool, False),

@@ -117,6 +117,22 @@ class Registry(ABC):
     async def release_port(self, port: int, session_id: str, lease: Lease) -> bool:
         """Free a port this lease holds and has not bound. False if not held."""
 
+    # -- opaque keys under `<prefix>acme/` (docs/registry.md) ----------------------
+    # Values the registry does not interpret (DNS-01 challenges, certificates). `key` is
+    # relative to `<prefix>acme/` (keys.opaque_key validates it). Reads go to the registry
+    # (no local view): they are rare.
+    async def get_opaque(self, key: str) -> bytes | None:
+        """The value at `<prefix>acme/<key>`, None when absent."""
+        raise NotImplementedError(f"{type(self).__name__} has no opaque keys")
+
+    async def put_opaque(self, key: str, value: bytes) -> None:
+        """Write `<prefix>acme/<key>` (no lease: it stays until deleted)."""
+        raise NotImplementedError(f"{type(self).__name__} has no opaque keys")
+
+    async def delete_opaque(self, key: str) -> bool:
+        """Delete `<prefix>acme/<key>`; False when it was not there."""
+        raise NotImplementedError(f"{type(self).__name__} has no opaque keys")
+
 
 class CachedRegistry(Registry):
     """A registry whose reads come from a local `BindingCache` (both

@@ -461,6 +461,26 @@ class EtcdRegistry(CachedRegistry):
             raise PortNotHeld(port, "still bound: unbind it instead")
         return False
 
+    # -- opaque keys ---------------------------------------------------------
+    async def get_opaque(self, key: str) -> bytes | None:
+        full = keys.opaque_key(self._prefix, key).encode()
+        kvs, _, _ = gw.parse_range(await self._read("/v3/kv/range", gw.range_request(full)))
+        return kvs[0].value if kvs else None
+
+    async def put_opaque(self, key: str, value: bytes) -> None:
+        if not isinstance(value, bytes):
+            raise InvalidKey("an opaque value is bytes")
+        full = keys.opaque_key(self._prefix, key).encode()
+        await self._write("/v3/kv/put", {"key": keys.b64(full), "value": keys.b64(value)})
+
+    async def delete_opaque(self, key: str) -> bool:
+        full = keys.opaque_key(self._prefix, key).encode()
+        obj = await self._write("/v3/kv/deleterange", {"key": keys.b64(full)})
+        try:
+            return int(obj.get("deleted", "0")) > 0
+        except (TypeError, ValueError):
+            raise GatewayProtocolError(f"deleterange answer: deleted is {obj.get('deleted')!r}") from None
+
     # -- plumbing ------------------------------------------------------------
     async def _write(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         self._require_started()

@@ -56,6 +56,25 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+# Opaque keys under `<prefix>acme/` (certificates, challenges: docs/registry.md): a relative
+# path of segments, never `..` or an empty segment (a key cannot leave the acme space).
+_OPAQUE = re.compile(r"^[A-Za-z0-9_*.-]+(/[A-Za-z0-9_*.-]+)*$")
+MAX_OPAQUE_KEY = 400
+
+
+def acme_prefix(prefix: str) -> str:
+    return prefix + "acme/"
+
+
+def opaque_key(prefix: str, key: str) -> str:
+    """`<prefix>acme/<key>` for a relative key such as `dns01/_acme-challenge.demo.app.lab.test`."""
+    if not isinstance(key, str) or not key or len(key) > MAX_OPAQUE_KEY or not _OPAQUE.match(key) \
+            or any(seg in (".", "..") for seg in key.split("/")):
+        raise InvalidKey(f"opaque key must be a relative path of letters, digits, _ * . - "
+                         f"(got {key!r:.80})")
+    return acme_prefix(prefix) + key
+
+
 def bind_prefix(prefix: str) -> str:
     return prefix + "bind/"
 

@@ -45,6 +45,7 @@ class MemoryRegistry(CachedRegistry):
         self._revision = itertools.count(1)
         self._lease_ids = itertools.count(1)
         self._rng = rng  # None: lowest port first
+        self._opaque: dict[str, bytes] = {}
 
     async def open_session(self, pop: str, session_id: str, ttl: float = 10.0) -> Lease:
         check_id("pop", pop)
@@ -116,6 +117,17 @@ class MemoryRegistry(CachedRegistry):
             raise PortNotHeld(port, "still bound: unbind it instead")
         del self._ports[port]
         return True
+
+    async def get_opaque(self, key: str) -> bytes | None:
+        return self._opaque.get(keys.opaque_key(keys.DEFAULT_PREFIX, key))
+
+    async def put_opaque(self, key: str, value: bytes) -> None:
+        if not isinstance(value, bytes):
+            raise InvalidKey("an opaque value is bytes")
+        self._opaque[keys.opaque_key(keys.DEFAULT_PREFIX, key)] = value
+
+    async def delete_opaque(self, key: str) -> bool:
+        return self._opaque.pop(keys.opaque_key(keys.DEFAULT_PREFIX, key), None) is not None
 
     def _drop_lease(self, lease: MemoryLease) -> None:
         for b in [b for b in self._cache.bindings() if b.lease == lease.id]:

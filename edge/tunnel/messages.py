@@ -144,8 +144,9 @@ class AuthOk:
 
 @dataclass(frozen=True, slots=True)
 class Bind:
-    """agent -> edge: publish an endpoint. `name` is a DNS label (http, tls)
-    or empty (tcp). `options` see docs/protocol.md 3.2."""
+    """agent -> edge: publish an endpoint. `name` is a DNS label (http, tls),
+    a hostname with a dot (http, tls: a custom domain, docs/acme-dns.md) or
+    empty (tcp). `options` see docs/protocol.md 3.2."""
 
     id: int
     kind: str
