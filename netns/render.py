@@ -164,7 +164,9 @@ def edge_toml(plan: LabPlan, ca_dir: str, cert_dir: str, authtokens_file: str,
     # Every module an agent's bind options may name (allow/deny, rate_limit, circuit_breaker),
     # in the edge's default order (edge/modules/README.md): an option whose module is missing
     # from the chain would be accepted and do nothing.
-    lines += [""] + _toml_table("[edge.modules]", {"order": ["ip_restriction", "rate_limit", "circuit_breaker"]})
+    from edge.modules import DEFAULT_ORDER
+
+    lines += [""] + _toml_table("[edge.modules]", {"order": list(DEFAULT_ORDER)})
     for pop in plan.pops:
         # Every address of the PoP, v4 and v6: DNS hands any of them to clients.
         table: dict[str, Any] = {"listen": list(pop.ipv4) + list(pop.ipv6)}

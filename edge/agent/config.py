@@ -161,8 +161,16 @@ def validate_endpoint(ep: EndpointConfig) -> EndpointConfig:
 
 
 def module_options(raw: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """The module bind options among an endpoint's keys, lists as tuples."""
-    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in BIND_OPTIONS)
+    """The module bind options among an endpoint's keys, lists as tuples;
+    a module's `prepare` runs first (basic_auth hashes passwords here)."""
+    out = []
+    for k, v in raw.items():
+        if k in BIND_OPTIONS:
+            prepare = BIND_OPTIONS[k].prepare
+            if prepare is not None:
+                v = prepare(v)
+            out.append((k, tuple(v) if isinstance(v, list) else v))
+    return tuple(out)
 
 
 def read_authtoken(
