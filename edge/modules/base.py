@@ -250,9 +250,8 @@ class BindOption:
     help: str
     flag: str = ""  # e.g. "--allow-cidr" (repeatable, collected into a list)
     metavar: str = "VALUE"
-    # agent side, before `check`: what the user wrote -> what the agent sends
-    # (basic_auth hashes passwords here so that none leaves the agent); None: as written
-    prepare: Callable[[Any], Any] | None = None
+    # The agent's side, before the check: e.g. a secret file's name read into the secret.
+    agent_form: Callable[[Any], Any] | None = None
 
 
 class Module:

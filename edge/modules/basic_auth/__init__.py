@@ -2,7 +2,7 @@
 `WWW-Authenticate: Basic realm="...", charset="UTF-8"` for anyone else.
 
 Hashed at rest: the agent turns `user:password` into `user:$scrypt$...`
-(`hash_entry`, the bind option's `prepare`) before it sends the bind, so the
+(`hash_entry`, the bind option's `agent_form`) before it sends the bind, so the
 edge stores and compares only scrypt hashes (per-user salt, bounded cost).
 A KDF costs tens of milliseconds of CPU: the module asks the shell to run
 it in its thread pool (a `Compute` effect) and caches a success per
@@ -97,7 +97,7 @@ def hash_password(password: str, *, n: int = DEFAULT_N, r: int = DEFAULT_R, p: i
 
 
 def hash_entry(value: Any) -> Any:
-    """Agent side (`BindOption.prepare`): each `user:password` -> `user:$scrypt$...`;
+    """Agent side (`BindOption.agent_form`): each `user:password` -> `user:$scrypt$...`;
     an entry that is already a hash (agent.toml may hold hashes) is kept."""
     if not isinstance(value, (list, tuple)):
         return value  # `check` says what is wrong
@@ -169,7 +169,7 @@ class BasicAuth(Module):
     bind_options: ClassVar[Mapping[str, BindOption]] = {
         "basic_auth": BindOption(("http",), check_users,
                                  "require this user and password, RFC 7617 (repeatable; hashed by the agent)",
-                                 flag="--basic-auth", metavar="USER:PASSWORD", prepare=hash_entry),
+                                 flag="--basic-auth", metavar="USER:PASSWORD", agent_form=hash_entry),
     }
     cache_seconds: float = CACHE_SECONDS
     cache_entries: int = CACHE_ENTRIES
