@@ -260,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cert", help="TLS certificate (lab CA)")
     p.add_argument("--key", help="TLS key")
     p.add_argument("--ca", help="CA to trust for SP metadata fetches")
-    p.add_argument("--write-metadata", action="store_true", help="write DIR/metadata.xml (and the signing key) and exit")
+    p.add_argument("--prepare", metavar="CA_DIR",
+                   help="make DIR's files and exit: the signing key, metadata.xml, a TLS certificate for the "
+                   "--base-url host from the CA in CA_DIR (tls.crt, tls.key), and the edges' saml-session.key")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     d = Path(args.dir)
@@ -270,7 +272,17 @@ def main(argv: list[str] | None = None) -> int:
         kf, cf = make_keypair(d, "saml-signing")
     idp = Idp(args.base_url, kf, cf)
     (d / "metadata.xml").write_text(idp.metadata(), "utf-8")
-    if args.write_metadata:
+    if args.prepare:
+        from edge.certs import CertAuthority
+        from edge.modules.session import new_key_file
+
+        issued = CertAuthority.load(args.prepare).issue([urlparse(args.base_url).hostname])
+        (d / "tls.crt").write_bytes(issued.cert_pem)
+        (d / "tls.key").touch(0o600)
+        (d / "tls.key").write_bytes(issued.key_pem)
+        if not (d / "saml-session.key").exists():
+            new_key_file(d / "saml-session.key")
+        print(f"prepared the SAML IdP {idp.entity_id} in {d}")
         return 0
     from aiohttp import web
 
