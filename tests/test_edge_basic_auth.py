@@ -210,3 +210,12 @@ def test_front_answers_401_and_sends_nothing_upstream():
         assert b.streams == []
 
     asyncio.run(main())
+
+
+def test_agent_refuses_a_too_long_password_naming_the_key_not_the_secret():
+    from edge.agent.config import ConfigError
+
+    secret = "p" * 257
+    with pytest.raises(ConfigError) as info:
+        module_options({"basic_auth": [f"alice:{secret}"]})
+    assert "basic_auth" in str(info.value) and secret not in str(info.value)

@@ -347,3 +347,15 @@ def test_bind_options_are_checked():
             check_bind_option("http", key, value)
     with pytest.raises(KeyError):
         check_bind_option("tcp", "saml_idp", "x")
+
+
+def test_edge_toml_errors_in_the_saml_table_name_their_line(lab):
+    from edge.config import ConfigError, parse
+
+    text = ('zone = "lab.test"\n\n[edge]\nca_dir = "/tmp/ca"\n\n[edge.modules.saml]\n'
+            f'idp_metadata_files = ["{lab["dir"] / "idp.xml"}"]\nsession_key_file = "{lab["dir"] / "saml-session.key"}"\n'
+            'binding = "soap"\n\n[pops.us]\nlisten = ["198.19.1.1"]\n')
+    with pytest.raises(ConfigError, match=r"e\.toml:9: edge\.modules\.saml\.binding: 'redirect'"):
+        parse(text, "us", "e.toml")
+    cfg = parse(text.replace('binding = "soap"', 'binding = "post"'), "us", "e.toml")
+    assert cfg.module_options["saml"]["binding"] == "post"

@@ -186,13 +186,13 @@ class BasicAuth(Module):
             raise ModuleConfigError(f"basic_auth: unknown option(s) {', '.join(sorted(unknown))}")
         secs = options.get("cache_seconds", CACHE_SECONDS)
         if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0 <= secs <= 3600:
-            raise ModuleConfigError("basic_auth.cache_seconds: a number of seconds, 0..3600 (0: no cache)")
+            raise ModuleConfigError("cache_seconds: a number of seconds, 0..3600 (0: no cache)")
         entries = options.get("cache_entries", CACHE_ENTRIES)
         if isinstance(entries, bool) or not isinstance(entries, int) or not 1 <= entries <= 1_000_000:
-            raise ModuleConfigError("basic_auth.cache_entries: an integer, 1..1000000")
+            raise ModuleConfigError("cache_entries: an integer, 1..1000000")
         realm = options.get("realm", "")
         if not isinstance(realm, str) or len(realm) > 128 or any(c in realm for c in '"\\\r\n\0'):
-            raise ModuleConfigError("basic_auth.realm: a string of at most 128 characters without quotes or backslashes")
+            raise ModuleConfigError("realm: a string of at most 128 characters without quotes or backslashes")
         return cls(cache_seconds=float(secs), cache_entries=entries, realm=realm)
 
     def stats(self) -> dict[str, int]:

@@ -133,7 +133,7 @@ class Saml(Module):
         kw: dict[str, Any] = {}
         files = options.get("idp_metadata_files", [])
         if isinstance(files, str) or not isinstance(files, list) or len(files) > MAX_IDPS:
-            raise ModuleConfigError(f"saml.idp_metadata_files: a list of at most {MAX_IDPS} files")
+            raise ModuleConfigError(f"idp_metadata_files: a list of at most {MAX_IDPS} files")
         idps: dict[str, str] = {}
         for f in files:
             try:
@@ -144,44 +144,44 @@ class Saml(Module):
 
                 idps[idp_entity_id(xml, str(f))] = xml
             except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
-                raise ModuleConfigError(f"saml.idp_metadata_files: {exc}") from None
+                raise ModuleConfigError(f"idp_metadata_files: {exc}") from None
         kw["idps"] = idps
         key = options.get("session_key_file")
         if idps and not key:
-            raise ModuleConfigError("saml.session_key_file: needed with idp_metadata_files (the key every PoP shares)")
+            raise ModuleConfigError("session_key_file: needed with idp_metadata_files (the key every PoP shares)")
         if key:
             try:
                 kw["sealer"] = S.Sealer(S.load_key_file(key))
             except S.SessionKeyError as exc:
-                raise ModuleConfigError(f"saml.session_key_file: {exc}") from None
+                raise ModuleConfigError(f"session_key_file: {exc}") from None
         binding = options.get("binding", "redirect")
         if binding not in BINDINGS:
-            raise ModuleConfigError("saml.binding: 'redirect' (HTTP-Redirect) or 'post' (HTTP-POST)")
+            raise ModuleConfigError("binding: 'redirect' (HTTP-Redirect) or 'post' (HTTP-POST)")
         kw["binding"] = binding
         unsolicited = options.get("allow_idp_initiated", False)
         if not isinstance(unsolicited, bool):
-            raise ModuleConfigError("saml.allow_idp_initiated: true or false")
+            raise ModuleConfigError("allow_idp_initiated: true or false")
         kw["allow_idp_initiated"] = unsolicited
         for k in ("group_attribute", "email_attribute", "name_attribute"):
             if k in options:
                 v = options[k]
                 if not isinstance(v, str) or not 1 <= len(v) <= 256:
-                    raise ModuleConfigError(f"saml.{k}: an attribute name (1..256 characters)")
+                    raise ModuleConfigError(f"{k}: an attribute name (1..256 characters)")
                 kw[k] = v
         for k, lo, hi in (("session_duration", 60, 30 * 86400), ("replay_cache_entries", 1, 10_000_000)):
             if k in options:
                 v = options[k]
                 if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                    raise ModuleConfigError(f"saml.{k}: an integer, {lo}..{hi}")
+                    raise ModuleConfigError(f"{k}: an integer, {lo}..{hi}")
                 kw[k] = v
         if "verify_timeout" in options:
             v = options["verify_timeout"]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.1 <= v <= 60:
-                raise ModuleConfigError("saml.verify_timeout: seconds, 0.1..60")
+                raise ModuleConfigError("verify_timeout: seconds, 0.1..60")
             kw["verify_timeout"] = float(v)
         xmlsec = options.get("xmlsec_binary") or shutil.which("xmlsec1") or ""
         if idps and not (xmlsec and os.access(xmlsec, os.X_OK)):
-            raise ModuleConfigError("saml.xmlsec_binary: xmlsec1 not found (apt-get install xmlsec1)")
+            raise ModuleConfigError("xmlsec_binary: xmlsec1 not found (apt-get install xmlsec1)")
         kw["xmlsec_binary"] = xmlsec
         return cls(**kw)
 
