@@ -219,3 +219,10 @@ def test_agent_refuses_a_too_long_password_naming_the_key_not_the_secret():
     with pytest.raises(ConfigError) as info:
         module_options({"basic_auth": [f"alice:{secret}"]})
     assert "basic_auth" in str(info.value) and secret not in str(info.value)
+
+
+def test_a_busy_thread_pool_is_a_503_with_retry_after_not_a_401():
+    m = BasicAuth()
+    s = subj(OPTS, auth("alice", "correct horse"))
+    d = m.resume(s, m.decide(s).effect, EffectResult(error="busy"))
+    assert d.response.status == 503 and dict(d.response.headers)["Retry-After"] == "1"

@@ -381,3 +381,49 @@ def test_compute_effect_runs_in_the_thread_pool_and_its_value_reaches_resume():
         assert thread and thread != threading.current_thread().name.encode()
 
     asyncio.run(main())
+
+
+def test_compute_effects_are_bounded_per_process_busy_beyond():
+    import asyncio
+    import threading
+
+    from edge.front import http_front
+    from edge.modules.base import Compute
+
+    gate = threading.Event()
+    results = []
+
+    class Slow(Module):
+        name = "slow"
+
+        def decide(self, subject):
+            return Decision(Verdict.PERFORM, effect=Compute(lambda: gate.wait(30), "slow", 30.0))
+
+        def resume(self, subject, effect, result):
+            results.append(result.error or "ok")
+            return Decision(Verdict.ANSWER, response=Response(200 if not result.error else 503))
+
+    async def main():
+        old = http_front.MAX_COMPUTE
+        http_front.MAX_COMPUTE = 2
+        try:
+            fronts = [_front(Chain((Slow(),))) for _ in range(3)]
+            for _, front, _ in fronts:
+                front.data_received(b"GET / HTTP/1.1\r\nHost: demo.app.lab.test\r\n\r\n")
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 30
+            while "busy" not in results and loop.time() < end:
+                await asyncio.sleep(0.01)
+            assert results == ["busy"]  # the third, at once; the first two wait for the gate
+            gate.set()
+            while len(results) < 3 and loop.time() < end:
+                await asyncio.sleep(0.01)
+            assert sorted(results) == ["busy", "ok", "ok"]
+            while http_front._compute[0] and loop.time() < end:
+                await asyncio.sleep(0.01)
+            assert http_front._compute[0] == 0
+        finally:
+            http_front.MAX_COMPUTE = old
+            gate.set()
+
+    asyncio.run(main())

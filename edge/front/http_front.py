@@ -37,6 +37,11 @@ from plumbing.kvlog import kv
 # PoP within about half a second) and goes there instead of getting a 502.
 REROUTE_WAIT = 2.0      # seconds (at most stream_open)
 REROUTE_POLL = 0.05     # seconds between two lookups while waiting
+# Compute effects (a KDF, xmlsec1) queued or running in the thread pool, per process: beyond
+# MAX_COMPUTE a new one fails at once ("busy"), so a flood of wrong passwords or forged
+# assertions costs a bounded queue, not an unbounded one (a timed-out job still runs to its end).
+MAX_COMPUTE = 64
+_compute = [0]
 
 
 class FrontContext(Protocol):
@@ -302,11 +307,17 @@ class HttpFront(ClientSide):
                 # CPU-heavy or blocking work (a KDF, xmlsec1) in the loop's thread pool; on timeout the
                 # thread finishes on its own (fn is bounded by the module: sizes, costs, a subprocess timeout)
                 loop = asyncio.get_running_loop()
-                try:
-                    value = await asyncio.wait_for(loop.run_in_executor(None, effect.fn), effect.timeout)
-                    result = EffectResult(value=value)
-                except asyncio.TimeoutError:
-                    result = EffectResult(error="timeout")
+                if _compute[0] >= MAX_COMPUTE:
+                    result = EffectResult(error="busy")
+                else:
+                    _compute[0] += 1
+                    job = loop.run_in_executor(None, effect.fn)
+                    job.add_done_callback(lambda _: _compute.__setitem__(0, _compute[0] - 1))
+                    try:
+                        value = await asyncio.wait_for(asyncio.shield(job), effect.timeout)
+                        result = EffectResult(value=value)
+                    except asyncio.TimeoutError:
+                        result = EffectResult(error="timeout")
             else:
                 result = await self.ctx.perform(effect)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - the module decides what a failed effect means

@@ -246,6 +246,10 @@ class BasicAuth(Module):
         cred = credentials(subject.request.header("authorization")) if subject.request else None
         if result.error:
             self.counters["kdf_errors_total"] += 1
+        if result.error == "busy":  # the shell's bound on queued KDFs (a flood): not the client's fault
+            return Decision(Verdict.ANSWER, status=503, reason="password checks busy", module=self.name,
+                            response=Response(503, (("Retry-After", "1"), ("Content-Type", "text/plain; charset=utf-8"),
+                                                    ("Cache-Control", "no-store")), b"busy, retry in a second\n"))
         if result.error or result.value is not True or cred is None:
             self.counters["failed_total"] += 1
             return self._challenge(subject, "wrong user or password")
