@@ -623,7 +623,8 @@ def _leftovers(paths: LabPaths) -> bool:
 def up(plan: LabPlan, prefix: str, state_dir: str | None = None, force: bool = False,
        progress: Progress = _quiet) -> UpResult:
     check_environment(extra_tools=(("etcd",) if plan.by_role("registry") else ())
-                      + (("prometheus",) if plan.by_role("metrics") else ()))
+                      + (("prometheus",) if plan.by_role("metrics") else ())
+                      + (("xmlsec1",) if plan.by_role("idp") else ()))  # the edges' saml module (docs/saml.md)
     paths = lab_paths(prefix, state_dir)
     with _lock(paths):
         current = status(prefix, state_dir)

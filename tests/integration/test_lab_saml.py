@@ -23,9 +23,13 @@ from pathlib import Path
 import pytest
 from _polling import wait_for
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: _tools, also when run as a script
+from _tools import need_tools  # noqa: E402
+
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(400)]
 
 HERE = Path(__file__).resolve()
+CHROMIUM = str(HERE.parent / "saml_chromium.py")
 PY = sys.executable
 PORT = 18280
 IDP = "https://idp.lab.test:8443/metadata"
@@ -160,6 +164,26 @@ def test_basic_auth_in_the_lab(net):
     r = lab.run("client-jp", "curl", "-sS", "--max-time", "5", "--cacert", ca, "-u", "carol:carol:with:colons",
                 "-H", "Gslb-Auth-User: root", BASIC_URL + "/h", timeout=15)
     assert json.loads(r.stdout)["headers"]["Gslb-Auth-User"] == "carol"
+
+
+@need_tools("/usr/bin/chromium")
+def test_headless_chromium_logs_in_at_one_pop_and_reuses_the_session_at_another(net):
+    state = net.tmp / "chromium-state.json"
+    url = SAML_URL + "/chromium"
+    r = net.lab.run("client-jp", PY, CHROMIUM, "login", url, "--user", "alice", "--password", "alice-lab-pw",
+                    "--state", str(state), timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["url"] == url, out
+    assert "GET https://idp.lab.test:8443/sso/redirect" in out["requests"], out["requests"]
+    assert "POST https://samldemo.app.lab.test/saml/acs" in out["requests"], out["requests"]  # the page's own JS
+    h = {k.lower(): v for k, v in json.loads(out["text"])["headers"].items()}
+    assert h["gslb-auth-email"] == "alice@lab.test"
+    r = net.lab.run("client-lon", PY, CHROMIUM, "reuse", SAML_URL + "/again", "--state", str(state), timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not any("idp.lab.test" in u for u in out["requests"]), out["requests"]
+    assert json.loads(out["text"])["headers"]["Gslb-Auth-Subject"] == "alice"
 
 
 def test_idp_down_the_login_fails_at_the_idp_and_nothing_reaches_the_upstream(net, gslb_run):
