@@ -359,3 +359,15 @@ def test_edge_toml_errors_in_the_saml_table_name_their_line(lab):
         parse(text, "us", "e.toml")
     cfg = parse(text.replace('binding = "soap"', 'binding = "post"'), "us", "e.toml")
     assert cfg.module_options["saml"]["binding"] == "post"
+
+
+def test_a_hosts_sp_configuration_is_made_in_the_thread_pool_once(lab):
+    m = module(lab)
+    s, _ = subject("GET", "/saml/metadata")
+    d = m.decide(s)
+    assert d.verdict is Verdict.PERFORM and isinstance(d.effect, Compute) and d.effect.what == "saml_site"
+    failed = m.resume(s, d.effect, EffectResult(error="busy"))
+    assert failed.response.status == 502 and m.stats()["assertion_site_failed_total"] == 1
+    d = m.resume(s, d.effect, EffectResult(value=d.effect.fn()))
+    assert d.response.status == 200 and m.stats()["sites"] == 1
+    assert m.decide(s).response.status == 200  # cached: no effect any more

@@ -48,6 +48,7 @@ MAX_GROUPS = 100
 LOGIN_TTL = 600                            # seconds a login may take at the IdP
 MAX_SITES = 1024                           # per-host SP configurations kept
 _KEY = re.compile(r"^[A-Za-z0-9_-]{16}$")
+_BUILD = object()  # _site: not made yet
 _GROUP = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
 _OPTIONS = {"session_key_file", "idp_metadata_files", "binding", "allow_idp_initiated", "group_attribute",
             "email_attribute", "name_attribute", "session_duration", "replay_cache_entries", "verify_timeout",
@@ -197,6 +198,17 @@ class Saml(Module):
         if not idp or subject.request is None:
             return Decision(Verdict.PASS)
         site = self._site(subject.endpoint, idp)
+        if site is _BUILD:
+            # this host's SP configuration is made once (pysaml2 parses the IdP's metadata, ~0.1 s):
+            # in the thread pool, not in the event loop; `resume` keeps it and decides again
+            xml, xmlsec, host = self.idps[idp], self.xmlsec_binary, subject.endpoint
+
+            def build() -> Any:
+                from edge.modules.saml.sp import SpSite
+
+                return SpSite.make(host, idp, xml, xmlsec)
+
+            return Decision(Verdict.PERFORM, module=self.name, effect=Compute(build, "saml_site", 30.0))
         if site is None or self.sealer is None:
             return self._answer(_page(502, E.SAML_UNAVAILABLE.code, "Login not available",
                                       f"This edge does not trust the SAML identity provider {idp} "
@@ -229,26 +241,31 @@ class Saml(Module):
     def resume(self, subject: Subject, effect: Effect, result: EffectResult) -> Decision:
         if isinstance(effect, ReadBody):
             return self._acs_body(subject, result)
+        if isinstance(effect, Compute) and effect.what == "saml_site":
+            if result.error or result.value is None:
+                self.errors["site_failed"] = self.errors.get("site_failed", 0) + 1
+                return self._answer(_page(502, E.SAML_UNAVAILABLE.code, "Login not available",
+                                          f"The edge could not set up the SAML login for {subject.endpoint} "
+                                          f"({result.error or 'no configuration'}); try again."), "site failed")
+            key = (subject.endpoint, subject.options.get("saml_idp"))
+            self._sites[key] = result.value
+            while len(self._sites) > MAX_SITES:
+                self._sites.popitem(last=False)
+            return self.decide(subject)
         if isinstance(effect, Compute):
             return self._acs_verified(subject, result)
         raise ValueError(f"saml: no such effect {effect!r}")
 
     # -- pieces ------------------------------------------------------------------------
     def _site(self, host: str, idp: str) -> Any:
-        xml = self.idps.get(idp)
-        if xml is None:
+        """The cached SP of (host, idp); _BUILD when it must be made first; None for an untrusted IdP."""
+        if idp not in self.idps:
             return None
         key = (host, idp)
         site = self._sites.get(key)
         if site is None:
-            from edge.modules.saml.sp import SpSite
-
-            site = SpSite.make(host, idp, xml, self.xmlsec_binary)
-            self._sites[key] = site
-            if len(self._sites) > MAX_SITES:
-                self._sites.popitem(last=False)
-        else:
-            self._sites.move_to_end(key)
+            return _BUILD
+        self._sites.move_to_end(key)
         return site
 
     def _session(self, subject: Subject, idp: str) -> dict[str, Any] | None:
@@ -296,7 +313,7 @@ class Saml(Module):
             return self._reject(subject, "invalid", "The POST holds no SAMLResponse.")
         idp = subject.options.get("saml_idp")
         site = self._site(subject.endpoint, idp) if idp else None
-        if site is None:
+        if site is None or site is _BUILD:  # decide made it before asking for the body
             return self._reject(subject, "invalid", "The endpoint has no IdP.")
         login = None
         if _KEY.match(relay):
