@@ -226,3 +226,31 @@ def test_a_busy_thread_pool_is_a_503_with_retry_after_not_a_401():
     s = subj(OPTS, auth("alice", "correct horse"))
     d = m.resume(s, m.decide(s).effect, EffectResult(error="busy"))
     assert d.response.status == 503 and dict(d.response.headers)["Retry-After"] == "1"
+
+
+def test_agent_toml_form_hashes_and_cli_flags_repeat(tmp_path, monkeypatch):
+    import argparse
+
+    import edge.agent.config
+    from edge import agent_cli
+    from edge.agent.config import load_agent_config
+
+    monkeypatch.setattr(edge.agent.config, "DEFAULTS_PATH", tmp_path / "absent.toml")
+    tok = tmp_path / "token"
+    tok.write_text("secret-token-value\n")
+    given = users(("bob", "y"))[0]
+    p = tmp_path / "agent.toml"
+    p.write_text(f'zone = "lab.test"\nauthtoken_file = "{tok}"\n\n[[endpoints]]\nkind = "http"\nname = "demo"\n'
+                 f'port = 8080\nbasic_auth = ["alice:correct horse", "{given}"]\n')
+    sent = load_agent_config(p, env={}).endpoints[0].bind_options()["basic_auth"]
+    assert sent[0].startswith("alice:$scrypt$") and sent[1] == given
+    assert verify(parse_hash(sent[0].partition(":")[2]), "correct horse")
+    parser = argparse.ArgumentParser()
+    agent_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["agent", "http", "8080", "--name", "demo", "--basic-auth", "a:pw-1",
+                              "--basic-auth", "b:pw:2"])
+    cfg = agent_cli.build_config(args, env={"GSLB_ZONE": "lab.test", "GSLB_AUTHTOKEN": "t"})
+    sent = cfg.endpoints[0].bind_options()["basic_auth"]
+    assert [e.partition(":")[0] for e in sent] == ["a", "b"]
+    assert "pw-1" not in "".join(sent) and "pw:2" not in "".join(sent)  # "-" and ":" are no base64
+    assert verify(parse_hash(sent[1].partition(":")[2]), "pw:2")
