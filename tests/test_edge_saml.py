@@ -371,3 +371,12 @@ def test_a_hosts_sp_configuration_is_made_in_the_thread_pool_once(lab):
     d = m.resume(s, d.effect, EffectResult(value=d.effect.fn()))
     assert d.response.status == 200 and m.stats()["sites"] == 1
     assert m.decide(s).response.status == 200  # cached: no effect any more
+
+
+def test_acs_refuses_a_declared_oversized_body_before_reading_it(lab):
+    m = module(lab)
+    drive(m, subject("GET", "/saml/metadata"))  # the host's SP is made
+    s, _ = subject("POST", "/saml/acs", extra=b"Content-Length: 999999999\r\n")
+    d = m.decide(s)
+    assert d.verdict is Verdict.ANSWER and d.response.status == 400
+    assert m.stats()["assertion_body_too_large_total"] == 1

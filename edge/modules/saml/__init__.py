@@ -222,6 +222,9 @@ class Saml(Module):
         if path == ACS_PATH:
             if req.method != "POST":
                 return self._reject(subject, "not_post", "The assertion consumer takes the IdP's HTTP-POST.")
+            length = req.header("content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+                return self._reject(subject, "body_too_large", "The IdP's response is too large.")  # at once
             return Decision(Verdict.PERFORM, module=self.name, effect=ReadBody(MAX_BODY))
         if path == LOGOUT_PATH:
             self.counters["logouts_total"] += 1
