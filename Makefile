@@ -17,7 +17,7 @@ SYSTOOLS := dig:dnsutils kdig:knot-dnsutils delv:bind9-dnsutils drill:ldnsutils 
             etcdctl:etcd-client gdnsd:gdnsd nginx:nginx-light \
             /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream \
             go:golang-go tmux:tmux prometheus:prometheus chromium:chromium systemd-analyze:systemd strace:strace \
-            pebble:pebble \
+            pebble:pebble xmlsec1:xmlsec1 \
             /usr/share/gocode/src/github.com/hashicorp/yamux/session.go:golang-github-hashicorp-yamux-dev
 BENCHTOOLS := dnsperf:dnsperf wrk:wrk
 

@@ -26,6 +26,9 @@ examples:
   gslb agent tls 8443 --name secure                    # passthrough: the edge never sees the key
   gslb agent tls 8443 --name secure --terminate-at edge
   gslb agent tcp 22 --proxy-protocol                   # the edge allocates a port
+  gslb agent http 8080 --name demo --basic-auth alice:correct-horse   # hashed here, 401 for others
+  gslb agent http 8080 --name demo --saml-idp https://idp.lab.test:8443/metadata \\
+      --saml-group staff                               # SAML 2.0 login first (docs/saml.md)
   gslb agent start --config agent.toml                 # several endpoints, one session
   gslb agent http 8080 --name demo --metrics 127.0.0.1:9101   # Prometheus /metrics
   gslb agent http 8080 --name demo --server 127.0.0.1:4443 --zone lab.test \\
@@ -44,7 +47,7 @@ environment:
   GSLB_AGENT_CONFIG      an agent.toml whose settings (not its endpoints) are the
                          defaults of http/tls/tcp; else /etc/gslb/agent.toml if present
 Flags win over the environment, which wins over the defaults file.
-The authtoken is never printed or logged.
+The authtoken and --basic-auth passwords are never printed or logged (the agent sends only hashes).
 
 exit status: 0 stopped, 1 final error (bad authtoken, name already online,
 port range exhausted, a custom domain that does not point at the edge), 2 bad usage or configuration.

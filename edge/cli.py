@@ -207,8 +207,11 @@ def _drop(cfg: Any, ident: Any) -> str | None:
     import os
 
     from plumbing.privileges import PrivilegeError, drop_privileges, preload
+    # What the modules load lazily, where they are configured: pysaml2 (half a second) only
+    # for an edge with SAML identity providers.
+    lazy = ("saml2",) if cfg.module_options.get("saml", {}).get("idp_metadata_files") else ()
     preload(("edge", "geo", "plumbing", "aiohttp", "cryptography.hazmat.primitives", "cryptography.x509",
-             "prometheus_client"),
+             "prometheus_client", *lazy),
             exclude=("edge.agent", "edge.agent_cli", "geo.build", "geo.cli"))
     try:
         drop_privileges(ident, component="edge")

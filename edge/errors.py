@@ -25,6 +25,10 @@ UNKNOWN_HOST = ErrorCode("ERR_GSLB_3201", 404)        # plain HTTP for a name th
 DENIED = ErrorCode("ERR_GSLB_3210", 403)              # refused by ip_restriction
 FORBIDDEN = ErrorCode("ERR_GSLB_3403", 403)           # refused by a module without a code of its own
 BAD_REQUEST = ErrorCode("ERR_GSLB_3400", 400)         # not valid HTTP/1.x
+AUTH_REQUIRED = ErrorCode("ERR_GSLB_3401", 401)       # basic_auth: no or wrong user and password
+SAML_REJECTED = ErrorCode("ERR_GSLB_3441", 400)       # saml: the IdP's response or assertion is not valid
+SAML_DENIED = ErrorCode("ERR_GSLB_3216", 403)         # saml: the user is not in the endpoint's authorized groups
+SAML_UNAVAILABLE = ErrorCode("ERR_GSLB_3521", 502)    # saml: the endpoint's IdP is not configured, or its check failed
 METHOD_NOT_ALLOWED = ErrorCode("ERR_GSLB_3405", 405)  # CONNECT: the edge is no forward proxy
 REQUEST_TIMEOUT = ErrorCode("ERR_GSLB_3408", 408)     # request head not complete in time
 MISDIRECTED = ErrorCode("ERR_GSLB_3421", 421)         # Host is not the connection's SNI
@@ -38,5 +42,5 @@ AGENT_UPSTREAM = ErrorCode("ERR_GSLB_AGENT_UPSTREAM", 502)  # the agent could no
 CODES: dict[str, ErrorCode] = {e.code: e for e in (
     OFFLINE, UNKNOWN_HOST, DENIED, FORBIDDEN, BAD_REQUEST, METHOD_NOT_ALLOWED, REQUEST_TIMEOUT,
     MISDIRECTED, HEAD_TOO_LARGE, BAD_GATEWAY, AGENT_UPSTREAM,
-    RATE_LIMITED, CIRCUIT_OPEN, ABUSE_BLOCKED,
+    RATE_LIMITED, CIRCUIT_OPEN, ABUSE_BLOCKED, AUTH_REQUIRED, SAML_REJECTED, SAML_DENIED, SAML_UNAVAILABLE,
 )}

@@ -51,6 +51,7 @@ TCP_PORTS = "20000-20099" # TCP endpoints' ports on every PoP
 DNS_METRICS_PORT = 9153   # `gslb dns` /metrics ([server] metrics_listen) when the plan has a metrics host
 EDGE_METRICS_PORT = 9180  # the edges' health listener (/healthz, /metrics) then
 PROMETHEUS_PORT = 9090    # the metrics host's Prometheus (UI and HTTP API)
+SAML_IDP_PORT = 8443      # the idp host's SAML IdP (netns/saml_idp.py): https://idp.<zone>:8443
 SCRAPE_INTERVAL = 1.0     # seconds between two scrapes of every daemon
 # The edges route between PoPs over the registry (etcd) and peer links, so a
 # bare agent binds at ONE PoP, its nearest: `gslb lab exec agent` leaves
@@ -572,6 +573,8 @@ def _wait_restarted(paths: LabPaths, state: LabState, started: list[tuple[Proc, 
                 ok = _dns_ok(client_ns, addr, f"{zone}.", "SOA")
             elif p.name == "prometheus":
                 ok = _http_ok(client_ns, addr, PROMETHEUS_PORT, "/-/ready")
+            elif p.name == "saml-idp":
+                ok = _saml_idp_ok(client_ns, addr, f"idp.{zone}", state.ca or "")
             else:   # unbound: an answer through it
                 ok = _dns_ok(client_ns, addr, f"demo.app.{zone}.", "A")
             if ok:
@@ -626,7 +629,8 @@ def _leftovers(paths: LabPaths) -> bool:
 def up(plan: LabPlan, prefix: str, state_dir: str | None = None, force: bool = False,
        progress: Progress = _quiet) -> UpResult:
     check_environment(extra_tools=(("etcd",) if plan.by_role("registry") else ())
-                      + (("prometheus",) if plan.by_role("metrics") else ()))
+                      + (("prometheus",) if plan.by_role("metrics") else ())
+                      + (("xmlsec1",) if plan.by_role("idp") else ()))  # the edges' saml module (docs/saml.md)
     paths = lab_paths(prefix, state_dir)
     with _lock(paths):
         current = status(prefix, state_dir)
@@ -701,7 +705,8 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
     _write_secret(paths.authtoken_file, secrets.token_urlsafe(32) + "\n")
     paths.edge_config.write_text(render.edge_toml(plan, str(paths.ca_dir), str(paths.cert_dir),
                                                   str(paths.authtoken_file), TCP_PORTS, HTTPS_PORT, HEALTH_PORT,
-                                                  health_port=EDGE_METRICS_PORT if plan.by_role("metrics") else None))
+                                                  health_port=EDGE_METRICS_PORT if plan.by_role("metrics") else None,
+                                                  saml=_saml_edge_options(plan, paths)))
     paths.agent_config.write_text(render.agent_toml(plan, str(paths.ca_cert), str(paths.authtoken_file)))
     # Both are Python start-ups of about a second on a busy machine: side by side.
     _run_tools([
@@ -714,6 +719,7 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
          "gslb dns keygen", paths.keygen_log),
     ])
     (paths.unbound_dir / f"{render.CUSTOMER_ZONE}.zone").write_text(render.customer_zone_file(plan))
+    _prepare_saml_idp(plan, paths)
     paths.unbound_conf.write_text(render.unbound_conf(plan, str(paths.unbound_dir),
                                                       trust_anchor=_ds_from_keygen(paths.keygen_log)))
     state.ca, state.authtoken_file = str(paths.ca_cert), str(paths.authtoken_file)
@@ -744,10 +750,12 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
             continue
         state.processes.append(p)
         _write_state(paths, state)
+    _start_saml_idp(plan, paths, state, env)
     t_start = time.monotonic()
 
     progress("waiting for the first answer through the resolver")
     _wait_ready(plan, paths, state, progress)
+    _wait_saml_idp_ready(plan, paths, state)
     t_ready = time.monotonic()
     state.status = "up"
     state.timings = {"build": round(t_build - t0, 3), "configs": round(t_config - t_build, 3),
@@ -757,6 +765,85 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
                      "addresses": round(times.addresses, 3)}
     _write_state(paths, state)
     log.info(kv("up", prefix=prefix, hosts=len(plan.hosts), seconds=f"{t_ready - t0:.2f}"))
+
+
+# -- the idp host's SAML IdP (docs/saml.md) -------------------------------------------------
+def _saml_dir(paths: LabPaths) -> Path:
+    return paths.dir / "saml-idp"
+
+
+def _saml_base_url(plan: LabPlan) -> str:
+    return f"https://idp.{plan.zone}:{SAML_IDP_PORT}"
+
+
+def _saml_edge_options(plan: LabPlan, paths: LabPaths) -> dict | None:
+    """[edge.modules.saml] of every edge: trust the lab IdP, one session key for all PoPs."""
+    if not plan.by_role("idp"):
+        return None
+    d = _saml_dir(paths)
+    return {"idp_metadata_files": [str(d / "metadata.xml")], "session_key_file": str(d / "saml-session.key")}
+
+
+def _saml_argv(plan: LabPlan, paths: LabPaths) -> list[str]:
+    return [sys.executable, "-m", "netns.saml_idp", "--dir", str(_saml_dir(paths)),
+            "--base-url", _saml_base_url(plan), "--sp-domain", f"app.{plan.zone}"]
+
+
+def _prepare_saml_idp(plan: LabPlan, paths: LabPaths) -> None:
+    """The SAML IdP's signing key, metadata, lab-CA TLS certificate and the edges' session key
+    (a separate process, like `gslb edge ca init`); before the edges start: they read the metadata."""
+    if plan.by_role("idp"):
+        _run_tools([([*_saml_argv(plan, paths), "--prepare", str(paths.ca_dir)], "netns.saml_idp --prepare",
+                     paths.logs / "saml-idp-prepare.log")])
+
+
+def _start_saml_idp(plan: LabPlan, paths: LabPaths, state: LabState, env: dict[str, str]) -> None:
+    """The SAML IdP on the idp host (its own process, next to the OpenID Connect provider there);
+    `lab down` stops it with every other process of the state."""
+    for h in plan.by_role("idp"):
+        d = _saml_dir(paths)
+        argv = _saml_argv(plan, paths) + ["--port", str(SAML_IDP_PORT), "--cert", str(d / "tls.crt"),
+                                          "--key", str(d / "tls.key"), "--ca", str(paths.ca_cert)]
+        for a in (*h.ipv4, *h.ipv6):
+            argv += ["--listen", a]
+        p = procs.spawn(topology.ns_name(paths.prefix, h.name), h.name, "saml-idp", argv,
+                        paths.logs / f"{h.name}.saml-idp.log", env)
+        state.processes.append(p)
+        _write_state(paths, state)
+
+
+def _wait_saml_idp_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
+    """Until the SAML IdP serves its metadata over TLS (lab CA, name idp.<zone>) to a socket made
+    inside the idp host; bounded by READY_TIMEOUT."""
+    hosts = plan.by_role("idp")
+    if not hosts:
+        return
+    ns, addr = topology.ns_name(paths.prefix, hosts[0].name), hosts[0].ipv4[0]
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not _saml_idp_ok(ns, addr, f"idp.{plan.zone}", str(paths.ca_cert)):
+        if time.monotonic() >= deadline:
+            raise LabError(f"the SAML IdP on {hosts[0].name} did not serve /metadata within {READY_TIMEOUT:.0f} s"
+                           f"{_log_hint(state, hosts[0].name)}")
+        time.sleep(0.2)
+
+
+def _saml_idp_ok(ns: str, addr: str, name: str, ca: str) -> bool:
+    """GET /metadata of the SAML IdP over TLS (certificate checked for `name`) from a socket made in `ns`."""
+    import ssl
+
+    s = pnetns.create_socket(ns, socket.AF_INET, socket.SOCK_STREAM, flags=0)
+    try:
+        require_socket_in(s, ns)
+        s.settimeout(1.0)
+        s.connect((addr, SAML_IDP_PORT))
+        with ssl.create_default_context(cafile=ca).wrap_socket(s, server_hostname=name) as t:
+            t.sendall(f"GET /metadata HTTP/1.1\r\nHost: {name}:{SAML_IDP_PORT}\r\nConnection: close\r\n\r\n"
+                      .encode())
+            return t.recv(64).startswith(b"HTTP/1.1 200")
+    except (OSError, ssl.SSLError):
+        return False
+    finally:
+        s.close()
 
 
 def _ds_from_keygen(log_path: Path) -> str:

@@ -249,7 +249,8 @@ def test_decisions_that_would_break_http_are_refused_where_they_are_made(make, m
 
 
 def test_modules_own_their_bind_options():
-    assert set(BIND_OPTIONS) == {"allow_cidrs", "deny_cidrs", "rate_limit", "circuit_breaker"}
+    assert set(BIND_OPTIONS) == {"allow_cidrs", "deny_cidrs", "basic_auth", "saml_idp", "saml_authorized_groups", "rate_limit",
+                                 "circuit_breaker"}
     assert BIND_OPTIONS["allow_cidrs"] is IpRestriction.bind_options["allow_cidrs"]
     assert check_bind_option("tcp", "allow_cidrs", ["10.1.2.3/8"]) == ["10.0.0.0/8"]
     with pytest.raises(KeyError):
@@ -264,3 +265,165 @@ def test_request_head_fields_are_parsed_from_the_forwarded_head_on_first_use():
     head = RequestHead("GET", "/", "demo", b"GET / HTTP/1.1\r\nHost: demo\r\nX-Code:  42 \r\nx-code: 43\r\n\r\n")
     assert head.headers == (("Host", "demo"), ("X-Code", "42"), ("x-code", "43"))
     assert head.header("x-CODE") == "42" and head.header("Cookie") is None
+
+
+# ------------------------------------------------ ReadBody and Compute effects, through the HTTPS front
+
+
+class BodyReader(Module):
+    """POST /read: reads the body (at most 16 bytes); answers it back, or with
+    X-Pass lets the request go upstream with X-Len of what it read."""
+
+    name = "body_reader"
+
+    def decide(self, subject):
+        from edge.modules.base import ReadBody
+
+        if subject.request.method == "POST" and subject.request.target == "/read":
+            return Decision(Verdict.PERFORM, effect=ReadBody(16))
+        return PASS
+
+    def resume(self, subject, effect, result):
+        if result.error:
+            return Decision(Verdict.ANSWER, response=Response(413, body=result.error.encode()))
+        if subject.request.header("x-pass"):
+            return Decision(Verdict.PASS, add_upstream=(("X-Len", str(len(result.body))),))
+        return Decision(Verdict.ANSWER, response=Response(200, body=b"got:" + result.body))
+
+
+def _front(chain):
+    from _front_fakes import Ctx, FakeBinding, open_front
+
+    b = FakeBinding()
+    front, client = open_front(Ctx(b, chain=chain))
+    return b, front, client
+
+
+def test_read_body_effect_hands_the_body_to_resume_across_reads():
+    import asyncio
+
+    async def main():
+        b, front, client = _front(Chain((BodyReader(),)))
+        front.data_received(b"POST /read HTTP/1.1\r\nHost: demo.app.lab.test\r\nContent-Length: 11\r\n\r\nhello")
+        assert client.data == b"" and not client.closed  # the rest of the body is still coming
+        front.data_received(b" world")
+        assert client.data.startswith(b"HTTP/1.1 200 OK\r\n") and client.data.endswith(b"\r\n\r\ngot:hello world")
+        assert client.closed and b.streams == []  # nothing went upstream
+
+    asyncio.run(main())
+
+
+def test_read_body_effect_dechunks():
+    import asyncio
+
+    async def main():
+        b, front, client = _front(Chain((BodyReader(),)))
+        front.data_received(b"POST /read HTTP/1.1\r\nHost: demo.app.lab.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\n\r\n")
+        assert client.data.endswith(b"\r\n\r\ngot:abcdefg")
+
+    asyncio.run(main())
+
+
+def test_read_body_effect_past_its_limit_is_an_error_at_once():
+    import asyncio
+
+    async def main():
+        b, front, client = _front(Chain((BodyReader(),)))
+        front.data_received(b"POST /read HTTP/1.1\r\nHost: demo.app.lab.test\r\nContent-Length: 1000\r\n\r\n"
+                            + b"x" * 17)
+        assert client.data.startswith(b"HTTP/1.1 413 ") and client.data.endswith(b"body_too_large")
+        assert b.streams == []
+
+    asyncio.run(main())
+
+
+def test_read_body_then_pass_forwards_the_request_with_its_body_and_keeps_order():
+    import asyncio
+
+    from _front_fakes import settle
+
+    async def main():
+        b, front, client = _front(Chain((BodyReader(),)))
+        front.data_received(b"POST /read HTTP/1.1\r\nHost: demo.app.lab.test\r\nX-Pass: 1\r\nContent-Length: 4\r\n\r\nab")
+        front.data_received(b"cd" + b"GET /next HTTP/1.1\r\nHost: demo.app.lab.test\r\n\r\n")
+        await settle()
+        data = b.streams[0].data
+        assert b"X-Len: 4\r\n" in data and b"\r\n\r\nabcdGET /next " in data
+        assert not client.closed
+
+    asyncio.run(main())
+
+
+def test_compute_effect_runs_in_the_thread_pool_and_its_value_reaches_resume():
+    import asyncio
+    import threading
+
+    from edge.modules.base import Compute
+
+    class Hasher(Module):
+        name = "hasher"
+
+        def decide(self, subject):
+            return Decision(Verdict.PERFORM, effect=Compute(lambda: threading.current_thread().name, "t", 5.0))
+
+        def resume(self, subject, effect, result):
+            return Decision(Verdict.PASS, add_upstream=(("X-Thread", str(result.value)),))
+
+    async def main():
+        b, front, client = _front(Chain((Hasher(),)))
+        front.data_received(b"GET / HTTP/1.1\r\nHost: demo.app.lab.test\r\n\r\n")
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30
+        while not b.streams and loop.time() < end:
+            await asyncio.sleep(0.01)
+        thread = b.streams[0].data.split(b"X-Thread: ")[1].split(b"\r\n")[0]
+        assert thread and thread != threading.current_thread().name.encode()
+
+    asyncio.run(main())
+
+
+def test_compute_effects_are_bounded_per_process_busy_beyond():
+    import asyncio
+    import threading
+
+    from edge.front import http_front
+    from edge.modules.base import Compute
+
+    gate = threading.Event()
+    results = []
+
+    class Slow(Module):
+        name = "slow"
+
+        def decide(self, subject):
+            return Decision(Verdict.PERFORM, effect=Compute(lambda: gate.wait(30), "slow", 30.0))
+
+        def resume(self, subject, effect, result):
+            results.append(result.error or "ok")
+            return Decision(Verdict.ANSWER, response=Response(200 if not result.error else 503))
+
+    async def main():
+        old = http_front.MAX_COMPUTE
+        http_front.MAX_COMPUTE = 2
+        try:
+            fronts = [_front(Chain((Slow(),))) for _ in range(3)]
+            for _, front, _ in fronts:
+                front.data_received(b"GET / HTTP/1.1\r\nHost: demo.app.lab.test\r\n\r\n")
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 30
+            while "busy" not in results and loop.time() < end:
+                await asyncio.sleep(0.01)
+            assert results == ["busy"]  # the third, at once; the first two wait for the gate
+            gate.set()
+            while len(results) < 3 and loop.time() < end:
+                await asyncio.sleep(0.01)
+            assert sorted(results) == ["busy", "ok", "ok"]
+            while http_front._compute[0] and loop.time() < end:
+                await asyncio.sleep(0.01)
+            assert http_front._compute[0] == 0
+        finally:
+            http_front.MAX_COMPUTE = old
+            gate.set()
+
+    asyncio.run(main())

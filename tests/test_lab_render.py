@@ -155,3 +155,19 @@ def test_unbound_conf_with_a_trust_anchor_validates_the_lab_zone_only():
     assert '    local-zone: "." refuse' in conf  # still nothing outside the lab
     plain = render.unbound_conf(PLAN, "/run/x/unbound")
     assert '    domain-insecure: "lab.test"' in plain and "trust-anchor" not in plain
+
+
+def test_edge_toml_gives_every_edge_the_labs_saml_idp_and_session_key(tmp_path):
+    from edge.config import load
+
+    from edge.modules.session import new_key_file
+    from netns.saml_idp import Idp, make_keypair
+
+    (tmp_path / "metadata.xml").write_text(Idp("https://idp.lab.test:8443", *make_keypair(tmp_path, "idp")).metadata())
+    new_key_file(tmp_path / "saml-session.key")
+    path = tmp_path / "edge.toml"
+    saml = {"idp_metadata_files": [str(tmp_path / "metadata.xml")], "session_key_file": str(tmp_path / "saml-session.key")}
+    path.write_text(render.edge_toml(PLAN, "/x/ca", "/x/certs", "/x/authtoken", "20000-20099", saml=saml))
+    for pop in PLAN.pops:
+        assert load(path, pop.id).module_options["saml"] == saml
+    assert "[edge.modules.saml]" not in render.edge_toml(PLAN, "/x/ca", "/x/certs", "/x/authtoken")

@@ -24,11 +24,12 @@ from edge import errors as E
 from edge.abuse import AbuseTracker, MinRate
 from edge.abuse import Conn as AbuseConn
 from edge.endpoint import Endpoint, open_stream_within
-from edge.front.http1 import BodyData, HttpError, RequestHead, RequestRewriter, error_response, host_name
+from edge.front.http1 import BodyData, HttpError, RequestEnd, RequestHead, RequestRewriter, error_response, host_name
 from edge.front.relay import ClientSide, log
 from edge.front.response import ResponseRewriter, add_via
 from edge.metrics import DISCARD
 from edge.modules import Chain, Decision, EffectResult, HttpCall, Outcome, Subject, Verdict
+from edge.modules.base import Compute, ReadBody
 from edge.modules import base as modbase
 from plumbing.kvlog import kv
 
@@ -38,6 +39,11 @@ from plumbing.kvlog import kv
 # PoP within about half a second) and goes there instead of getting a 502.
 REROUTE_WAIT = 2.0      # seconds (at most stream_open)
 REROUTE_POLL = 0.05     # seconds between two lookups while waiting
+# Compute effects (a KDF, xmlsec1) queued or running in the thread pool, per process: beyond
+# MAX_COMPUTE a new one fails at once ("busy"), so a flood of wrong passwords or forged
+# assertions costs a bounded queue, not an unbounded one (a timed-out job still runs to its end).
+MAX_COMPUTE = 64
+_compute = [0]
 
 
 class FrontContext(Protocol):
@@ -120,6 +126,7 @@ class HttpFront(ClientSide):
         self._answering: _Exchange | None = None      # the one whose response is coming
         self._effect_task: asyncio.Task[None] | None = None  # a module's effect (PERFORM) running
         self._held: list[Any] = []                    # request events waiting for it
+        self._body_wait: tuple[Subject, Decision] | None = None  # a ReadBody effect: the body is being read
         self.resp: ResponseRewriter | None = (
             ResponseRewriter(f"1.1 {via}", on_final=self._response_head) if via else None)
 
@@ -194,8 +201,10 @@ class HttpFront(ClientSide):
         except HttpError as exc:
             self._refuse(exc.status, exc.code, "Bad request", exc.message, abuse_kind="malformed")
             return
-        if self._effect_task is not None:
+        if self._effect_task is not None or self._body_wait is not None:
             self._held.extend(events)  # a module's effect runs: what follows keeps its place
+            if self._body_wait is not None:
+                self._body_check()
             return
         self._forward(events)
 
@@ -217,6 +226,8 @@ class HttpFront(ClientSide):
                 decided = None
                 if head is None:  # waiting for an effect: this head and the rest wait too
                     self._held = list(events[i:])
+                    if self._body_wait is not None:
+                        self._body_check()
                     break
                 if head is False:
                     break
@@ -321,26 +332,79 @@ class HttpFront(ClientSide):
 
     def _perform(self, subject: Subject, decision: Decision) -> None:
         """Run a module's effect (docs: edge/modules/README.md); the client is
-        not read meanwhile and later requests wait their turn."""
+        not read meanwhile and later requests wait their turn. A ReadBody
+        effect reads on instead, until the request's body is in."""
+        if isinstance(decision.effect, ReadBody):
+            self._body_wait = (subject, decision)  # _forward/_body_check go on once the events are held
+            return
         self.set_client_paused("effect", True)
         self._effect_task = asyncio.get_running_loop().create_task(self._run_effect(subject, decision))
 
+    def _body_check(self) -> None:
+        """With a ReadBody effect pending: once the held request's body is in
+        (or past the limit), resume the chain with it. `_held[0]` is the head."""
+        subject, decision = self._body_wait  # type: ignore[misc]
+        limit = decision.effect.limit  # type: ignore[union-attr]
+        chunked = "chunked" in (subject.request.header("transfer-encoding") or "").lower()  # type: ignore[union-attr]
+        parts: list[bytes] = []
+        size = 0
+        complete = False
+        for ev in self._held[1:]:
+            if type(ev) is BodyData:
+                data = ev.data
+                if chunked:  # re-framed by the rewriter as "<hex>\r\n<data>\r\n"
+                    data = data[data.index(b"\r\n") + 2:-2]
+                parts.append(data)
+                size += len(data)
+                if size > limit:
+                    break
+            elif type(ev) is RequestEnd:
+                complete = True
+                break
+        if size > limit:
+            result = EffectResult(error="body_too_large")
+        elif complete:
+            result = EffectResult(200, body=b"".join(parts))
+        else:
+            return  # more to come (the idle timeout bounds a client that stops sending)
+        self._body_wait = None
+        self._resume(subject, decision, result)
+
     async def _run_effect(self, subject: Subject, decision: Decision) -> None:
+        effect = decision.effect
         try:
-            result = await self.ctx.perform(decision.effect)  # type: ignore[arg-type]
+            if isinstance(effect, Compute):
+                # CPU-heavy or blocking work (a KDF, xmlsec1) in the loop's thread pool; on timeout the
+                # thread finishes on its own (fn is bounded by the module: sizes, costs, a subprocess timeout)
+                loop = asyncio.get_running_loop()
+                if _compute[0] >= MAX_COMPUTE:
+                    result = EffectResult(error="busy")
+                else:
+                    _compute[0] += 1
+                    job = loop.run_in_executor(None, effect.fn)
+                    job.add_done_callback(lambda _: _compute.__setitem__(0, _compute[0] - 1))
+                    try:
+                        value = await asyncio.wait_for(asyncio.shield(job), effect.timeout)
+                        result = EffectResult(value=value)
+                    except asyncio.TimeoutError:
+                        result = EffectResult(error="timeout")
+            else:
+                result = await self.ctx.perform(effect)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - the module decides what a failed effect means
             result = EffectResult(error=type(exc).__name__)
         if self._closed:
             return
+        self._effect_task = None
+        self._resume(subject, decision, result)
+
+    def _resume(self, subject: Subject, decision: Decision, result: EffectResult) -> None:
         try:
             after = self.ctx.chain.resume(subject, decision, result)
         except Exception:  # noqa: BLE001 - a module's bug: answer, do not hang the client
             log.exception(kv("module_failed", client=self.peer[0], sni=self.sni, module=decision.module))
-            self._effect_task = None
             self._refuse(E.BAD_GATEWAY.status, E.BAD_GATEWAY.code, "Bad gateway",
                          f"The edge could not decide on a request for {self.sni}.")
             return
-        self._effect_task = None
         held, self._held = self._held, []
         self.set_client_paused("effect", False)
         self._forward(held, (subject, after))

@@ -30,20 +30,22 @@ from edge.modules.base import (
     Subject,
     Verdict,
 )
+from edge.modules.basic_auth import BasicAuth
 from edge.modules.circuit_breaker import CircuitBreaker
 from edge.modules.ip_restriction import IpRestriction
 from edge.modules.rate_limit import RateLimit
+from edge.modules.saml import Saml
 
 __all__ = [
     "BIND_OPTIONS", "DEFAULT_ORDER", "OPTION_OWNER", "BindOption", "Chain", "Decision", "EffectResult", "HttpCall", "Module",
     "ModuleConfigError", "Outcome", "REGISTRY", "Response", "Subject", "Verdict", "build_chain", "check_bind_option",
 ]
 
-_MODULES: tuple[type[Module], ...] = (IpRestriction, RateLimit, CircuitBreaker)
+_MODULES: tuple[type[Module], ...] = (IpRestriction, BasicAuth, Saml, RateLimit, CircuitBreaker)
 
 # The chain when [edge.modules] order is absent: each passes at the cost of one
 # lookup on endpoints whose binding does not ask for it.
-DEFAULT_ORDER: tuple[str, ...] = ("ip_restriction", "rate_limit", "circuit_breaker")
+DEFAULT_ORDER: tuple[str, ...] = ("ip_restriction", "basic_auth", "saml", "rate_limit", "circuit_breaker")
 
 REGISTRY: dict[str, Callable[[Mapping[str, Any]], Module]] = {m.name: m.from_config for m in _MODULES}  # type: ignore[attr-defined]
 

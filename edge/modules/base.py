@@ -41,8 +41,8 @@ from typing import Any, ClassVar
 from plumbing.addr import normalise_ip
 
 __all__ = [
-    "ALLOW", "PASS", "BindOption", "Chain", "Decision", "Effect", "EffectResult", "HttpCall", "Module",
-    "ModuleConfigError", "Outcome", "RequestHead", "Response", "Subject", "Verdict", "client_ip",
+    "ALLOW", "PASS", "BindOption", "Chain", "Compute", "Decision", "Effect", "EffectResult", "HttpCall", "Module",
+    "ModuleConfigError", "Outcome", "ReadBody", "RequestHead", "Response", "Subject", "Verdict", "client_ip",
 ]
 
 
@@ -113,7 +113,40 @@ class HttpCall:
         _check_fields(self.headers, "effect header")
 
 
-Effect = HttpCall  # the one kind of effect so far
+MAX_READ_BODY = 256 * 1024  # bytes a ReadBody effect may ask for
+
+
+@dataclass(frozen=True)
+class ReadBody:
+    """An effect: the body of the request being decided, for a request to a
+    path the module owns (a SAML assertion consumer's POST). The HTTPS front
+    reads it (de-chunked) up to `limit` bytes, then `resume` gets it in
+    `EffectResult.body` (`error="body_too_large"` past the limit, at once,
+    without waiting for the rest). The body is consumed: should the chain
+    then let the request through, it goes upstream with its body intact."""
+
+    limit: int = MAX_READ_BODY
+
+    def __post_init__(self) -> None:
+        if not 0 < self.limit <= MAX_READ_BODY:
+            raise ValueError(f"a ReadBody limit is 1..{MAX_READ_BODY} bytes")
+
+
+@dataclass(frozen=True)
+class Compute:
+    """An effect: CPU-heavy or blocking work that must not hold the event
+    loop (a password KDF, an XML signature check by xmlsec1), run by the
+    shell in its thread pool within `timeout` seconds; `fn()`'s return value
+    comes back in `EffectResult.value` (an exception: `error` is its name,
+    `timeout` past the deadline). `fn` must not touch the module's state:
+    the module changes its state in `resume` only. `what` names it in logs."""
+
+    fn: Callable[[], Any]
+    what: str = "compute"
+    timeout: float = 5.0
+
+
+Effect = HttpCall | ReadBody | Compute
 
 
 @dataclass(frozen=True)
@@ -124,6 +157,7 @@ class EffectResult:
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     error: str = ""
+    value: Any = None  # Compute: what fn returned
 
 
 @dataclass(frozen=True)
@@ -216,6 +250,8 @@ class BindOption:
     help: str
     flag: str = ""  # e.g. "--allow-cidr" (repeatable, collected into a list)
     metavar: str = "VALUE"
+    # The agent's side, before the check: e.g. a secret file's name read into the secret.
+    agent_form: Callable[[Any], Any] | None = None
 
 
 class Module:
