@@ -18,6 +18,7 @@ examples:
        https://demo.app.lab.test:8443/
   curl -s http://127.0.0.1:8081/healthz          # {"pop": "local", "sessions": 0, ...}
   curl -s http://127.0.0.1:8081/metrics          # Prometheus text, same listener (docs/metrics.md)
+  gslb edge acme keygen --out /etc/gslb/acme.key  # the deployment key for [edge.acme] (docs/acme.md)
 
 The :443 listener reads each ClientHello's SNI without consuming it, then:
   connect.<zone>, <pop>.connect.<zone>  agents' tunnel sessions (TLS with the edge's certificate)
@@ -56,6 +57,32 @@ def add_parser(subparsers: Any) -> None:
     show = ca_sub.add_parser("show", help="print the CA certificate's path, subject and expiry")
     show.add_argument("--dir", required=True)
     show.set_defaults(func=_ca_show)
+    acme = sub.add_parser(
+        "acme", help="ACME certificates ([edge.acme], docs/acme.md)",
+        description="Keys for the edge's ACME certificates (docs/acme.md).",
+        epilog="examples:\n  gslb edge acme keygen --out /etc/gslb/acme-deployment.key   # 0600; the same file on every PoP\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    acme_sub = acme.add_subparsers(dest="acme_command", metavar="ACTION", required=True)
+    keygen = acme_sub.add_parser("keygen", help="create a deployment key (32 random bytes, hex, 0600); refuses to "
+                                                "overwrite")
+    keygen.add_argument("--out", required=True, help="file for [edge.acme] deployment_key_file")
+    keygen.set_defaults(func=_acme_keygen)
+
+
+def _acme_keygen(args: argparse.Namespace) -> int:
+    from edge.acme.crypto import create_key_file
+
+    try:
+        create_key_file(args.out)
+    except FileExistsError:
+        print(f"gslb edge acme keygen: {args.out}: exists; refusing to overwrite a deployment key", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gslb edge acme keygen: {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"deployment key: {args.out} (0600; give every PoP the same file)")
+    return 0
 
 
 def _ca_init(args: argparse.Namespace) -> int:
@@ -178,7 +205,21 @@ async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any) -> int:
     except RegistryError as exc:
         print(f"gslb edge: registry: {exc}", file=sys.stderr)
         return 1
-    server = EdgeServer(cfg, hub, certs, agent_protocol_factory=agent_factory)
+    acme = None
+    if cfg.acme.enabled:
+        from edge.acme import build_manager
+        from edge.acme.crypto import CryptoError
+
+        try:
+            acme = build_manager(cfg, hub.registry)
+        except (CryptoError, ValueError) as exc:
+            print(f"gslb edge: [edge.acme]: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"gslb edge: [edge.acme]: {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return 1
+        await acme.start()
+    server = EdgeServer(cfg, hub, certs, agent_protocol_factory=agent_factory, acme=acme)
     await server.start()
     print(
         f"gslb edge: pop={cfg.pop} https={','.join(f'{a}:{p}' for a, p in server.bound.get('https', []))}"
@@ -194,6 +235,8 @@ async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.close()
+    if acme is not None:
+        await acme.close()
     await hub.aclose()
     if peers is not None:
         await peers.close()

@@ -12,6 +12,11 @@ guarantees to a caller:
   all of them.
 - `lookup` never waits on the network: it reads a local view kept current by
   a watch; `subscribe` tells who cached a route that it changed.
+
+Opaque keys (`<prefix>acme/<key>`, the ACME certificate store): `kv_get`,
+`kv_put`, `kv_create` (create if absent, optionally under a lease: the lock
+of edge/acme/store.py), `kv_delete`, `kv_list`. They are read from the
+registry itself, not from the local view: rare reads, always current.
 """
 from __future__ import annotations
 
@@ -116,6 +121,28 @@ class Registry(ABC):
     @abstractmethod
     async def release_port(self, port: int, session_id: str, lease: Lease) -> bool:
         """Free a port this lease holds and has not bound. False if not held."""
+
+    # -- opaque keys under <prefix>acme/ (edge/acme/store.py) -------------------
+    @abstractmethod
+    async def kv_get(self, key: str) -> bytes | None:
+        """The value of opaque key `key`, None when absent."""
+
+    @abstractmethod
+    async def kv_put(self, key: str, value: bytes, lease: Lease | None = None) -> None:
+        """Write `key` (replacing any value); under `lease` it dies with the lease."""
+
+    @abstractmethod
+    async def kv_create(self, key: str, value: bytes, lease: Lease | None = None) -> bytes | None:
+        """Create `key` if absent: None when this call created it, else the
+        value that is there (atomic across PoPs: a lock is a kv_create under a lease)."""
+
+    @abstractmethod
+    async def kv_delete(self, key: str) -> bool:
+        """Remove `key`; False when it was not there."""
+
+    @abstractmethod
+    async def kv_list(self, prefix: str) -> dict[str, bytes]:
+        """Every opaque key starting with `prefix` (relative, e.g. "certs/"), at most keys.MAX_OPAQUE_LIST."""
 
 
 class CachedRegistry(Registry):
