@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -95,14 +96,14 @@ def _jwk(account_key_pem: bytes) -> tuple[jose.JWK, jose.JWASignature]:
 def _problem(exc: BaseException) -> str:
     if isinstance(exc, messages.Error):
         return f"{exc.typ}: {exc.detail}" if exc.detail else str(exc.typ)
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        reason = exc.args[0] if exc.args else exc
-        inner = getattr(reason, "reason", reason)
-        return f"cannot connect: {inner}"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return "no answer in time"
     if isinstance(exc, requests.exceptions.SSLError):
         return f"TLS: {exc}"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        # urllib3 wraps the OS error in a long repr; the errno line is what a person needs
+        m = re.search(r"\[Errno -?\d+\] [^'\")]+", str(exc))
+        return f"cannot connect: {m.group(0) if m else exc}"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "no answer in time"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -140,14 +141,16 @@ class AcmeClient:
             raise
         except messages.Error as exc:
             raise AcmeError(f"{what}: {_problem(exc)}", rate_limited=exc.code == "rateLimited") from None
-        except (requests.exceptions.RequestException, acme_errors.Error, OSError, ValueError) as exc:
+        except (requests.exceptions.RequestException, OSError) as exc:
+            raise AcmeError(f"{what}: {self.directory_url}: {_problem(exc)}") from None
+        except (acme_errors.Error, ValueError) as exc:
             raise AcmeError(f"{what}: {_problem(exc)}") from None
 
     # -- account ---------------------------------------------------------------------
     async def _ensure_account(self) -> acme_client.ClientV2:
         async with self._setup:
             if self._account is None:
-                await self._run(f"directory {self.directory_url}", self._register)
+                await self._run("account", self._register)
         assert self._directory is not None
         return acme_client.ClientV2(self._directory, self._net())
 
