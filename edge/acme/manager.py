@@ -335,7 +335,7 @@ class AcmeManager:
         self._failures.pop(name, None)
         self.counts.orders_ok += 1
         self._install(name, cert)
-        log.warning(kv("acme_order_done", name=name, names=",".join(cert.names), serial=cert.serial,
+        log.warning(kv("acme_order_done", pop=self.store.pop, name=name, names=",".join(cert.names), serial=cert.serial,
                        seconds=f"{issued.seconds:.2f}", not_after=int(cert.not_after)))
         if renewal:
             self.counts.renewals += 1
@@ -351,7 +351,7 @@ class AcmeManager:
         f.next_try = self.clock() + delay
         f.error = error
         self.counts.orders_failed += 1
-        log.warning(kv("acme_order_failed", name=name, renewal=renewal, error=error, failures=f.count,
+        log.warning(kv("acme_order_failed", pop=self.store.pop, name=name, renewal=renewal, error=error, failures=f.count,
                        next_try_s=f"{delay:.0f}", kept_serial=old.serial if old is not None else None))
         return old
 
