@@ -10,12 +10,13 @@ STAMP   := $(VENV)/.installed
 # (gdnsd and nginx: the bench's unit tests check the peers' generated configs with them;
 #  go and HashiCorp's yamux source: the tunnel's interop test builds its Go peer offline;
 #  delv, drill, ldns-verify-zone: real DNSSEC validators judge the signed answers;
-#  prometheus: the lab's metrics host scrapes every daemon's /metrics)
+#  prometheus: the lab's metrics host scrapes every daemon's /metrics;
+#  pebble: the lab's ACME CA, and with pebble-challtestsrv the ACME client's tests)
 SYSTOOLS := dig:dnsutils kdig:knot-dnsutils delv:bind9-dnsutils drill:ldnsutils \
             ldns-verify-zone:ldnsutils unbound:unbound curl:curl ip:iproute2 etcd:etcd-server \
             etcdctl:etcd-client gdnsd:gdnsd nginx:nginx-light \
             /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream \
-            go:golang-go tmux:tmux prometheus:prometheus \
+            go:golang-go tmux:tmux prometheus:prometheus pebble:pebble pebble-challtestsrv:pebble \
             /usr/share/gocode/src/github.com/hashicorp/yamux/session.go:golang-github-hashicorp-yamux-dev
 BENCHTOOLS := dnsperf:dnsperf wrk:wrk
 
