@@ -7,7 +7,8 @@ command line (`-dnsserver` = the lab resolver, PEBBLE_VA_NOSLEEP=1 and real
 validation), the [edge.acme] table the edges get, and the client trust
 bundle: pebble's issuing root is random per run, so after each start it is
 fetched from pebble's management interface (:15000/roots/0), from inside a
-lab host, and `ca/ca.pem` becomes the lab CA followed by that root. Every
+lab host, and `ca/ca.pem` becomes the lab CA followed by that root (and the
+roots of earlier runs of this lab, whose certificates may still be served). Every
 lab client that trusts `--cacert ca/ca.pem` trusts both; `ca/lab-ca.pem`
 keeps the lab CA alone.
 Must not touch: edge/ (the edges read the files; nothing here imports them).
@@ -157,8 +158,15 @@ def fetch_root_and_bundle(ns: str, host: Host, ca_dir: Path, alive: Any, timeout
                            f"{timeout:.0f} s")
         time.sleep(0.1)
     root = x509.load_pem_x509_certificate(body)
+    # Roots of earlier pebble runs of this lab stay (`gslb lab restart acme`): the
+    # certificates they issued are still served until renewed.
+    try:
+        kept = [c for c in x509.load_pem_x509_certificates((ca_dir / "ca.pem").read_bytes())[1:] if c != root]
+    except (OSError, ValueError):
+        kept = []
     tmp = ca_dir / "ca.pem.tmp"
-    tmp.write_bytes(lab_ca.read_bytes() + root.public_bytes(serialization.Encoding.PEM))
+    tmp.write_bytes(lab_ca.read_bytes() + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in kept)
+                    + root.public_bytes(serialization.Encoding.PEM))
     os.chmod(tmp, 0o644)
     os.replace(tmp, ca_dir / "ca.pem")
     return root.subject.rfc4514_string()

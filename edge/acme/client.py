@@ -140,6 +140,9 @@ class AcmeClient:
         except AcmeError:
             raise
         except messages.Error as exc:
+            if exc.code in ("accountDoesNotExist", "unauthorized") and what != "account":
+                # The CA forgot the account (pebble keeps none across restarts): register again next time.
+                self._account = None
             raise AcmeError(f"{what}: {_problem(exc)}", rate_limited=exc.code == "rateLimited") from None
         except (requests.exceptions.RequestException, OSError) as exc:
             raise AcmeError(f"{what}: {self.directory_url}: {_problem(exc)}") from None
