@@ -162,6 +162,8 @@ class EdgeServer:
     ) -> None:
         self.cfg = cfg
         self.acme = acme    # edge.acme.AcmeManager or None (docs/acme.md)
+        if acme is not None:
+            acme.wanted = lambda name: name.startswith("*.") or self._acme_may_order(name)
         self.hub = hub
         self.certs = certs
         self.agent_protocol_factory = agent_protocol_factory

@@ -198,3 +198,28 @@ def test_unbound_names_never_order(ca, tmp_path):
         assert await eu.context(NAME, may_order=False) is None
         assert issuer.orders == [] and eu.stats()["fallback_handshakes"] == 1
     asyncio.run(run())
+
+
+def test_a_name_no_longer_bound_is_not_renewed(ca, tmp_path):
+    async def run():
+        (eu,), issuer, clock = pops(ca, tmp_path, n=1)
+        await eu.context(NAME)
+        eu.wanted = lambda name: False
+        clock.now += 61 * DAY
+        await eu.check_all()
+        assert len(issuer.orders) == 1 and NAME in eu.served()
+        clock.now += 30 * DAY        # expired: forgotten
+        await eu.check_all()
+        assert eu.served() == {} and len(issuer.orders) == 1
+    asyncio.run(run())
+
+
+def test_a_wildcard_certificate_serves_one_label_children(ca, tmp_path):
+    async def run():
+        (eu,), issuer, _ = pops(ca, tmp_path, n=1)
+        eu.check_domain = lambda name: asyncio.sleep(0)
+        await eu.ensure("*.shop.example.com")
+        assert eu.context_nowait("a.shop.example.com") is not None
+        assert eu.context_nowait("a.b.shop.example.com") is None
+        assert eu.context_nowait("shop.example.com") is None
+    asyncio.run(run())

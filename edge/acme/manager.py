@@ -123,6 +123,8 @@ class AcmeManager:
         self.check_domain = check_domain or default_check_domain(https_domain)
         self._client = client
         self._client_lock = asyncio.Lock()
+        # Is `name` still bound (worth renewing)? The server sets it (EdgeServer); default: yes.
+        self.wanted: Callable[[str], bool] = lambda name: True
         self.clock = clock
         self.rng = rng or random.Random()
         self.counts = Stats()
@@ -136,9 +138,13 @@ class AcmeManager:
 
     # -- what the server calls ---------------------------------------------------------
     def context_nowait(self, name: str, alpn: tuple[str, ...] = ()) -> ssl.SSLContext | None:
-        """The context for `name` if this PoP holds a usable certificate: no I/O, for the event loop."""
-        entry = self._served.get(name)
-        if entry is None or not entry.cert.not_before <= self.clock() < entry.cert.not_after:
+        """The context for `name` if this PoP holds a usable certificate: no I/O, for the event loop.
+        A wildcard certificate held for the parent (`*.example.com`, ordered with
+        `ensure("*.example.com")`) serves its one-label children (RFC 6125 6.4.3)."""
+        entry = self._usable(name)
+        if entry is None and "." in name:
+            entry = self._usable("*." + name.split(".", 1)[1])
+        if entry is None:
             return None
         ctx = entry.contexts.get(alpn)
         if ctx is None:
@@ -167,6 +173,12 @@ class AcmeManager:
         if ctx is None:
             self.counts.fallback_handshakes += 1
         return ctx
+
+    def _usable(self, name: str) -> _Entry | None:
+        entry = self._served.get(name)
+        if entry is None or not entry.cert.not_before <= self.clock() < entry.cert.not_after:
+            return None
+        return entry
 
     def ensure(self, name: str) -> "asyncio.Task[StoredCert | None]":
         """The one task getting `name` a certificate (joined if already running)."""
@@ -236,8 +248,15 @@ class AcmeManager:
             await self.check_all()
 
     async def check_all(self) -> None:
-        """One renewal pass over what this PoP serves (the loop's body; tests call it)."""
-        for name in list(self._served):
+        """One renewal pass over what this PoP serves (the loop's body; tests call it).
+        A name `wanted(name)` says is no longer bound is not renewed (no order for
+        an endpoint that is gone); it is dropped from memory once expired."""
+        now = self.clock()
+        for name, entry in list(self._served.items()):
+            if not self.wanted(name):
+                if entry.cert.not_after <= now:
+                    del self._served[name]
+                continue
             if name not in self._inflight:
                 self.ensure(name)
         await asyncio.gather(*list(self._inflight.values()), return_exceptions=True)
