@@ -89,6 +89,29 @@ def test_warm_handshakes_per_second(lab, bound):
     print(f"warm_handshakes={out['done']} seconds={out['seconds']:.2f} per_s={out['done'] / out['seconds']:.0f}")
 
 
+def test_ca_down_a_new_name_gets_the_fallback_and_served_certificates_stay(lab, bound, gslb_argv, gslb_run):
+    before = peer_cert(lab, "client-jp", NAME, bound.ca)
+    gslb_run("lab", "kill", "--prefix", lab.prefix, "acme", check=True)
+    agent = None
+    try:
+        agent = lab.spawn("agent", *gslb_argv, "agent", "http", str(PORT), "--name", "acmedown", name="acme-agent-2")
+        agent.wait_line(r"forwarding https://acmedown\.app\.lab\.test ", 30)
+        got = peer_cert(lab, "client-eu", "acmedown.app.lab.test", bound.ca)
+        assert got["issuer"] == "gslb-edge lab CA", got          # the fallback, verified by the same bundle
+        assert peer_cert(lab, "client-jp", NAME, bound.ca)["serial"] == before["serial"]
+        logs = Path(lab.status["state"]["dir"]) / "logs"
+
+        def failed():
+            return [line for f in logs.glob("pop-*.edge.log") for line in f.read_text().splitlines()
+                    if "event=acme_order_failed" in line and "name=acmedown.app.lab.test" in line]
+        lines, _ = wait_for(failed, 20, 0.2)
+        assert lines and "cannot connect" in lines[0] and "198.18.0.60:14000" in lines[0], lines
+    finally:
+        if agent is not None:
+            agent.stop()
+        gslb_run("lab", "restart", "--prefix", lab.prefix, "acme", check=True)
+
+
 # ---------------------------------------------------------------- helpers run inside a client host
 
 def _cert(name: str, ca: str) -> None:
