@@ -155,6 +155,16 @@ def _run(args: argparse.Namespace) -> int:
         ca = CertAuthority.load(cfg.ca_dir)
         certs = CertStore(ca, cfg.cert_dir, max_cached=cfg.limits.max_cached_certs)
         hub, agent_factory = _make_hub(cfg)
+        acme_secrets = None
+        if cfg.acme.enabled:
+            from edge.acme import read_secrets
+            from edge.acme.crypto import CryptoError
+
+            try:
+                acme_secrets = read_secrets(cfg)
+            except CryptoError as exc:
+                print(f"gslb edge: [edge.acme]: {exc}", file=sys.stderr)
+                return 1
     except ConfigError as exc:  # a bad configuration file: 2, as in every command (plumbing.toml)
         print(f"gslb edge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -171,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
         except ImportError:
             pass
     try:
-        return asyncio.run(_serve(cfg, certs, hub, agent_factory))
+        return asyncio.run(_serve(cfg, certs, hub, agent_factory, acme_secrets))
     except OSError as exc:
         print(f"gslb edge: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -196,7 +206,7 @@ async def _attach_registry(cfg: Any, certs: Any, hub: Any) -> tuple[Any, Any]:
     return registry, peers
 
 
-async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any) -> int:
+async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any, acme_secrets: Any = None) -> int:
     from edge.registry import RegistryError
     from edge.server import EdgeServer
 
@@ -211,7 +221,7 @@ async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any) -> int:
         from edge.acme.crypto import CryptoError
 
         try:
-            acme = build_manager(cfg, hub.registry)
+            acme = build_manager(cfg, hub.registry, secrets=acme_secrets)
         except (CryptoError, ValueError) as exc:
             print(f"gslb edge: [edge.acme]: {exc}", file=sys.stderr)
             return 1

@@ -286,3 +286,21 @@ def test_bad_acme_config_names_file_line_and_key(body, message):
     with pytest.raises(ConfigError) as exc:
         parse(text, "eu", "edge.toml")
     assert message in str(exc.value)
+
+
+def test_edge_refuses_to_start_with_a_readable_deployment_key(tmp_path):
+    import subprocess
+    import sys
+
+    CertAuthority.create(tmp_path / "ca")
+    key = tmp_path / "acme.key"
+    create_key_file(key)
+    key.chmod(0o644)
+    (tmp_path / "edge.toml").write_text(BASE.replace('"/tmp/ca"', '"ca"').replace("[pops.eu]", """[edge.acme]
+enabled = true
+directory_url = "https://127.0.0.1:9/dir"
+deployment_key_file = "acme.key"
+[pops.eu]"""))
+    r = subprocess.run([sys.executable, "-m", "gslb.cli", "edge", "--config", str(tmp_path / "edge.toml"), "--pop",
+                        "eu"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "[edge.acme]" in r.stderr and "chmod 600" in r.stderr, r.stderr

@@ -18,21 +18,36 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Mapping
 
 
-def build_manager(cfg: Any, registry: Any, *, extra_solvers: Mapping[str, Any] | None = None,
+def read_secrets(cfg: Any) -> tuple[bytes, bytes | None]:
+    """(deployment key, account key PEM or None) from [edge.acme]'s files: read at
+    start, before the edge drops root (they are 0600, root's), as the CA key is."""
+    from pathlib import Path
+
+    from edge.acme.crypto import load_key_file
+
+    a = cfg.acme
+    account = Path(a.account_key_file).read_bytes() if a.account_key_file else None
+    return load_key_file(a.deployment_key_file), account
+
+
+def build_manager(cfg: Any, registry: Any, *, secrets: tuple[bytes, bytes | None] | None = None,
+                  extra_solvers: Mapping[str, Any] | None = None,
                   check_domain: Callable[[str], Awaitable[None]] | None = None) -> Any:
     """The AcmeManager for edge config `cfg` ([edge.acme] enabled) on `registry`.
+    `secrets`: what read_secrets(cfg) returned (read now when None).
     `extra_solvers` (e.g. {"dns-01": Dns01Solver(...)}) join the ones named in
     `challenges`; a name listed there without a solver is an error."""
     from pathlib import Path
 
     from edge.acme.client import AcmeClient
-    from edge.acme.crypto import Sealer, load_key_file
+    from edge.acme.crypto import Sealer
     from edge.acme.manager import AcmeManager, AcmeSettings
     from edge.acme.solvers import Http01Solver, TlsAlpn01Solver
     from edge.acme.store import AcmeStore
 
     a = cfg.acme
-    store = AcmeStore(registry, Sealer(load_key_file(a.deployment_key_file)), cfg.pop,
+    deployment_key, account_key = secrets if secrets is not None else read_secrets(cfg)
+    store = AcmeStore(registry, Sealer(deployment_key), cfg.pop,
                       Path(cfg.cert_dir) / "acme")
     solvers: dict[str, Any] = {}
     if "http-01" in a.challenges:
@@ -49,8 +64,8 @@ def build_manager(cfg: Any, registry: Any, *, extra_solvers: Mapping[str, Any] |
                             retry_max=a.retry_max, order_timeout=a.order_timeout, net_timeout=a.net_timeout,
                             check_interval=a.check_interval)
     client = None
-    if a.account_key_file:
-        client = AcmeClient(a.directory_url, Path(a.account_key_file).read_bytes(), email=a.email,
+    if account_key is not None:
+        client = AcmeClient(a.directory_url, account_key, email=a.email,
                             ca_bundle=a.ca_bundle, net_timeout=a.net_timeout, order_timeout=a.order_timeout)
     return AcmeManager(settings, store, https_domain=cfg.https_domain, solvers=solvers,
                        check_domain=check_domain, client=client)
