@@ -71,7 +71,3 @@ def decide(held: Held | None, now: float, lock_ours: bool | None) -> Step:
     if lock_ours is None or lock_ours:
         return Step.RENEW if usable else Step.ORDER
     return Step.SERVE_AND_WAIT if usable else Step.WAIT
-
-
-def needs_lock(held: Held | None, now: float) -> bool:
-    return decide(held, now, None) is not Step.SERVE

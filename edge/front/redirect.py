@@ -32,6 +32,7 @@ class RedirectFront(asyncio.Protocol):
                  acme_http01: Callable[[str], Awaitable[str | None]] | None = None) -> None:
         self._is_https_name = is_https_name
         self._acme_http01 = acme_http01
+        self._task: asyncio.Task[None] | None = None
         self._health = health
         self._https_port = https_port
         self._timeout = timeout
@@ -50,6 +51,8 @@ class RedirectFront(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._timer:
             self._timer.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
     def data_received(self, data: bytes) -> None:
         if self._done:
@@ -84,7 +87,8 @@ class RedirectFront(asyncio.Protocol):
         path = target.split("?", 1)[0]
         if self._acme_http01 is not None and path.startswith(ACME_CHALLENGE_PATH):
             self._done = True   # no more parsing: the task answers once the registry has
-            asyncio.get_running_loop().create_task(self._answer_http01(path[len(ACME_CHALLENGE_PATH):]))
+            # Held on self: the loop keeps only a weak reference to a task.
+            self._task = asyncio.get_running_loop().create_task(self._answer_http01(path[len(ACME_CHALLENGE_PATH):]))
             return
         if self._health is not None and path == "/healthz" and not self._is_https_name(name):
             body = (json.dumps(self._health()) + "\n").encode()
