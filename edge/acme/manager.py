@@ -193,7 +193,9 @@ class AcmeManager:
         if self._inflight.get(name) is task:
             del self._inflight[name]
         if not task.cancelled():
-            task.exception()   # retrieved: failures are logged in _obtain
+            exc = task.exception()   # the expected failures are logged (and absorbed) in _obtain
+            if exc is not None:
+                log.error(kv("acme_task_failed", name=name, error=type(exc).__name__, detail=exc))
 
     def served(self) -> dict[str, StoredCert]:
         return {n: e.cert for n, e in self._served.items()}
