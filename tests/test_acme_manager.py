@@ -223,3 +223,25 @@ def test_a_wildcard_certificate_serves_one_label_children(ca, tmp_path):
         assert eu.context_nowait("a.b.shop.example.com") is None
         assert eu.context_nowait("shop.example.com") is None
     asyncio.run(run())
+
+
+def test_a_registry_outage_keeps_serving_and_is_logged_once(ca, tmp_path, caplog):
+    from edge.registry import RegistryUnavailable
+
+    async def run():
+        (eu,), issuer, clock = pops(ca, tmp_path, n=1)
+        await eu.context(NAME)
+        await eu.context("other.app.lab.test")
+        registry = eu.store.registry
+
+        async def down(key):
+            raise RegistryUnavailable("etcd has no quorum: test")
+        registry.kv_get = down
+        for _ in range(3):
+            await eu.check_all()
+        assert eu.context_nowait(NAME) is not None and eu.context_nowait("other.app.lab.test") is not None
+        assert sum("acme_store_failed" in r.getMessage() for r in caplog.records) == 1
+        del registry.kv_get
+        await eu.check_all()
+        assert sum("acme_store_recovered" in r.getMessage() for r in caplog.records) == 1
+    asyncio.run(run())

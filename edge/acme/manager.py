@@ -132,6 +132,7 @@ class AcmeManager:
         self._failures: dict[str, _Failure] = {}
         self._dues: dict[str, float] = {}
         self._alpn_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
+        self._store_failing = False
         self._inflight: dict[str, asyncio.Task[StoredCert | None]] = {}
         self._sem = asyncio.Semaphore(settings.max_concurrent_orders)
         self._loop_task: asyncio.Task[None] | None = None
@@ -283,8 +284,10 @@ class AcmeManager:
         try:
             stored = await self.store.get(name)
         except (RegistryError, StoreError) as exc:
-            log.warning(kv("acme_store_failed", name=name, error=exc))
+            self._store_failed(name, exc)
             stored = None
+        else:
+            self._store_ok()
         now = self.clock()
         if stored is not None and stored.not_before <= now < stored.not_after:
             self._install(name, stored)
@@ -307,6 +310,17 @@ class AcmeManager:
         finally:
             await lock.release()
 
+    def _store_failed(self, name: str, exc: Exception) -> None:
+        # Once per outage, not once per name and pass (a registry outage would flood the log).
+        if not self._store_failing:
+            log.warning(kv("acme_store_failed", name=name, error=exc))
+        self._store_failing = True
+
+    def _store_ok(self) -> None:
+        if self._store_failing:
+            log.warning(kv("acme_store_recovered"))
+        self._store_failing = False
+
     async def _wait_other(self, name: str, old: StoredCert | None) -> StoredCert | None:
         """Another PoP orders `name`: poll the store until its result is there, the
         lock is gone, or the order timeout passes. Bounded."""
@@ -322,7 +336,7 @@ class AcmeManager:
                 if await self.store.lock_holder(name) is None:
                     return old   # it gave up (its failure is its log's); retried on the next pass
             except (RegistryError, StoreError) as exc:
-                log.warning(kv("acme_store_failed", name=name, error=exc))
+                self._store_failed(name, exc)
         return old
 
     async def _order(self, name: str, old: StoredCert | None, lock: OrderLock) -> StoredCert | None:
