@@ -11,13 +11,14 @@ STAMP   := $(VENV)/.installed
 #  go and HashiCorp's yamux source: the tunnel's interop test builds its Go peer offline;
 #  delv, drill, ldns-verify-zone: real DNSSEC validators judge the signed answers;
 #  prometheus: the lab's metrics host scrapes every daemon's /metrics;
-#  systemd-analyze, strace: tests/test_deploy_units.py and test_deploy_syscalls.py check the units of deploy/)
+#  systemd-analyze, strace: tests/test_deploy_units.py and test_deploy_syscalls.py check the units of deploy/;
+#  pebble: the lab's ACME CA, and with pebble-challtestsrv the ACME client's tests)
 SYSTOOLS := dig:dnsutils kdig:knot-dnsutils delv:bind9-dnsutils drill:ldnsutils \
             ldns-verify-zone:ldnsutils unbound:unbound curl:curl ip:iproute2 etcd:etcd-server \
             etcdctl:etcd-client gdnsd:gdnsd nginx:nginx-light \
             /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream \
             go:golang-go tmux:tmux prometheus:prometheus chromium:chromium systemd-analyze:systemd strace:strace \
-            pebble:pebble xmlsec1:xmlsec1 \
+            pebble:pebble pebble-challtestsrv:pebble xmlsec1:xmlsec1 \
             /usr/share/gocode/src/github.com/hashicorp/yamux/session.go:golang-github-hashicorp-yamux-dev
 BENCHTOOLS := dnsperf:dnsperf wrk:wrk
 

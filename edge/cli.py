@@ -19,6 +19,7 @@ examples:
   curl -s http://127.0.0.1:8081/healthz          # {"pop": "local", "sessions": 0, ...}
   curl -s http://127.0.0.1:8081/metrics          # Prometheus text, same listener (docs/metrics.md)
   gslb edge --config /etc/gslb/edge.toml --pop eu --user gslb:gslb   # bind :443 as root, run as gslb
+  gslb edge acme keygen --out /etc/gslb/acme.key  # the deployment key for [edge.acme] (docs/acme.md)
 
 The :443 listener reads each ClientHello's SNI without consuming it, then:
   connect.<zone>, <pop>.connect.<zone>  agents' tunnel sessions (TLS with the edge's certificate)
@@ -63,6 +64,32 @@ def add_parser(subparsers: Any) -> None:
     show = ca_sub.add_parser("show", help="print the CA certificate's path, subject and expiry")
     show.add_argument("--dir", required=True)
     show.set_defaults(func=_ca_show)
+    acme = sub.add_parser(
+        "acme", help="ACME certificates ([edge.acme], docs/acme.md)",
+        description="Keys for the edge's ACME certificates (docs/acme.md).",
+        epilog="examples:\n  gslb edge acme keygen --out /etc/gslb/acme-deployment.key   # 0600; the same file on every PoP\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    acme_sub = acme.add_subparsers(dest="acme_command", metavar="ACTION", required=True)
+    keygen = acme_sub.add_parser("keygen", help="create a deployment key (32 random bytes, hex, 0600); refuses to "
+                                                "overwrite")
+    keygen.add_argument("--out", required=True, help="file for [edge.acme] deployment_key_file")
+    keygen.set_defaults(func=_acme_keygen)
+
+
+def _acme_keygen(args: argparse.Namespace) -> int:
+    from edge.acme.crypto import create_key_file
+
+    try:
+        create_key_file(args.out)
+    except FileExistsError:
+        print(f"gslb edge acme keygen: {args.out}: exists; refusing to overwrite a deployment key", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gslb edge acme keygen: {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"deployment key: {args.out} (0600; give every PoP the same file)")
+    return 0
 
 
 def _ca_init(args: argparse.Namespace) -> int:
@@ -160,6 +187,16 @@ def _run(args: argparse.Namespace) -> int:
         ca = CertAuthority.load(cfg.ca_dir)
         certs = CertStore(ca, cfg.cert_dir, max_cached=cfg.limits.max_cached_certs)
         hub, agent_factory = _make_hub(cfg)
+        acme_secrets = None
+        if cfg.acme.enabled:
+            from edge.acme import read_secrets
+            from edge.acme.crypto import CryptoError
+
+            try:
+                acme_secrets = read_secrets(cfg)
+            except CryptoError as exc:
+                print(f"gslb edge: [edge.acme]: {exc}", file=sys.stderr)
+                return 1
     except ConfigError as exc:  # a bad configuration file: 2, as in every command (plumbing.toml)
         print(f"gslb edge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -176,7 +213,7 @@ def _run(args: argparse.Namespace) -> int:
         except ImportError:
             pass
     try:
-        return asyncio.run(_serve(cfg, certs, hub, agent_factory, ident))
+        return asyncio.run(_serve(cfg, certs, hub, agent_factory, ident, acme_secrets))
     except OSError as exc:
         print(f"gslb edge: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -213,6 +250,13 @@ def _drop(cfg: Any, ident: Any) -> str | None:
     preload(("edge", "geo", "plumbing", "aiohttp", "cryptography.hazmat.primitives", "cryptography.x509",
              "prometheus_client", *lazy),
             exclude=("edge.agent", "edge.agent_cli", "geo.build", "geo.cli"))
+    # What the edge wrote as root before the drop (the ACME store's disk cache, cert_dir/acme/:
+    # made when [edge.acme] started) goes to the service user, which keeps writing there.
+    acme_cache = os.path.join(cfg.cert_dir, "acme")
+    if os.geteuid() == 0 and os.path.isdir(acme_cache):
+        for root, dirs, files in os.walk(acme_cache):
+            for name in (root, *(os.path.join(root, f) for f in dirs + files)):
+                os.lchown(name, ident.uid, ident.gid)
     try:
         drop_privileges(ident, component="edge")
     except PrivilegeError as exc:
@@ -223,7 +267,8 @@ def _drop(cfg: Any, ident: Any) -> str | None:
     return None
 
 
-async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any, ident: Any = None) -> int:
+async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any, ident: Any = None,
+                 acme_secrets: Any = None) -> int:
     from edge.registry import RegistryError
     from edge.server import EdgeServer
 
@@ -232,7 +277,21 @@ async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any, ident: Any 
     except RegistryError as exc:
         print(f"gslb edge: registry: {exc}", file=sys.stderr)
         return 1
-    server = EdgeServer(cfg, hub, certs, agent_protocol_factory=agent_factory)
+    acme = None
+    if cfg.acme.enabled:
+        from edge.acme import build_manager
+        from edge.acme.crypto import CryptoError
+
+        try:
+            acme = build_manager(cfg, hub.registry, secrets=acme_secrets)
+        except (CryptoError, ValueError) as exc:
+            print(f"gslb edge: [edge.acme]: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"gslb edge: [edge.acme]: {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return 1
+        await acme.start()
+    server = EdgeServer(cfg, hub, certs, agent_protocol_factory=agent_factory, acme=acme)
     await server.start()
     if ident is not None:
         problem = _drop(cfg, ident)
@@ -258,6 +317,8 @@ async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any, ident: Any 
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.close()
+    if acme is not None:
+        await acme.close()
     await hub.aclose()
     if peers is not None:
         await peers.close()

@@ -15,6 +15,7 @@ Layout (see examples/edge.toml for every key, its default and unit):
     [edge.limits]     counts and bytes
     [edge.modules]    order = [...]; [edge.modules.<name>] options
     [edge.abuse]      the automatic abuse layer (edge/abuse/README.md): limits, blocks, exempt CIDRs
+    [edge.acme]       ACME certificates (docs/acme.md); off by default
     [pops.<id>]       listen = [addresses]; health_listen; any [edge] key overrides
     [registry]        kind = "memory" | "etcd"; endpoints; prefix; lease_ttl; timeouts
     [peer]            listen = ["ADDR:PORT"]; timeouts of the links between PoPs
@@ -35,8 +36,8 @@ from edge.abuse.config import AbuseConfig
 from plumbing.toml import ConfigError, Table, TomlDoc
 from plumbing.addr import split_host_port
 
-__all__ = ["ConfigError", "EdgeConfig", "Timeouts", "Limits", "RegistryConfig", "PeerConfig", "PeerAddress",
-           "load", "parse"]
+__all__ = ["AcmeConfig", "ConfigError", "EdgeConfig", "Timeouts", "Limits", "RegistryConfig", "PeerConfig",
+           "PeerAddress", "load", "parse"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,29 @@ class RegistryConfig:
     request_timeout: float = 2.0         # s: one request to one member
     write_timeout: float = 5.0           # s: a whole write across members (then "registry unavailable")
     start_timeout: float = 10.0          # s: first snapshot at start
+
+
+ACME_CHALLENGES = ("http-01", "tls-alpn-01", "dns-01")
+
+
+@dataclass(frozen=True)
+class AcmeConfig:
+    """[edge.acme]: certificates from an ACME CA (docs/acme.md). Off: the lab CA as before."""
+    enabled: bool = False
+    directory_url: str = ""              # the CA's directory, https://...
+    ca_bundle: str | None = None         # CA file for the ACME server's TLS (None: system trust)
+    email: str | None = None             # account contact
+    account_key_file: str | None = None  # None: one account key for the deployment, sealed in the registry
+    deployment_key_file: str = ""        # 32-byte key sealing private keys in the registry (0600)
+    challenges: tuple[str, ...] = ("http-01", "tls-alpn-01")
+    renew_at: float = 2 / 3              # fraction of the lifetime after which a certificate is renewed
+    handshake_wait: float = 5.0          # s a first handshake waits for its certificate, then the fallback
+    max_concurrent_orders: int = 4       # orders at once, per PoP
+    retry_base: float = 30.0             # s: backoff after the first failed order, doubling
+    retry_max: float = 3600.0            # s: backoff cap (and the wait after rateLimited)
+    order_timeout: float = 120.0         # s: one whole order
+    net_timeout: float = 30.0            # s: one request to the CA
+    check_interval: float = 60.0         # s: renewal pass over the served certificates
 
 
 @dataclass(frozen=True)
@@ -115,6 +139,7 @@ class EdgeConfig:
     custom_domains: bool = True
     resolvers: tuple[str, ...] = ()      # recursive resolvers; () = /etc/resolv.conf
     edge_addresses: tuple[str, ...] = ()  # every [pops.*] listen address (what a domain's A/AAAA may be)
+    acme: AcmeConfig = field(default_factory=AcmeConfig)
 
     @property
     def peer_name(self) -> str:
@@ -144,6 +169,7 @@ _NAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$
 _EDGE_KEYS = {
     "https_domain", "listen", "https_port", "http_port", "tcp_ports", "health_listen", "ca_dir",
     "cert_dir", "authtokens_file", "timeouts", "limits", "modules", "abuse", "user", "custom_domains", "resolvers",
+    "acme",
 }
 
 
@@ -332,6 +358,8 @@ def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
     for name in options:
         if name not in order:
             raise mt.error(name, f"options given but the module is not in {mt.qualified('order')}")
+    t, _ = get("acme", {})
+    acme = _acme(doc, t.table("acme"))
     cfg = EdgeConfig(
         source=doc.path, zone=zone, pop=pop, https_domain=https_domain, listen=listen,
         https_port=https_port, http_port=http_port, tcp_ports=tcp_ports, health_listen=health,
@@ -341,6 +369,7 @@ def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
         peer=_peer(root.table("peer")),
         peers=_peers(root.table("peers")), user=user,
         custom_domains=custom_domains, resolvers=resolvers, edge_addresses=tuple(dict.fromkeys(edge_addresses)),
+        acme=acme,
     )
     # Module options are checked now, so a typo fails at start, not at the first request.
     from edge.modules import ModuleConfigError, build_chain
@@ -409,6 +438,55 @@ def _abuse(t: Table) -> AbuseConfig:
         error_min_events=_int(t, "error_min_events", d.error_min_events, 1, 1_000_000),
         block_durations=tuple(float(x) for x in durations),
         escalation_decay=_num(t, "escalation_decay", d.escalation_decay, 0, 30 * 86400),
+    )
+
+
+def _acme(doc: TomlDoc, t: Table) -> AcmeConfig:
+    t.reject_unknown(("enabled", "directory_url", "ca_bundle", "email", "account_key_file", "deployment_key_file",
+                      "challenges", "renew_at", "handshake_wait", "max_concurrent_orders", "retry_base", "retry_max",
+                      "order_timeout", "net_timeout", "check_interval"))
+    enabled = t.value("enabled", False)
+    if not isinstance(enabled, bool):
+        raise t.error("enabled", f"expected true or false, got {enabled!r}")
+    url = t.value("directory_url", "")
+    if not isinstance(url, str) or (url and not re.match(r"^https?://[^/\s]+(/\S*)?$", url)):
+        raise t.error("directory_url", f"expected the CA's directory URL, https://HOST[:PORT]/PATH, got {url!r}")
+    if enabled and not url:
+        raise t.error("directory_url", "missing (enabled = true needs the ACME CA's directory URL)")
+    key_file = t.value("deployment_key_file", "")
+    if not isinstance(key_file, str):
+        raise t.error("deployment_key_file", f"expected a file name, got {key_file!r}")
+    if enabled and not key_file:
+        raise t.error("deployment_key_file", "missing (enabled = true needs the key that seals private keys; "
+                      "make one with `gslb edge acme keygen --out FILE`)")
+
+    def path(key: str) -> str | None:
+        v = t.value(key, None)
+        return None if v is None else doc.resolve_path(_str(t, key, v))
+
+    email = t.value("email", None)
+    if email is not None and (not isinstance(email, str) or not re.match(r"^[^@\s]+@[^@\s]+$", email)):
+        raise t.error("email", f"expected an e-mail address, got {email!r}")
+    challenges = t.value("challenges", ["http-01", "tls-alpn-01"])
+    if not isinstance(challenges, list) or not challenges or not all(c in ACME_CHALLENGES for c in challenges) \
+            or len(set(challenges)) != len(challenges):
+        raise t.error("challenges", f"expected a list of distinct {', '.join(ACME_CHALLENGES)}, got {challenges!r}")
+    renew_at = _num(t, "renew_at", 2 / 3, 0.01, 0.99)
+    retry_base = _num(t, "retry_base", 30.0, 0.1, 86400)
+    retry_max = _num(t, "retry_max", 3600.0, 0.1, 7 * 86400)
+    if retry_max < retry_base:
+        raise t.error("retry_max", f"must be at least retry_base ({retry_base:g})")
+    return AcmeConfig(
+        enabled=enabled, directory_url=url, ca_bundle=path("ca_bundle"), email=email,
+        account_key_file=path("account_key_file"),
+        deployment_key_file=doc.resolve_path(key_file) if key_file else "",
+        challenges=tuple(challenges), renew_at=renew_at,
+        handshake_wait=_num(t, "handshake_wait", 5.0, 0, 60),
+        max_concurrent_orders=_int(t, "max_concurrent_orders", 4, 1, 64),
+        retry_base=retry_base, retry_max=retry_max,
+        order_timeout=_num(t, "order_timeout", 120.0, 1, 3600),
+        net_timeout=_num(t, "net_timeout", 30.0, 0.5, 300),
+        check_interval=_num(t, "check_interval", 60.0, 0.5, 86400),
     )
 
 

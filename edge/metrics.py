@@ -7,7 +7,8 @@ report, into metric families at scrape time.
 
 Protection components: every module of the chain with a `stats()` method
 (circuit breaker, rate limit, ...) shows up as gslb_edge_module_stat{module,stat};
-the abuse tracker (`server.abuse`, when there is one) as gslb_edge_abuse_stat{stat}.
+the abuse tracker (`server.abuse`, when there is one) as gslb_edge_abuse_stat{stat};
+the ACME manager (`server.acme`) as gslb_edge_acme_stat{stat}.
 """
 from __future__ import annotations
 
@@ -153,6 +154,13 @@ class EdgeCollector(Collector):
             for k, v in sorted(stats_of(tracker).items()):
                 abuse.add_metric([k], v)
         yield abuse
+        acme = GaugeMetricFamily("gslb_edge_acme_stat", "The ACME manager's stats() values (docs/acme.md)",
+                                 labels=["stat"])
+        manager = getattr(srv, "acme", None)
+        if manager is not None:
+            for k, v in sorted(stats_of(manager).items()):
+                acme.add_metric([k], v)
+        yield acme
         hub = srv.hub
         hs = hub.stats()
         yield GaugeMetricFamily("gslb_edge_agent_sessions", "Agent tunnel sessions connected now", value=hs["sessions"])

@@ -15,6 +15,12 @@ connection:
     <name>.<https_domain>                          -> TLS here, HTTP/1.1 front
                                                       (404 ERR_GSLB_3200 when offline)
     anything else, no SNI, not TLS                 -> closed, one log line
+    ALPN offers "acme-tls/1" (with [edge.acme])    -> the TLS-ALPN-01 answer (RFC 8737), then closed
+
+With [edge.acme] (`acme=`, an edge.acme.AcmeManager) a terminated name gets its
+ACME certificate: from memory, else (bound names) from the deployment's store
+or a new order, waiting at most handshake_wait, else the lab CA's as before
+(docs/acme.md). The :80 listener answers HTTP-01 from the registry.
 
 Must not touch: the tunnel's framing or the sessions' registry (`edge.hub`):
 it calls `hub.lookup(kind, key)` (an `edge.endpoint.Endpoint` or None),
@@ -35,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from edge.abuse import AbuseTracker, Conn as AbuseConn
+from edge.acme.solvers import ACME_TLS_ALPN
 from edge.certs import CertStore
 from edge.config import EdgeConfig
 from edge.endpoint import Endpoint, open_stream_within
@@ -157,8 +164,12 @@ class EdgeServer:
         *,
         agent_protocol_factory: Callable[..., asyncio.Protocol] | None = None,  # (on_closed=fn)
         chain: Chain | None = None,
+        acme: Any = None,
     ) -> None:
         self.cfg = cfg
+        self.acme = acme    # edge.acme.AcmeManager or None (docs/acme.md)
+        if acme is not None:
+            acme.wanted = lambda name: name.startswith("*.") or self._acme_may_order(name)
         self.hub = hub
         self.certs = certs
         self.agent_protocol_factory = agent_protocol_factory
@@ -214,6 +225,9 @@ class EdgeServer:
         host = endpoint.hostname
         if not host or what != "bind":
             return
+        if self.acme is not None and (endpoint.kind == "http" or getattr(endpoint, "terminate_at", "") == "edge"):
+            # A new endpoint's certificate is ordered at once, not at its first handshake.
+            self.acme.ensure(host)
         if endpoint.kind == "tls":
             self._tls_names[host] = None
             self._tls_names.move_to_end(host)
@@ -243,7 +257,8 @@ class EdgeServer:
                 for addr in cfg.listen:
                     srv = await self.loop.create_server(
                         lambda: RedirectFront(self.is_https_name, cfg.https_port, cfg.timeouts.handshake,
-                                              self.health),
+                                              self.health,
+                                              self.acme.http01_answer if self.acme is not None else None),
                         sock=listen_socket(addr, cfg.http_port))
                     self._servers.append(srv)
                     self.bound.setdefault("http", []).append(srv.sockets[0].getsockname()[:2])
@@ -375,6 +390,10 @@ class EdgeServer:
             self.abuse_closed(abuse, error="malformed")
             self.release(sock)
             return
+        if self.acme is not None and ACME_TLS_ALPN in hello.alpn:
+            # RFC 8737 3: a validation offers only acme-tls/1; no client of an endpoint does.
+            self._spawn(self._answer_tls_alpn(sock, peer2, sni, abuse))
+            return
         if sni in self.cfg.ingress_names:
             if self.agent_protocol_factory is None:
                 log.info(kv("agent_ingress_disabled", client=peer2[0], sni=sni))
@@ -442,8 +461,18 @@ class EdgeServer:
     async def _accept_tls(self, sock: socket.socket, peer: tuple[str, int], sni: str,
                           factory: Callable[[], asyncio.Protocol], names: tuple[str, ...],
                           alpn: tuple[str, ...], abuse: AbuseConn | None = None) -> None:
+        ctx = None
+        if self.acme is not None and names == (sni,):
+            try:
+                ctx = self.acme.context_nowait(sni, alpn)
+                if ctx is None:
+                    ctx = await self.acme.context(sni, alpn, may_order=self._acme_may_order(sni))
+            except Exception as exc:  # noqa: BLE001 - the lab CA's certificate instead
+                log.warning(kv("acme_context_failed", sni=sni, error=type(exc).__name__, detail=exc))
+                ctx = None
         try:
-            ctx = self.certs.cached(names, alpn)
+            if ctx is None:
+                ctx = self.certs.cached(names, alpn)
             if ctx is None:
                 # Issuing a certificate signs with the CA key: keep it off the event loop.
                 ctx = await self.loop.run_in_executor(None, self.certs.context, names, alpn)
@@ -468,6 +497,32 @@ class EdgeServer:
             return
         if abuse is not None and self.abuse is not None and not self.abuse.handshake(abuse, True, self.loop.time()):
             transport.abort()  # this handshake blocked its source (handshake flood): the protocol closes
+
+    def _acme_may_order(self, sni: str) -> bool:
+        """Only a bound name is worth an order (SNI is client input: no order per random name)."""
+        return self.lookup("http", sni) is not None or self.lookup("tls", sni) is not None
+
+    async def _answer_tls_alpn(self, sock: socket.socket, peer: tuple[str, int], sni: str,
+                               abuse: AbuseConn | None = None) -> None:
+        try:
+            key_auth = await self.acme.tls_alpn_answer(sni)
+            ctx = self.acme.tls_alpn_context(sni, key_auth) if key_auth is not None else None
+        except Exception as exc:  # noqa: BLE001 - registry down: the CA tries again
+            log.warning(kv("acme_tls_alpn_failed", client=peer[0], sni=sni, error=type(exc).__name__, detail=exc))
+            ctx = None
+        if ctx is None:
+            log.info(kv("acme_tls_alpn_unknown", client=peer[0], sni=sni))
+            self.abuse_closed(abuse)
+            self.release(sock)
+            return
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: _CloseAfterHandshake(self._closer(abuse)), sock, ssl=ctx,
+                ssl_handshake_timeout=self.cfg.timeouts.handshake)
+        except Exception as exc:  # noqa: BLE001 - OSError, ssl.SSLError, timeout: the transport is closed
+            log.info(kv("tls_handshake_failed", client=peer[0], sni=sni, error=type(exc).__name__, alpn=ACME_TLS_ALPN))
+            self.abuse_closed(abuse, error="handshake_failed")
+            self.release(None)
 
     # -- module effects -------------------------------------------------------------------
     async def perform(self, effect: HttpCall) -> EffectResult:
@@ -609,6 +664,7 @@ class EdgeServer:
             "bad_client_hello": self.stats.bad_hello,
             "abuse": self.abuse.stats() if self.abuse is not None else None,  # edge/abuse/README.md
             "heap_trims": self.trimmer.trims,
+            **({"acme": self.acme.stats()} if self.acme is not None else {}),
             "uptime_s": round(time.monotonic() - self.started, 1),
             "pid": os.getpid(),
             **extra,
@@ -638,6 +694,19 @@ class EdgeServer:
 def _abuse_log(event: str, fields: dict[str, Any]) -> None:
     # abuse_block / abuse_unblock: at warning, so they show without -v (one line each)
     log.warning(kv(event, **fields))
+
+
+class _CloseAfterHandshake(asyncio.Protocol):
+    """The TLS-ALPN-01 answer is the handshake itself (RFC 8737 3): close after it."""
+
+    def __init__(self, on_closed: Callable[..., None]) -> None:
+        self.on_closed = on_closed
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.on_closed()
 
 
 class _Refuse(asyncio.Protocol):

@@ -456,6 +456,8 @@ def _print_try_next(console, st: dict, prefix: str) -> None:
         console.print("then from any client (it enters through its nearest PoP):")
         console.print(f"  gslb lab exec{pf} client-jp -- curl --cacert {ca} https://demo.app.lab.test/")
         console.print(f"  gslb lab exec{pf} client-lon -- curl -6 --cacert {ca} https://demo.app.lab.test/")
-        console.print(f"lab CA: {ca}   agent authtoken: {st['state'].get('authtoken_file')} (0600)")
+        acme = any(h["role"] == "acme" for h in st["hosts"])
+        console.print(f"lab CA{' + pebble root (ACME, docs/acme.md)' if acme else ''}: {ca}   "
+                      f"agent authtoken: {st['state'].get('authtoken_file')} (0600)")
     console.print(f"failover drills (docs/lab.md): gslb lab kill{pf} pop-us    gslb lab restart{pf} pop-us")
     console.print(f"  gslb lab logs{pf} dns1        gslb lab status{pf} --json        gslb lab down{pf}")

@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 
 from pyroute2 import netns as pnetns
 
+from netns import acme as lab_acme
 from netns import procs, render, topology
 from netns.errors import BuildError, LabError, NotRootError, ToolMissingError
 from netns.guard import require_socket_in
@@ -139,6 +140,11 @@ class LabPaths:
     def prometheus_data(self) -> Path:
         """Prometheus's TSDB: inside the state dir, so `down` removes it."""
         return self.dir / "prometheus"
+
+    @property
+    def acme_dir(self) -> Path:
+        """The lab's pebble: its config, TLS certificate and key, the edges' deployment key."""
+        return self.dir / "acme"
 
     @property
     def dnssec_key(self) -> Path:
@@ -575,6 +581,13 @@ def _wait_restarted(paths: LabPaths, state: LabState, started: list[tuple[Proc, 
                 ok = _http_ok(client_ns, addr, PROMETHEUS_PORT, "/-/ready")
             elif p.name == "saml-idp":
                 ok = _saml_idp_ok(client_ns, addr, f"idp.{zone}", state.ca or "")
+            elif p.name == "pebble":
+                # A new run has a new root: bundle it again for the clients.
+                try:
+                    _bundle_pebble_root(paths, state, p.host, timeout=0.5)
+                    ok = True
+                except LabError:
+                    ok = False
             else:   # unbound: an answer through it
                 ok = _dns_ok(client_ns, addr, f"demo.app.{zone}.", "A")
             if ok:
@@ -630,7 +643,8 @@ def up(plan: LabPlan, prefix: str, state_dir: str | None = None, force: bool = F
        progress: Progress = _quiet) -> UpResult:
     check_environment(extra_tools=(("etcd",) if plan.by_role("registry") else ())
                       + (("prometheus",) if plan.by_role("metrics") else ())
-                      + (("xmlsec1",) if plan.by_role("idp") else ()))  # the edges' saml module (docs/saml.md)
+                      + (("xmlsec1",) if plan.by_role("idp") else ())  # the edges' saml module (docs/saml.md)
+                      + (("pebble",) if plan.by_role("acme") else ()))
     paths = lab_paths(prefix, state_dir)
     with _lock(paths):
         current = status(prefix, state_dir)
@@ -703,10 +717,13 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
         paths.prometheus_config.write_text(render.prometheus_yml(plan, DNS_METRICS_PORT, EDGE_METRICS_PORT,
                                                                          SCRAPE_INTERVAL))
     _write_secret(paths.authtoken_file, secrets.token_urlsafe(32) + "\n")
-    paths.edge_config.write_text(render.edge_toml(plan, str(paths.ca_dir), str(paths.cert_dir),
-                                                  str(paths.authtoken_file), TCP_PORTS, HTTPS_PORT, HEALTH_PORT,
-                                                  health_port=EDGE_METRICS_PORT if plan.by_role("metrics") else None,
-                                                  saml=_saml_edge_options(plan, paths)))
+    acme_host = lab_acme.acme_host(plan)
+    paths.edge_config.write_text(render.edge_toml(
+        plan, str(paths.ca_dir), str(paths.cert_dir), str(paths.authtoken_file), TCP_PORTS, HTTPS_PORT, HEALTH_PORT,
+        health_port=EDGE_METRICS_PORT if plan.by_role("metrics") else None,
+        saml=_saml_edge_options(plan, paths),
+        acme=lab_acme.edge_table(acme_host, str(paths.ca_dir / "lab-ca.pem"), str(paths.acme_dir / "deployment.key"))
+        if acme_host is not None else None))
     paths.agent_config.write_text(render.agent_toml(plan, str(paths.ca_cert), str(paths.authtoken_file)))
     # Both are Python start-ups of about a second on a busy machine: side by side.
     _run_tools([
@@ -722,6 +739,8 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
     _prepare_saml_idp(plan, paths)
     paths.unbound_conf.write_text(render.unbound_conf(plan, str(paths.unbound_dir),
                                                       trust_anchor=_ds_from_keygen(paths.keygen_log)))
+    if acme_host is not None:
+        lab_acme.write_files(paths.acme_dir, paths.ca_dir, acme_host)
     state.ca, state.authtoken_file = str(paths.ca_cert), str(paths.authtoken_file)
     state.edge_config, state.agent_config = str(paths.edge_config), str(paths.agent_config)
     state.agent_servers = agent_servers(plan)
@@ -746,6 +765,9 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
         elif h.role == "metrics":
             p = procs.spawn(ns, h.name, "prometheus", metrics_command(paths, h),
                             paths.logs / f"{h.name}.prometheus.log", env)
+        elif h.role == "acme":
+            p = procs.spawn(ns, h.name, "pebble", lab_acme.command(paths.acme_dir, plan),
+                            paths.logs / f"{h.name}.pebble.log", lab_acme.env(env))
         else:
             continue
         state.processes.append(p)
@@ -756,6 +778,9 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
     progress("waiting for the first answer through the resolver")
     _wait_ready(plan, paths, state, progress)
     _wait_saml_idp_ready(plan, paths, state)
+    if acme_host is not None:
+        progress("fetching pebble's root into the clients' CA bundle")
+        _bundle_pebble_root(paths, state, acme_host.name)
     t_ready = time.monotonic()
     state.status = "up"
     state.timings = {"build": round(t_build - t0, 3), "configs": round(t_config - t_build, 3),
@@ -844,6 +869,17 @@ def _saml_idp_ok(ns: str, addr: str, name: str, ca: str) -> bool:
         return False
     finally:
         s.close()
+def _bundle_pebble_root(paths: LabPaths, state: LabState, host: str, timeout: float = lab_acme.ROOT_TIMEOUT) -> None:
+    """ca/ca.pem := the lab CA + pebble's root of this run (docs/acme.md), fetched from a client host."""
+    from netns.plan import Host
+
+    h = next(x for x in state.hosts if x["name"] == host)
+    client = next(x for x in state.hosts if x["role"] == "client")
+    proc = next(p for p in state.processes if p.host == host and p.name == "pebble")
+    subject = lab_acme.fetch_root_and_bundle(
+        client["netns"], Host(name=h["name"], role="acme", region=None, ipv4=tuple(h["ipv4"]), ipv6=tuple(h["ipv6"])),
+        paths.ca_dir, lambda: procs.alive(proc), timeout)
+    log.info(kv("pebble_root_bundled", root=subject, bundle=paths.ca_cert))
 
 
 def _ds_from_keygen(log_path: Path) -> str:

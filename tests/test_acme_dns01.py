@@ -108,14 +108,14 @@ def test_challenge_names_drop_the_wildcard_label():
 def test_opaque_keys_stay_inside_the_acme_space():
     async def main():
         r = MemoryRegistry()
-        await r.put_opaque("dns01/_acme-challenge.a.test", b"x")
-        assert await r.get_opaque("dns01/_acme-challenge.a.test") == b"x"
-        assert await r.delete_opaque("dns01/_acme-challenge.a.test")
-        assert not await r.delete_opaque("dns01/_acme-challenge.a.test")
-        assert await r.get_opaque("dns01/_acme-challenge.a.test") is None
+        await r.kv_put("dns01/_acme-challenge.a.test", b"x")
+        assert await r.kv_get("dns01/_acme-challenge.a.test") == b"x"
+        assert await r.kv_delete("dns01/_acme-challenge.a.test")
+        assert not await r.kv_delete("dns01/_acme-challenge.a.test")
+        assert await r.kv_get("dns01/_acme-challenge.a.test") is None
         for bad in ("../bind/http/x", "dns01//x", "/abs", "a/./b", ""):
             with pytest.raises(InvalidKey):
-                await r.put_opaque(bad, b"x")
+                await r.kv_put(bad, b"x")
     asyncio.run(main())
 
 
@@ -132,8 +132,8 @@ class RegistryNameServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         from dns import acme
-        kvs = [{"key": base64.b64encode(k.encode()).decode(), "value": base64.b64encode(v).decode()}
-               for k, v in self.registry._opaque.items()]
+        kvs = [{"key": base64.b64encode(("/gslb/acme/" + k).encode()).decode(),
+                "value": base64.b64encode(v).decode()} for k, (v, _lease) in self.registry._kv.items()]
         self.engine.set_acme(acme.parse_range({"kvs": kvs}, "/gslb/", 0).names)
         if not self.silent:
             self.transport.sendto(self.engine.respond(data, addr[0]), addr)
@@ -167,16 +167,16 @@ def test_present_waits_for_every_server_then_cleanup_removes_only_its_value(engi
         # A wildcard and its base name: one owner, two values.
         await solver.present("*.app.lab.test", "tok1", "tok1.thumb")
         await solver.present("app.lab.test", "tok2", "tok2.thumb")
-        stored = json.loads(await reg.get_opaque("dns01/_acme-challenge.app.lab.test"))
+        stored = json.loads(await reg.kv_get("dns01/_acme-challenge.app.lab.test"))
         assert sorted(stored["values"]) == sorted([txt_value("tok1.thumb"), txt_value("tok2.thumb")])
         r = await dnsmsg.query(("127.0.0.1", int(addrs[1].rsplit(":", 1)[1])),
                                "_acme-challenge.app.lab.test", dnsmsg.TXT, 2)
         assert sorted(r.values(dnsmsg.TXT)) == sorted(stored["values"]) and r.aa
         await solver.cleanup("*.app.lab.test", "tok1")
-        assert json.loads(await reg.get_opaque("dns01/_acme-challenge.app.lab.test"))["values"] == \
+        assert json.loads(await reg.kv_get("dns01/_acme-challenge.app.lab.test"))["values"] == \
             [txt_value("tok2.thumb")]
         await solver.cleanup("app.lab.test", "tok2")
-        assert await reg.get_opaque("dns01/_acme-challenge.app.lab.test") is None
+        assert await reg.kv_get("dns01/_acme-challenge.app.lab.test") is None
         await solver.cleanup("app.lab.test", "tok2")   # twice: harmless
         assert solver.stats()["presented"] == 2 and solver.stats()["cleaned"] == 2
         for t in servers:

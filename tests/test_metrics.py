@@ -269,6 +269,11 @@ class TinyAbuse:
         return {"blocks": 4, "tracked": 9}
 
 
+class TinyAcme:
+    def stats(self):
+        return {"orders_ok": 2, "fallback_handshakes": 1}
+
+
 def edge_server(with_components: bool = True):
     chain = build_chain(["ip_restriction"], {"ip_restriction": {"deny_cidrs": []}})
     if with_components:
@@ -277,6 +282,7 @@ def edge_server(with_components: bool = True):
                           hub=Hub(HubConfig(domain="app.lab.test"), ["t"]))
     if with_components:
         srv.abuse = TinyAbuse()
+        srv.acme = TinyAcme()
     return srv
 
 
@@ -315,6 +321,7 @@ def test_edge_collector_counts_and_reads_component_stats():
                                           (("module", "tiny_breaker"), ("stat", "state")): 2,
                                           (("module", "tiny_breaker"), ("stat", "trips")): 5}
     assert m["gslb_edge_abuse_stat"] == {(("stat", "blocks"),): 4, (("stat", "tracked"),): 9}
+    assert m["gslb_edge_acme_stat"] == {(("stat", "fallback_handshakes"),): 1, (("stat", "orders_ok"),): 2}
     assert m["gslb_edge_connections_open"][()] == 3
     assert m["gslb_edge_agent_sessions"][()] == 0
 

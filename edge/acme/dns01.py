@@ -52,7 +52,7 @@ def challenge_name(identifier: str) -> str:
 
 
 def registry_key(identifier: str) -> str:
-    """The key relative to `<prefix>acme/` (Registry.put_opaque)."""
+    """The key relative to `<prefix>acme/` (Registry.kv_put)."""
     return "dns01/" + challenge_name(identifier)
 
 
@@ -94,7 +94,7 @@ class Dns01Solver:
         return lock
 
     async def _read(self, key: str) -> list[str]:
-        raw = await self.registry.get_opaque(key)
+        raw = await self.registry.kv_get(key)
         if raw is None:
             return []
         try:
@@ -106,9 +106,9 @@ class Dns01Solver:
     async def _write(self, key: str, values: list[str]) -> None:
         if values:
             body = {"values": values[-MAX_VALUES:], "expires": int(self.clock() + self.value_lifetime)}
-            await self.registry.put_opaque(key, json.dumps(body, separators=(",", ":")).encode())
+            await self.registry.kv_put(key, json.dumps(body, separators=(",", ":")).encode())
         else:
-            await self.registry.delete_opaque(key)
+            await self.registry.kv_delete(key)
 
     async def present(self, identifier: str, token: str, key_authorization: str) -> None:
         name = challenge_name(identifier)

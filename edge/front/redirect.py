@@ -6,12 +6,16 @@ is repeated as a POST to https://. One answer per connection, then close.
 `GET /healthz` for a Host that is not an endpoint name (an address literal,
 as the DNS health checker sends) answers the edge's health JSON: the checker
 probes every PoP address on :80, and this listener is on every address.
+
+`GET /.well-known/acme-challenge/<token>` (RFC 8555 8.3), for any Host, when
+the edge runs ACME: 200 with the key authorization from the registry
+(edge/acme/solvers.py: whichever PoP the CA reaches answers), else 404.
 """
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import httptools
 
@@ -19,12 +23,16 @@ from edge import errors as E
 from edge.front.http1 import error_response, host_name, redirect_response
 
 MAX_HEAD = 16 * 1024
+ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 
 class RedirectFront(asyncio.Protocol):
     def __init__(self, is_https_name: Callable[[str], bool], https_port: int, timeout: float,
-                 health: Callable[[], dict[str, Any]] | None = None) -> None:
+                 health: Callable[[], dict[str, Any]] | None = None,
+                 acme_http01: Callable[[str], Awaitable[str | None]] | None = None) -> None:
         self._is_https_name = is_https_name
+        self._acme_http01 = acme_http01
+        self._task: asyncio.Task[None] | None = None
         self._health = health
         self._https_port = https_port
         self._timeout = timeout
@@ -43,6 +51,8 @@ class RedirectFront(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._timer:
             self._timer.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
     def data_received(self, data: bytes) -> None:
         if self._done:
@@ -74,7 +84,13 @@ class RedirectFront(asyncio.Protocol):
         target = self._url.decode("latin-1")
         if not target.startswith("/"):
             target = "/"  # absolute-form or asterisk: redirect to the root
-        if self._health is not None and target.split("?", 1)[0] == "/healthz" and not self._is_https_name(name):
+        path = target.split("?", 1)[0]
+        if self._acme_http01 is not None and path.startswith(ACME_CHALLENGE_PATH):
+            self._done = True   # no more parsing: the task answers once the registry has
+            # Held on self: the loop keeps only a weak reference to a task.
+            self._task = asyncio.get_running_loop().create_task(self._answer_http01(path[len(ACME_CHALLENGE_PATH):]))
+            return
+        if self._health is not None and path == "/healthz" and not self._is_https_name(name):
             body = (json.dumps(self._health()) + "\n").encode()
             self._answer(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
                          b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body))
@@ -84,6 +100,20 @@ class RedirectFront(asyncio.Protocol):
         else:
             self._answer(error_response(E.UNKNOWN_HOST.status, E.UNKNOWN_HOST.code, "Unknown host",
                                         f"No HTTPS endpoint is named {name or '(no Host)'}."))
+
+    async def _answer_http01(self, token: str) -> None:
+        assert self._acme_http01 is not None
+        try:
+            key_auth = await self._acme_http01(token)
+        except Exception:  # noqa: BLE001 - registry down: the CA gets a 503 and tries again
+            self._answer(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        if key_auth is None:
+            self._answer(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        body = key_auth.encode("ascii", "replace")
+        self._answer(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nCache-Control: no-store\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body))
 
     def _answer(self, data: bytes) -> None:
         self._done = True

@@ -115,7 +115,9 @@ class PeerLinks:
         for ctx in (self.server_ctx, self.client_ctx):
             ctx.minimum_version = ssl.TLSVersion.TLSv1_3
             ctx.load_cert_chain(cert, key)
-            ctx.load_verify_locations(cafile=str(ca.cert_path))
+            # The lab CA itself, not its file: in the lab ca.pem also carries pebble's
+            # root for clients (docs/acme.md), and peer links trust only the lab CA.
+            ctx.load_verify_locations(cadata=ca.cert_pem.decode())
             ctx.verify_mode = ssl.CERT_REQUIRED
         self.client_ctx.check_hostname = True
         self.sessions: dict[str, Session] = {}

@@ -12,6 +12,11 @@ guarantees to a caller:
   all of them.
 - `lookup` never waits on the network: it reads a local view kept current by
   a watch; `subscribe` tells who cached a route that it changed.
+
+Opaque keys (`<prefix>acme/<key>`, the ACME certificate store): `kv_get`,
+`kv_put`, `kv_create` (create if absent, optionally under a lease: the lock
+of edge/acme/store.py), `kv_delete`, `kv_list`. They are read from the
+registry itself, not from the local view: rare reads, always current.
 """
 from __future__ import annotations
 
@@ -117,21 +122,27 @@ class Registry(ABC):
     async def release_port(self, port: int, session_id: str, lease: Lease) -> bool:
         """Free a port this lease holds and has not bound. False if not held."""
 
-    # -- opaque keys under `<prefix>acme/` (docs/registry.md) ----------------------
-    # Values the registry does not interpret (DNS-01 challenges, certificates). `key` is
-    # relative to `<prefix>acme/` (keys.opaque_key validates it). Reads go to the registry
-    # (no local view): they are rare.
-    async def get_opaque(self, key: str) -> bytes | None:
-        """The value at `<prefix>acme/<key>`, None when absent."""
-        raise NotImplementedError(f"{type(self).__name__} has no opaque keys")
+    # -- opaque keys under <prefix>acme/ (edge/acme/store.py) -------------------
+    @abstractmethod
+    async def kv_get(self, key: str) -> bytes | None:
+        """The value of opaque key `key`, None when absent."""
 
-    async def put_opaque(self, key: str, value: bytes) -> None:
-        """Write `<prefix>acme/<key>` (no lease: it stays until deleted)."""
-        raise NotImplementedError(f"{type(self).__name__} has no opaque keys")
+    @abstractmethod
+    async def kv_put(self, key: str, value: bytes, lease: Lease | None = None) -> None:
+        """Write `key` (replacing any value); under `lease` it dies with the lease."""
 
-    async def delete_opaque(self, key: str) -> bool:
-        """Delete `<prefix>acme/<key>`; False when it was not there."""
-        raise NotImplementedError(f"{type(self).__name__} has no opaque keys")
+    @abstractmethod
+    async def kv_create(self, key: str, value: bytes, lease: Lease | None = None) -> bytes | None:
+        """Create `key` if absent: None when this call created it, else the
+        value that is there (atomic across PoPs: a lock is a kv_create under a lease)."""
+
+    @abstractmethod
+    async def kv_delete(self, key: str) -> bool:
+        """Remove `key`; False when it was not there."""
+
+    @abstractmethod
+    async def kv_list(self, prefix: str) -> dict[str, bytes]:
+        """Every opaque key starting with `prefix` (relative, e.g. "certs/"), at most keys.MAX_OPAQUE_LIST."""
 
 
 class CachedRegistry(Registry):

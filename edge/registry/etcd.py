@@ -461,25 +461,49 @@ class EtcdRegistry(CachedRegistry):
             raise PortNotHeld(port, "still bound: unbind it instead")
         return False
 
-    # -- opaque keys ---------------------------------------------------------
-    async def get_opaque(self, key: str) -> bytes | None:
-        full = keys.opaque_key(self._prefix, key).encode()
-        kvs, _, _ = gw.parse_range(await self._read("/v3/kv/range", gw.range_request(full)))
+    # -- opaque keys (<prefix>acme/...) ----------------------------------------
+    def _opaque(self, key: str) -> bytes:
+        return keys.opaque_key(self._prefix, key).encode()
+
+    async def kv_get(self, key: str) -> bytes | None:
+        kvs, _, _ = gw.parse_range(await self._read("/v3/kv/range", gw.range_request(self._opaque(key))))
         return kvs[0].value if kvs else None
 
-    async def put_opaque(self, key: str, value: bytes) -> None:
-        if not isinstance(value, bytes):
-            raise InvalidKey("an opaque value is bytes")
-        full = keys.opaque_key(self._prefix, key).encode()
-        await self._write("/v3/kv/put", {"key": keys.b64(full), "value": keys.b64(value)})
+    async def kv_put(self, key: str, value: bytes, lease: Lease | None = None) -> None:
+        k = self._opaque(key)
+        keys.check_opaque_value(value)
+        if lease is not None:
+            check_lease(lease, lease.session_id)
+        # A txn with no compare: the same lease handling (LeaseLost) as every other write.
+        await self._txn(gw.txn_request([], [gw.op_put(k, value, lease.id if lease else 0)]), lease)
 
-    async def delete_opaque(self, key: str) -> bool:
-        full = keys.opaque_key(self._prefix, key).encode()
-        obj = await self._write("/v3/kv/deleterange", {"key": keys.b64(full)})
-        try:
-            return int(obj.get("deleted", "0")) > 0
-        except (TypeError, ValueError):
-            raise GatewayProtocolError(f"deleterange answer: deleted is {obj.get('deleted')!r}") from None
+    async def kv_create(self, key: str, value: bytes, lease: Lease | None = None) -> bytes | None:
+        k = self._opaque(key)
+        keys.check_opaque_value(value)
+        if lease is not None:
+            check_lease(lease, lease.session_id)
+        res = await self._txn(gw.txn_request([gw.compare_absent(k)], [gw.op_put(k, value, lease.id if lease else 0)],
+                                             [gw.op_range(k)]), lease)
+        if res.succeeded:
+            return None
+        held = res.range_kvs(0)
+        if held and lease is not None and held[0].lease == lease.id:
+            return None  # an earlier attempt of this call (outcome unknown, then failover) created it
+        return held[0].value if held else b""
+
+    async def kv_delete(self, key: str) -> bool:
+        res = await self._txn(gw.txn_request([], [gw.op_delete(self._opaque(key))]), None)
+        deleted = res.responses[0].get("response_delete_range", {}) if res.responses else {}
+        return gw._int(deleted, "deleted") > 0 if isinstance(deleted, dict) else False
+
+    async def kv_list(self, prefix: str) -> dict[str, bytes]:
+        keys.check_opaque_list_prefix(prefix)
+        head = keys.opaque_prefix(self._prefix)
+        start = (head + prefix).encode()
+        obj = await self._read("/v3/kv/range", gw.range_request(start, keys.range_end(start),
+                                                                limit=keys.MAX_OPAQUE_LIST))
+        kvs, _, _ = gw.parse_range(obj)
+        return {kv.key.decode("utf-8", "replace")[len(head):]: kv.value for kv in kvs}
 
     # -- plumbing ------------------------------------------------------------
     async def _write(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Key layout of the registry in etcd, and the byte arithmetic etcd needs.
 
-Owns: the prefix (default `/gslb/`), `<prefix>bind/<kind>/<name>` and
-`<prefix>ports/<port>`, validation of kinds/names/ports, base64 for the JSON
+Owns: the prefix (default `/gslb/`), `<prefix>bind/<kind>/<name>`,
+`<prefix>ports/<port>` and the opaque keys `<prefix>acme/<key>` (the ACME
+certificate store, edge/acme/store.py), validation of kinds/names/ports, base64 for the JSON
 gateway, and the `range_end` of a prefix. Pure: no I/O.
 """
 from __future__ import annotations
@@ -56,23 +57,45 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
-# Opaque keys under `<prefix>acme/` (certificates, challenges: docs/registry.md): a relative
-# path of segments, never `..` or an empty segment (a key cannot leave the acme space).
-_OPAQUE = re.compile(r"^[A-Za-z0-9_*.-]+(/[A-Za-z0-9_*.-]+)*$")
-MAX_OPAQUE_KEY = 400
+# Opaque keys (`<prefix>acme/<key>`): 1-4 segments joined by `/`, each of
+# letters, digits and `_ . * -` (a wildcard name's `*`), never `.` or `..`.
+MAX_OPAQUE_KEY = 512
+MAX_OPAQUE_SEGMENTS = 4
+MAX_OPAQUE_VALUE = 256 * 1024   # bytes: a certificate chain and an encrypted key fit many times
+MAX_OPAQUE_LIST = 10000         # keys one kv_list returns at most
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.*-]{1,253}$")
 
 
-def acme_prefix(prefix: str) -> str:
+def check_opaque_key(key: str) -> str:
+    if not isinstance(key, str) or not key or len(key) > MAX_OPAQUE_KEY:
+        raise InvalidKey(f"opaque key must be 1-{MAX_OPAQUE_KEY} characters (got {key!r:.80})")
+    parts = key.split("/")
+    if len(parts) > MAX_OPAQUE_SEGMENTS or any(not _SEGMENT.match(p) or p in (".", "..") for p in parts):
+        raise InvalidKey(f"opaque key must be 1-{MAX_OPAQUE_SEGMENTS} segments of letters, digits, _ . * - "
+                         f"joined by / (got {key!r:.80})")
+    return key
+
+
+def check_opaque_value(value: bytes) -> bytes:
+    if not isinstance(value, bytes) or len(value) > MAX_OPAQUE_VALUE:
+        raise InvalidKey(f"opaque value must be bytes, at most {MAX_OPAQUE_VALUE} (got "
+                         f"{len(value) if isinstance(value, bytes) else type(value).__name__})")
+    return value
+
+
+def check_opaque_list_prefix(rel: str) -> str:
+    """A kv_list prefix: "" (every opaque key) or a key, maybe ending in '/'."""
+    if rel:
+        check_opaque_key(rel[:-1] if rel.endswith("/") else rel)
+    return rel
+
+
+def opaque_prefix(prefix: str) -> str:
     return prefix + "acme/"
 
 
 def opaque_key(prefix: str, key: str) -> str:
-    """`<prefix>acme/<key>` for a relative key such as `dns01/_acme-challenge.demo.app.lab.test`."""
-    if not isinstance(key, str) or not key or len(key) > MAX_OPAQUE_KEY or not _OPAQUE.match(key) \
-            or any(seg in (".", "..") for seg in key.split("/")):
-        raise InvalidKey(f"opaque key must be a relative path of letters, digits, _ * . - "
-                         f"(got {key!r:.80})")
-    return acme_prefix(prefix) + key
+    return opaque_prefix(prefix) + check_opaque_key(key)
 
 
 def bind_prefix(prefix: str) -> str:

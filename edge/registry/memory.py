@@ -45,7 +45,7 @@ class MemoryRegistry(CachedRegistry):
         self._revision = itertools.count(1)
         self._lease_ids = itertools.count(1)
         self._rng = rng  # None: lowest port first
-        self._opaque: dict[str, bytes] = {}
+        self._kv: dict[str, tuple[bytes, MemoryLease | None]] = {}   # opaque keys (relative)
 
     async def open_session(self, pop: str, session_id: str, ttl: float = 10.0) -> Lease:
         check_id("pop", pop)
@@ -118,18 +118,40 @@ class MemoryRegistry(CachedRegistry):
         del self._ports[port]
         return True
 
-    async def get_opaque(self, key: str) -> bytes | None:
-        return self._opaque.get(keys.opaque_key(keys.DEFAULT_PREFIX, key))
+    # -- opaque keys -------------------------------------------------------------
+    async def kv_get(self, key: str) -> bytes | None:
+        held = self._kv.get(keys.check_opaque_key(key))
+        return held[0] if held is not None else None
 
-    async def put_opaque(self, key: str, value: bytes) -> None:
-        if not isinstance(value, bytes):
-            raise InvalidKey("an opaque value is bytes")
-        self._opaque[keys.opaque_key(keys.DEFAULT_PREFIX, key)] = value
+    async def kv_put(self, key: str, value: bytes, lease: Lease | None = None) -> None:
+        keys.check_opaque_key(key)
+        keys.check_opaque_value(value)
+        if lease is not None:
+            check_lease(lease, lease.session_id)
+        self._kv[key] = (value, lease)  # type: ignore[assignment]
 
-    async def delete_opaque(self, key: str) -> bool:
-        return self._opaque.pop(keys.opaque_key(keys.DEFAULT_PREFIX, key), None) is not None
+    async def kv_create(self, key: str, value: bytes, lease: Lease | None = None) -> bytes | None:
+        keys.check_opaque_key(key)
+        keys.check_opaque_value(value)
+        if lease is not None:
+            check_lease(lease, lease.session_id)
+        held = self._kv.get(key)
+        if held is not None:
+            return held[0]
+        self._kv[key] = (value, lease)  # type: ignore[assignment]
+        return None
+
+    async def kv_delete(self, key: str) -> bool:
+        return self._kv.pop(keys.check_opaque_key(key), None) is not None
+
+    async def kv_list(self, prefix: str) -> dict[str, bytes]:
+        keys.check_opaque_list_prefix(prefix)
+        found = sorted(k for k in self._kv if k.startswith(prefix))[:keys.MAX_OPAQUE_LIST]
+        return {k: self._kv[k][0] for k in found}
 
     def _drop_lease(self, lease: MemoryLease) -> None:
+        for k in [k for k, (_, holder) in self._kv.items() if holder is lease]:
+            del self._kv[k]
         for b in [b for b in self._cache.bindings() if b.lease == lease.id]:
             self._cache.emit(self._cache.delete(b.kind, b.name, next(self._revision)))
         for port in [p for p, holder in self._ports.items() if holder is lease]:

@@ -225,7 +225,7 @@ def test_dns01_solver_through_etcd_and_both_workers(etcd, server):
             assert all(f'"{v}"' in out for v in want)
             await solver.cleanup("*.tls.lab.test", "tk1")
             await solver.cleanup("tls.lab.test", "tk2")
-            assert await reg.get_opaque("dns01/_acme-challenge.tls.lab.test") is None
+            assert await reg.kv_get("dns01/_acme-challenge.tls.lab.test") is None
             return took
     took = asyncio.run(main())
     wait_everywhere(server.port, "_acme-challenge.tls.lab.test", [])

@@ -143,7 +143,7 @@ def _present(endpoints: str, servers: str, flag: str) -> None:
             t0 = time.monotonic()
             await solver.present("*.app.lab.test", "tok-wild", "tok-wild.thumbprint")
             await solver.present("app.lab.test", "tok-base", "tok-base.thumbprint")
-            raw = await reg.get_opaque("dns01/_acme-challenge.app.lab.test")
+            raw = await reg.kv_get("dns01/_acme-challenge.app.lab.test")
             print("presented " + json.dumps({"values": json.loads(raw)["values"],
                                              "seconds": time.monotonic() - t0}), flush=True)
             deadline = time.monotonic() + 120

@@ -30,6 +30,7 @@ from edge.registry import (
     PortsExhausted,
     RegistryUnavailable,
 )
+from edge.registry import keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -354,5 +355,30 @@ def test_watch_from_a_compacted_revision_asks_for_a_relist(cluster):
             assert a.lookup("http", "new.app.lab.test") is not None
             assert a.lookup("http", "old.app.lab.test") is None
             await lease.close()
+
+    asyncio.run(scenario())
+
+
+def test_opaque_acme_keys_create_once_die_with_their_lease_and_list_by_prefix(cluster):
+    """The ACME store's keys (<prefix>acme/...): kv_create is create-if-absent
+    across PoPs (the order lock), a key under a lease goes with it."""
+    async def scenario():
+        async with EtcdRegistry(_config(cluster, "/t9/")) as eu, EtcdRegistry(_config(cluster, "/t9/")) as us:
+            assert await eu.kv_get("certs/demo.app.lab.test") is None
+            await eu.kv_put("certs/demo.app.lab.test", b"chain-1")
+            assert await us.kv_get("certs/demo.app.lab.test") == b"chain-1"
+            lease = await eu.open_session("eu", "acme-lock-1", ttl=10)
+            assert await eu.kv_create("locks/demo.app.lab.test", b'{"pop": "eu"}', lease) is None
+            assert await us.kv_create("locks/demo.app.lab.test", b'{"pop": "us"}') == b'{"pop": "eu"}'
+            await eu.kv_put("http01/tok_1", b"tok_1.thumb")
+            assert await us.kv_list("http01/") == {"http01/tok_1": b"tok_1.thumb"}
+            await lease.close()
+            assert await us.kv_get("locks/demo.app.lab.test") is None
+            assert await us.kv_delete("http01/tok_1") is True
+            assert await us.kv_delete("http01/tok_1") is False
+            # Bindings are not opaque keys: the watch's view holds no acme/ key.
+            assert eu.bindings() == []
+            raw = await eu._read("/v3/kv/range", {"key": keys.b64("/t9/acme/certs/demo.app.lab.test")})
+            assert raw["kvs"][0]["key"] == keys.b64("/t9/acme/certs/demo.app.lab.test")
 
     asyncio.run(scenario())
