@@ -81,6 +81,28 @@ def _endpoint_flags(p: argparse.ArgumentParser, *, proxy_protocol: bool) -> None
         if opt.flag:
             p.add_argument(opt.flag, action="append", default=[], metavar=opt.metavar, help=opt.help,
                            dest=f"bind_{key}")
+        for i, (flag, _sub, _rep, metavar, text) in enumerate(opt.table_flags):
+            p.add_argument(flag, action="append", default=[], metavar=metavar, help=text, dest=f"bind_{key}__{i}")
+
+
+def _table_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Table options from their flags (BindOption.table_flags): {option: {key: value}}."""
+    from edge.agent.config import bad_value
+    from edge.modules import BIND_OPTIONS
+
+    out: dict[str, Any] = {}
+    for key, opt in BIND_OPTIONS.items():
+        table: dict[str, Any] = {}
+        for i, (flag, sub, repeatable, _m, _h) in enumerate(opt.table_flags):
+            values = getattr(args, f"bind_{key}__{i}", None) or []
+            if not values:
+                continue
+            if not repeatable and len(values) > 1:
+                raise bad_value(key, f"{flag}: give it once")
+            table[sub] = list(values) if repeatable else values[0]
+        if table:
+            out[key] = table
+    return out
 
 
 def add_parser(subparsers: Any) -> None:
@@ -162,8 +184,8 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):  
                 terminate_at=getattr(args, "terminate_at", None),
                 proxy_protocol=getattr(args, "proxy_protocol", False),
                 module_options=module_options(
-                    {key: getattr(args, f"bind_{key}") for key, opt in BIND_OPTIONS.items()
-                     if opt.flag and getattr(args, f"bind_{key}")}),
+                    {**{key: getattr(args, f"bind_{key}") for key, opt in BIND_OPTIONS.items()
+                        if opt.flag and getattr(args, f"bind_{key}")}, **_table_flags(args)}),
             )
         )
         if server:

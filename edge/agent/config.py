@@ -161,8 +161,20 @@ def validate_endpoint(ep: EndpointConfig) -> EndpointConfig:
 
 
 def module_options(raw: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """The module bind options among an endpoint's keys, lists as tuples."""
-    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in BIND_OPTIONS)
+    """The module bind options among an endpoint's keys, lists as tuples, in
+    the agent's form (BindOption.agent_form: e.g. a secret file read)."""
+    out = []
+    for k, v in raw.items():
+        opt = BIND_OPTIONS.get(k)
+        if opt is None:
+            continue
+        if opt.agent_form is not None:
+            try:
+                v = opt.agent_form(v)
+            except ValueError as exc:
+                raise bad_value(k, str(exc)) from None
+        out.append((k, tuple(v) if isinstance(v, list) else v))
+    return tuple(out)
 
 
 def read_authtoken(

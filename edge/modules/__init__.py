@@ -32,6 +32,7 @@ from edge.modules.base import (
 )
 from edge.modules.circuit_breaker import CircuitBreaker
 from edge.modules.ip_restriction import IpRestriction
+from edge.modules.oidc import Oidc
 from edge.modules.rate_limit import RateLimit
 
 __all__ = [
@@ -39,11 +40,13 @@ __all__ = [
     "ModuleConfigError", "Outcome", "REGISTRY", "Response", "Subject", "Verdict", "build_chain", "check_bind_option",
 ]
 
-_MODULES: tuple[type[Module], ...] = (IpRestriction, RateLimit, CircuitBreaker)
+_MODULES: tuple[type[Module], ...] = (IpRestriction, Oidc, RateLimit, CircuitBreaker)
 
 # The chain when [edge.modules] order is absent: each passes at the cost of one
 # lookup on endpoints whose binding does not ask for it.
-DEFAULT_ORDER: tuple[str, ...] = ("ip_restriction", "rate_limit", "circuit_breaker")
+# Identity (oidc) before rate_limit and circuit_breaker: a visitor who is not signed in costs the
+# upstream nothing.
+DEFAULT_ORDER: tuple[str, ...] = ("ip_restriction", "oidc", "rate_limit", "circuit_breaker")
 
 REGISTRY: dict[str, Callable[[Mapping[str, Any]], Module]] = {m.name: m.from_config for m in _MODULES}  # type: ignore[attr-defined]
 

@@ -106,6 +106,7 @@ class HttpCall:
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     timeout: float = 5.0
+    ca_file: str = ""  # https: trust this CA bundle (PEM) instead of the system's
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("https://", "http://")):
@@ -216,6 +217,11 @@ class BindOption:
     help: str
     flag: str = ""  # e.g. "--allow-cidr" (repeatable, collected into a list)
     metavar: str = "VALUE"
+    # A table option's flags, one per key: (flag, key, repeatable, metavar, help); the agent
+    # collects those given into a table ({key: value, or a list when repeatable}).
+    table_flags: tuple[tuple[str, str, bool, str, str], ...] = ()
+    # The agent's side, before the check: e.g. a secret file's name read into the secret.
+    agent_form: Callable[[Any], Any] | None = None
 
 
 class Module:
