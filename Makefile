@@ -10,12 +10,13 @@ STAMP   := $(VENV)/.installed
 # (gdnsd and nginx: the bench's unit tests check the peers' generated configs with them;
 #  go and HashiCorp's yamux source: the tunnel's interop test builds its Go peer offline;
 #  delv, drill, ldns-verify-zone: real DNSSEC validators judge the signed answers;
-#  prometheus: the lab's metrics host scrapes every daemon's /metrics)
+#  prometheus: the lab's metrics host scrapes every daemon's /metrics;
+#  node, npm: the lab's idp host runs npm oidc-provider (netns/idp/); chromium: headless logins in tests)
 SYSTOOLS := dig:dnsutils kdig:knot-dnsutils delv:bind9-dnsutils drill:ldnsutils \
             ldns-verify-zone:ldnsutils unbound:unbound curl:curl ip:iproute2 etcd:etcd-server \
             etcdctl:etcd-client gdnsd:gdnsd nginx:nginx-light \
             /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream \
-            go:golang-go tmux:tmux prometheus:prometheus \
+            go:golang-go tmux:tmux prometheus:prometheus node:nodejs npm:npm chromium:chromium \
             /usr/share/gocode/src/github.com/hashicorp/yamux/session.go:golang-github-hashicorp-yamux-dev
 BENCHTOOLS := dnsperf:dnsperf wrk:wrk
 
@@ -40,7 +41,12 @@ $(STAMP): pyproject.toml
 examples/lab.mmdb: examples/geo-table.toml $(STAMP)
 	$(GSLB) geo build-mmdb examples/geo-table.toml --out examples/lab.mmdb
 
-install: systools $(STAMP) examples/lab.mmdb
+# The lab idp host's OpenID Connect provider: its npm project, installed from the lock file.
+IDP_MODULES := netns/idp/node_modules/.package-lock.json
+$(IDP_MODULES): netns/idp/package.json netns/idp/package-lock.json
+	cd netns/idp && npm ci --omit=dev --no-audit --no-fund
+
+install: systools $(STAMP) examples/lab.mmdb $(IDP_MODULES)
 
 test: install
 	$(BIN)/python -m pytest tests

@@ -19,7 +19,7 @@ from typing import Any
 from plumbing.toml import Table, TomlDoc
 from netns.errors import PlanError, PlanFileError
 
-ROLES = ("dns", "pop", "client", "resolver", "agent", "registry", "bridge", "metrics")
+ROLES = ("dns", "pop", "client", "resolver", "agent", "registry", "bridge", "metrics", "idp")
 # Namespace names are "<prefix>-<host>"; both parts stay short and shell-safe.
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
@@ -240,7 +240,7 @@ def parse_plan(doc: TomlDoc) -> LabPlan:
         role = _get(t, "role", str)
         if role not in ROLES or role in ("pop", "client"):
             raise t.error("role", f"{role!r}: infrastructure roles are "
-                          "bridge, dns, resolver, agent, registry, metrics (PoPs and clients have tables of their own)")
+                          "bridge, dns, resolver, agent, registry, metrics, idp (PoPs and clients have tables of their own)")
         # Optional: the PoP region an infrastructure host stands in (a registry
         # member per region, so a region's loss is a member's loss). Checked
         # against the PoP ids once the PoPs are read.
@@ -262,6 +262,8 @@ def parse_plan(doc: TomlDoc) -> LabPlan:
         raise hosts_t.error(None, "the lab needs at least one host with role 'dns'")
     if roles.count("metrics") > 1:
         raise hosts_t.error(None, f"at most one host with role 'metrics' (Prometheus), found {roles.count('metrics')}")
+    if roles.count("idp") > 1:
+        raise hosts_t.error(None, f"at most one host with role 'idp' (identity providers), found {roles.count('idp')}")
 
     # PoPs.
     pops: list[Pop] = []

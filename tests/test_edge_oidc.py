@@ -168,11 +168,14 @@ def test_login_flow_sets_session_and_passes_identity(chain: Chain, mod: Oidc) ->
     sc = next(v for n, v in cb.response.headers if n == "Set-Cookie" and v.startswith(SESSION_COOKIE))
     assert "Secure" in sc and "HttpOnly" in sc and "Domain" not in sc and "Path=/" in sc
     # a spoofed identity header from the client is stripped; the real one is added
-    d = run(chain, idp, subject("/private?x=1", cookies=jar, wall=T0 + 10, extra=("Gslb-Auth-Email: evil@x.test",)))
+    d = run(chain, idp, subject("/private?x=1", cookies={"theme": "dark", **jar}, wall=T0 + 10,
+                                extra=("Gslb-Auth-Email: evil@x.test",)))
     assert d.verdict is Verdict.ALLOW
-    assert "Gslb-Auth-Email" in d.strip_upstream
+    assert "Gslb-Auth-Email" in d.strip_upstream and "Cookie" in d.strip_upstream
     assert dict(d.add_upstream) == {"Gslb-Auth-Subject": "u-1", "Gslb-Auth-Email": "alice@example.test",
-                                    "Gslb-Auth-Name": "Alice"}
+                                    "Gslb-Auth-Name": "Alice", "Cookie": "theme=dark"}  # the session stays at the edge
+    d = run(chain, idp, subject("/private", cookies=jar, wall=T0 + 10))
+    assert "Cookie" in d.strip_upstream and "Cookie" not in dict(d.add_upstream)
     assert [urlsplit(c.url).path for c in idp.calls] == ["/.well-known/openid-configuration", "/token", "/jwks", "/me"]
     st = mod.stats()
     assert st["logins_ok_total"] == 1 and st["logins_started_total"] == 1 and st["discovery_fetches_total"] == 1
@@ -383,6 +386,8 @@ def test_tampered_cookies_and_state_mismatch(chain: Chain) -> None:
     assert ok.response.status == 302
     assert _failed(run(chain, idp, subject(f"{CALLBACK_PATH}?code=c&state={q['state']}", cookies=cookies)))
     assert _failed(run(chain, idp, subject(f"{CALLBACK_PATH}?error=access_denied&state={q['state']}", cookies=cookies)))
+    assert _failed(run(chain, idp, subject(f"{CALLBACK_PATH}?code=c&state={q['state']}&iss=https%3A%2F%2Fevil.test",
+                                           cookies=cookies)))
     assert s.stats()["logins_ok_total"] == 0
 
 

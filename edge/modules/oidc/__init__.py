@@ -276,7 +276,7 @@ class Oidc(Module):
                 # idle timer: the cookie is renewed by a redirect to the same URI (a response from
                 # upstream cannot carry the edge's Set-Cookie)
                 return self._redirect(subject, cfg, data, self._safe_target(req.target))
-            return self._allow(data)
+            return self._allow(data, subject)
         if cfg.get("allow_cors_preflight") and req.method == "OPTIONS" and \
                 req.header("Access-Control-Request-Method") is not None and req.header("Origin") is not None:
             self.counters["preflights_passed_total"] += 1
@@ -353,7 +353,7 @@ class Oidc(Module):
             return self._after_tokens(subject, cfg, prov, ctx)
         if then == "refresh":
             if not prov.userinfo:  # nothing to ask: the session stands until it expires
-                return self._allow({**ctx["session"]})
+                return self._allow({**ctx["session"]}, subject)
             if not ctx["session"].get("at"):  # no access token kept: log in again
                 return self._begin_login(subject, cfg, prov, ctx["target"])
             if "userinfo" not in ctx:
@@ -383,6 +383,8 @@ class Oidc(Module):
         state = q.get("state", "")
         if q.get("error"):
             return self._failed(subject, "provider_error", f"the provider said {q['error'][:64]!r}", 403)
+        if "iss" in q and cfg["provider"] == "oidc" and q["iss"] != cfg["issuer"]:  # RFC 9207 mix-up defence
+            return self._failed(subject, "wrong_issuer", "the callback's iss is not the endpoint's issuer", 403)
         code = q.get("code", "")
         if not state or not code or len(code) > 2048:
             return self._failed(subject, "bad_callback", "the callback has no code or state", 400)
@@ -473,7 +475,7 @@ class Oidc(Module):
         data["ck"] = int(subject.wall)
         if subject.request is not None and subject.request.method in ("GET", "HEAD"):
             return self._redirect(subject, cfg, data, ctx["target"])
-        return self._allow(data)  # a body cannot wait for a redirect: checked again on the next request
+        return self._allow(data, subject)  # a body cannot wait for a redirect: checked again on the next request
 
     # -- sessions ----------------------------------------------------------------------------
     def _session(self, subject: Subject, cfg: dict[str, Any]) -> tuple[dict[str, Any], bool] | None:
@@ -520,13 +522,24 @@ class Oidc(Module):
             headers += (("Set-Cookie", S.clear_cookie(clear)),)
         return self._answer(Response(302, headers), "session cookie set")
 
-    def _allow(self, data: Mapping[str, Any]) -> Decision:
+    def _allow(self, data: Mapping[str, Any], subject: Subject | None = None) -> Decision:
+        """Pass on with the identity headers (the client's own stripped first) and without the edge's
+        cookies in Cookie: the upstream sees the user, never the session."""
         add = [("Gslb-Auth-Subject", _header_value(data["sub"]))]
+        strip: tuple[str, ...] = IDENTITY_HEADERS
+        if subject is not None and subject.request is not None:
+            values = [v for n, v in subject.request.headers if n.lower() == "cookie"]
+            parts = [p.strip() for v in values for p in v.split(";") if p.strip()]
+            kept = [p for p in parts if not p.startswith((SESSION_COOKIE + "=", LOGIN_COOKIE))]
+            if len(kept) != len(parts):
+                strip += ("Cookie",)
+                if kept:
+                    add.append(("Cookie", "; ".join(kept)))
         if data.get("email"):
             add.append(("Gslb-Auth-Email", _header_value(data["email"])))
         if data.get("name"):
             add.append(("Gslb-Auth-Name", _header_value(data["name"])))
-        return Decision(Verdict.PASS, strip_upstream=IDENTITY_HEADERS, add_upstream=tuple(add))
+        return Decision(Verdict.PASS, strip_upstream=strip, add_upstream=tuple(add))
 
     # -- identity and authorization ----------------------------------------------------------
     def _identity(self, cfg: dict[str, Any], claims: Mapping[str, Any]) -> dict[str, Any] | None:
