@@ -463,6 +463,7 @@ def test_bind_option_checks() -> None:
     good = check_bind_option("http", "oidc", {"issuer": ISSUER, "client_id": "x", "max_session_duration": "12h",
                                               "allow_domains": ["Example.TEST"]})
     assert good["max_session_duration"] == 43200 and good["allow_domains"] == ["example.test"]
+    assert check_bind_option("http", "oidc", {"issuer_url": ISSUER, "client_id": "x"})["issuer"] == ISSUER
     for bad in ({"client_id": "x"}, {"issuer": "ftp://x", "client_id": "x"}, {"issuer": ISSUER},
                 {"issuer": ISSUER, "client_id": "x", "bogus": 1}, {"issuer": ISSUER, "client_id": "x",
                 "userinfo_refresh_interval": 5}, {"issuer": ISSUER, "client_id": "x", "allow_emails": ["no-at"]},

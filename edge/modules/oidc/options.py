@@ -37,7 +37,7 @@ TEXT_KEYS = ("issuer", "client_id", "client_secret", "provider", "authorize_url"
              "email_claim", "subject_claim", "name_claim", "groups_claim")
 LIST_KEYS = ("allow_emails", "allow_domains", "allow_groups", "scopes")
 BOOL_KEYS = ("userinfo", "allow_cors_preflight")
-KEYS = frozenset(TEXT_KEYS + LIST_KEYS + BOOL_KEYS + tuple(DURATIONS))
+KEYS = frozenset(TEXT_KEYS + LIST_KEYS + BOOL_KEYS + tuple(DURATIONS) + ("issuer_url",))
 
 # The agent's flags: flag -> (key, repeatable, metavar, help).
 FLAGS: dict[str, tuple[str, bool, str, str]] = {
@@ -123,6 +123,10 @@ def check_option(value: Any) -> dict[str, Any]:
     if unknown:
         hint = " (the agent reads client_secret_file and sends client_secret)" if "client_secret_file" in unknown else ""
         raise ValueError(f"{what}: unknown key(s) {', '.join(sorted(map(str, unknown)))}{hint}")
+    if "issuer_url" in value:  # ngrok's name for it
+        if "issuer" in value:
+            raise ValueError(f"{what}: give issuer or issuer_url, not both")
+        value = {("issuer" if k == "issuer_url" else k): v for k, v in value.items()}
     out: dict[str, Any] = {}
     provider = _single(value.get("provider", "oidc"), f"{what}.provider")
     if provider not in PROFILES:
