@@ -26,6 +26,8 @@ examples:
   gslb agent tcp 22 --proxy-protocol                   # the edge allocates a port
   gslb agent start --config agent.toml                 # several endpoints, one session
   gslb agent http 8080 --name demo --metrics 127.0.0.1:9101   # Prometheus /metrics
+  gslb agent http 8080 --name demo --oidc https://idp.example.test --oidc-client-id demo \\
+      --oidc-client-secret-file demo.secret --oidc-allow-domain example.test   # login first (docs/identity.md)
   gslb agent http 8080 --name demo --server 127.0.0.1:4443 --zone lab.test \\
       --ca lab-ca.pem --authtoken-file token
   gslb agent http 8080 --name demo --server eu.connect.lab.test --server us.connect.lab.test
@@ -39,7 +41,7 @@ environment:
   GSLB_AGENT_CONFIG      an agent.toml whose settings (not its endpoints) are the
                          defaults of http/tls/tcp; else /etc/gslb/agent.toml if present
 Flags win over the environment, which wins over the defaults file.
-The authtoken is never printed or logged.
+The authtoken and the --oidc client secret are never printed or logged.
 
 exit status: 0 stopped, 1 final error (bad authtoken, name already online,
 port range exhausted), 2 bad usage or configuration.
