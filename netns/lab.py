@@ -648,6 +648,9 @@ def _wait_restarted(paths: LabPaths, state: LabState, started: list[tuple[Proc, 
                 ok = _dns_ok(client_ns, addr, f"{zone}.", "SOA")
             elif p.name == "prometheus":
                 ok = _http_ok(client_ns, addr, PROMETHEUS_PORT, "/-/ready")
+            elif p.name == "oidc-provider":
+                ok = _https_ok(client_ns, ssl.create_default_context(cafile=str(paths.ca_cert)), addr, IDP_PORT,
+                               f"idp.{zone}", "/.well-known/openid-configuration")
             else:   # unbound: an answer through it
                 ok = _dns_ok(client_ns, addr, f"demo.app.{zone}.", "A")
             if ok:

@@ -48,6 +48,8 @@ async def run(args: argparse.Namespace) -> dict:
                     url = urljoin(url, r.headers["Location"])
                     if status in (302, 303):
                         method, data = "GET", None
+                    if args.stop_at_callback and url.split("?")[0].endswith("/oauth2/callback"):
+                        break
                     continue
             m = re.search(r'<form method="post" action="([^"]+)" id="login">', body)
             if status == 200 and m and args.cmd == "login" and not form_done:
@@ -62,7 +64,7 @@ async def run(args: argparse.Namespace) -> dict:
             parsed = json.loads(body)
         except ValueError:
             parsed = None
-        return {"chain": chain, "status": status, "json": parsed, "body": body[:2000],
+        return {"chain": chain, "status": status, "json": parsed, "body": body[:2000], "next": url,
                 "cookies": sorted({c.key for c in jar})}
 
 
@@ -75,6 +77,8 @@ def main() -> int:
     p.add_argument("--password", default="")
     p.add_argument("--jar")
     p.add_argument("--method", default="GET")
+    p.add_argument("--stop-at-callback", action="store_true", help="stop before following the redirect to "
+                   "/oauth2/callback ('next' is its URL)")
     p.add_argument("--header", action="append", default=[], help="NAME: VALUE sent with the first request")
     print(json.dumps(asyncio.run(run(p.parse_args()))))
     return 0

@@ -237,6 +237,28 @@ def test_an_identity_provider_that_is_down_is_a_clear_502(idp):
     assert not [s for s in upstream_seen(idp) if s["path"] == "/secret"]
 
 
+def test_the_provider_dying_in_the_middle_of_a_login_is_a_502_and_restarts(idp, gslb_run):
+    lab = idp.lab
+    jar = idp.tmp / "jar-dying"
+    half = browser(idp, "client-eu", "login", "https://sso.app.lab.test/mid-login", "--stop-at-callback",
+                   user="alice", jar=jar)
+    assert half["next"].startswith("https://sso.app.lab.test/oauth2/callback?code="), half
+    r = gslb_run("lab", "kill", "--prefix", lab.prefix, "idp")
+    assert r.returncode == 0, r.stderr
+    try:
+        got = browser(idp, "client-eu", "get", half["next"], jar=jar)
+        assert got["status"] == 502 and "ERR_GSLB_3504" in got["body"], got  # the token exchange failed
+        assert "identity provider did not answer" in got["body"]
+    finally:
+        r = gslb_run("lab", "restart", "--prefix", lab.prefix, "idp", timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert not [s for s in upstream_seen(idp) if s["path"] == "/mid-login"]
+    # the provider is back (its sessions were in memory): a new login works
+    again = browser(idp, "client-eu", "login", "https://sso.app.lab.test/after-restart", user="alice",
+                    jar=idp.tmp / "jar-after")
+    assert again["status"] == 200 and again["json"]["headers"]["Gslb-Auth-Email"] == "alice@example.test"
+
+
 def test_generic_oauth2_profile_from_agent_toml(idp):
     got = browser(idp, "client-eu", "login", "https://oauth.app.lab.test/oauth2-user", user="carol",
                   jar=idp.tmp / "jar-oauth")
