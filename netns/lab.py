@@ -387,7 +387,6 @@ def _start_oidc_provider(paths: LabPaths, host: Host, env: dict[str, str]) -> Pr
 def _wait_idp_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
     """Until the idp host's provider serves its discovery document over TLS (the lab CA), from a
     socket inside the idp host; bounded by READY_TIMEOUT."""
-
     hosts = plan.by_role("idp")
     if not hosts:
         return

@@ -14,7 +14,7 @@ expiry in `subject.now`; an unknown `kid` refetches the JWKS at most once a
 
 Pure: every call to the provider (discovery, JWKS, token, userinfo) is an
 `HttpCall` effect the shell performs; the login flow goes on in `resume`
-with what the effect carries (`_Call.ctx`). Wall-clock time (`subject.wall`)
+with what the effect carries (`_Step.ctx`). Wall-clock time (`subject.wall`)
 for cookies and tokens, which must mean the same at every PoP. See README.md.
 """
 from __future__ import annotations
