@@ -158,6 +158,7 @@ class EdgeServer:
         self.certs = certs
         self.agent_protocol_factory = agent_protocol_factory
         self.chain = chain if chain is not None else build_chain(cfg.module_order, cfg.module_options)
+        hub.registry_options = lambda opts: self.chain.registry_options(opts, time.time())
         self.https_port = cfg.https_port
         self.max_header_bytes = cfg.limits.max_header_bytes
         self.stream_open_timeout = cfg.timeouts.stream_open

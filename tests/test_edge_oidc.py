@@ -589,3 +589,24 @@ oidc = {{ issuer = "{ISSUER}", client_id = "demo", client_secret_file = "{tmp_pa
     conf.write_text(conf.read_text().replace("max_session_duration", "max_sesion_duration"))
     with pytest.raises(ConfigError, match="unknown key"):
         load_agent_config(conf, env={})
+
+
+def test_the_registry_holds_the_client_secret_sealed_and_other_pops_open_it(tmp_path) -> None:
+    key = S.new_key_file(tmp_path / "k")
+    here, there = Oidc.from_config({"session_key_file": str(key)}), Oidc.from_config({"session_key_file": str(key)})
+    stranger = Oidc.from_config({"session_key_file": str(S.new_key_file(tmp_path / "k2"))})
+    local = opts()
+    stored = json.loads(json.dumps(Chain((here,)).registry_options(local, T0)))  # what etcd gets
+    assert "s3cret" not in json.dumps(stored) and stored["oidc"]["client_secret"].startswith("sealed:")
+    assert stored["oidc"]["client_id"] == "demo" and local["oidc"]["client_secret"] == "s3cret-value"
+    assert Chain((here,)).registry_options(stored, T0) == stored  # sealed once
+    # another PoP finishes a login with the stored options: FakeIdP checks the Basic credentials
+    idp = FakeIdP()
+    cb, _ = login(Chain((there,)), idp, options=stored)
+    assert cb.response.status == 302 and header(cb, "Location") == "/private?x=1"
+    # a PoP with another key cannot use it: a clear refusal, no call to the provider's token endpoint
+    n = len(idp.calls)
+    cb, _ = login(Chain((stranger,)), idp, options=stored)
+    assert _failed(cb) and "cannot open the endpoint's client secret" in cb.reason
+    assert not [c for c in idp.calls[n:] if c.url.endswith("/token")]
+    assert Chain(()).registry_options({"a": 1}, T0) == {"a": 1}

@@ -241,6 +241,11 @@ class Module:
         """The decision after an effect this module asked for (PERFORM)."""
         raise NotImplementedError(f"{self.name} performs no effects")
 
+    def registry_options(self, options: dict[str, Any], wall: float) -> dict[str, Any]:
+        """A binding's options as the shared registry may store them for the other PoPs: a module
+        seals (with the deployment's key) what must not be stored in the clear. Default: as is."""
+        return options
+
 
 @dataclass(frozen=True)
 class Chain:
@@ -266,6 +271,13 @@ class Chain:
         for m in self.modules:
             if m.observes:
                 m.observe(subject, outcome)
+
+    def registry_options(self, options: Mapping[str, Any], wall: float) -> dict[str, Any]:
+        """The binding's options for the registry, each module's `registry_options` applied."""
+        out = dict(options)
+        for m in self.modules:
+            out = m.registry_options(out, wall)
+        return out
 
     def _run(self, subject: Subject, start: int, add: tuple[tuple[str, str], ...], strip: tuple[str, ...]) -> Decision:
         for i in range(start, len(self.modules)):

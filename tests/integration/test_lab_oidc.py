@@ -269,13 +269,18 @@ def test_generic_oauth2_profile_from_agent_toml(idp):
     assert denied["status"] == 403 and "ERR_GSLB_3211" in denied["body"]
 
 
-def test_the_upstream_never_saw_an_unauthenticated_request_nor_the_secret_in_a_log(idp):
+def test_the_upstream_never_saw_an_unauthenticated_request_nor_the_secret_in_a_log_or_etcd(idp):
     seen = upstream_seen(idp)
     assert seen, "the upstream saw nothing at all"
     assert all(s["headers"].get("Gslb-Auth-Subject") for s in seen), [s["path"] for s in seen]
     logs = [line for a in idp.agents for line in a.log]
     logs += [line for p in Path(idp.state["dir"], "logs").glob("pop-*.edge.log") for line in p.read_text().splitlines()]
     assert logs and not [line for line in logs if idp.secret in line]
+    # the registry (etcd) holds the bindings for every PoP: the secret only sealed
+    members = ",".join(f"http://{m['ipv4'][0]}:2379" for m in idp.lab.role("registry"))
+    r = idp.lab.run("agent", "etcdctl", f"--endpoints={members}", "get", "--prefix", "/gslb/", timeout=20)
+    assert r.returncode == 0 and "sso.app.lab.test" in r.stdout and "lab-demo" in r.stdout, r.stderr
+    assert idp.secret not in r.stdout and "sealed:v1." in r.stdout
 
 
 def test_the_edges_count_logins_in_metrics(idp):

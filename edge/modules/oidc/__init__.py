@@ -46,6 +46,8 @@ LOGOUT_PATH = "/oauth2/logout"
 SESSION_COOKIE = "__Host-gslb_session"
 LOGIN_COOKIE = "__Host-gslb_login_"        # + the first 12 characters of the state: one per login under way
 IDENTITY_HEADERS = ("Gslb-Auth-Email", "Gslb-Auth-Subject", "Gslb-Auth-Name")
+SEALED_SECRET = "sealed:"  # a client secret as the registry holds it: sealed with the deployment's key
+SECRET_TTL = 10 * 365 * 86400  # a sealed secret lives as long as its binding; the seal itself does not expire
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 MAX_TARGET = 2048          # characters of the original URI kept for after the login
 MAX_PROVIDERS = 256        # discovery documents and key sets cached
@@ -242,6 +244,28 @@ class Oidc(Module):
                 kw[key] = int(v) if key == "login_ttl" else float(v)
         return cls(**kw)
 
+    def registry_options(self, options: dict[str, Any], wall: float) -> dict[str, Any]:
+        """The client secret sealed before the binding goes to the registry: the other PoPs, which
+        hold the same session key, open it to finish a login; etcd never holds it in the clear."""
+        raw = options.get(O.OPTION)
+        if not isinstance(raw, dict) or not raw.get("client_secret") or \
+                str(raw["client_secret"]).startswith(SEALED_SECRET):
+            return options
+        sealed = self._sealer().seal(self._secret_purpose(raw), str(raw["client_secret"]), wall, SECRET_TTL)
+        return {**options, O.OPTION: {**raw, "client_secret": O.Secret(SEALED_SECRET + sealed)}}
+
+    @staticmethod
+    def _secret_purpose(cfg: Mapping[str, Any]) -> str:
+        return f"oidc-client-secret:{cfg.get('client_id', '')}"
+
+    def _client_secret(self, cfg: Mapping[str, Any], wall: float) -> str | None:
+        """The secret in the clear ("" if none); None if it is sealed with another key."""
+        secret = str(cfg.get("client_secret") or "")
+        if not secret.startswith(SEALED_SECRET):
+            return secret
+        opened = self._sealer().open(self._secret_purpose(cfg), secret[len(SEALED_SECRET):], wall)
+        return O.Secret(opened[0]) if opened is not None and isinstance(opened[0], str) else None
+
     def stats(self) -> dict[str, int]:
         """Counters (`*_total`), token errors by kind (`token_error_<kind>_total`); README.md."""
         out = dict(self.counters)
@@ -349,7 +373,7 @@ class Oidc(Module):
             return self._begin_login(subject, cfg, prov, ctx["target"])
         if then == "callback":
             if "tokens" not in ctx:
-                return self._token_request(cfg, prov, ctx)
+                return self._token_request(subject, cfg, prov, ctx)
             return self._after_tokens(subject, cfg, prov, ctx)
         if then == "refresh":
             if not prov.userinfo:  # nothing to ask: the session stands until it expires
@@ -400,11 +424,14 @@ class Oidc(Module):
         return self._with_provider(subject, cfg, {"then": "callback", "login": login, "code": code,
                                                   "redirect_uri": self._redirect_uri(subject)})
 
-    def _token_request(self, cfg: dict[str, Any], prov: _Provider, ctx: dict[str, Any]) -> Decision:
+    def _token_request(self, subject: Subject, cfg: dict[str, Any], prov: _Provider, ctx: dict[str, Any]) -> Decision:
         form = {"grant_type": "authorization_code", "code": ctx["code"], "redirect_uri": ctx["redirect_uri"],
                 "code_verifier": ctx["login"]["v"]}
         headers = [("Content-Type", "application/x-www-form-urlencoded"), ("Accept", "application/json")]
-        secret = cfg.get("client_secret")
+        secret = self._client_secret(cfg, subject.wall)
+        if secret is None:
+            return self._failed(subject, "client_secret", "this edge cannot open the endpoint's client secret "
+                                "(sealed by a PoP with another session_key_file)")
         if secret:  # client_secret_basic (RFC 6749 2.3.1: both form-urlencoded first)
             cred = f"{quote(cfg['client_id'], safe='')}:{quote(secret, safe='')}".encode("utf-8")
             headers.append(("Authorization", "Basic " + base64.b64encode(cred).decode("ascii")))
