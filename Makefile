@@ -12,12 +12,13 @@ STAMP   := $(VENV)/.installed
 #  delv, drill, ldns-verify-zone: real DNSSEC validators judge the signed answers;
 #  prometheus: the lab's metrics host scrapes every daemon's /metrics;
 #  systemd-analyze, strace: tests/test_deploy_units.py and test_deploy_syscalls.py check the units of deploy/;
-#  pebble: the lab's ACME CA, and with pebble-challtestsrv the ACME client's tests)
+#  pebble: the lab's ACME CA, and with pebble-challtestsrv the ACME client's tests;
+#  node, npm: the lab's idp host runs npm oidc-provider (netns/idp/); chromium: headless logins in tests)
 SYSTOOLS := dig:dnsutils kdig:knot-dnsutils delv:bind9-dnsutils drill:ldnsutils \
             ldns-verify-zone:ldnsutils unbound:unbound curl:curl ip:iproute2 etcd:etcd-server \
             etcdctl:etcd-client gdnsd:gdnsd nginx:nginx-light \
             /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream \
-            go:golang-go tmux:tmux prometheus:prometheus chromium:chromium systemd-analyze:systemd strace:strace \
+            go:golang-go tmux:tmux prometheus:prometheus node:nodejs npm:npm chromium:chromium systemd-analyze:systemd strace:strace \
             pebble:pebble pebble-challtestsrv:pebble xmlsec1:xmlsec1 \
             /usr/share/gocode/src/github.com/hashicorp/yamux/session.go:golang-github-hashicorp-yamux-dev
 BENCHTOOLS := dnsperf:dnsperf wrk:wrk
@@ -43,7 +44,12 @@ $(STAMP): pyproject.toml
 examples/lab.mmdb: examples/geo-table.toml $(STAMP)
 	$(GSLB) geo build-mmdb examples/geo-table.toml --out examples/lab.mmdb
 
-install: systools $(STAMP) examples/lab.mmdb
+# The lab idp host's OpenID Connect provider: its npm project, installed from the lock file.
+IDP_MODULES := netns/idp/node_modules/.package-lock.json
+$(IDP_MODULES): netns/idp/package.json netns/idp/package-lock.json
+	cd netns/idp && npm ci --omit=dev --no-audit --no-fund
+
+install: systools $(STAMP) examples/lab.mmdb $(IDP_MODULES)
 
 test: install
 	$(BIN)/python -m pytest tests

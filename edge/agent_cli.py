@@ -31,6 +31,8 @@ examples:
       --saml-group staff                               # SAML 2.0 login first (docs/saml.md)
   gslb agent start --config agent.toml                 # several endpoints, one session
   gslb agent http 8080 --name demo --metrics 127.0.0.1:9101   # Prometheus /metrics
+  gslb agent http 8080 --name demo --oidc https://idp.example.test --oidc-client-id demo \\
+      --oidc-client-secret-file demo.secret --oidc-allow-domain example.test   # login first (docs/identity.md)
   gslb agent http 8080 --name demo --server 127.0.0.1:4443 --zone lab.test \\
       --ca lab-ca.pem --authtoken-file token
   gslb agent http 8080 --name demo --server eu.connect.lab.test --server us.connect.lab.test
@@ -47,7 +49,8 @@ environment:
   GSLB_AGENT_CONFIG      an agent.toml whose settings (not its endpoints) are the
                          defaults of http/tls/tcp; else /etc/gslb/agent.toml if present
 Flags win over the environment, which wins over the defaults file.
-The authtoken and --basic-auth passwords are never printed or logged (the agent sends only hashes).
+The authtoken, --basic-auth passwords (the agent sends only hashes) and the --oidc client secret are
+never printed or logged.
 
 exit status: 0 stopped, 1 final error (bad authtoken, name already online,
 port range exhausted, a custom domain that does not point at the edge), 2 bad usage or configuration.
@@ -94,6 +97,28 @@ def _endpoint_flags(p: argparse.ArgumentParser, *, proxy_protocol: bool) -> None
         if opt.flag:
             p.add_argument(opt.flag, action="append", default=[], metavar=opt.metavar, help=opt.help,
                            dest=f"bind_{key}")
+        for i, (flag, _sub, _rep, metavar, text) in enumerate(opt.table_flags):
+            p.add_argument(flag, action="append", default=[], metavar=metavar, help=text, dest=f"bind_{key}__{i}")
+
+
+def _table_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Table options from their flags (BindOption.table_flags): {option: {key: value}}."""
+    from edge.agent.config import bad_value
+    from edge.modules import BIND_OPTIONS
+
+    out: dict[str, Any] = {}
+    for key, opt in BIND_OPTIONS.items():
+        table: dict[str, Any] = {}
+        for i, (flag, sub, repeatable, _m, _h) in enumerate(opt.table_flags):
+            values = getattr(args, f"bind_{key}__{i}", None) or []
+            if not values:
+                continue
+            if not repeatable and len(values) > 1:
+                raise bad_value(key, f"{flag}: give it once")
+            table[sub] = list(values) if repeatable else values[0]
+        if table:
+            out[key] = table
+    return out
 
 
 def add_parser(subparsers: Any) -> None:
@@ -184,8 +209,8 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | None = None):  
                 terminate_at=getattr(args, "terminate_at", None),
                 proxy_protocol=getattr(args, "proxy_protocol", False),
                 module_options=module_options(
-                    {key: getattr(args, f"bind_{key}") for key, opt in BIND_OPTIONS.items()
-                     if opt.flag and getattr(args, f"bind_{key}")}),
+                    {**{key: getattr(args, f"bind_{key}") for key, opt in BIND_OPTIONS.items()
+                        if opt.flag and getattr(args, f"bind_{key}")}, **_table_flags(args)}),
             )
         )
         if server:

@@ -23,6 +23,8 @@ class ErrorCode(NamedTuple):
 OFFLINE = ErrorCode("ERR_GSLB_3200", 404)             # no agent online for the HTTPS name
 UNKNOWN_HOST = ErrorCode("ERR_GSLB_3201", 404)        # plain HTTP for a name that is no HTTPS endpoint
 DENIED = ErrorCode("ERR_GSLB_3210", 403)              # refused by ip_restriction
+AUTH_DENIED = ErrorCode("ERR_GSLB_3211", 403)         # signed in, but not on the endpoint's allow lists (oidc)
+AUTH_FAILED = ErrorCode("ERR_GSLB_3212", 403)         # the login failed: bad token, state or callback (oidc)
 FORBIDDEN = ErrorCode("ERR_GSLB_3403", 403)           # refused by a module without a code of its own
 BAD_REQUEST = ErrorCode("ERR_GSLB_3400", 400)         # not valid HTTP/1.x
 AUTH_REQUIRED = ErrorCode("ERR_GSLB_3401", 401)       # basic_auth: no or wrong user and password
@@ -36,11 +38,13 @@ ABUSE_BLOCKED = ErrorCode("ERR_GSLB_3430", 429)       # the client's network is 
 HEAD_TOO_LARGE = ErrorCode("ERR_GSLB_3431", 431)      # request head too large or too many fields
 BAD_GATEWAY = ErrorCode("ERR_GSLB_3502", 502)         # the endpoint's agent could not be reached
 RATE_LIMITED = ErrorCode("ERR_GSLB_3429", 429)        # over the endpoint's rate_limit (Retry-After says when)
-CIRCUIT_OPEN = ErrorCode("ERR_GSLB_3503", 503)        # the endpoint's circuit_breaker is open (Retry-After)
+CIRCUIT_OPEN = ErrorCode("ERR_GSLB_3503", 503)
+IDP_UNREACHABLE = ErrorCode("ERR_GSLB_3504", 502)     # the identity provider did not answer (oidc)        # the endpoint's circuit_breaker is open (Retry-After)
 AGENT_UPSTREAM = ErrorCode("ERR_GSLB_AGENT_UPSTREAM", 502)  # the agent could not reach its local service
 
 CODES: dict[str, ErrorCode] = {e.code: e for e in (
     OFFLINE, UNKNOWN_HOST, DENIED, FORBIDDEN, BAD_REQUEST, METHOD_NOT_ALLOWED, REQUEST_TIMEOUT,
     MISDIRECTED, HEAD_TOO_LARGE, BAD_GATEWAY, AGENT_UPSTREAM,
     RATE_LIMITED, CIRCUIT_OPEN, ABUSE_BLOCKED, AUTH_REQUIRED, SAML_REJECTED, SAML_DENIED, SAML_UNAVAILABLE,
+    AUTH_DENIED, AUTH_FAILED, IDP_UNREACHABLE,
 )}

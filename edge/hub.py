@@ -158,6 +158,9 @@ class Hub:
         self._listeners: list[Callable[[str, LocalEndpoint], None]] = []
         self.connections: set[AgentConnection] = set()
         self.registry_errors = 0   # failed registry binds/unbinds (/metrics)
+        # A binding's options as the registry holds them for the other PoPs (the edge's module
+        # chain seals what must not be stored in the clear, such as an oidc client secret).
+        self.registry_options: Callable[[Mapping[str, Any]], dict[str, Any]] = dict
         # A single node's registry is a MemoryRegistry; `attach` swaps in a
         # shared one (etcd) before the first bind.
         self.registry: Registry = MemoryRegistry()
@@ -300,7 +303,7 @@ class Hub:
         """Claim the name (or a TCP port) in the registry; returns its registry name."""
         reg = self.registry
         lease = await conn.ensure_lease()
-        meta = {"kind": kind, "options": dict(opts), "takeover": conn.takeover_key or ""}
+        meta = {"kind": kind, "options": self.registry_options(opts), "takeover": conn.takeover_key or ""}
         pop, sid = self.config.pop, conn.session_id
         if host is None:
             lo, hi = self.config.tcp_port_range

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -174,6 +175,7 @@ class EdgeServer:
         self.certs = certs
         self.agent_protocol_factory = agent_protocol_factory
         self.chain = chain if chain is not None else build_chain(cfg.module_order, cfg.module_options)
+        hub.registry_options = lambda opts: self.chain.registry_options(opts, time.time())
         self.https_port = cfg.https_port
         self.max_header_bytes = cfg.limits.max_header_bytes
         self.stream_open_timeout = cfg.timeouts.stream_open
@@ -204,6 +206,7 @@ class EdgeServer:
         self._tls_names: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._effects: Any = None  # aiohttp ClientSession for module effects, made on first use
+        self._effect_ssl: dict[str, Any] = {}  # ca_file -> SSLContext for module effects
         self._accept_logged = -_ACCEPT_LOG_EVERY
         hub.add_listener(self._on_binding_change)
 
@@ -534,9 +537,20 @@ class EdgeServer:
         if self._effects is None:
             # aiohttp off the data path (docs/configuration.md): one client session, made on first use
             self._effects = ClientSession()
+        extra: dict[str, Any] = {}
+        if effect.ca_file and effect.url.startswith("https://"):
+            ssl_ctx = self._effect_ssl.get(effect.ca_file)
+            if ssl_ctx is None:
+                try:
+                    ssl_ctx = ssl.create_default_context(cafile=effect.ca_file)
+                except (OSError, ssl.SSLError) as exc:
+                    return EffectResult(error=f"ca_file_{type(exc).__name__}")
+                if len(self._effect_ssl) < 16:  # a few CA bundles, from the edge's own configuration
+                    self._effect_ssl[effect.ca_file] = ssl_ctx
+            extra["ssl"] = ssl_ctx
         try:
             async with self._effects.request(effect.method, effect.url, headers=list(effect.headers),
-                                             data=effect.body or None, allow_redirects=False,
+                                             data=effect.body or None, allow_redirects=False, **extra,
                                              timeout=ClientTimeout(total=effect.timeout)) as resp:
                 body = await resp.content.read(MAX_EFFECT_BODY + 1)
                 if len(body) > MAX_EFFECT_BODY:

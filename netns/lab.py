@@ -14,6 +14,7 @@ SIGKILL halfway through `up()`.
 """
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import logging
@@ -22,6 +23,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -54,6 +56,8 @@ EDGE_METRICS_PORT = 9180  # the edges' health listener (/healthz, /metrics) then
 PROMETHEUS_PORT = 9090    # the metrics host's Prometheus (UI and HTTP API)
 SAML_IDP_PORT = 8443      # the idp host's SAML IdP (netns/saml_idp.py): https://idp.<zone>:8443
 SCRAPE_INTERVAL = 1.0     # seconds between two scrapes of every daemon
+IDP_PORT = 443            # the idp host's OpenID Connect provider (https://idp.<zone>)
+IDP_DIR = Path(__file__).resolve().parent / "idp"   # its npm project (make install: npm ci)
 # The edges route between PoPs over the registry (etcd) and peer links, so a
 # bare agent binds at ONE PoP, its nearest: `gslb lab exec agent` leaves
 # GSLB_SERVER unset and the agent resolves connect.<zone>, as a user's agent
@@ -154,6 +158,16 @@ class LabPaths:
     @property
     def keygen_log(self) -> Path:
         return self.logs / "dnssec-keygen.log"
+
+    @property
+    def session_key(self) -> Path:
+        """The identity modules' session key (0600), one for every edge: a session holds at every PoP."""
+        return self.dir / "session.key"
+
+    @property
+    def idp_dir(self) -> Path:
+        """The idp host's provider: idp.json, its certificate, client_secret, users.json (netns/idp/prepare.py)."""
+        return self.dir / "idp"
 
 
 def resolve_prefix(prefix: str | None) -> str:
@@ -358,6 +372,73 @@ def metrics_command(paths: LabPaths, host: Host) -> list[str]:
     return [prometheus, f"--config.file={paths.prometheus_config}", f"--storage.tsdb.path={paths.prometheus_data}",
             f"--web.listen-address={join_host_port(host.ipv4[0], PROMETHEUS_PORT)}",
             "--storage.tsdb.retention.time=1d", "--log.level=warn"]
+
+
+def oidc_provider_command(paths: LabPaths) -> list[str]:
+    """The idp host's OpenID Connect provider (netns/idp/server.mjs, npm oidc-provider on Debian's Node)."""
+    node = shutil.which("node") or "/usr/bin/node"
+    return [node, str(IDP_DIR / "server.mjs"), str(paths.idp_dir / "idp.json")]
+
+
+def _prepare_idp(plan: LabPlan, paths: LabPaths) -> None:
+    """Certificate (lab CA), keys, clients and users of the idp host (netns/idp/prepare.py)."""
+    for h in plan.by_role("idp"):
+        _run_tools([([sys.executable, "-m", "netns.idp.prepare", "--dir", str(paths.idp_dir),
+                      "--ca-dir", str(paths.ca_dir), "--zone", plan.zone,
+                      *[x for a in (*h.ipv4, *h.ipv6) for x in ("--listen", a)]],
+                     "netns.idp.prepare", paths.logs / "idp-prepare.log")])
+
+
+def _start_oidc_provider(paths: LabPaths, host: Host, env: dict[str, str]) -> Proc:
+    """The OpenID Connect provider of the idp host (its own process; other providers of the same host
+    get functions of their own)."""
+    # node resolves `oidc-provider` from server.mjs's own folder (netns/idp/node_modules)
+    return procs.spawn(topology.ns_name(paths.prefix, host.name), host.name, "oidc-provider",
+                       oidc_provider_command(paths), paths.logs / f"{host.name}.oidc-provider.log", env)
+
+
+def _wait_idp_ready(plan: LabPlan, paths: LabPaths, state: LabState) -> None:
+    """Until the idp host's provider serves its discovery document over TLS (the lab CA), from a
+    socket inside the idp host; bounded by READY_TIMEOUT."""
+    hosts = plan.by_role("idp")
+    if not hosts:
+        return
+    h = hosts[0]
+    ns = topology.ns_name(paths.prefix, h.name)
+    ctx = ssl.create_default_context(cafile=str(paths.ca_cert))
+    name = f"idp.{plan.zone}"
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        for p in state.processes:
+            if p.host == h.name and not procs.alive(p):
+                raise LabError(f"{p.host}: {p.name} (pid {p.pid}) exited during start-up; its log says:\n"
+                               + (procs.tail(p.log) or "(empty)"))
+        for addr in (h.ipv4[0], h.ipv6[0]):
+            if not _https_ok(ns, ctx, addr, IDP_PORT, name, "/.well-known/openid-configuration"):
+                break
+        else:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"not ready within {READY_TIMEOUT:.0f} s: {h.name} (https://{name}/.well-known/"
+                           f"openid-configuration)" + _log_hint(state, h.name))
+        time.sleep(0.1)
+
+
+def _https_ok(ns: str, ctx: ssl.SSLContext, addr: str, port: int, name: str, path: str) -> bool:
+    """GET path over TLS (certificate checked for `name`) from a socket created inside namespace `ns`."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = pnetns.create_socket(ns, family, socket.SOCK_STREAM, flags=0)
+    try:
+        require_socket_in(s, ns)
+        s.settimeout(1.0)
+        s.connect((addr, port))
+        with ctx.wrap_socket(s, server_hostname=name) as t:
+            t.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+            return t.recv(64).startswith(b"HTTP/1.1 200")
+    except (OSError, ValueError):
+        return False
+    finally:
+        s.close()
 
 
 def resolver_command(paths: LabPaths) -> list[str]:
@@ -588,6 +669,9 @@ def _wait_restarted(paths: LabPaths, state: LabState, started: list[tuple[Proc, 
                     ok = True
                 except LabError:
                     ok = False
+            elif p.name == "oidc-provider":
+                ok = _https_ok(client_ns, ssl.create_default_context(cafile=str(paths.ca_cert)), addr, IDP_PORT,
+                               f"idp.{zone}", "/.well-known/openid-configuration")
             else:   # unbound: an answer through it
                 ok = _dns_ok(client_ns, addr, f"demo.app.{zone}.", "A")
             if ok:
@@ -644,7 +728,10 @@ def up(plan: LabPlan, prefix: str, state_dir: str | None = None, force: bool = F
     check_environment(extra_tools=(("etcd",) if plan.by_role("registry") else ())
                       + (("prometheus",) if plan.by_role("metrics") else ())
                       + (("xmlsec1",) if plan.by_role("idp") else ())  # the edges' saml module (docs/saml.md)
-                      + (("pebble",) if plan.by_role("acme") else ()))
+                      + (("pebble",) if plan.by_role("acme") else ())
+                      + (("node",) if plan.by_role("idp") else ()))
+    if plan.by_role("idp") and not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
+        raise ToolMissingError(f"{IDP_DIR}/node_modules is missing: `make install` runs npm ci there")
     paths = lab_paths(prefix, state_dir)
     with _lock(paths):
         current = status(prefix, state_dir)
@@ -718,12 +805,15 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
                                                                          SCRAPE_INTERVAL))
     _write_secret(paths.authtoken_file, secrets.token_urlsafe(32) + "\n")
     acme_host = lab_acme.acme_host(plan)
+    # The format of edge/modules/session.py's key files: base64 of 32 random bytes.
+    _write_secret(paths.session_key, base64.b64encode(secrets.token_bytes(32)).decode("ascii") + "\n")
     paths.edge_config.write_text(render.edge_toml(
         plan, str(paths.ca_dir), str(paths.cert_dir), str(paths.authtoken_file), TCP_PORTS, HTTPS_PORT, HEALTH_PORT,
         health_port=EDGE_METRICS_PORT if plan.by_role("metrics") else None,
         saml=_saml_edge_options(plan, paths),
         acme=lab_acme.edge_table(acme_host, str(paths.ca_dir / "lab-ca.pem"), str(paths.acme_dir / "deployment.key"))
-        if acme_host is not None else None))
+        if acme_host is not None else None,
+        session_key_file=str(paths.session_key), idp_ca_file=str(paths.ca_cert)))
     paths.agent_config.write_text(render.agent_toml(plan, str(paths.ca_cert), str(paths.authtoken_file)))
     # Both are Python start-ups of about a second on a busy machine: side by side.
     _run_tools([
@@ -741,6 +831,7 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
                                                       trust_anchor=_ds_from_keygen(paths.keygen_log)))
     if acme_host is not None:
         lab_acme.write_files(paths.acme_dir, paths.ca_dir, acme_host)
+    _prepare_idp(plan, paths)
     state.ca, state.authtoken_file = str(paths.ca_cert), str(paths.authtoken_file)
     state.edge_config, state.agent_config = str(paths.edge_config), str(paths.agent_config)
     state.agent_servers = agent_servers(plan)
@@ -768,6 +859,8 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
         elif h.role == "acme":
             p = procs.spawn(ns, h.name, "pebble", lab_acme.command(paths.acme_dir, plan),
                             paths.logs / f"{h.name}.pebble.log", lab_acme.env(env))
+        elif h.role == "idp":
+            p = _start_oidc_provider(paths, h, env)
         else:
             continue
         state.processes.append(p)
@@ -778,6 +871,7 @@ def _build_and_start(plan: LabPlan, paths: LabPaths, progress: Progress) -> None
     progress("waiting for the first answer through the resolver")
     _wait_ready(plan, paths, state, progress)
     _wait_saml_idp_ready(plan, paths, state)
+    _wait_idp_ready(plan, paths, state)
     if acme_host is not None:
         progress("fetching pebble's root into the clients' CA bundle")
         _bundle_pebble_root(paths, state, acme_host.name)

@@ -91,7 +91,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_default_module_order_when_none_is_given():
-    assert parse(BASE, "us", "e.toml").module_order == ("ip_restriction", "basic_auth", "saml", "rate_limit", "circuit_breaker")
+    assert parse(BASE, "us", "e.toml").module_order == ("ip_restriction", "basic_auth", "oidc", "saml", "rate_limit", "circuit_breaker")
     text = BASE.replace("[pops.us]", '[edge.modules.circuit_breaker]\ntripped_duration = 30\n\n[pops.us]')
     assert parse(text, "us", "e.toml").module_options["circuit_breaker"] == {"tripped_duration": 30}
 

@@ -249,8 +249,8 @@ def test_decisions_that_would_break_http_are_refused_where_they_are_made(make, m
 
 
 def test_modules_own_their_bind_options():
-    assert set(BIND_OPTIONS) == {"allow_cidrs", "deny_cidrs", "basic_auth", "saml_idp", "saml_authorized_groups", "rate_limit",
-                                 "circuit_breaker"}
+    assert set(BIND_OPTIONS) == {"allow_cidrs", "deny_cidrs", "basic_auth", "oidc", "saml_idp", "saml_authorized_groups",
+                                 "rate_limit", "circuit_breaker"}
     assert BIND_OPTIONS["allow_cidrs"] is IpRestriction.bind_options["allow_cidrs"]
     assert check_bind_option("tcp", "allow_cidrs", ["10.1.2.3/8"]) == ["10.0.0.0/8"]
     with pytest.raises(KeyError):

@@ -315,7 +315,9 @@ class HttpFront(ClientSide):
                     return False
                 log.info(kv("request_refused", client=self.peer[0], sni=self.sni, module=decision.module,
                             status=decision.status, reason=decision.reason))
-                self._refuse(decision.status or E.FORBIDDEN.status, decision.code or E.FORBIDDEN.code, "Forbidden",
+                status = decision.status or E.FORBIDDEN.status
+                self._refuse(status, decision.code or E.FORBIDDEN.code, "Forbidden" if status == 403 else
+                             "Bad gateway" if status == 502 else "Refused",
                              f"Access to {self.sni} is not allowed: {decision.reason}.")
                 return False
             if decision.add_upstream or decision.strip_upstream:

@@ -33,6 +33,7 @@ from edge.modules.base import (
 from edge.modules.basic_auth import BasicAuth
 from edge.modules.circuit_breaker import CircuitBreaker
 from edge.modules.ip_restriction import IpRestriction
+from edge.modules.oidc import Oidc
 from edge.modules.rate_limit import RateLimit
 from edge.modules.saml import Saml
 
@@ -41,11 +42,13 @@ __all__ = [
     "ModuleConfigError", "Outcome", "REGISTRY", "Response", "Subject", "Verdict", "build_chain", "check_bind_option",
 ]
 
-_MODULES: tuple[type[Module], ...] = (IpRestriction, BasicAuth, Saml, RateLimit, CircuitBreaker)
+_MODULES: tuple[type[Module], ...] = (IpRestriction, BasicAuth, Oidc, Saml, RateLimit, CircuitBreaker)
 
 # The chain when [edge.modules] order is absent: each passes at the cost of one
 # lookup on endpoints whose binding does not ask for it.
-DEFAULT_ORDER: tuple[str, ...] = ("ip_restriction", "basic_auth", "saml", "rate_limit", "circuit_breaker")
+# Identity (basic_auth, oidc, saml) before rate_limit and circuit_breaker: a visitor who is not
+# signed in costs the upstream nothing.
+DEFAULT_ORDER: tuple[str, ...] = ("ip_restriction", "basic_auth", "oidc", "saml", "rate_limit", "circuit_breaker")
 
 REGISTRY: dict[str, Callable[[Mapping[str, Any]], Module]] = {m.name: m.from_config for m in _MODULES}  # type: ignore[attr-defined]
 

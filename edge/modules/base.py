@@ -106,6 +106,7 @@ class HttpCall:
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     timeout: float = 5.0
+    ca_file: str = ""  # https: trust this CA bundle (PEM) instead of the system's
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("https://", "http://")):
@@ -250,6 +251,9 @@ class BindOption:
     help: str
     flag: str = ""  # e.g. "--allow-cidr" (repeatable, collected into a list)
     metavar: str = "VALUE"
+    # A table option's flags, one per key: (flag, key, repeatable, metavar, help); the agent
+    # collects those given into a table ({key: value, or a list when repeatable}).
+    table_flags: tuple[tuple[str, str, bool, str, str], ...] = ()
     # The agent's side, before the check: e.g. a secret file's name read into the secret.
     agent_form: Callable[[Any], Any] | None = None
 
@@ -270,6 +274,11 @@ class Module:
     def resume(self, subject: Subject, effect: Effect, result: EffectResult) -> Decision:
         """The decision after an effect this module asked for (PERFORM)."""
         raise NotImplementedError(f"{self.name} performs no effects")
+
+    def registry_options(self, options: dict[str, Any], wall: float) -> dict[str, Any]:
+        """A binding's options as the shared registry may store them for the other PoPs: a module
+        seals (with the deployment's key) what must not be stored in the clear. Default: as is."""
+        return options
 
 
 @dataclass(frozen=True)
@@ -296,6 +305,13 @@ class Chain:
         for m in self.modules:
             if m.observes:
                 m.observe(subject, outcome)
+
+    def registry_options(self, options: Mapping[str, Any], wall: float) -> dict[str, Any]:
+        """The binding's options for the registry, each module's `registry_options` applied."""
+        out = dict(options)
+        for m in self.modules:
+            out = m.registry_options(out, wall)
+        return out
 
     def _run(self, subject: Subject, start: int, add: tuple[tuple[str, str], ...], strip: tuple[str, ...]) -> Decision:
         for i in range(start, len(self.modules)):
