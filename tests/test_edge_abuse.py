@@ -422,11 +422,14 @@ def test_front_counts_requests_and_a_keepalive_request_of_a_blocked_source_gets_
     asyncio.run(main())
 
 
-def test_front_edge_4xx_and_malformed_requests_count_as_errors():
+def test_front_edge_4xx_and_malformed_requests_count_as_errors_an_offline_endpoint_does_not():
     async def main():
-        front, client, t = front_with_tracker(None)  # no agent: 404 ERR_GSLB_3200
+        front, client, t = front_with_tracker(None)  # no agent: 404 ERR_GSLB_3200, not the client's fault
         front.data_received(REQ)
-        assert client.data.startswith(b"HTTP/1.1 404") and t.stats()["errors"] == 1
+        assert client.data.startswith(b"HTTP/1.1 404") and t.stats()["errors"] == 0
+        front1, client1, t1 = front_with_tracker(FakeBinding())   # Host is not the connection's SNI
+        front1.data_received(b"GET / HTTP/1.1\r\nHost: other.app.lab.test\r\n\r\n")
+        assert client1.data.startswith(b"HTTP/1.1 421") and t1.stats()["errors"] == 1
         front2, client2, t2 = front_with_tracker(FakeBinding())
         front2.data_received(b"GET / HTTP/1.1\r\nHost: demo.app.lab.test\r\nBad Header\r\n\r\n")
         assert client2.data.startswith(b"HTTP/1.1 400") and t2.stats()["errors"] == 1

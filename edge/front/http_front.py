@@ -283,8 +283,10 @@ class HttpFront(ClientSide):
             self.endpoint = self.ctx.lookup("http", self.sni)
             if self.endpoint is None:
                 log.info(kv("endpoint_offline", client=self.peer[0], sni=self.sni, code=E.OFFLINE.code))
+                # Not the client's fault: a client that polls an endpoint while its agent
+                # reconnects must not be blocked by the abuse layer for it.
                 self._refuse(E.OFFLINE.status, E.OFFLINE.code, "Endpoint offline",
-                             f"The endpoint {self.sni} is offline: no agent serves it right now.")
+                             f"The endpoint {self.sni} is offline: no agent serves it right now.", abuse_kind=None)
                 return False
         data = head.data
         if self.ctx.chain.modules:
@@ -470,10 +472,11 @@ class HttpFront(ClientSide):
         self._refuse(E.BAD_GATEWAY.status, E.BAD_GATEWAY.code, "Bad gateway",
                      f"The agent for {self.sni} could not be reached.")
 
-    def _refuse(self, status: int, code: str, title: str, detail: str, abuse_kind: str = "edge_4xx") -> None:
+    def _refuse(self, status: int, code: str, title: str, detail: str, abuse_kind: str | None = "edge_4xx") -> None:
         """Answer with the edge's error page and close (see `_answer`); a 4xx
-        counts for the abuse layer as `abuse_kind` (edge/abuse/tracker.py)."""
-        if self._abuse is not None and 400 <= status < 500:
+        counts for the abuse layer as `abuse_kind` (edge/abuse/tracker.py),
+        unless that is None (the endpoint is offline: the client did nothing wrong)."""
+        if self._abuse is not None and abuse_kind is not None and 400 <= status < 500:
             self.ctx.abuse.error(self._abuse, abuse_kind, asyncio.get_running_loop().time())  # type: ignore[union-attr]
         self._answer(error_response(status, code, title, detail))
 
