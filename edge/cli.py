@@ -282,8 +282,14 @@ async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any, ident: Any 
         from edge.acme import build_manager
         from edge.acme.crypto import CryptoError
 
+        extra: dict[str, Any] = {}
+        if "dns-01" in cfg.acme.challenges:
+            from edge.acme.dns01 import Dns01Solver
+            extra["dns-01"] = Dns01Solver(hub.registry, cfg.acme.dns01_nameservers)
         try:
-            acme = build_manager(cfg, hub.registry, secrets=acme_secrets)
+            # Custom domains get certificates only once they point at the edge (the same check as at bind).
+            acme = build_manager(cfg, hub.registry, secrets=acme_secrets, extra_solvers=extra,
+                                 check_domain=_domain_check(cfg))
         except (CryptoError, ValueError) as exc:
             print(f"gslb edge: [edge.acme]: {exc}", file=sys.stderr)
             return 1
@@ -291,6 +297,8 @@ async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any, ident: Any 
             print(f"gslb edge: [edge.acme]: {exc.filename}: {exc.strerror}", file=sys.stderr)
             return 1
         await acme.start()
+        for name in cfg.acme.wildcards:   # kept at all times; the lock lets one PoP order each
+            acme.ensure(name)
     server = EdgeServer(cfg, hub, certs, agent_protocol_factory=agent_factory, acme=acme)
     await server.start()
     if ident is not None:

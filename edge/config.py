@@ -93,6 +93,8 @@ class AcmeConfig:
     order_timeout: float = 120.0         # s: one whole order
     net_timeout: float = 30.0            # s: one request to the CA
     check_interval: float = 60.0         # s: renewal pass over the served certificates
+    dns01_nameservers: tuple[str, ...] = ()  # dns-01: every authoritative server of the zone ("IP[:PORT]")
+    wildcards: tuple[str, ...] = ()      # "*.NAME" certificates kept at all times (need dns-01)
 
 
 @dataclass(frozen=True)
@@ -444,7 +446,7 @@ def _abuse(t: Table) -> AbuseConfig:
 def _acme(doc: TomlDoc, t: Table) -> AcmeConfig:
     t.reject_unknown(("enabled", "directory_url", "ca_bundle", "email", "account_key_file", "deployment_key_file",
                       "challenges", "renew_at", "handshake_wait", "max_concurrent_orders", "retry_base", "retry_max",
-                      "order_timeout", "net_timeout", "check_interval"))
+                      "order_timeout", "net_timeout", "check_interval", "dns01_nameservers", "wildcards"))
     enabled = t.value("enabled", False)
     if not isinstance(enabled, bool):
         raise t.error("enabled", f"expected true or false, got {enabled!r}")
@@ -471,6 +473,26 @@ def _acme(doc: TomlDoc, t: Table) -> AcmeConfig:
     if not isinstance(challenges, list) or not challenges or not all(c in ACME_CHALLENGES for c in challenges) \
             or len(set(challenges)) != len(challenges):
         raise t.error("challenges", f"expected a list of distinct {', '.join(ACME_CHALLENGES)}, got {challenges!r}")
+    servers = t.value("dns01_nameservers", [])
+    if not isinstance(servers, list) or len(servers) > 16 or not all(isinstance(x, str) for x in servers):
+        raise t.error("dns01_nameservers", "expected a list of at most 16 \"IP\" or \"IP:PORT\" strings")
+    from edge.acme.dnsmsg import parse_server
+    for x in servers:
+        try:
+            parse_server(x)
+        except ValueError as exc:
+            raise t.error("dns01_nameservers", f"{x!r}: {exc}") from None
+    if "dns-01" in challenges and not servers:
+        raise t.error("challenges", "dns-01 needs dns01_nameservers: every authoritative name server of the "
+                      "zone, which the edge asks before it lets the CA validate")
+    wildcards = t.value("wildcards", [])
+    if not isinstance(wildcards, list) or len(wildcards) > 64 or not all(
+            isinstance(w, str) and re.match(r"^\*\.([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$", w)
+            for w in wildcards):
+        raise t.error("wildcards", f"expected a list of at most 64 \"*.name.example\" (lower case), got {wildcards!r}")
+    if wildcards and "dns-01" not in challenges:
+        raise t.error("wildcards", "a wildcard certificate needs the dns-01 challenge (RFC 8555 7.1.3): add it "
+                      "to challenges")
     renew_at = _num(t, "renew_at", 2 / 3, 0.01, 0.99)
     retry_base = _num(t, "retry_base", 30.0, 0.1, 86400)
     retry_max = _num(t, "retry_max", 3600.0, 0.1, 7 * 86400)
@@ -487,6 +509,7 @@ def _acme(doc: TomlDoc, t: Table) -> AcmeConfig:
         order_timeout=_num(t, "order_timeout", 120.0, 1, 3600),
         net_timeout=_num(t, "net_timeout", 30.0, 0.5, 300),
         check_interval=_num(t, "check_interval", 60.0, 0.5, 86400),
+        dns01_nameservers=tuple(servers), wildcards=tuple(wildcards),
     )
 
 

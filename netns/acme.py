@@ -53,12 +53,22 @@ def directory_url(host: Host) -> str:
     return f"https://{join_host_port(host.ipv4[0], ACME_PORT)}/dir"
 
 
-def edge_table(host: Host, ca_bundle: str, deployment_key: str) -> dict[str, Any]:
-    """[edge.acme] of the lab's edges: on, at pebble, short waits (docs/acme.md)."""
-    return {"enabled": True, "directory_url": directory_url(host), "ca_bundle": ca_bundle,
-            "email": "ops@lab.test", "deployment_key_file": deployment_key,
-            "challenges": ["http-01", "tls-alpn-01"], "handshake_wait": 10.0, "retry_base": 5.0,
-            "retry_max": 120.0, "order_timeout": 60.0, "net_timeout": 10.0, "check_interval": 10.0}
+def edge_table(host: Host, ca_bundle: str, deployment_key: str, nameservers: tuple[str, ...] = (),
+               wildcards: tuple[str, ...] = ()) -> dict[str, Any]:
+    """[edge.acme] of the lab's edges: on, at pebble, short waits (docs/acme.md). With the
+    name servers' addresses, dns-01 too (served by our own DNS from the registry,
+    docs/acme-dns.md), and the `wildcards` kept at all times through it."""
+    table: dict[str, Any] = {
+        "enabled": True, "directory_url": directory_url(host), "ca_bundle": ca_bundle,
+        "email": "ops@lab.test", "deployment_key_file": deployment_key,
+        "challenges": ["http-01", "tls-alpn-01"], "handshake_wait": 10.0, "retry_base": 5.0,
+        "retry_max": 120.0, "order_timeout": 60.0, "net_timeout": 10.0, "check_interval": 10.0}
+    if nameservers:
+        table["challenges"].append("dns-01")
+        table["dns01_nameservers"] = list(nameservers)
+        if wildcards:
+            table["wildcards"] = list(wildcards)
+    return table
 
 
 def write_files(acme_dir: Path, ca_dir: Path, host: Host) -> None:

@@ -270,6 +270,17 @@ check_interval = 1
     assert a.challenges == ("tls-alpn-01",) and a.renew_at == 0.5 and a.check_interval == 1.0
 
 
+def test_acme_config_dns01_with_its_name_servers_and_wildcards():
+    text = BASE.replace("[pops.eu]", """[edge.acme]
+challenges = ["http-01", "dns-01"]
+dns01_nameservers = ["198.18.0.11", "[fd7a:5e1b:c00::12]:53"]
+wildcards = ["*.wild.app.lab.test"]
+[pops.eu]""")
+    a = parse(text, "eu", "edge.toml").acme
+    assert a.dns01_nameservers == ("198.18.0.11", "[fd7a:5e1b:c00::12]:53")
+    assert a.wildcards == ("*.wild.app.lab.test",) and "dns-01" in a.challenges
+
+
 @pytest.mark.parametrize("body, message", [
     ("enabled = true\ndeployment_key_file = \"k\"", "edge.toml:4: edge.acme.directory_url: missing"),
     ("enabled = true\ndirectory_url = \"https://x/dir\"", "edge.toml:4: edge.acme.deployment_key_file: missing"),
@@ -280,6 +291,11 @@ check_interval = 1
     ("max_concurrent_orders = 0", "edge.toml:5: edge.acme.max_concurrent_orders"),
     ("email = \"nobody\"", "edge.toml:5: edge.acme.email"),
     ("colour = 1", "edge.acme.colour"),
+    ("challenges = [\"dns-01\"]", "edge.toml:5: edge.acme.challenges: dns-01 needs dns01_nameservers"),
+    ("dns01_nameservers = [\"ns1.lab.test\"]", "edge.toml:5: edge.acme.dns01_nameservers: 'ns1.lab.test'"),
+    ("wildcards = [\"*.app.lab.test\"]", "edge.toml:5: edge.acme.wildcards: a wildcard certificate needs the dns-01"),
+    ("challenges = [\"dns-01\"]\ndns01_nameservers = [\"198.18.0.11\"]\nwildcards = [\"app.lab.test\"]",
+     "edge.toml:7: edge.acme.wildcards: expected a list"),
 ])
 def test_bad_acme_config_names_file_line_and_key(body, message):
     text = BASE.replace("[pops.eu]", f"[edge.acme]\n{body}\n[pops.eu]")

@@ -114,6 +114,28 @@ def test_ca_down_a_new_name_gets_the_fallback_and_served_certificates_stay(lab, 
 
 # ---------------------------------------------------------------- helpers run inside a client host
 
+def test_the_edges_keep_a_wildcard_certificate_through_dns01(lab):
+    """[edge.acme] wildcards in the lab (*.wild.app.lab.test, docs/acme.md): one PoP orders it
+    through dns-01, which our own name servers answer from the registry; pebble validates
+    it through the resolver; the certificate lands in the deployment's store in etcd."""
+    key = "/gslb/acme/certs/*.wild.app.lab.test"
+    endpoints = ",".join(f"http://{h['ipv4'][0]}:2379" for h in lab.role("registry"))
+
+    def stored():
+        r = lab.run("agent", "etcdctl", f"--endpoints={endpoints}", "get", "--print-value-only", key, timeout=20)
+        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
+    doc, waited = wait_for(stored, 90, 0.5)
+    assert doc, f"no {key} in the registry within 90 s"
+    print(f"\nwildcard through dns-01 in the store {waited:.1f} s after the test began")
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificate(doc["chain"].encode())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert sans == ["*.wild.app.lab.test"], sans
+    assert leaf.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value.startswith("Pebble")
+    assert "PRIVATE KEY" not in json.dumps(doc)          # the key is sealed with the deployment key
+
+
 def _cert(name: str, ca: str) -> None:
     ctx = ssl.create_default_context(cafile=ca)
     addr = socket.getaddrinfo(name, 443, socket.AF_INET, socket.SOCK_STREAM)[0][4]
