@@ -4,7 +4,7 @@
 Logins are driven as a browser drives them: every redirect followed, the
 provider's login form filled in and posted, cookies carried in a real cookie
 jar (oidc_browser.py, aiohttp, certificates checked against the lab CA), and
-once in headless Chromium (oidc_chromium.py, playwright). A session begun at
+once in headless Chromium (login_chromium.py, playwright). A session begun at
 pop-eu (client-eu) is reused at pop-jp (client-jp): every edge holds the same
 session key. Every client runs inside a lab client host, never in root.
 
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(400)]
 HERE = Path(__file__).resolve()
 PY = sys.executable
 BROWSER = str(HERE.parent / "oidc_browser.py")
-CHROMIUM = str(HERE.parent / "oidc_chromium.py")
+CHROMIUM = str(HERE.parent / "login_chromium.py")
 UP_PORT = 18091
 ISSUER = "https://idp.lab.test"
 NEAREST = {"client-eu": "pop-eu", "client-jp": "pop-jp"}
@@ -156,7 +156,7 @@ def test_headless_chromium_logs_in_at_pop_eu_and_reuses_the_session_at_pop_jp(id
     lab = idp.lab
     state = idp.tmp / "chromium-state.json"
     user = idp.users["carol"]
-    r = lab.run("client-eu", PY, CHROMIUM, "login", "https://sso.app.lab.test/browser", "--user", "carol",
+    r = lab.run("client-eu", PY, CHROMIUM, "login", "https://sso.app.lab.test/browser", "--form", "oidc", "--user", "carol",
                 "--password=" + user["password"], "--state", str(state), timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     got = json.loads(r.stdout)

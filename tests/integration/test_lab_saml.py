@@ -29,7 +29,7 @@ from _tools import need_tools  # noqa: E402
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(400)]
 
 HERE = Path(__file__).resolve()
-CHROMIUM = str(HERE.parent / "saml_chromium.py")
+CHROMIUM = str(HERE.parent / "login_chromium.py")
 PY = sys.executable
 PORT = 18280
 IDP = "https://idp.lab.test:8443/metadata"
@@ -170,7 +170,7 @@ def test_basic_auth_in_the_lab(net):
 def test_headless_chromium_logs_in_at_one_pop_and_reuses_the_session_at_another(net):
     state = net.tmp / "chromium-state.json"
     url = SAML_URL + "/chromium"
-    r = net.lab.run("client-jp", PY, CHROMIUM, "login", url, "--user", "alice", "--password", "alice-lab-pw",
+    r = net.lab.run("client-jp", PY, CHROMIUM, "login", url, "--form", "saml", "--user", "alice", "--password", "alice-lab-pw",
                     "--state", str(state), timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
