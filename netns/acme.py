@@ -61,7 +61,7 @@ def edge_table(host: Host, ca_bundle: str, deployment_key: str, nameservers: tup
     table: dict[str, Any] = {
         "enabled": True, "directory_url": directory_url(host), "ca_bundle": ca_bundle,
         "email": "ops@lab.test", "deployment_key_file": deployment_key,
-        "challenges": ["http-01", "tls-alpn-01"], "handshake_wait": 10.0, "retry_base": 5.0,
+        "challenges": ["http-01", "tls-alpn-01"], "handshake_wait": 2.0, "retry_base": 5.0,
         "retry_max": 120.0, "order_timeout": 60.0, "net_timeout": 10.0, "check_interval": 10.0}
     if nameservers:
         table["challenges"].append("dns-01")

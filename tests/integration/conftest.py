@@ -116,6 +116,9 @@ def lab() -> Lab:
         pytest.fail(f"gslb lab up failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}", pytrace=False)
     st = gslb("lab", "status", "--prefix", TEST_PREFIX, "--json", check=True)
     yield Lab(prefix=TEST_PREFIX, status=json.loads(st.stdout), up_seconds=up_seconds)
+    if os.environ.get("GSLB_TEST_KEEP_LAB") == "1":   # left up to look at; `gslb lab down --prefix ...` after
+        print(f"\nGSLB_TEST_KEEP_LAB=1: lab {TEST_PREFIX} left up")
+        return
     gslb("lab", "down", "--prefix", TEST_PREFIX)
 
 

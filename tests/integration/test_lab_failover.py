@@ -90,6 +90,8 @@ def curl_via(lab, client, ca, *extra, timeout=5):
     code, _, ip = meta.partition(" ")
     via = re.findall(r"(?im)^via: *(.+?)\r?$", out)
     body = out.replace("\r\n", "\n").split("\n\n", 1)[-1]
+    if code != "200":
+        body += f"\n[curl exit {r.returncode}] {r.stderr.strip()[:300]}"   # what went wrong, for the assertion
     return code, ip, (via[-1] if via else None), body
 
 
