@@ -298,10 +298,20 @@ def test_agent_killed_goes_offline_404_and_a_restart_is_online_within_2_s(net):
         # "online within 2 s" counts from the agent saying it is forwarding.
         line = victim.wait_line(r"forwarding https://kill9", 15)
         started_s = time.monotonic() - t_start
-        code, online_s = wait_for(lambda: status_of(lab, "client-jp", url, net.ca) == "200", 15)
-        assert code, "not online again 15 s after the restart"
+        # When it was online: the start of the first request that got 200 (each check is a
+        # curl process in a client namespace, ~0.1-0.3 s on a busy machine: its end would
+        # add the check's own start-up to the figure).
+        t_fwd, online_s, done_s = time.monotonic(), None, None
+        while time.monotonic() - t_fwd < 15:   # bounded
+            t_try = time.monotonic() - t_fwd
+            if status_of(lab, "client-jp", url, net.ca) == "200":
+                online_s, done_s = t_try, time.monotonic() - t_fwd
+                break
+            time.sleep(0.05)
+        assert online_s is not None, "not online again 15 s after the restart"
         print(f"\nSIGKILL -> 404 after {offline_s:.2f} s (measured from the kill: {time.monotonic() - t0:.2f} s "
-              f"incl. the check); restart: forwarding after {started_s:.2f} s, then 200 after {online_s:.2f} s")
+              f"incl. the check); restart: forwarding after {started_s:.2f} s, then the first 200 sent "
+              f"{online_s:.2f} s later (answered at {done_s:.2f} s)")
         assert line and online_s <= 2.0, f"online {online_s:.2f} s after the agent said forwarding (> 2 s)"
     finally:
         victim.stop()
