@@ -359,10 +359,25 @@ class DnsServer:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        await self.start()
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        # The handlers first: the UDP readers answer while start() still awaits its TCP
+        # listeners, so a SIGHUP relayed then (the server answers: a client may reload it) must
+        # not meet the SIG_IGN a worker starts with; a reload asked before start() is done
+        # runs right after it.
+        started = False
+        pending: list[bool] = []
+
+        def hup() -> None:
+            if started:
+                self.reload()
+            else:
+                pending.append(True)
+        loop.add_signal_handler(signal.SIGHUP, hup)
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
+        await self.start()
+        started = True
+        if pending:
+            self.reload()
         if self.health_feed is not None:
             os.set_blocking(self.health_feed[0], False)
             loop.add_reader(self.health_feed[0], self._on_feed)
