@@ -71,8 +71,13 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     acme_sub = acme.add_subparsers(dest="acme_command", metavar="ACTION", required=True)
-    keygen = acme_sub.add_parser("keygen", help="create a deployment key (32 random bytes, hex, 0600); refuses to "
-                                                "overwrite")
+    keygen = acme_sub.add_parser(
+        "keygen", help="create a deployment key (32 random bytes, hex, 0600); refuses to overwrite",
+        description="Create the key that seals the deployment's ACME private keys in the registry "
+                    "([edge.acme] deployment_key_file, docs/acme.md). Copy the same file to every PoP.",
+        epilog="examples:\n  gslb edge acme keygen --out /etc/gslb/acme-deployment.key\n"
+               "  scp /etc/gslb/acme-deployment.key pop-eu:/etc/gslb/   # then chmod 600 there too\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     keygen.add_argument("--out", required=True, help="file for [edge.acme] deployment_key_file")
     keygen.set_defaults(func=_acme_keygen)
 
