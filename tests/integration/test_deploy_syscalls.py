@@ -83,6 +83,30 @@ def strace(trace: Path, *argv: str) -> Proc:
                 env=dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1"))
 
 
+def stop_traced(p: Proc) -> None:
+    """Stop `gslb` under strace by its own pid (strace's child), then strace: strace 6.1
+    detaches from its tracees when it gets SIGTERM itself, and they would run on."""
+    if p.p.poll() is None:
+        try:
+            children = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        for child in children:
+            try:
+                os.kill(int(child), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            p.p.wait(30)
+        except subprocess.TimeoutExpired:
+            for child in children:
+                try:
+                    os.kill(int(child), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    p.stop()
+
+
 def wait_until(pred, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -131,7 +155,7 @@ def test_gslb_dns_with_workers_stays_inside_the_units_syscall_filter_and_familie
         os.kill(pid, signal.SIGTERM)
         assert p.wait(60) == 0, p.log[-20:]
     finally:
-        p.stop()
+        stop_traced(p)
     check("gslb-dns.service", trace)
 
 
@@ -161,7 +185,7 @@ def test_gslb_edge_serving_tls_stays_inside_the_units_syscall_filter_and_familie
         os.kill(health["pid"], signal.SIGTERM)   # the edge's own pid, not strace's
         assert p.wait(60) == 0, p.log[-20:]
     finally:
-        p.stop()
+        stop_traced(p)
     check("gslb-edge@.service", trace)
 
 
@@ -199,10 +223,10 @@ def test_gslb_agent_carrying_requests_stays_inside_the_units_syscall_filter_and_
         assert wait_until(lambda: curl() == "hello through the tunnel\n", 60), agent.log[-20:]
         for _ in range(5):
             assert curl() == "hello through the tunnel\n"
-        agent.stop()      # SIGTERM to strace, which passes it to the agent and ends with it
+        stop_traced(agent)   # SIGTERM to the agent itself; strace ends with it
         assert agent.p.returncode is not None
     finally:
-        agent.stop()
+        stop_traced(agent)
         upstream.stop()
         edge.stop()
     check("gslb-agent.service", trace, seen=("socket", "connect", "execve"))
