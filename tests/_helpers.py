@@ -108,6 +108,34 @@ def dig_status(text: str) -> str:
 # ---------------------------------------------------------------- child processes
 
 
+class AiohttpUpstream:
+    """A local aiohttp service on 127.0.0.1 (any free port: `self.port`), run by its own event
+    loop in a daemon thread, for tests whose upstream must answer while the test blocks.
+    Subclasses give the application: `app()` (called on that loop)."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+        assert self.ready.wait(20)
+
+    def app(self):  # -> aiohttp.web.Application
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self._setup())
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _setup(self) -> None:
+        from aiohttp import web
+
+        runner = web.AppRunner(self.app())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self.port = runner.addresses[0][1]
+
+
 class Proc:
     """A child process whose output lines a thread reads (never blocks the
     test). Stopped by its own pid only."""

@@ -2,38 +2,28 @@
 loopback, for the inspector's integration and browser tests."""
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from _helpers import GSLB, Proc, curl_https, free_port, free_range, secret_file
+from _helpers import GSLB, AiohttpUpstream, Proc, curl_https, free_port, free_range, secret_file
 
 from edge.certs import CertAuthority
 
 NAME = "demo.app.lab.test"
 
 
-class Recorder:
+class Recorder(AiohttpUpstream):
     """The local service: records every request; /status/N answers N, /bin
     answers binary bytes, /ws echoes WebSocket messages, anything else JSON."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
-        self.ready = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-        assert self.ready.wait(20)
+        super().__init__()
 
-    def _run(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self._setup())
-        self.ready.set()
-        self.loop.run_forever()
-
-    async def _setup(self) -> None:
+    def app(self):
         from aiohttp import web
 
         async def ws(request):
@@ -56,10 +46,7 @@ class Recorder:
         app = web.Application(client_max_size=64 << 20)
         app.router.add_get("/ws", ws)
         app.router.add_route("*", "/{tail:.*}", any_path)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.port = runner.addresses[0][1]
+        return app
 
     def paths(self) -> list[str]:
         return [p for _, p, _, _ in self.seen]

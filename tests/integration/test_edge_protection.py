@@ -10,7 +10,6 @@ Every wait has a deadline; nothing depends on a fixed sleep.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from _helpers import GSLB, Proc, curl_https, free_port, free_range, secret_file
+from _helpers import GSLB, AiohttpUpstream, Proc, curl_https, free_port, free_range, secret_file
 from _tools import need_tools
 
 from edge.certs import CertAuthority
@@ -30,24 +29,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 TRIPPED = 3  # s: the circuit's tripped_duration; long enough for a few curls while open
 
 
-class Upstream:
+class Upstream(AiohttpUpstream):
     """GET /status answers `status`, counting requests; /headers echoes the request's headers."""
 
     def __init__(self) -> None:
         self.status = 500
         self.count = 0
         self._lock = threading.Lock()
-        self.ready = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-        assert self.ready.wait(20)
+        super().__init__()
 
-    def _run(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self._setup())
-        self.ready.set()
-        self.loop.run_forever()
-
-    async def _setup(self) -> None:
+    def app(self):
         from aiohttp import web
 
         async def status(request):
@@ -62,10 +53,7 @@ class Upstream:
         app = web.Application()
         app.router.add_get("/status", status)
         app.router.add_get("/headers", headers)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.port = runner.addresses[0][1]
+        return app
 
     def seen(self) -> int:
         with self._lock:
