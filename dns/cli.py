@@ -216,10 +216,10 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
 
     from dns.log import log
-    from dns.server import DnsServer, run_single, run_workers
-    # A SIGHUP before the server's handler is installed must not kill it (its
-    # default action): ignore it until then.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from dns.server import DnsServer, early_hup, run_single, run_workers
+    # A SIGHUP before the server's handler is installed must neither kill it (its
+    # default action) nor be lost: latched until then (dns.server._EarlyHup).
+    early_hup.install()
     cfg = _load(args)
     if cfg is None:
         return 2

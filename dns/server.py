@@ -374,6 +374,8 @@ class DnsServer:
         loop.add_signal_handler(signal.SIGHUP, hup)
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
+        if early_hup.take():   # one that came while the process was still starting (see _EarlyHup)
+            pending.append(True)
         await self.start()
         started = True
         if pending:
@@ -421,8 +423,38 @@ def _run_loop(coro: Any) -> None:
         runner.run(coro)
 
 
+class _EarlyHup:
+    """A SIGHUP that comes before the event loop's handler is in place: latched, not lost.
+
+    A process is reloadable from its first answer on, and a worker answers from whichever of
+    its sockets is up first, while another worker may still be loading its database (slow
+    under strace or load); a reload relayed to it then must not kill it (SIGHUP's default)
+    nor vanish in a SIG_IGN: `install` latches it, and `DnsServer.serve` takes the latch once
+    its own handler is in place and reloads when it is up (the configuration it loaded may
+    predate the edit the reload is for)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.seen = True
+
+    def install(self) -> None:
+        self.seen = False
+        signal.signal(signal.SIGHUP, self._handler)
+
+    def take(self) -> bool:
+        seen, self.seen = self.seen, False
+        return seen
+
+
+early_hup = _EarlyHup()
+
+
 def run_single(server_factory: Callable[[], DnsServer]) -> int:
     """Serve in this process until SIGTERM/SIGINT. Returns the exit status."""
+    if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        early_hup.install()   # not latched yet (a forked worker and `gslb dns` latch it before)
     async def main() -> None:
         await server_factory().serve()
     from dns.control import ControlError
@@ -517,9 +549,9 @@ def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int],
         pass
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    # Ignore SIGHUP until the loop's reload handler is in place: a relayed
-    # reload must not kill a worker that is still starting.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Until the loop's reload handler is in place, a relayed SIGHUP is latched
+    # (_EarlyHup): it must neither kill a worker that is still starting nor be lost.
+    early_hup.install()
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     _die_with_parent()
     code = 1
@@ -691,6 +723,8 @@ def _supervise(n: int, children: list[int], feeds: list[tuple[int, int]], ack_r:
 
         for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(s, on_signal, s)
+        if early_hup.take():   # latched while this process forked its workers: relay it now
+            on_signal(signal.SIGHUP)
 
         async def reaper() -> None:
             # uvloop keeps SIGCHLD for itself: poll instead (cheap, and bounded by `done`).

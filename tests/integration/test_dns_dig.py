@@ -450,6 +450,41 @@ def test_worker_mode_serves_and_exits_cleanly(lab_dir, tmp_path):
         assert srv.stop() == 0
 
 
+def test_a_sighup_while_the_workers_start_is_not_lost(lab_dir, tmp_path):
+    """A reload asked for the moment the workers are forked, while each still loads its
+    database: every worker reloads once it is up (none is killed, none ignores it)."""
+    shutil.copy(lab_dir / "lab.mmdb", tmp_path / "lab.mmdb")
+    config, port = write_config(str(tmp_path)), free_port()
+    log_path = tmp_path / "gslb-dns-early-hup.log"
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gslb.cli", "dns", "--config", config,
+                                 "--listen", f"127.0.0.1:{port}", "--workers", "2"],
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "event=workers_started" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()
+            time.sleep(0.005)
+        assert "event=workers_started" in log_path.read_text()
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and log_path.read_text().count("event=reloaded") < 2:
+            assert proc.poll() is None, log_path.read_text()
+            time.sleep(0.05)
+        logs = log_path.read_text()
+        assert logs.count("event=reloaded") == 2, logs
+        assert logs.count("event=listening") == 2, logs   # both workers up, none respawned
+        assert "worker_respawned" not in logs and "worker_exited" not in logs, logs
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(20) == 0, log_path.read_text()
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+
+
 def test_bad_config_prints_the_error_and_does_not_start(tmp_path):
     path = tmp_path / "dns.toml"
     path.write_text(open(os.path.join(EXAMPLES, "dns.toml")).read().replace('fallback = "nearest"',
