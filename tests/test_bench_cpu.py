@@ -1,0 +1,81 @@
+"""bench CPU accounting: /proc stat fields, per-request arithmetic, bottleneck, the scaling model."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench.edgebench import CLIENT, aggregate_cpu, aggregate_wrk, bottleneck_lines
+from bench.procs import cpu_delta, cpu_snapshot, stat_cpu_ticks, tree_cpu_seconds
+from bench.summary import cpu_per_unit, scaling_model, shared_cores_rps
+
+# proc(5): pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+# cutime cstime ...; a comm with spaces and a ')' of its own.
+STAT = "4242 (gslb (edge) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 150 50 7 3 20 0 2 0 100 1000 200"
+
+
+def test_stat_sums_utime_stime_and_reaped_children_after_the_last_paren():
+    assert stat_cpu_ticks(STAT) == 150 + 50 + 7 + 3
+
+
+def test_stat_rejects_a_line_that_is_too_short():
+    with pytest.raises(ValueError):
+        stat_cpu_ticks("1 (x) S 1 2")
+
+
+def test_this_process_tree_counts_cpu_spent_in_it():
+    before = tree_cpu_seconds(os.getpid())
+    x = 0
+    for i in range(3_000_000):   # bounded busy work, about 0.1-0.3 s of CPU
+        x += i * i
+    after = tree_cpu_seconds(os.getpid())
+    assert after > before
+    snap0 = cpu_snapshot({"me": os.getpid(), "twice": [os.getpid(), os.getpid()]})
+    assert snap0["twice"] == pytest.approx(2 * snap0["me"], abs=0.05)
+    assert cpu_delta({"a": 2.0, "b": 1.0}, {"a": 2.5, "b": 0.5, "c": 9.0}) == {"a": 0.5, "b": 0.0}
+
+
+def test_cpu_per_request_share_and_bottleneck():
+    out = cpu_per_unit({"edge": 0.9, "agent": 0.6, "upstream": 0.3}, units=30_000, seconds=3.0)
+    assert out["per_unit"] == pytest.approx({"edge": 30.0, "agent": 20.0, "upstream": 10.0})
+    assert out["share"] == pytest.approx({"edge": 0.3, "agent": 0.2, "upstream": 0.1})
+    assert out["bottleneck"] == "edge"
+    empty = cpu_per_unit({"edge": 0.5}, units=0, seconds=0)
+    assert empty["per_unit"] == {"edge": None} and empty["bottleneck"] is None
+
+
+def test_scaling_model_is_bounded_by_the_slowest_process_on_its_cores():
+    us = {"edge": 30.0, "agent": 20.0, "upstream": 10.0}
+    m = scaling_model(us, {"edge": 1})
+    assert m["limit"] == "edge" and m["rps"] == pytest.approx(1e6 / 30.0)
+    m4 = scaling_model(us, {"edge": 4, "agent": 1, "upstream": 1})
+    assert m4["limit"] == "agent" and m4["rps"] == pytest.approx(50_000)   # 4 edge cores: the agent bounds it
+    assert shared_cores_rps(us, 2) == pytest.approx(2e6 / 60.0)
+    assert scaling_model({}, {})["rps"] is None
+
+
+def _run(rps, edge_us, wrk_share, invalid=False):
+    r = {"rps": rps, "latency_p50_ms": 1.0, "latency_p99_ms": 2.0, "socket_errors": {"connect": 0},
+         "non_2xx": 0, "cpu": {"per_unit": {"edge": edge_us, CLIENT: 5.0},
+                               "share": {"edge": 0.5, CLIENT: wrk_share}, "bottleneck": None}}
+    if invalid:
+        r["invalid"] = "bad"
+    return r
+
+
+def test_aggregate_takes_medians_of_valid_runs_and_names_the_bottleneck():
+    agg = aggregate_wrk([_run(100, 30.0, 0.4), _run(110, 34.0, 0.9), _run(90, 32.0, 0.8), _run(1, 999.0, 0.1, True)])
+    assert agg["rps"] == 100 and agg["cpu_us_per_request"]["edge"] == 32.0
+    assert agg["bottleneck"] == CLIENT and agg["cpu_share"][CLIENT] == 0.8
+    assert "invalid" in agg
+    assert aggregate_cpu([]) == {"cpu_us_per_request": {}, "cpu_share": {}, "bottleneck": None}
+
+
+def test_bottleneck_lines_add_the_profile_of_our_bottleneck_process():
+    results = {"small": {"ours": aggregate_wrk([_run(100, 30.0, 0.2)]),
+                         "nginx1w": aggregate_wrk([_run(100, 30.0, 0.9)])}}
+    prof = {"small": {"edge": {"self": [("write (ssl.py)", 20.0), ("_read (edge/server.py)", 10.0)]}}}
+    lines = bottleneck_lines(results, prof)
+    text = "\n".join(lines)
+    assert "ours, 1 edge worker: **edge** 50%" in text and "`write (ssl.py)` 20.0%" in text
+    assert "nginx, 1 worker: **wrk (client)** 90%" in text
