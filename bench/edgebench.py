@@ -26,7 +26,7 @@ from bench import ours_edge
 from bench.nginx import stream_relay_conf, tls_proxy_conf, upstream_conf, write_bodies
 from bench.parse import parse_wrk
 from bench.procs import Procs, cpu_delta, cpu_snapshot, peak_rss_kib, run_bounded, tree_cpu_seconds, wait_tcp
-from bench.summary import cpu_per_unit, figure_row, median, unavailable_row
+from bench.summary import cpu_per_unit, figure_row, median, scaling_model, shared_cores_rps, unavailable_row
 
 CLIENT = "wrk (client)"   # the load generator's own CPU, next to the servers'
 
@@ -248,7 +248,7 @@ def _https(ctx, procs: Procs, certs: dict, root: str, ours, missing: str | None)
             ctx.profiles.update(got)
             profiles[vname] = {proc: got.get(k) for proc, k in keys.items()}
     lines = _https_lines(results, lat, added, rss, seconds, rss2=rss2, workers_note=workers_note)
-    lines += [""] + bottleneck_lines(results, profiles)
+    lines += [""] + bottleneck_lines(results, profiles) + [""] + scaling_lines(results, os.cpu_count() or 1)
     d = {"title": "Edge HTTPS", "wrk": results, "sequential": lat, "added_p50_ms": added, "peak_rss_kib": rss,
          "peak_rss_kib_2w": rss2, "abuse_cpu": abuse, "lines": lines + [""] + abuse.get("lines", [])}
 
@@ -468,6 +468,53 @@ def _rss_text(rss: dict) -> str:
     return ", ".join(f"{k} {v['max'] / 1024:.1f} MiB" + (f" (sum of {v['procs']} processes "
                                                          f"{v['sum'] / 1024:.1f} MiB)" if v["procs"] > 1 else "")
                      for k, v in rss.items())
+
+
+SCALING_CORES = (1, 2, 4, 8, 16)
+
+
+def scaling_lines(results: dict, machine_cores: int) -> list[str]:
+    """The scaling model of docs/bench.md applied to this run's 100 B CPU figures: this machine (every
+    process, wrk too, on `machine_cores` shared cores; a process with W workers uses at most W cores),
+    checked against the measured req/s, and N dedicated edge cores (agent and upstream elsewhere, as at
+    a customer's)."""
+    small = results.get("small", {})
+    lines = ["Scaling model (docs/bench.md), from the 100 B CPU per request above:", "",
+             "| server | measured req/s | predicted here | limited by | edge-side us/req | "
+             + " | ".join(f"{n} edge cores" for n in SCALING_CORES) + " |",
+             "|---|---:|---:|---|---:|" + "---:|" * len(SCALING_CORES)]
+    for who, workers in (("ours", 1), ("ours2w", 2), ("nginx1w", 1), ("nginx2w", 2)):
+        st = small.get(who)
+        if not st or not st.get("cpu_us_per_request"):
+            continue
+        us = {k: v for k, v in st["cpu_us_per_request"].items() if v}
+        front = "edge" if "edge" in us else "nginx proxy"
+        if front not in us:
+            continue
+        here_shared = shared_cores_rps(us, machine_cores)
+        here_cap = scaling_model({front: us[front]}, {front: min(workers, machine_cores)})
+        here = min(x for x in (here_shared, here_cap["rps"]) if x is not None)
+        limit = "all processes on the shared cores" if here == here_shared else f"{front} ({workers} worker(s))"
+        cells = []
+        for n in SCALING_CORES:
+            cores = {front: n}
+            edge_side = {front: us[front]}
+            if "agent" in us:   # one agent process per endpoint: it has one core of its own
+                edge_side["agent"] = us["agent"]
+                cores["agent"] = 1
+            m = scaling_model(edge_side, cores)
+            cells.append(f"{m['rps']:,.0f}" + (" (agent)" if m["limit"] == "agent" else ""))
+        lines.append(f"| {SERVER_LABEL.get(who, who)} | {_f0(st['rps'])} | {here:,.0f} | {limit} | "
+                     f"{us[front]:.1f} | " + " | ".join(cells) + " |")
+    lines += ["", "Predicted here: min(cores x 10^6 / sum of every process's us per request, wrk's included; "
+              "workers x 10^6 / the edge's or proxy's us). N edge cores: N x 10^6 / its us per request, "
+              "bounded by one agent process on a core of its own (10^6 / agent us); the upstream and the "
+              "client elsewhere."]
+    return lines
+
+
+def _f0(v) -> str:
+    return "-" if v is None else f"{v:,.0f}"
 
 
 def bottleneck_lines(results: dict, profiles: dict | None = None, n: int = 3) -> list[str]:

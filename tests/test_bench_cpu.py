@@ -79,3 +79,18 @@ def test_bottleneck_lines_add_the_profile_of_our_bottleneck_process():
     text = "\n".join(lines)
     assert "ours, 1 edge worker: **edge** 50%" in text and "`write (ssl.py)` 20.0%" in text
     assert "nginx, 1 worker: **wrk (client)** 90%" in text
+
+
+def test_scaling_lines_predict_this_machine_and_n_edge_cores():
+    from bench.edgebench import scaling_lines
+
+    def agg(rps, cpu):
+        return {"rps": rps, "cpu_us_per_request": cpu}
+    results = {"small": {"ours": agg(20_000, {"edge": 40.0, "agent": 20.0, "upstream": 10.0, CLIENT: 10.0}),
+                         "nginx1w": agg(60_000, {"nginx proxy": 16.0, "upstream": 8.0, CLIENT: 8.0})}}
+    text = "\n".join(scaling_lines(results, 2))
+    # ours here: min(2e6 / 80 us = 25,000, 1 worker: 1e6 / 40 us = 25,000); 16 edge cores: the agent, 50,000
+    assert "| ours, 1 edge worker | 20,000 | 25,000 |" in text
+    assert "50,000 (agent)" in text
+    # nginx 1 worker here: min(2e6 / 32 us = 62,500, 1e6 / 16 us = 62,500); 16 cores: 1,000,000
+    assert "| nginx, 1 worker | 60,000 | 62,500 |" in text and "1,000,000" in text
