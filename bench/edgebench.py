@@ -481,7 +481,7 @@ def scaling_lines(results: dict, machine_cores: int) -> list[str]:
     small = results.get("small", {})
     lines = ["Scaling model (docs/bench.md), from the 100 B CPU per request above:", "",
              "| server | measured req/s | predicted here | limited by | edge-side us/req | "
-             + " | ".join(f"{n} edge cores" for n in SCALING_CORES) + " |",
+             + " | ".join(f"edge cores: {n}" for n in SCALING_CORES) + " |",
              "|---|---:|---:|---|---:|" + "---:|" * len(SCALING_CORES)]
     for who, workers in (("ours", 1), ("ours2w", 2), ("nginx1w", 1), ("nginx2w", 2)):
         st = small.get(who)
@@ -528,9 +528,12 @@ def bottleneck_lines(results: dict, profiles: dict | None = None, n: int = 3) ->
             if bn is None:
                 continue
             text = f"{SERVER_LABEL.get(who, who)}: **{bn}** {st['cpu_share'][bn]:.0%}"
-            prof = ((profiles or {}).get(v) or {}).get(bn) if who == "ours" else None
+            got = ((profiles or {}).get(v) or {}) if who == "ours" else {}
+            # Our bottleneck's profile; when that is not Python (wrk, the upstream), the edge's.
+            name, prof = (bn, got.get(bn)) if got.get(bn) else ("edge", got.get("edge"))
             if prof and prof.get("self"):
-                text += " (py-spy self: " + ", ".join(f"`{f}` {pct}%" for f, pct in prof["self"][:n]) + ")"
+                text += (f" (py-spy self{'' if name == bn else ' of the edge'}: "
+                         + ", ".join(f"`{f}` {pct}%" for f, pct in prof["self"][:n]) + ")")
             parts.append(text)
         if parts:
             lines.append(f"- {VARIANT_LABEL.get(v, v)}: " + "; ".join(parts))

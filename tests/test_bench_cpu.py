@@ -94,3 +94,10 @@ def test_scaling_lines_predict_this_machine_and_n_edge_cores():
     assert "50,000 (agent)" in text
     # nginx 1 worker here: min(2e6 / 32 us = 62,500, 1e6 / 16 us = 62,500); 16 cores: 1,000,000
     assert "| nginx, 1 worker | 60,000 | 62,500 |" in text and "1,000,000" in text
+
+
+def test_a_bottleneck_that_is_not_python_shows_the_edges_profile():
+    results = {"close": {"ours": aggregate_wrk([_run(100, 30.0, 0.9)])}}
+    prof = {"close": {"edge": {"self": [("do_handshake (ssl.py)", 40.0)]}, "agent": None}}
+    text = "\n".join(bottleneck_lines(results, prof))
+    assert "**wrk (client)** 90% (py-spy self of the edge: `do_handshake (ssl.py)` 40.0%)" in text
