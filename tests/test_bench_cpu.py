@@ -101,3 +101,13 @@ def test_a_bottleneck_that_is_not_python_shows_the_edges_profile():
     prof = {"close": {"edge": {"self": [("do_handshake (ssl.py)", 40.0)]}, "agent": None}}
     text = "\n".join(bottleneck_lines(results, prof))
     assert "**wrk (client)** 90% (py-spy self of the edge: `do_handshake (ssl.py)` 40.0%)" in text
+
+
+def test_a_child_that_ended_and_was_reaped_stays_counted_in_the_tree():
+    import subprocess
+    import sys
+
+    before = tree_cpu_seconds(os.getpid())
+    # Fixed work (not a duration): about 0.2-0.5 s of CPU on this machine, far above one 10 ms tick.
+    subprocess.run([sys.executable, "-c", "x = 0\nfor i in range(5_000_000): x += i"], check=True, timeout=120)
+    assert tree_cpu_seconds(os.getpid()) - before >= 0.05   # the child's time is now this process's cstime/cutime
