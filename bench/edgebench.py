@@ -25,10 +25,17 @@ import time
 from bench import ours_edge
 from bench.nginx import stream_relay_conf, tls_proxy_conf, upstream_conf, write_bodies
 from bench.parse import parse_wrk
-from bench.procs import Procs, cpu_delta, cpu_snapshot, peak_rss_kib, run_bounded, tree_cpu_seconds, wait_tcp
-from bench.summary import cpu_per_unit, figure_row, median, scaling_model, shared_cores_rps, unavailable_row
+from bench.procs import Procs, cpu_delta, cpu_snapshot, machine_busy_seconds, peak_rss_kib, run_bounded, \
+    tree_cpu_seconds, wait_tcp
+from bench.summary import OTHER_WORK, cpu_per_unit, figure_row, median, scaling_model, shared_cores_rps, unavailable_row
 
 CLIENT = "wrk (client)"   # the load generator's own CPU, next to the servers'
+OTHER = OTHER_WORK          # the machine's busy CPU that none of the measured processes spent
+
+
+def _with_other(cpu_s: dict, busy_s: float) -> dict:
+    """Add OTHER: what the whole machine was busy minus the processes measured (never negative)."""
+    return {**cpu_s, OTHER: max(0.0, busy_s - sum(cpu_s.values()))}
 
 UPSTREAM_PORT = 8080
 NGINX2_PORT = 8443
@@ -83,11 +90,12 @@ def _wrk(url: str, seconds: float, *, threads: int = 2, conns: int = 64, close: 
         argv += ["-H", "Connection: close"]
     argv.append(url)
     if trees is not None:
-        c0, w0, t0 = cpu_snapshot(trees), _children_cpu(), time.monotonic()
+        c0, w0, t0, m0 = cpu_snapshot(trees), _children_cpu(), time.monotonic(), machine_busy_seconds()
     r = run_bounded(argv, timeout=seconds + 30)
     if trees is not None:
         cpu_s = cpu_delta(c0, cpu_snapshot(trees))
         cpu_s[CLIENT] = max(0.0, _children_cpu() - w0)
+        cpu_s = _with_other(cpu_s, machine_busy_seconds() - m0)
         wall = time.monotonic() - t0
     if r.returncode != 0:
         raise RuntimeError(f"wrk failed ({r.returncode}): {r.stderr.strip()[-400:]}")
@@ -112,11 +120,12 @@ def _fetch(port: int, nbytes: int, *, tls: str | None = None, sni: str | None = 
     if tls:
         argv += ["--tls", tls, "--sni", sni or BULK_NAME]
     if trees is not None:
-        c0, w0, t0 = cpu_snapshot(trees), _children_cpu(), time.monotonic()
+        c0, w0, t0, m0 = cpu_snapshot(trees), _children_cpu(), time.monotonic(), machine_busy_seconds()
     r = run_bounded(argv, timeout=150, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if trees is not None:
         cpu_s = cpu_delta(c0, cpu_snapshot(trees))
         cpu_s["bulk fetch (client)"] = max(0.0, _children_cpu() - w0)
+        cpu_s = _with_other(cpu_s, machine_busy_seconds() - m0)
         wall = time.monotonic() - t0
     try:
         out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -414,7 +423,7 @@ def aggregate_cpu(cpus: list[dict], key: str = "cpu_us_per_request") -> dict:
     procs_ = sorted({p for c in cpus for p in c["per_unit"]})
     per = {p: median(c["per_unit"].get(p) for c in cpus) for p in procs_}
     share = {p: median(c["share"].get(p) for c in cpus) for p in procs_}
-    known = {p: v for p, v in share.items() if v is not None}
+    known = {p: v for p, v in share.items() if v is not None and p != OTHER}
     return {key: per, "cpu_share": share, "bottleneck": max(known, key=known.__getitem__) if known else None}
 
 
@@ -437,21 +446,24 @@ def _https_lines(results, lat, added, rss, seconds, *, rss2=None, workers_note=N
              "the whole process tree: every edge worker, nginx master+workers) per request over the timed "
              "run; wrk's from its rusage. `bottleneck`: the process with the highest share of a core.", "",
              "| variant | server | req/s (median) | runs | p50 ms | p99 ms | errors | edge or proxy us/req | "
-             "agent us/req | upstream us/req | wrk us/req | server side us/req | bottleneck (share of a core) |",
-             "|---|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+             "agent us/req | upstream us/req | wrk us/req | server side us/req | bottleneck (share of a core) | "
+             "other work (cores) |",
+             "|---|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|---:|"]
     for v, per in results.items():
         for who, st in per.items():
             rps = "-" if st["rps"] is None else f"{st['rps']:,.0f}"
             cpu = st.get("cpu_us_per_request", {})
             front = cpu.get("edge", cpu.get("nginx proxy"))
-            server = [x for k, x in cpu.items() if k != CLIENT and x is not None]
+            server = [x for k, x in cpu.items() if k not in (CLIENT, OTHER) and x is not None]
+            other = st.get("cpu_share", {}).get(OTHER)
             bn = st.get("bottleneck")
             bn_text = "-" if bn is None else f"{bn} ({st['cpu_share'][bn]:.0%})"
             lines.append(f"| {v} | {SERVER_LABEL.get(who, who)} | {rps} | "
                          f"{', '.join(f'{x:,.0f}' for x in st['rps_runs'])} | "
                          f"{_f3(st['latency_p50_ms'])} | {_f3(st['latency_p99_ms'])} | {st['errors']} | "
                          f"{_f1(front)} | {_f1(cpu.get('agent'))} | {_f1(cpu.get('upstream'))} | "
-                         f"{_f1(cpu.get(CLIENT))} | {_f1(sum(server) if server else None)} | {bn_text} |")
+                         f"{_f1(cpu.get(CLIENT))} | {_f1(sum(server) if server else None)} | {bn_text} | "
+                         f"{'-' if other is None else f'{other:.2f}'} |")
     lines += ["", "Sequential requests (wrk -t1 -c1), p50: " + ", ".join(
         f"{k} {v['latency_p50_ms']:.3f} ms" for k, v in lat.items()) + "; added over the bare upstream: "
         + ", ".join(f"{k} {v:+.3f} ms" for k, v in added.items()) + "."]
@@ -487,14 +499,17 @@ def scaling_lines(results: dict, machine_cores: int) -> list[str]:
         st = small.get(who)
         if not st or not st.get("cpu_us_per_request"):
             continue
-        us = {k: v for k, v in st["cpu_us_per_request"].items() if v}
+        us = {k: v for k, v in st["cpu_us_per_request"].items() if v and k != OTHER}
         front = "edge" if "edge" in us else "nginx proxy"
         if front not in us:
             continue
-        here_shared = shared_cores_rps(us, machine_cores)
+        # The cores left: the machine's, less what other work took meanwhile (another bench, a build...).
+        left = max(0.1, machine_cores - (st.get("cpu_share", {}).get(OTHER) or 0.0))
+        here_shared = shared_cores_rps(us, left)
         here_cap = scaling_model({front: us[front]}, {front: min(workers, machine_cores)})
         here = min(x for x in (here_shared, here_cap["rps"]) if x is not None)
-        limit = "all processes on the shared cores" if here == here_shared else f"{front} ({workers} worker(s))"
+        limit = (f"all processes on the {left:.1f} cores left" if here == here_shared
+                 else f"{front} ({workers} worker(s))")
         cells = []
         for n in SCALING_CORES:
             cores = {front: n}
@@ -506,7 +521,8 @@ def scaling_lines(results: dict, machine_cores: int) -> list[str]:
             cells.append(f"{m['rps']:,.0f}" + (" (agent)" if m["limit"] == "agent" else ""))
         lines.append(f"| {SERVER_LABEL.get(who, who)} | {_f0(st['rps'])} | {here:,.0f} | {limit} | "
                      f"{us[front]:.1f} | " + " | ".join(cells) + " |")
-    lines += ["", "Predicted here: min(cores x 10^6 / sum of every process's us per request, wrk's included; "
+    lines += ["", "Predicted here: min(cores left x 10^6 / sum of every process's us per request, wrk's included "
+              "(cores left: the machine's less the other work's share during the runs); "
               "workers x 10^6 / the edge's or proxy's us). N edge cores: N x 10^6 / its us per request, "
               "bounded by one agent process on a core of its own (10^6 / agent us); the upstream and the "
               "client elsewhere."]
@@ -618,7 +634,7 @@ def _bulk(ctx, procs: Procs, certs: dict, ours, missing: str | None) -> tuple[li
     if "ours" in cpu:
         extra.append("CPU us/MB: " + ", ".join(
             f"{p} {u:,.0f}" for who in ("ours", "nginx_relays") for p, u in cpu[who]["cpu_us_per_mb"].items()
-            if u is not None and p not in ("source", "bulk fetch (client)")))
+            if u is not None and p not in ("source", "bulk fetch (client)", OTHER)))
     if rss:
         extra.append("peak RSS " + ", ".join(f"{k} {v['max'] / 1024:.1f} MiB" for k, v in rss.items()))
     row = figure_row("tunnel_bulk_mbps", med.get("ours"), med["nginx_relays"],

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["Proc", "Procs", "StartError", "wait_tcp", "wait_dns", "peak_rss_kib", "tree_pids", "run_bounded",
-           "stat_cpu_ticks", "tree_cpu_seconds", "cpu_snapshot", "cpu_delta"]
+           "stat_cpu_ticks", "tree_cpu_seconds", "cpu_snapshot", "cpu_delta", "machine_busy_seconds",
+           "parse_proc_stat_busy"]
 
 
 class StartError(RuntimeError):
@@ -213,3 +214,21 @@ def cpu_snapshot(trees: dict[str, int | Sequence[int]]) -> dict[str, float]:
 def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """CPU seconds spent between two snapshots, per name present in both (never negative)."""
     return {k: max(0.0, after[k] - before[k]) for k in before if k in after}
+
+
+def parse_proc_stat_busy(text: str) -> float:
+    """CPU seconds the whole machine was busy since boot, from /proc/stat's first `cpu` line
+    (user nice system idle iowait irq softirq steal ...: everything but idle and iowait)."""
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            v = [int(x) for x in line.split()[1:]]
+            if len(v) < 5:
+                break
+            return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    raise ValueError("no 'cpu' line in /proc/stat")
+
+
+def machine_busy_seconds() -> float:
+    """Busy CPU seconds of the machine (all cores, every namespace's processes): see parse_proc_stat_busy."""
+    with open("/proc/stat") as fh:
+        return parse_proc_stat_busy(fh.read())

@@ -235,6 +235,9 @@ def render_markdown(result: Mapping) -> str:
     return "\n".join(md)
 
 
+OTHER_WORK = "other work"   # the machine's busy CPU spent by none of the measured processes
+
+
 def cpu_per_unit(cpu_s: Mapping[str, float], units: float, seconds: float, scale: float = 1e6) -> dict:
     """CPU of each process over a timed run -> per unit of work and share of one core.
 
@@ -245,7 +248,7 @@ def cpu_per_unit(cpu_s: Mapping[str, float], units: float, seconds: float, scale
     """
     per = {k: (v / units * scale if units else None) for k, v in cpu_s.items()}
     share = {k: (v / seconds if seconds > 0 else None) for k, v in cpu_s.items()}
-    known = {k: v for k, v in share.items() if v is not None}
+    known = {k: v for k, v in share.items() if v is not None and k != OTHER_WORK}   # OTHER_WORK: not a process
     return {"per_unit": per, "share": share, "bottleneck": max(known, key=known.__getitem__) if known else None}
 
 

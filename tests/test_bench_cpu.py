@@ -111,3 +111,27 @@ def test_a_child_that_ended_and_was_reaped_stays_counted_in_the_tree():
     # Fixed work (not a duration): about 0.2-0.5 s of CPU on this machine, far above one 10 ms tick.
     subprocess.run([sys.executable, "-c", "x = 0\nfor i in range(5_000_000): x += i"], check=True, timeout=120)
     assert tree_cpu_seconds(os.getpid()) - before >= 0.05   # the child's time is now this process's cstime/cutime
+
+
+def test_machine_busy_is_everything_but_idle_and_iowait():
+    from bench.procs import machine_busy_seconds, parse_proc_stat_busy
+
+    hz = os.sysconf("SC_CLK_TCK")
+    text = "cpu  100 5 50 1000 20 3 7 2 0 0\ncpu0 50 2 25 500 10 1 3 1 0 0\n"
+    assert parse_proc_stat_busy(text) == pytest.approx((100 + 5 + 50 + 3 + 7 + 2) / hz)   # guest is inside user
+    with pytest.raises(ValueError):
+        parse_proc_stat_busy("intr 1 2 3\n")
+    assert machine_busy_seconds() > 0
+
+
+def test_other_work_is_never_the_bottleneck_and_leaves_fewer_cores_to_the_model():
+    from bench.edgebench import OTHER, scaling_lines
+
+    out = cpu_per_unit({"edge": 0.3, OTHER: 2.0}, units=10_000, seconds=3.0)
+    assert out["bottleneck"] == "edge"
+    results = {"small": {"nginx1w": {"rps": 30_000, "cpu_us_per_request": {"nginx proxy": 16.0, "upstream": 8.0,
+                                                                           CLIENT: 8.0, OTHER: 50.0},
+                                     "cpu_share": {OTHER: 1.0}}}}
+    text = "\n".join(scaling_lines(results, 2))
+    # 1 core left: 1e6 / 32 us = 31,250 (the other work's us per request is not part of the path)
+    assert "| nginx, 1 worker | 30,000 | 31,250 | all processes on the 1.0 cores left |" in text
