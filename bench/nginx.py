@@ -65,7 +65,9 @@ def upstream_conf(prefix: str, port: int, root: str, workers: int = 1) -> str:
 
 def tls_proxy_conf(prefix: str, port: int, upstream_port: int, cert: str, key: str, workers: int,
                    server_name: str) -> str:
-    """nginx as a TLS-terminating reverse proxy to the upstream: the edge's peer."""
+    """nginx as a TLS-terminating reverse proxy to the upstream: the edge's peer, doing what the edge
+    does to each request and response as an ngrok-like proxy: keep-alive to the upstream (a pool, as the
+    agent keeps its connections), Host kept, X-Forwarded-For/-Proto/-Host/-Port set, Via on responses."""
     return (
         _common(prefix, workers)
         + "http {\n"
@@ -86,6 +88,9 @@ def tls_proxy_conf(prefix: str, port: int, upstream_port: int, cert: str, key: s
         "      proxy_set_header X-Forwarded-For $remote_addr;\n"
         "      proxy_set_header X-Forwarded-Proto https;\n"
         "      proxy_set_header X-Forwarded-Host $host;\n"
+        "      proxy_set_header X-Forwarded-Port $server_port;\n"
+        # The edge adds its PoP to each response's Via (RFC 9110 7.6.3): the peer does the same.
+        '      add_header Via "1.1 bench.lab.test" always;\n'
         "    }\n"
         "  }\n"
         "}\n"

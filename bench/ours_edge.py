@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import subprocess
 import sys
 import time
 
@@ -53,6 +54,39 @@ def edge_config_text(*, ca_dir: str, cert_dir: str, authtokens: str, zone: str =
                             ca_dir=ca_dir, cert_dir=cert_dir, authtokens=authtokens, extra=extra)
 
 
+_WORKERS_FLAG = re.compile(r"(?m)^\s*(?:-\w[^,\n]*,\s*)?--workers\b")
+
+
+def help_lists_workers(help_text: str) -> bool:
+    """Whether `gslb edge --help` lists a `--workers` option (an option line, not a mention in prose)."""
+    return bool(_WORKERS_FLAG.search(help_text))
+
+
+def edge_argv(python: str, conf: str, pop: str, workers: int | None, help_text: str) -> list[str]:
+    """`gslb edge` command line: `--workers N` only when asked for and when this edge's --help lists
+    the option (an edge without it is one process: asking for 1 then means the same thing)."""
+    argv = [python, "-m", "gslb.cli", "edge", "--config", conf, "--pop", pop]
+    if workers is not None and help_lists_workers(help_text):
+        argv += ["--workers", str(workers)]
+    return argv
+
+
+_HELP_CACHE: dict[str, str] = {}
+
+
+def edge_help(repo: str) -> str:
+    """`gslb edge --help` of the checkout at `repo` (once per run)."""
+    if repo not in _HELP_CACHE:
+        r = subprocess.run([sys.executable, "-m", "gslb.cli", "edge", "--help"], capture_output=True, text=True,
+                           timeout=60, cwd=repo)
+        _HELP_CACHE[repo] = r.stdout
+    return _HELP_CACHE[repo]
+
+
+def workers_supported(repo: str) -> bool:
+    return help_lists_workers(edge_help(repo))
+
+
 _FORWARDING = re.compile(r"forwarding (\S+) -> (\S+)")
 
 
@@ -63,10 +97,12 @@ def parse_forwarding(text: str) -> list[tuple[str, str]]:
 
 class OursEdge:
     def __init__(self, ctx, procs: Procs, certs: dict, *, name: str = "edge", port: int = EDGE_PORT,
-                 tcp_ports: tuple[int, int] = TCP_PORTS, extra: str = "") -> None:
+                 tcp_ports: tuple[int, int] = TCP_PORTS, extra: str = "", workers: int | None = None) -> None:
         """`name`, `port`, `tcp_ports`, `extra`: a second edge beside the first (its own
-        directory, ports and config tables), as the abuse-layer cost figure runs."""
+        directory, ports and config tables), as the abuse-layer cost figure runs. `workers`:
+        `--workers N` when the edge has the option (see `edge_argv`); None: the edge's default."""
         self.ctx, self.procs, self.certs = ctx, procs, certs
+        self.workers = workers
         self.name, self.port, self.tcp_ports, self.extra = name, port, tcp_ports, extra
         self.edge = None
         self.agents: dict[str, object] = {}
@@ -92,8 +128,8 @@ class OursEdge:
             fh.write(edge_config_text(ca_dir=self.certs["ca_dir"], cert_dir=os.path.join(self.dir, "certs"),
                                       authtokens=self.token_file, https_port=self.port, tcp_ports=self.tcp_ports,
                                       extra=self.extra))
-        self.edge = self.procs.start(f"gslb-{self.name}", [sys.executable, "-m", "gslb.cli", "edge", "--config",
-                                                           conf, "--pop", "bench"], cwd=self.ctx.repo)
+        argv = edge_argv(sys.executable, conf, "bench", self.workers, edge_help(self.ctx.repo))
+        self.edge = self.procs.start(f"gslb-{self.name}", argv, cwd=self.ctx.repo)
         wait_tcp("127.0.0.1", self.port, self.edge)
 
     def _agent(self, key: str, args: list[str], timeout: float = 20.0) -> str:
@@ -144,7 +180,7 @@ class OursEdge:
     def peak_rss(self) -> dict | None:
         out = {}
         if self.edge is not None:
-            out["edge"] = peak_rss_kib(self.edge.pid)
+            out["edge"] = peak_rss_kib(self.edge.pid)   # max and sum over its worker processes
         for key, a in self.agents.items():
             out[f"agent ({key})"] = peak_rss_kib(a.pid)
         return out or None

@@ -18,7 +18,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Proc", "Procs", "StartError", "wait_tcp", "wait_dns", "peak_rss_kib", "tree_pids", "run_bounded"]
+__all__ = ["Proc", "Procs", "StartError", "wait_tcp", "wait_dns", "peak_rss_kib", "tree_pids", "run_bounded",
+           "stat_cpu_ticks", "tree_cpu_seconds", "cpu_snapshot", "cpu_delta", "machine_busy_seconds",
+           "parse_proc_stat_busy"]
 
 
 class StartError(RuntimeError):
@@ -173,3 +175,60 @@ def peak_rss_kib(pid: int) -> dict[str, int]:
         except OSError:
             continue
     return {"max": max(values, default=0), "sum": sum(values), "procs": len(values)}
+
+
+def stat_cpu_ticks(stat: str) -> int:
+    """utime + stime + cutime + cstime of one /proc/PID/stat line, clock ticks (proc(5): fields 14-17).
+
+    The command name (field 2) may hold spaces and parentheses, so fields are counted after its last ')'.
+    cutime/cstime are the reaped children's: a worker that exits and is waited for moves its time there,
+    so a tree's sum does not drop when a process of it ends.
+    """
+    fields = stat.rsplit(")", 1)[1].split()
+    if len(fields) < 15:
+        raise ValueError(f"not a /proc/PID/stat line: {stat[:80]!r}")
+    return sum(int(x) for x in fields[11:15])
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, reaped children included) of pid and its live descendants."""
+    ticks = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                ticks += stat_cpu_ticks(fh.read())
+        except (OSError, ValueError):
+            continue   # ended between the listing and the read: its time is in its parent's cutime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(trees: dict[str, int | Sequence[int]]) -> dict[str, float]:
+    """{name: CPU seconds} of named process trees (a name may sum several trees: nginx relays A+B)."""
+    out = {}
+    for name, pids in trees.items():
+        pids = [pids] if isinstance(pids, int) else list(pids)
+        out[name] = sum(tree_cpu_seconds(p) for p in pids)
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, per name present in both (never negative)."""
+    return {k: max(0.0, after[k] - before[k]) for k in before if k in after}
+
+
+def parse_proc_stat_busy(text: str) -> float:
+    """CPU seconds the whole machine was busy since boot, from /proc/stat's first `cpu` line
+    (user nice system idle iowait irq softirq steal ...: everything but idle and iowait)."""
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            v = [int(x) for x in line.split()[1:]]
+            if len(v) < 5:
+                break
+            return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    raise ValueError("no 'cpu' line in /proc/stat")
+
+
+def machine_busy_seconds() -> float:
+    """Busy CPU seconds of the machine (all cores, every namespace's processes): see parse_proc_stat_busy."""
+    with open("/proc/stat") as fh:
+        return parse_proc_stat_busy(fh.read())

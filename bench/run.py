@@ -294,7 +294,7 @@ def inner(args: argparse.Namespace) -> int:
                     rows.append(unavailable_row(key, f"failover part failed: {why.splitlines()[0][:200]}"))
             continue
         for key in REQUIRED:
-            if key.startswith(part if part != "edge" else ("edge", "tunnel")) and not any(
+            if key.startswith(part if part != "edge" else ("edge", "agent", "tunnel")) and not any(
                     r["figure"] == key for r in rows):
                 rows.append(unavailable_row(key, f"{part} part failed: {why.splitlines()[0][:200]}"))
     summary = complete_summary(rows, "not measured in this run (--only)")
