@@ -397,7 +397,8 @@ class Agent:
             else:
                 stream.abort()
             return
-        log.debug(kv("stream_open", endpoint=header.endpoint, client=f"{header.client_addr}:{header.client_port}"))
+        if log.isEnabledFor(logging.DEBUG):  # kv() formats: not once per stream for nothing
+            log.debug(kv("stream_open", endpoint=header.endpoint, client=f"{header.client_addr}:{header.client_port}"))
         relay(stream, upstream, proto, rest, capture)  # type: ignore[arg-type]
 
 
