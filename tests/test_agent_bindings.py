@@ -223,3 +223,23 @@ def test_stream_for_a_binding_the_edge_never_confirmed_is_reset():
         echo.close()
 
     asyncio.run(main())
+
+
+def test_table_lookup_answers_known_and_unknown_at_once_after_binding_and_waits_while_binding():
+    from edge.agent.bindings import BindingTable
+
+    async def main() -> None:
+        ep = EndpointConfig(kind="http", name="demo", host="127.0.0.1", port=8080)
+        table = BindingTable()
+        waiting = asyncio.ensure_future(table.lookup("b1", timeout=30.0))
+        await asyncio.sleep(0)
+        assert not waiting.done()          # binds in flight: it waits for b1
+        table.add("b1", ep)
+        assert await waiting is ep
+        table.binding_done()
+        # once bound: a known id and an unknown one are answered without waiting
+        known = table.lookup("b1", timeout=30.0)
+        assert await asyncio.wait_for(known, 1.0) is ep
+        assert await asyncio.wait_for(table.lookup("nope", timeout=30.0), 1.0) is None
+
+    asyncio.run(main())

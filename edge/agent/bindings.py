@@ -43,6 +43,10 @@ class BindingTable:
     async def lookup(self, binding_id: str, timeout: float) -> EndpointConfig | None:
         """The endpoint of binding_id; while binds are in flight, wait up to
         timeout seconds for it (None: unknown)."""
+        ep = self._by_id.get(binding_id)
+        if ep is not None or not self._binding:
+            # the common case, once bound: no timeout context, no timer per stream
+            return ep
         try:
             async with asyncio.timeout(timeout):
                 while binding_id not in self._by_id and self._binding:

@@ -379,9 +379,8 @@ class Agent:
             (lambda: UpstreamProtocol(stream)) if capture is None else (lambda: CapturingUpstreamProtocol(stream, capture))
         )
         try:
-            upstream, proto = await asyncio.wait_for(
-                loop.create_connection(factory, ep.host, ep.port), UPSTREAM_CONNECT_TIMEOUT
-            )
+            async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT):
+                upstream, proto = await open_upstream(loop, factory, ep.host, ep.port)
         except (OSError, asyncio.TimeoutError) as exc:
             log.warning(kv("upstream_unreachable", endpoint=header.endpoint, upstream=f"{ep.host}:{ep.port}",
                            client=header.client_addr, error=_describe(exc)))
@@ -397,8 +396,31 @@ class Agent:
             else:
                 stream.abort()
             return
-        log.debug(kv("stream_open", endpoint=header.endpoint, client=f"{header.client_addr}:{header.client_port}"))
+        if log.isEnabledFor(logging.DEBUG):  # kv() formats: not once per stream for nothing
+            log.debug(kv("stream_open", endpoint=header.endpoint, client=f"{header.client_addr}:{header.client_port}"))
         relay(stream, upstream, proto, rest, capture)  # type: ignore[arg-type]
+
+
+async def open_upstream(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol],
+                        host: str, port: int) -> tuple[asyncio.Transport, asyncio.Protocol]:
+    """A TCP connection to the local service. For an address literal (the
+    usual 127.0.0.1) the socket is connected directly and handed to the loop:
+    create_connection's resolution, address loop and error collection cost
+    the agent CPU on every stream (Connection: close opens one per request).
+    A name goes through create_connection (it resolves, tries each address)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        socket.inet_pton(family, host)
+    except OSError:
+        return await loop.create_connection(factory, host, port)  # type: ignore[return-value]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, port))
+        return await loop.create_connection(factory, sock=sock)  # type: ignore[return-value]
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _bad_gateway(endpoint: str, ep: EndpointConfig) -> bytes:
