@@ -196,3 +196,18 @@ def test_a_head_that_completes_leaves_the_timer_nothing_to_do():
         front.connection_lost(None)
 
     asyncio.run(main())
+
+
+# -- per connection --------------------------------------------------------------------------------
+
+def test_the_client_address_cache_gives_what_parsing_gives_and_stays_bounded(monkeypatch):
+    from edge.front import http_front
+    from edge.modules.base import client_ip
+
+    monkeypatch.setattr(http_front, "_IPS", {})
+    monkeypatch.setattr(http_front, "_MAX_IPS", 3)
+    for addr in ("::ffff:192.0.2.7", "2001:db8::1", "192.0.2.9", "::ffff:192.0.2.7", "198.51.100.1"):
+        ip, text = http_front._client_ip(addr)
+        assert ip == client_ip(addr) and text == str(client_ip(addr))
+        assert len(http_front._IPS) <= 3
+    assert http_front._client_ip("::ffff:192.0.2.7")[1] == "192.0.2.7"

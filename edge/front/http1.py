@@ -183,7 +183,8 @@ class RequestRewriter:
         for name, value in self._headers:
             lname = name.lower()
             if lname == b"connection":
-                connection_tokens.update(t.strip().lower() for t in value.split(b","))
+                for t in value.lower().split(b","):
+                    connection_tokens.add(t.strip())
             elif lname == b"host":
                 if host:
                     # RFC 9112 3.2: more than one Host field -> 400.

@@ -79,6 +79,22 @@ def edit_head(head: bytes, add: tuple[tuple[str, str], ...], strip: tuple[str, .
     return b"\r\n".join(kept) + b"\r\n\r\n"
 
 
+# A client's address as an ip object and its text (ipaddress parses and formats in Python:
+# several us a connection); clients come back, so the pair is kept, up to a bound.
+_IPS: dict[str, tuple[Any, str]] = {}
+_MAX_IPS = 4096
+
+
+def _client_ip(addr: str) -> tuple[Any, str]:
+    got = _IPS.get(addr)
+    if got is None:
+        if len(_IPS) >= _MAX_IPS:
+            _IPS.clear()
+        ip = modbase.client_ip(addr)
+        got = _IPS[addr] = (ip, str(ip))
+    return got
+
+
 class _Exchange:
     """A request the chain let through, until its response ends."""
 
@@ -112,6 +128,7 @@ class HttpFront(ClientSide):
         self._stop = False                            # no more client bytes are forwarded
         self._requests = 0
         self._ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self._ip_text = ""
         self._open_task: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
         self._finished = False
         self._log_requests = log.isEnabledFor(logging.INFO)  # `gslb edge -v`; checked once a connection
@@ -134,9 +151,9 @@ class HttpFront(ClientSide):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._ip = modbase.client_ip(self.peer[0]) if self.peer[0] else None
+        self._ip, self._ip_text = _client_ip(self.peer[0]) if self.peer[0] else (None, self.peer[0])
         self.rw = RequestRewriter(
-            str(self._ip) if self._ip else self.peer[0], forwarded_port=self.ctx.https_port,
+            self._ip_text, forwarded_port=self.ctx.https_port,
             proto="https", max_header_bytes=self.ctx.max_header_bytes,
             max_header_count=self.ctx.max_header_count,
         )
@@ -445,7 +462,7 @@ class HttpFront(ClientSide):
 
     async def _open(self, endpoint: Endpoint) -> None:
         try:
-            stream = await open_stream_within(endpoint, (str(self._ip), self.peer[1]), self.sni, True,
+            stream = await open_stream_within(endpoint, (self._ip_text, self.peer[1]), self.sni, True,
                                               self.ctx.stream_open_timeout)
         except Exception as exc:  # noqa: BLE001 - the agent went away, the tunnel or the peer link failed
             stream = await self._reroute(exc)
@@ -476,7 +493,7 @@ class HttpFront(ClientSide):
                 return None
             self.endpoint = ep
             try:
-                stream = await open_stream_within(ep, (str(self._ip), self.peer[1]), self.sni, True,
+                stream = await open_stream_within(ep, (self._ip_text, self.peer[1]), self.sni, True,
                                                   self.ctx.stream_open_timeout)
             except Exception:  # noqa: BLE001 - the new route failed too: 502
                 return None
