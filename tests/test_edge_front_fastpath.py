@@ -211,3 +211,30 @@ def test_the_client_address_cache_gives_what_parsing_gives_and_stays_bounded(mon
         assert ip == client_ip(addr) and text == str(client_ip(addr))
         assert len(http_front._IPS) <= 3
     assert http_front._client_ip("::ffff:192.0.2.7")[1] == "192.0.2.7"
+
+
+def test_keep_alive_requests_do_not_ask_for_the_running_loop(monkeypatch):
+    # On Python 3.11 asyncio.get_running_loop() is a getpid() system call: the front holds its loop.
+    async def main():
+        b = FakeBinding()
+        ctx = Ctx(b, via="eu.lab.test")
+        ctx.header_timeout = 30.0
+        ctx.min_body_rate = 10.0
+        ctx.metrics = EdgeCounters()
+        front, client = open_front(ctx)
+        req = b"POST / HTTP/1.1\r\nHost: demo.app.lab.test\r\nContent-Length: 2\r\n\r\nhi"
+        front.data_received(req)
+        await settle()
+        stream = b.streams[0]
+        calls = []
+        real = asyncio.get_running_loop
+        monkeypatch.setattr(asyncio, "get_running_loop", lambda: calls.append(1) or real())
+        for _ in range(50):
+            front.data_received(req)
+            stream.protocol.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+        monkeypatch.setattr(asyncio, "get_running_loop", real)
+        assert calls == []
+        assert client.data.count(b"Via: 1.1 eu.lab.test") == 50 and stream.data.count(b"\r\n\r\nhi") == 51
+        front.connection_lost(None)
+
+    asyncio.run(main())

@@ -170,7 +170,7 @@ class HttpFront(ClientSide):
     # finds no head under way, or a later deadline (it waits on), or the timeout.
     def _arm_header_timer(self) -> None:
         if self._header_timeout is not None and self._head_deadline is None and not self._closed:
-            loop = asyncio.get_running_loop()
+            loop = self._loop
             self._head_deadline = loop.time() + self._header_timeout
             if self._header_timer is None:
                 self._header_timer = loop.call_at(self._head_deadline, self._header_expired)
@@ -189,7 +189,7 @@ class HttpFront(ClientSide):
         deadline = self._head_deadline
         if deadline is None or self._closed or self._stop:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() < deadline - 0.001:  # a head begun after the one this handle was made for
             self._header_timer = loop.call_at(deadline, self._header_expired)
             return
@@ -213,7 +213,7 @@ class HttpFront(ClientSide):
         super().set_client_paused(reason, paused)
         if not paused and not self._pause_reasons and self._body_rate.running:
             # the edge itself stopped reading (stream opening, backpressure): not the client's time
-            self._body_rate.start(asyncio.get_running_loop().time())
+            self._body_rate.start(self._loop.time())
 
     # -- client bytes ---------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -221,7 +221,7 @@ class HttpFront(ClientSide):
             return
         self.bytes_in += len(data)
         if self._body_rate.running or (self._head_rate.min_rate and self.rw.in_head):  # type: ignore[union-attr]
-            now = asyncio.get_running_loop().time()
+            now = self._loop.time()
             if self._body_rate.running:
                 if not self._body_rate.feed(len(data), now):
                     self._too_slow("body", self._body_rate)
@@ -253,7 +253,7 @@ class HttpFront(ClientSide):
                     self.ctx.stats.requests += 1  # the edge's counter in /healthz (a rate: `gslb lab top`)
                     self._head_rate.stop()
                     if self._abuse is not None or self._body_rate.min_rate:
-                        now = asyncio.get_running_loop().time()
+                        now = self._loop.time()
                         if self._abuse is not None and not self._blocked_check(out, now):
                             break
                         if self._body_rate.min_rate:
@@ -336,7 +336,7 @@ class HttpFront(ClientSide):
             else:
                 subject = Subject(
                     client_ip=self._ip, client_port=self.peer[1], kind="http", endpoint=self.sni,  # type: ignore[arg-type]
-                    options=self.endpoint.options, now=asyncio.get_running_loop().time(), wall=time.time(),
+                    options=self.endpoint.options, now=self._loop.time(), wall=time.time(),
                     request=modbase.RequestHead(head.method, head.target, head.host, data),
                 )
                 decision = self.ctx.chain.decide(subject)
@@ -372,7 +372,7 @@ class HttpFront(ClientSide):
         if self.stream is None and not self._opening:
             self._start_stream()
         if self.resp is not None:  # its response head is seen (and timed) there
-            self._sent_at.append(asyncio.get_running_loop().time())
+            self._sent_at.append(self._loop.time())
         return data
 
     def _perform(self, subject: Subject, decision: Decision) -> None:
@@ -383,7 +383,7 @@ class HttpFront(ClientSide):
             self._body_wait = (subject, decision)  # _forward/_body_check go on once the events are held
             return
         self.set_client_paused("effect", True)
-        self._effect_task = asyncio.get_running_loop().create_task(self._run_effect(subject, decision))
+        self._effect_task = self._loop.create_task(self._run_effect(subject, decision))
 
     def _body_check(self) -> None:
         """With a ReadBody effect pending: once the held request's body is in
@@ -421,7 +421,7 @@ class HttpFront(ClientSide):
             if isinstance(effect, Compute):
                 # CPU-heavy or blocking work (a KDF, xmlsec1) in the loop's thread pool; on timeout the
                 # thread finishes on its own (fn is bounded by the module: sizes, costs, a subprocess timeout)
-                loop = asyncio.get_running_loop()
+                loop = self._loop
                 if _compute[0] >= MAX_COMPUTE:
                     result = EffectResult(error="busy")
                 else:
@@ -458,7 +458,7 @@ class HttpFront(ClientSide):
         """Open the connection's stream; requests read meanwhile wait in order."""
         self._opening = True
         self.set_client_paused("opening", True)
-        self._open_task = asyncio.get_running_loop().create_task(self._open(self.endpoint))  # type: ignore[arg-type]
+        self._open_task = self._loop.create_task(self._open(self.endpoint))  # type: ignore[arg-type]
 
     async def _open(self, endpoint: Endpoint) -> None:
         try:
@@ -480,7 +480,7 @@ class HttpFront(ClientSide):
     async def _reroute(self, exc: BaseException) -> Any:
         """After a failed open: the stream to the endpoint's new binding, or None (then 502)."""
         old = self.endpoint
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         end = loop.time() + min(REROUTE_WAIT, self.ctx.stream_open_timeout)
         while loop.time() < end and not self._closed:
             await asyncio.sleep(REROUTE_POLL)
@@ -518,7 +518,7 @@ class HttpFront(ClientSide):
         counts for the abuse layer as `abuse_kind` (edge/abuse/tracker.py),
         unless that is None (the endpoint is offline: the client did nothing wrong)."""
         if self._abuse is not None and abuse_kind is not None and 400 <= status < 500:
-            self.ctx.abuse.error(self._abuse, abuse_kind, asyncio.get_running_loop().time())  # type: ignore[union-attr]
+            self.ctx.abuse.error(self._abuse, abuse_kind, self._loop.time())  # type: ignore[union-attr]
         self._answer(error_response(status, code, title, detail))
 
     def _answer(self, page: bytes) -> None:
@@ -550,7 +550,7 @@ class HttpFront(ClientSide):
 
     def on_closed(self, exc: BaseException | None) -> None:
         if self._abuse is not None:
-            self.ctx.abuse.closed(self._abuse, asyncio.get_running_loop().time(),  # type: ignore[union-attr]
+            self.ctx.abuse.closed(self._abuse, self._loop.time(),  # type: ignore[union-attr]
                                   nbytes=self.bytes_in + self.bytes_down)
         if self._effect_task is not None:
             self._effect_task.cancel()
@@ -565,7 +565,7 @@ class HttpFront(ClientSide):
         complete (HTTP/1.1 answers in order), this one belongs to the oldest
         request still waiting. Bytes are counted per read of the stream."""
         if self._sent_at:
-            self._metrics.response(self.sni, status, asyncio.get_running_loop().time() - self._sent_at.popleft())
+            self._metrics.response(self.sni, status, self._loop.time() - self._sent_at.popleft())
         if self._answering is not None:
             self._observe(self._answering, "")
             self._answering = None
@@ -575,7 +575,7 @@ class HttpFront(ClientSide):
             self._answering = ex
 
     def _observe(self, ex: "_Exchange", error: str) -> None:
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         self.ctx.chain.observe(ex.subject, Outcome(ex.status, self.bytes_up - ex.up0, self.bytes_down - ex.down0,
                                                    now - ex.subject.now, error))
 
