@@ -36,8 +36,8 @@ _STATUS = re.compile(rb"^HTTP/(\d)\.(\d) (\d{3})(?: [^\r\n]*)?$")
 # A head every line of which the general path accepts (field names are tokens, RFC 9110 5.1;
 # no bare CR or LF): checked in C in one match, then the framing fields are found with a
 # few searches of its lower-case copy instead of a split and a loop over its lines.
-_PLAIN_HEAD = re.compile(rb"HTTP/\d\.\d (\d{3})(?: [^\r\n]*)?\r\n"
-                         rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*\r\n)*\r\n")
+_PLAIN_HEAD = re.compile(rb"HTTP/\d\.\d (\d{3})(?: [^\r\n]*+)?\r\n"   # possessive: nothing to backtrack
+                         rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]++:[^\r\n]*+\r\n)*+\r\n")
 _HEAD_END = b"\r\n\r\n"
 _MAX_CHUNK_LINE = 4096
 _PROBE = 16 * 1024  # where feed() looks for the end of a head first
