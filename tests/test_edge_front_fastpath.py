@@ -238,3 +238,17 @@ def test_keep_alive_requests_do_not_ask_for_the_running_loop(monkeypatch):
         front.connection_lost(None)
 
     asyncio.run(main())
+
+
+def test_a_host_that_matched_once_is_not_a_pass_for_another_host():
+    async def main():
+        b = FakeBinding()
+        front, client = open_front(Ctx(b))
+        front.data_received(b"GET / HTTP/1.1\r\nHost: Demo.App.Lab.Test:443\r\n\r\n")
+        await settle()
+        front.data_received(b"GET / HTTP/1.1\r\nHost: Demo.App.Lab.Test:443\r\n\r\n"
+                            b"GET / HTTP/1.1\r\nHost: other.app.lab.test\r\n\r\n")
+        assert b.streams[0].data.count(b"X-Forwarded-Host: Demo.App.Lab.Test:443\r\n") == 2
+        assert front._answer_when_done.startswith(b"HTTP/1.1 421")
+
+    asyncio.run(main())

@@ -135,6 +135,7 @@ class HttpFront(ClientSide):
         self._header_timeout: float | None = ctx.header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
         self._head_deadline: float | None = None  # when the head under way must be in; None: no head under way
+        self._host_ok = ""                        # a Host value already found to name the SNI
         self._idle_chain = False                  # the module chain has nothing to do for this endpoint
         via = ctx.via
         self._via = f"1.1 {via}".encode("ascii") if via else None
@@ -305,7 +306,7 @@ class HttpFront(ClientSide):
                decided: tuple[Subject, Decision] | None = None) -> bytes | bool | None:
         """Route and decide a request: the head to forward, False when the
         edge answers it itself, None while a module's effect runs."""
-        if head.host and host_name(head.host) != self.sni:
+        if head.host and head.host != self._host_ok and host_name(head.host) != self.sni:
             # RFC 9110 7.4 / 15.5.20: this connection's certificate and route are
             # for the SNI name; a request for another host is misdirected.
             log.info(kv("misdirected_request", client=self.peer[0], sni=self.sni, host=head.host))
@@ -315,6 +316,7 @@ class HttpFront(ClientSide):
             self._refuse(E.MISDIRECTED.status, E.MISDIRECTED.code, "Misdirected request",
                          f"This connection is for {self.sni}, not {host_name(head.host)}.")
             return False
+        self._host_ok = head.host  # the connection's clients send the same Host: compared once
         if self.endpoint is None:
             self.endpoint = self.ctx.lookup("http", self.sni)
             if self.endpoint is None:
