@@ -52,7 +52,7 @@ class HttpError(Exception):
         return cls(error.status, error.code, message)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RequestHead:
     method: str
     target: str
@@ -63,22 +63,25 @@ class RequestHead:
     data: bytes  # the rewritten head, ready to forward
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BodyData:
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RequestEnd:
     data: bytes  # terminator to forward (the last chunk for chunked bodies)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Upgraded:
     data: bytes  # bytes after the upgrade request head: relay raw from here on
 
 
 Event = RequestHead | BodyData | RequestEnd | Upgraded
+# The events are plain slotted records, not frozen dataclasses: a frozen one's __init__ sets
+# each field through object.__setattr__, ~1.5 us a request head (py-spy, `make bench --profile`).
+# Nothing changes an event after it is made.
 
 
 class RequestRewriter:
@@ -180,7 +183,8 @@ class RequestRewriter:
         for name, value in self._headers:
             lname = name.lower()
             if lname == b"connection":
-                connection_tokens.update(t.strip().lower() for t in value.split(b","))
+                for t in value.lower().split(b","):
+                    connection_tokens.add(t.strip())
             elif lname == b"host":
                 if host:
                     # RFC 9112 3.2: more than one Host field -> 400.

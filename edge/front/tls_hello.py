@@ -19,6 +19,8 @@ rejected: no client this edge serves sends them, and they carry no SNI.
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 __all__ = [
@@ -43,6 +45,9 @@ _EXT_ALPN = 16                  # RFC 7301 3.1
 _EXT_SUPPORTED_VERSIONS = 43    # RFC 8446 4.2.1
 _SNI_HOST_NAME = 0              # RFC 6066 3: NameType host_name(0)
 _MAX_RECORD = 2**14 + 256       # RFC 5246 6.2.1 bound on TLSPlaintext.length, with slack
+
+
+_DNS_CHARS = re.compile(r"[A-Za-z0-9._-]+")  # what an ASCII host_name may hold (isalnum or -._)
 
 
 class ClientHelloError(Exception):
@@ -217,20 +222,31 @@ def _parse_body(r: _Reader) -> tuple[str | None, tuple[str, ...], int, tuple[int
     exts = r.vector(2, "extensions")
     if r.left:
         raise MalformedClientHello(f"{r.left} bytes after the extensions")
+    # The extension walk reads the buffer directly (a browser sends ~17 extensions; a
+    # _Reader per one was most of the parse, paid on every new connection).
     seen: set[int] = set()
-    while exts.left:
-        etype = exts.uint(2, "extension type")
-        body = exts.vector(2, "extension")
+    buf, pos, end = exts.buf, exts.pos, exts.end
+    while pos < end:
+        if pos + 2 > end:
+            raise MalformedClientHello(f"extension type: needs 2 bytes, {end - pos} left")
+        if pos + 4 > end:
+            raise MalformedClientHello(f"extension: needs 2 bytes, {end - pos - 2} left")
+        etype = (buf[pos] << 8) | buf[pos + 1]
+        n = (buf[pos + 2] << 8) | buf[pos + 3]
+        pos += 4
+        if pos + n > end:
+            raise MalformedClientHello(f"extension: length {n} overruns by {pos + n - end}")
         if etype in seen:
             # RFC 8446 4.2: "There MUST NOT be more than one extension of the same type".
             raise MalformedClientHello(f"extension {etype} appears twice")
         seen.add(etype)
         if etype == _EXT_SERVER_NAME:
-            sni = _parse_sni(body)
+            sni = _parse_sni(_Reader(buf, pos, pos + n))
         elif etype == _EXT_ALPN:
-            alpn = _parse_alpn(body)
+            alpn = _parse_alpn(_Reader(buf, pos, pos + n))
         elif etype == _EXT_SUPPORTED_VERSIONS:
-            versions = _parse_versions(body)
+            versions = _parse_versions(_Reader(buf, pos, pos + n))
+        pos += n
     return sni, alpn, legacy_version, versions
 
 
@@ -258,7 +274,7 @@ def _parse_sni(body: _Reader) -> str | None:
             text = raw.decode("ascii")
         except UnicodeDecodeError:
             raise MalformedClientHello("host_name is not ASCII") from None
-        if not all(c.isalnum() or c in "-._" for c in text) or ".." in text:
+        if not _DNS_CHARS.fullmatch(text) or ".." in text:
             raise MalformedClientHello(f"host_name {text!r} is not a DNS name")
         # A trailing dot is not allowed (RFC 6066 3) but some clients send
         # one; the name means the same without it.

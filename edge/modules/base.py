@@ -268,6 +268,14 @@ class Module:
     def decide(self, subject: Subject) -> Decision:
         raise NotImplementedError
 
+    def idle(self, options: Mapping[str, Any]) -> bool:
+        """True when, for an endpoint bound with `options`, this module has nothing
+        to do: `decide` would PASS every subject with no header edits and no state
+        change, and `observe` would change nothing. The shell may then skip the
+        chain for that endpoint (no Subject is built per request). Must not
+        raise; the default, False, asks the module every time."""
+        return False
+
     def observe(self, subject: Subject, outcome: Outcome) -> None:
         """After the response or stream of an allowed subject ended."""
 
@@ -288,6 +296,12 @@ class Chain:
     @property
     def observes(self) -> bool:
         return any(m.observes for m in self.modules)
+
+    def idle(self, options: Mapping[str, Any]) -> bool:
+        """No module has anything to do for an endpoint bound with `options`
+        (`Module.idle`): the shell lets its requests through as `ALLOW` without
+        asking (or observing) the chain."""
+        return all(m.idle(options) for m in self.modules)
 
     def decide(self, subject: Subject) -> Decision:
         return self._run(subject, 0, (), ())

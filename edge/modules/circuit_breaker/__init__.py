@@ -192,6 +192,9 @@ class CircuitBreaker(Module):
         return cls(defaults=replace(Params(), **given), max_circuits=max_circuits)
 
     # -- the chain ---------------------------------------------------------------------
+    def idle(self, options: Mapping[str, Any]) -> bool:
+        return options.get(OPTION) is None  # no breaker on the endpoint: decide() passes, observe() ignores it
+
     def decide(self, subject: Subject) -> Decision:
         raw = subject.options.get(OPTION)
         if raw is None:

@@ -118,5 +118,9 @@ class IpRestriction(Module):
                 return self._deny("client address is not in the allow list")
         return PASS
 
+    def idle(self, options: Mapping[str, Any]) -> bool:
+        # No list here or on the endpoint: decide() passes everyone.
+        return not (self.allow or self.deny or options.get("allow_cidrs") or options.get("deny_cidrs"))
+
     def _deny(self, reason: str) -> Decision:
         return Decision(Verdict.ANSWER, status=E.DENIED.status, reason=reason, code=E.DENIED.code, module=self.name)

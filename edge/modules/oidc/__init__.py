@@ -274,6 +274,9 @@ class Oidc(Module):
         return out
 
     # -- deciding ---------------------------------------------------------------------------
+    def idle(self, options: Mapping[str, Any]) -> bool:
+        return options.get(O.OPTION) is None  # the endpoint asked for no login: decide() passes
+
     def decide(self, subject: Subject) -> Decision:
         raw = subject.options.get(O.OPTION) if subject.kind == "http" else None
         if raw is None or subject.request is None:

@@ -146,6 +146,9 @@ class RateLimit(Module):
             raise ModuleConfigError(str(exc)) from None
         return cls(max_buckets=mb, default_key=key)
 
+    def idle(self, options: Mapping[str, Any]) -> bool:
+        return options.get(OPTION) is None  # no limit on the endpoint: decide() passes
+
     def decide(self, subject: Subject) -> Decision:
         raw = subject.options.get(OPTION)
         if raw is None:

@@ -193,6 +193,9 @@ class Saml(Module):
         return out
 
     # -- the chain -------------------------------------------------------------------
+    def idle(self, options: Mapping[str, Any]) -> bool:
+        return not options.get("saml_idp")  # the endpoint names no IdP: decide() passes
+
     def decide(self, subject: Subject) -> Decision:
         idp = subject.options.get("saml_idp")
         if not idp or subject.request is None:
