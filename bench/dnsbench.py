@@ -6,10 +6,20 @@ hand each client the same PoP (else the comparison is void), and running the
 three query mixes (see `bench.queries`) with ``dnsperf -c 4 -T 2``.
 
 What is reported per mix and server: qps (median of the runs), average
-latency and lost queries (dnsperf's own statistics, from the same runs), and
-p50/p99 latency from one extra run with ``dnsperf -v`` (per-query latencies;
-printing every query costs dnsperf CPU, so that run is kept apart from the
-qps runs and its qps is not used).
+latency and lost queries (dnsperf's own statistics, from the same runs), the
+server's CPU time per answered query, and p50/p99 latency from one extra run
+with ``dnsperf -v`` (per-query latencies; printing every query costs dnsperf
+CPU, so that run is kept apart from the qps runs and its qps is not used).
+
+CPU per query: utime+stime (proc(5) ``/proc/PID/stat``) of the server's
+process and every descendant (a worker is a process; gdnsd's threads are in its
+one process) read just before and just after each dnsperf run, divided by the
+queries dnsperf saw answered in that run. On a 2-core machine with dnsperf on
+the same cores both servers are client-bound, so qps says little about the
+servers; CPU per query is what a server costs, and noise hardly moves it.
+
+Ours runs twice: with its default (one process) and with ``--workers 2``
+(SO_REUSEPORT), so the report shows what a second worker changes.
 """
 from __future__ import annotations
 
@@ -24,14 +34,16 @@ from dataclasses import dataclass
 from bench import queries as Q
 from bench.gdnsd import country_continents_from_mmdb, gdnsd_files
 from bench.parse import dnsperf_verbose_latencies, parse_dnsperf, percentile
-from bench.procs import Procs, run_bounded, wait_dns
+from bench.procs import Procs, run_bounded, tree_pids, wait_dns
 from bench.summary import figure_row, median
 from dns.config import DnsConfig, load_dns_config
 
 OURS_PORT = 5300
 GDNSD_PORT = 5301
+OURS2_PORT = 5302   # the same `gslb dns` with --workers 2
 HOST = "127.0.0.1"
 MIXES = ("plain", "ecs", "nxdomain")
+WORKERS2 = 2
 
 
 @dataclass
@@ -171,17 +183,53 @@ def ours_available(repo: str) -> str | None:
 
 
 def start_servers(ctx, setup: DnsSetup, procs: Procs, with_ours: bool):
-    ours = None
+    """(ours, ours with --workers 2, gdnsd); ours and ours2 are None without `gslb dns`."""
+    ours = ours2 = None
     if with_ours:
-        ctx.log("dns: starting gslb dns")
+        ctx.log("dns: starting gslb dns, and a second one with --workers 2")
         ours_argv = [sys.executable, "-m", "gslb.cli", "dns", "--config", setup.ours_config]
         ours = procs.start("gslb-dns", ours_argv, cwd=ctx.repo)
+        # Its own control socket: the default one is derived from the config path, as the first's.
+        ours2_argv = ours_argv + ["--workers", str(WORKERS2), "--listen", f"{HOST}:{OURS2_PORT}",
+                                  "--control", os.path.join(ctx.tmp, "dns-workers2.ctl")]
+        ours2 = procs.start(f"gslb-dns-w{WORKERS2}", ours2_argv, cwd=ctx.repo)
     ctx.log("dns: starting gdnsd")
     peer = procs.start("gdnsd", ["gdnsd", "-c", setup.gdnsd_dir, "start"])
     if ours is not None:
         wait_dns(HOST, OURS_PORT, setup.cfg.zone.name, ours)
+        wait_dns(HOST, OURS2_PORT, setup.cfg.zone.name, ours2)
     wait_dns(HOST, GDNSD_PORT, setup.cfg.zone.name, peer)
-    return ours, peer
+    return ours, ours2, peer
+
+
+# ---------------------------------------------------------------- CPU per query
+
+def stat_cpu_ticks(stat: str) -> int:
+    """utime + stime, in clock ticks, from the text of /proc/PID/stat (proc(5): fields 14 and 15).
+
+    The command name (field 2) is in parentheses and may hold spaces or ')': split after the last ')'."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of `pid` and its descendants so far: a worker is a process of its
+    own; threads are counted in their process's line. A process gone meanwhile counts nothing."""
+    ticks = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                ticks += stat_cpu_ticks(fh.read())
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_us_per_query(cpu_before: float, cpu_after: float, answered: int) -> float | None:
+    """Server CPU microseconds per answered query over one run; None when nothing was answered."""
+    if answered <= 0:
+        return None
+    return (cpu_after - cpu_before) / answered * 1e6
 
 
 # ---------------------------------------------------------------- answer check
@@ -249,7 +297,9 @@ def check_answers(ctx, setup: DnsSetup) -> dict:
 
 # ---------------------------------------------------------------- load
 
-def _dnsperf(port: int, path: str, binary: bool, seconds: float, verbose_to: str | None = None) -> dict:
+def _dnsperf(port: int, path: str, binary: bool, seconds: float, verbose_to: str | None = None,
+             cpu_of: int | None = None) -> dict:
+    """One dnsperf run; with `cpu_of` (a server's pid) also its CPU per answered query in the run."""
     argv = ["dnsperf", "-s", HOST, "-p", str(port), "-d", path, "-c", "4", "-T", "2", "-l", f"{seconds:g}"]
     if binary:
         argv.append("-B")
@@ -267,14 +317,23 @@ def _dnsperf(port: int, path: str, binary: bool, seconds: float, verbose_to: str
         stats["latency_p99_ms"] = _ms(percentile(lat, 99))
         stats["latency_samples"] = len(lat)
         return stats
+    before = tree_cpu_seconds(cpu_of) if cpu_of is not None else 0.0
     r = run_bounded(argv, timeout=timeout)
+    after = tree_cpu_seconds(cpu_of) if cpu_of is not None else 0.0
     if r.returncode != 0:
         raise RuntimeError(f"dnsperf failed ({r.returncode}): {r.stderr.strip()[-500:]}")
-    return parse_dnsperf(r.stdout)
+    stats = parse_dnsperf(r.stdout)
+    if cpu_of is not None:
+        stats["cpu_s"] = round(after - before, 3)
+        stats["cpu_us_per_query"] = cpu_us_per_query(before, after, stats["completed"])
+    return stats
 
 
 def _ms(v: float | None) -> float | None:
     return None if v is None else v * 1e3
+
+
+WHO = {"ours": "gslb dns (1 process)", f"ours_w{WORKERS2}": f"gslb dns --workers {WORKERS2}", "gdnsd": "gdnsd"}
 
 
 def run(ctx, procs: Procs, dns_config: str, geo_table: str) -> tuple[list[dict], dict]:
@@ -283,42 +342,45 @@ def run(ctx, procs: Procs, dns_config: str, geo_table: str) -> tuple[list[dict],
     missing = ours_available(ctx.repo)
     if missing:
         ctx.log(f"dns: {missing}; measuring gdnsd alone")
-    ours, peer = start_servers(ctx, setup, procs, with_ours=missing is None)
+    ours, ours2, peer = start_servers(ctx, setup, procs, with_ours=missing is None)
+    w2 = f"ours_w{WORKERS2}"
     details: dict = {"notes": setup.notes, "mixes": {}}
     if ours is not None:
         details["ours_argv"] = " ".join(ours.argv[1:])
+        details["ours_w2_argv"] = " ".join(ours2.argv[1:])
         check = check_answers(ctx, setup)
         details["answer_check"] = check
         void = check["disagree"] > 0
     else:
         check, void = None, False
-    servers = [("ours", OURS_PORT, ours), ("gdnsd", GDNSD_PORT, peer)]
+    servers = [("ours", OURS_PORT, ours), (w2, OURS2_PORT, ours2), ("gdnsd", GDNSD_PORT, peer)]
     servers = [s for s in servers if s[2] is not None]
 
     rounds, seconds = (1, 3.0) if ctx.quick else (3, 10.0)
     vseconds = 1.0 if ctx.quick else 3.0
-    results = {m: {"ours": [], "gdnsd": []} for m in MIXES}
+    results = {m: {who: [] for who, _port, _p in servers} for m in MIXES}
     for rnd in range(rounds):
         for mix in MIXES:
             path, binary = setup.files[mix]
             order = list(servers)
             if rnd % 2:
                 order.reverse()  # alternate who goes first, against drift
-            for who, port, _p in order:
+            for who, port, proc in order:
                 for _w, _port, p in servers:
                     if not p.alive():
                         raise RuntimeError(f"{p.name} died during the DNS bench:\n{p.log_tail()}")
-                st = _dnsperf(port, path, binary, seconds)
+                st = _dnsperf(port, path, binary, seconds, cpu_of=proc.pid)
                 results[mix][who].append(st)
-                ctx.log(f"dns: round {rnd + 1}/{rounds} {mix:8s} {who:5s} {st['qps']:>10,.0f} qps  "
-                        f"avg {st['latency_avg_ms']:.3f} ms  lost {st['lost']}")
+                ctx.log(f"dns: round {rnd + 1}/{rounds} {mix:8s} {who:8s} {st['qps']:>10,.0f} qps  "
+                        f"avg {st['latency_avg_ms']:.3f} ms  lost {st['lost']}  "
+                        f"cpu {_us(st['cpu_us_per_query'])} us/query")
     latency = {m: {} for m in MIXES}
     for mix in MIXES:
         path, binary = setup.files[mix]
         for who, port, _p in servers:
             st = _dnsperf(port, path, binary, vseconds, verbose_to=os.path.join(ctx.tmp, f"v-{mix}-{who}.txt"))
             latency[mix][who] = st
-            ctx.log(f"dns: latency run {mix:8s} {who:5s} p50 {st['latency_p50_ms'] or 0:.3f} ms  "
+            ctx.log(f"dns: latency run {mix:8s} {who:8s} p50 {st['latency_p50_ms'] or 0:.3f} ms  "
                     f"p99 {st['latency_p99_ms'] or 0:.3f} ms")
 
     if getattr(ctx, "profile", False) and ours is not None:
@@ -331,33 +393,106 @@ def run(ctx, procs: Procs, dns_config: str, geo_table: str) -> tuple[list[dict],
             sampler.start(f"gslb dns, {mix} mix", ours.pid, pseconds)
             _dnsperf(OURS_PORT, path, binary, pseconds)
             ctx.profiles.update(sampler.finish())
+            # The workers (py-spy --subprocesses follows them from the supervisor).
+            ctx.log(f"dns: profiling gslb dns --workers {WORKERS2} under the {mix} mix ({pseconds:g} s, not scored)")
+            sampler.start(f"gslb dns --workers {WORKERS2}, {mix} mix", ours2.pid, pseconds)
+            _dnsperf(OURS2_PORT, path, binary, pseconds)
+            ctx.profiles.update(sampler.finish())
 
     rows = []
     for mix in MIXES:
-        agg = {}
-        for who, _port, _p in servers:
-            runs = results[mix][who]
-            agg[who] = {
-                "qps_median": median(r["qps"] for r in runs),
-                "qps_runs": [round(r["qps"], 1) for r in runs],
-                "latency_avg_ms": median(r["latency_avg_ms"] for r in runs),
-                "lost": sum(r["lost"] for r in runs),
-                "sent": sum(r["sent"] for r in runs),
-                "rcodes": runs[-1]["rcodes"],
-                "latency_p50_ms": latency[mix][who]["latency_p50_ms"],
-                "latency_p99_ms": latency[mix][who]["latency_p99_ms"],
-            }
+        agg = {who: aggregate(results[mix][who], latency[mix][who]) for who, _port, _p in servers}
         details["mixes"][mix] = agg
-        note = missing
         if ours is None:
             rows.append(figure_row(f"dns_{mix}_qps", None, agg["gdnsd"]["qps_median"], note=missing))
+            rows.append(figure_row(f"dns_{mix}_cpu_us", None, agg["gdnsd"]["cpu_us_per_query"], note=missing))
             continue
+        note = None
         if void:
             note = (f"comparison void: {check['disagree']} of {check['queries']} sampled answers name a "
                     f"different PoP or rcode (see details)")
-        row = figure_row(f"dns_{mix}_qps", agg["ours"]["qps_median"], agg["gdnsd"]["qps_median"], note=note)
-        if void:
-            row["ratio"] = None
-            row["target_met"] = None
-        rows.append(row)
+        for key, field in ((f"dns_{mix}_qps", "qps_median"), (f"dns_{mix}_cpu_us", "cpu_us_per_query")):
+            row = figure_row(key, agg["ours"][field], agg["gdnsd"][field], note=note)
+            if void:
+                row["ratio"] = None
+                row["target_met"] = None
+            rows.append(row)
+    if ours is not None:
+        rows += workers_rows(details["mixes"], w2)
     return rows, details
+
+
+def aggregate(runs: list[dict], latency: dict) -> dict:
+    """One server's runs of one mix: medians, and CPU per query over all its runs together."""
+    completed = sum(r["completed"] for r in runs)
+    cpu = [r.get("cpu_s") for r in runs]
+    return {
+        "qps_median": median(r["qps"] for r in runs),
+        "qps_runs": [round(r["qps"], 1) for r in runs],
+        "latency_avg_ms": median(r["latency_avg_ms"] for r in runs),
+        "lost": sum(r["lost"] for r in runs),
+        "sent": sum(r["sent"] for r in runs),
+        "completed": completed,
+        "rcodes": runs[-1]["rcodes"],
+        "cpu_s": None if None in cpu else round(sum(cpu), 3),
+        # The runs' CPU over the runs' answered queries (not a median of ratios: a short run
+        # with few ticks weighs what it served).
+        "cpu_us_per_query": None if None in cpu else cpu_us_per_query(0.0, sum(cpu), completed),
+        "cpu_us_runs": [None if r.get("cpu_us_per_query") is None else round(r["cpu_us_per_query"], 2)
+                        for r in runs],
+        "latency_p50_ms": latency["latency_p50_ms"],
+        "latency_p99_ms": latency["latency_p99_ms"],
+    }
+
+
+def workers_rows(mixes: dict, w2: str) -> list[dict]:
+    """`--workers 2` against the default single process: qps and CPU per query, over every mix
+    (sums of answered queries and of CPU; qps: the mixes' medians summed), one row each."""
+    def total(who: str, field: str) -> float | None:
+        vals = [mixes[m][who][field] for m in MIXES if m in mixes and who in mixes[m]]
+        return None if not vals or None in vals else sum(vals)
+    cpu1, cpu2 = total("ours", "cpu_s"), total(w2, "cpu_s")
+    n1, n2 = total("ours", "completed"), total(w2, "completed")
+    us1 = None if cpu1 is None or not n1 else cpu_us_per_query(0.0, cpu1, int(n1))
+    us2 = None if cpu2 is None or not n2 else cpu_us_per_query(0.0, cpu2, int(n2))
+    return [figure_row("dns_workers2_qps", total(w2, "qps_median"), total("ours", "qps_median"),
+                       note="sum over the three mixes of each server's median qps"),
+            figure_row("dns_workers2_cpu_us", us2, us1,
+                       note="CPU per answered query over the three mixes, every worker and the supervisor")]
+
+
+def _us(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def section_lines(dns: dict) -> list[str]:
+    """The report's DNS section: every mix and server, qps, CPU per query, latency."""
+    lines = ["| mix | server | qps (median) | runs | CPU us/query | CPU us, runs | avg ms | p50 ms | p99 ms | lost/sent |",
+             "|---|---|---:|---|---:|---|---:|---:|---:|---:|"]
+    for mix, per in dns.get("mixes", {}).items():
+        for who, a in per.items():
+            lines.append(
+                f"| {mix} | {WHO.get(who, who)} | {a['qps_median']:,.0f} | "
+                f"{', '.join(f'{x:,.0f}' for x in a['qps_runs'])} | {_us(a.get('cpu_us_per_query'))} | "
+                f"{', '.join(_us(x) for x in a.get('cpu_us_runs', []))} | "
+                f"{a['latency_avg_ms']:.3f} | {_f3(a['latency_p50_ms'])} | {_f3(a['latency_p99_ms'])} | "
+                f"{a['lost']}/{a['sent']} |")
+    lines.append("")
+    lines.append("qps and avg latency: dnsperf -c 4 -T 2 runs (median); CPU us/query: the server's utime+stime "
+                 "(/proc/PID/stat, every worker process and the supervisor; gdnsd's threads are in its one "
+                 "process) over its runs, divided by the queries dnsperf saw answered; p50/p99: a separate "
+                 "`dnsperf -v` run per mix and server (per-query latencies, nearest rank).")
+    chk = dns.get("answer_check")
+    if chk:
+        lines.append(f"Answer check: {chk['queries']} queries (dig, with and without +subnet) to both "
+                     f"servers, {chk['disagree']} disagree on PoP or rcode; addresses per answer "
+                     f"ours {chk['addresses_per_answer']['ours']}, gdnsd {chk['addresses_per_answer']['gdnsd']}.")
+        for e in chk["examples"][:10]:
+            lines.append(f"- {e}")
+    for n in dns.get("notes", []):
+        lines.append(f"- gdnsd mapping: {n}")
+    return lines
+
+
+def _f3(v) -> str:
+    return "-" if v is None else f"{v:.3f}"

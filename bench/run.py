@@ -371,26 +371,8 @@ def _sections(details: dict) -> list[dict]:
     sections = []
     dns = details.get("dns")
     if dns:
-        lines = ["| mix | server | qps (median) | runs | avg ms | p50 ms | p99 ms | lost/sent |",
-                 "|---|---|---:|---|---:|---:|---:|---:|"]
-        for mix, per in dns.get("mixes", {}).items():
-            for who, a in per.items():
-                lines.append(
-                    f"| {mix} | {who} | {a['qps_median']:,.0f} | {', '.join(f'{x:,.0f}' for x in a['qps_runs'])} | "
-                    f"{a['latency_avg_ms']:.3f} | {_f(a['latency_p50_ms'])} | {_f(a['latency_p99_ms'])} | "
-                    f"{a['lost']}/{a['sent']} |")
-        lines.append("")
-        lines.append("qps and avg latency: dnsperf -c 4 -T 2 runs (median); p50/p99: a separate `dnsperf -v` "
-                     "run per mix and server (per-query latencies, nearest rank).")
-        chk = dns.get("answer_check")
-        if chk:
-            lines.append(f"Answer check: {chk['queries']} queries (dig, with and without +subnet) to both "
-                         f"servers, {chk['disagree']} disagree on PoP or rcode; addresses per answer "
-                         f"ours {chk['addresses_per_answer']['ours']}, gdnsd {chk['addresses_per_answer']['gdnsd']}.")
-            for e in chk["examples"][:10]:
-                lines.append(f"- {e}")
-        for n in dns.get("notes", []):
-            lines.append(f"- gdnsd mapping: {n}")
+        from bench.dnsbench import section_lines as dns_lines
+        lines = dns_lines(dns)
         sections.append({"title": "DNS", "lines": lines})
     for key in ("edge", "tunnel"):
         sec = details.get(key)

@@ -34,6 +34,19 @@ FIGURES: tuple[Figure, ...] = (
     Figure("dns_plain_qps", "qps", "gdnsd", 0.5, "DNS A/AAAA for edge names, no EDNS"),
     Figure("dns_ecs_qps", "qps", "gdnsd", 0.5, "DNS with EDNS Client Subnet, many client subnets"),
     Figure("dns_nxdomain_qps", "qps", "gdnsd", 0.5, "DNS NXDOMAIN names"),
+    # CPU per answered query (server utime+stime over the dnsperf runs / answered queries): with
+    # dnsperf on the same 2 cores both servers are client-bound, so qps alone says little.
+    Figure("dns_plain_cpu_us", "us/query", "gdnsd", 2.0, "DNS server CPU per answered query, plain mix",
+           higher_is_better=False),
+    Figure("dns_ecs_cpu_us", "us/query", "gdnsd", 2.0, "DNS server CPU per answered query, ECS mix",
+           higher_is_better=False),
+    Figure("dns_nxdomain_cpu_us", "us/query", "gdnsd", 2.0, "DNS server CPU per answered query, NXDOMAIN mix",
+           higher_is_better=False),
+    Figure("dns_workers2_qps", "qps", "gslb dns (1 process)", 1.0,
+           "`gslb dns --workers 2` vs one process, qps summed over the three mixes"),
+    Figure("dns_workers2_cpu_us", "us/query", "gslb dns (1 process)", None,
+           "`gslb dns --workers 2` vs one process, CPU per answered query over the three mixes",
+           higher_is_better=False),
     # Edge targets: issue 18 ("Edge speed: close the gap to nginx, and use every core").
     # "ours" in the 2-worker rows is `gslb edge --workers 2` once the edge has the flag, else its one process.
     Figure("edge_https_rps", "req/s", "nginx (2 workers)", 0.7, "HTTPS via edge+tunnel+agent, 100 B, keep-alive"),
@@ -75,7 +88,8 @@ FIGURES: tuple[Figure, ...] = (
 FAILOVER = ("dns_withdrawal_s", "dns_return_s", "agent_failover_s", "agent_served_s", "lab_up_s", "lab_down_s")
 NO_PEER_NOTE = "no peer for this figure (a lab time, not a comparison)"
 FIGURE_BY_KEY = {f.key: f for f in FIGURES}
-REQUIRED = ("dns_plain_qps", "dns_ecs_qps", "dns_nxdomain_qps", "edge_https_rps", "edge_https_64k_rps",
+REQUIRED = ("dns_plain_qps", "dns_ecs_qps", "dns_nxdomain_qps", "dns_plain_cpu_us", "dns_ecs_cpu_us",
+            "dns_nxdomain_cpu_us", "dns_workers2_qps", "edge_https_rps", "edge_https_64k_rps",
             "edge_https_rps_1w", "edge_https_close_rps", "edge_p50_added_ms", "edge_cpu_us_per_request",
             "agent_cpu_us_per_request", "edge_workers2_vs_1", "tunnel_bulk_mbps")
 P50_ADDED_MAX_MS = 0.25   # issue 18: edge_p50_added_ms < 0.25 ms (strictly)

@@ -44,6 +44,32 @@ TALLY_TYPES = {**TYPE_NAMES, 12: "PTR", 13: "HINFO", 33: "SRV", 35: "NAPTR", 43:
 _COOKIE_REUSE = 60
 
 
+def _whole(reply: bytes, additional: int) -> bool:
+    """A reply (without its ID) written in full: not TC=1 and no glue dropped (ARCOUNT counts
+    every additional record plus the OPT)."""
+    return not reply[0] & 0x02 and int.from_bytes(reply[8:10], "big") == additional + 1
+
+
+def _swap_echo(built: tuple, echo: bytes, extra: bytes, limit: int) -> list[bytes] | None:
+    """The built replies of a shape with `echo` as their ECS option instead of the builder's
+    (always the OPT's last option); None when they must be written anew: the lengths differ and
+    the build was cut (glue dropped, TC=1) or the new one would not fit `limit`."""
+    variants, cut, whole = built
+    if not echo:
+        return variants
+    if len(echo) == cut:
+        return [v[:-cut] + echo for v in variants]
+    if not whole:
+        return None
+    grow = len(echo) - cut
+    if max(len(v) for v in variants) + 2 + grow > limit:   # + 2: the ID in front
+        return None
+    # ... | RDLENGTH (2) | other options (`extra`) | ECS option (`cut` bytes): the OPT ends the reply.
+    head = len(extra) + cut + 2
+    rdlength = (len(extra) + len(echo)).to_bytes(2, "big")
+    return [v[:-head] + rdlength + extra + echo for v in variants]
+
+
 @dataclass(frozen=True, slots=True)
 class Unlocated:
     """The placement of every client when no geo database is configured."""
@@ -88,7 +114,7 @@ class Engine:
         self._tcp: dict[bytes, Any] = {}
         self._by_source: dict[tuple[bytes, str], tuple] = {}
         self._turns: dict[tuple, list[int]] = {}  # answer -> [next rotation step]
-        self._built: dict[tuple, list[bytes]] = {}  # reply shape -> reply bytes (see _slow)
+        self._built: dict[tuple, tuple] = {}  # reply shape -> (reply bytes, echo length, whole) (see _slow)
         # (query[2:], source) -> (placeholder query[2:], reply cookie, verdict, reuse until)
         self._cookie_seen: dict[tuple[bytes, str], tuple] = {}
         # misses: slow-path queries; errors: FORMERR/NOTIMP/BADVERS answered; dropped: no
@@ -184,6 +210,26 @@ class Engine:
             log("internal_error", level="error", client=source, error=repr(exc))
             return self._servfail(data, tcp)
 
+    def respond_udp(self, data: bytes, source: str) -> bytes | None:
+        """`respond(data, source)` for a datagram's bytes (the UDP reader's entry): a reply-cache
+        hit is served here first-hand, anything else goes through `respond`. The same replies;
+        a hit costs a third less (no signing-period, type or transport tests, and a query
+        without additional records, hence without an OPT, skips the COOKIE scan)."""
+        if self.signer is None and (self.cookies is None or data[10:12] == b"\0\0"
+                                    or data.find(b"\x00\x0a", 12) < 0):
+            key = data[2:]
+            entry = self._udp.get(key)
+            if entry is not None:
+                if entry is _BY_SOURCE:
+                    entry = self._by_source.get((key, source))
+                if entry is not None:
+                    variants, turn, cell = entry
+                    cell[0] += 1
+                    i = turn[0]
+                    turn[0] = (i + 1) % len(variants)
+                    return data[:2] + variants[i]
+        return self.respond(data, source)
+
     def _servfail(self, data: bytes, tcp: bool) -> bytes | None:
         """SERVFAIL for a query the engine failed on: with its question and, when it had
         one, an OPT (RFC 6891 7); a bare header when even that fails."""
@@ -258,24 +304,25 @@ class Engine:
         # Writing replies is most of a miss's cost. Replies to queries of one shape
         # (question bytes, flags, EDNS limits, the same answer) differ only in the
         # ECS echo, which is always the last option of the last record: build once,
-        # then swap the tail. This keeps misses cheap when many subnets share a region.
+        # then swap the tail (and the OPT's RDLENGTH when the echo's length differs:
+        # subnets at /24 and /28 share the build). This keeps misses cheap when many
+        # subnets share a region.
+        limit = self.limit(q.edns, tcp)
         shape = (data[12:q.question_end], q.flags & (RD | CD), ans.rcode, ans.authoritative,
-                 ans.answer_variants, ans.authority, ans.additional, self.limit(q.edns, tcp),
-                 None if q.edns is None else q.edns.do, len(echo), extra)
+                 ans.answer_variants, ans.authority, ans.additional, limit,
+                 None if q.edns is None else q.edns.do, ecs is not None, extra)
         built = self._built.get(shape)
-        if built is None:
-            if len(self._built) >= self.cache_size:
+        variants = None
+        if built is not None:
+            variants = _swap_echo(built, echo, extra, limit)
+        if variants is None:
+            if built is None and len(self._built) >= self.cache_size:
                 del self._built[next(iter(self._built))]
-            built = self._built[shape] = [
-                self.build(q, data, ans.rcode, ans.authoritative, a, ans.authority,
-                           ans.additional, echo if ecs else None, tcp, extra)[2:]
-                for a in ans.answer_variants]
-            variants = built
-        elif echo:
-            cut = len(echo)
-            variants = [v[:-cut] + echo for v in built]
-        else:
-            variants = built
+            variants = [self.build(q, data, ans.rcode, ans.authoritative, a, ans.authority,
+                                   ans.additional, echo if ecs else None, tcp, extra)[2:]
+                        for a in ans.answer_variants]
+            if built is None:
+                self._built[shape] = (variants, len(echo), all(_whole(v, len(ans.additional)) for v in variants))
         # Rotation is per answer, not per query bytes: queries that differ only in
         # what does not change the answer (a DNS cookie, another ECS subnet of the
         # same region) share one turn counter, so all addresses get handed out.
@@ -366,8 +413,10 @@ class Engine:
         is an IPv4 one; in a family-2 option that is 96 bits further on.
         """
         scope = placement.scope_prefix
-        if scope and ecs.family == 2 and placement.network is not None \
-                and placement.network.version == 4:
+        # The located address's family is the network's: reading it builds no `ipaddress`
+        # network (which costs more than the database lookup: a fifth of an ECS miss).
+        located = getattr(placement, "located", None)
+        if scope and ecs.family == 2 and located is not None and located.address.version == 4:
             scope += 96
         return min(scope, 32 if ecs.family == 1 else 128)
 

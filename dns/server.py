@@ -44,7 +44,7 @@ class UdpReader:
 
     def on_readable(self) -> None:
         sock = self.sock
-        respond = self.server.engine.respond
+        respond = self.server.engine.respond_udp
         rrl = self.server.rrl   # None unless [rrl] enabled: one test per datagram when off
         recvfrom, sendto = sock.recvfrom, sock.sendto
         for _ in range(self.BATCH):

@@ -398,3 +398,58 @@ def test_a_bug_costs_one_servfail_that_keeps_question_id_and_opt(engine, monkeyp
     r = ask(engine, "bug.app.lab.test", edns=False)
     assert r.rcode == 2 and r.opt is None
     assert engine.stats["internal_errors"] == 2
+
+
+def test_ecs_subnets_of_other_lengths_share_a_build_and_get_their_own_echo(engine, example_config, lab_mmdb):
+    # /24, then /28, /32 and /25 in the same network: one reply shape, the echo (and the OPT's
+    # RDLENGTH) swapped. Every reply is the one a fresh engine writes for that query alone
+    # (at the same rotation step: the answer's turn counter is shared, one step a query).
+    queries = [make_query("demo.app.lab.test", options=ecs_option(s), qid=i)
+               for i, s in enumerate(("198.19.5.0/24", "198.19.5.16/28", "198.19.5.7/32", "198.19.5.128/25"))]
+    for step, q in enumerate(queries):
+        r = Reply(engine.respond(q, "127.0.0.1"))
+        fresh = Engine.from_config(example_config, lab_mmdb)
+        try:
+            for _ in range(step):
+                fresh.respond(q, "127.0.0.1")
+            assert r.raw == fresh.respond(q, "127.0.0.1")
+        finally:
+            fresh.close()
+        assert set(r.ips) <= JP and r.ecs[4:] == q[-len(r.ecs) + 4:]
+    assert len(engine._built) == 1
+
+
+def test_echo_swap_rebuilds_a_cut_reply_or_one_that_would_not_fit():
+    from dns.engine import _swap_echo
+    # A reply ending in an OPT whose options are extra (4 bytes) + an 8-byte ECS option.
+    extra, echo8, echo11 = b"\x00\x0b\x00\x00", b"\x00\x08\x00\x04\x00\x01\x00\x00", b"E" * 11
+    body = b"H" * 30 + (len(extra) + len(echo8)).to_bytes(2, "big") + extra + echo8
+    swapped = _swap_echo(([body], len(echo8), True), echo11, extra, 512)
+    assert swapped == [b"H" * 30 + (4 + 11).to_bytes(2, "big") + extra + echo11]
+    assert _swap_echo(([body], len(echo8), False), echo11, extra, 512) is None     # glue dropped or TC
+    assert _swap_echo(([body], len(echo8), True), echo11, extra, len(body) + 2 + 2) is None  # too big
+    assert _swap_echo(([body], len(echo8), False), b"F" * 8, extra, 512) == [body[:-8] + b"F" * 8]
+
+
+def test_the_udp_entry_answers_as_respond_does(example_config, lab_mmdb):
+    # Two engines fed the same datagrams, one through respond_udp, one through respond: the same
+    # bytes every time (hits, by-source entries, EDNS, cookies, the cookie placeholder itself, junk).
+    from dns.options import QUERY_PLACEHOLDER
+    cookie = struct.pack("!HH", 10, 8) + b"\x07" * 8
+    queries = [make_query("demo.app.lab.test", qid=1), make_query("demo.app.lab.test", AAAA, qid=2),
+               make_query("nx.lab.test", qid=3), make_query("lab.test", SOA, qid=4, edns=True),
+               make_query("demo.app.lab.test", options=ecs_option("198.19.5.0/24"), qid=5),
+               make_query("demo.app.lab.test", options=cookie, qid=6),
+               make_query("demo.app.lab.test", options=QUERY_PLACEHOLDER, qid=7),
+               make_query("demo.app.lab.test", options=ecs_option("198.19.3.0/24") + cookie, qid=8),
+               b"\x00", b"\x12\x34" + bytes(10), make_query("demo.app.lab.test", qid=9)[:-3]]
+    udp, ref = (Engine.from_config(example_config, lab_mmdb, clock=lambda: 1_800_000_000.0) for _ in range(2))
+    try:
+        for _ in range(3):
+            for q in queries:
+                for src in ("127.0.0.1", "198.19.5.9"):
+                    assert udp.respond_udp(q, src) == ref.respond(q, src)
+        assert udp.tally == ref.tally
+    finally:
+        udp.close()
+        ref.close()
