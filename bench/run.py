@@ -384,10 +384,6 @@ def _sections(details: dict) -> list[dict]:
     return sections
 
 
-def _f(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
