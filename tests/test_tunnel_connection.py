@@ -572,3 +572,23 @@ def test_whole_frame_after_reset_is_dropped_quietly_and_others_go_on():
     s.reset_stream(a)
     events = s.receive_data(data_frame(a, b"late") + data_frame(b, b"live"))
     assert [(e.stream_id, bytes(e.data)) for e in events] == [(b, b"live")]
+
+
+def test_send_whole_frames_all_or_nothing():
+    c, s = pair(max_frame_size=64 * KiB)
+    sid = c.open_stream()
+    pump(c, s)
+    assert c.send_whole(sid, b"hello")
+    assert c.data_to_send() == F.pack_header(F.TYPE_DATA, 0, sid, 5) + b"hello"
+    assert c.send_window(sid) == 256 * KiB - 5
+    assert not c.send_whole(sid, b"x" * (64 * KiB + 1))  # above max_frame_size
+    c.send_data(sid, b"y" * (256 * KiB - 5 - 3))
+    c.data_to_send()
+    assert not c.send_whole(sid, b"four")  # 3 bytes of window left: nothing framed
+    assert not c.has_data_to_send and c.send_window(sid) == 3
+    assert not c.send_whole(sid, b"")
+    c.end_stream(sid)
+    c.data_to_send()
+    assert not c.send_whole(sid, b"a")  # closed for sending
+    assert not c.send_whole(99, b"a")  # no such stream
+    assert not c.has_data_to_send

@@ -49,6 +49,8 @@ _MAX_USED_ABOVE_FLOOR = 4096
 # received buffer; smaller ones are copied (cheap, and plain bytes).
 _VIEW_MIN = 16 * 1024
 
+_pack = F.HEADER.pack
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionConfig:
@@ -235,6 +237,20 @@ class Connection:
             out.append(F.pack_header(F.TYPE_DATA, 0, stream_id, len(chunk)))
             out.append(chunk if immutable else bytes(chunk))
         return n
+
+    def send_whole(self, stream_id: int, data: bytes) -> bool:
+        """Frame all of `data` (bytes, at most max_frame_size) as one data
+        frame if the send window takes all of it; else do nothing and return
+        False. The small-write path of send_data, with one lookup."""
+        st = self._streams.get(stream_id)
+        n = len(data)
+        if st is None or st.local_closed or n > st.send_window or n > self.config.max_frame_size or not n:
+            return False
+        st.send_window -= n
+        out = self._out
+        out.append(_pack(0, F.TYPE_DATA, 0, stream_id, n))
+        out.append(data)
+        return True
 
     def end_stream(self, stream_id: int) -> None:
         """Half-close: FIN (spec, "Stream Close"). Receiving goes on."""

@@ -245,10 +245,9 @@ class Stream:
             # pause_writing apply). Profiled (two sessions in one process,
             # 64 streams of 100-byte round trips): the queue round trip was
             # about a third of the send path's CPU.
-            conn = session.conn
-            if conn.send_window(self.stream_id) >= len(data):
-                conn.send_data(self.stream_id, data)
-                session._schedule_flush()
+            if session.conn.send_whole(self.stream_id, data):
+                if not session._flush_scheduled:
+                    session._schedule_flush()
                 return
         self._wbuf.append(data)
         self._wsize += len(data)
