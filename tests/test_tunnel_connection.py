@@ -521,3 +521,74 @@ def test_random_interleavings_keep_data_intact_and_windows_bounded(ops):
     deliver(pump(s, c), "s")
     for key in sent:
         assert got[key] == sent[key]
+
+
+# Whole data frames inside one read take the receive fast path
+# (Connection._receive); these feed complete frames, payload included, so
+# that path and not the header-only one is what is checked.
+
+
+def test_whole_small_frames_in_one_read_are_delivered_in_order_and_counted():
+    c, s = pair()
+    a, b = c.open_stream(), c.open_stream()
+    pump(c, s)
+    raw = data_frame(a, b"one") + data_frame(b, b"two") + data_frame(a, b"three") + data_frame(b, b"x" * 20 * KiB)
+    events = s.receive_data(raw + data_frame(a, b"part")[:9])  # and a header cut short
+    assert [(e.stream_id, bytes(e.data)) for e in events] == [
+        (a, b"one"), (b, b"two"), (a, b"three"), (b, b"x" * 20 * KiB)]
+    assert data_of(s.receive_data(data_frame(a, b"part")[9:]), a) == b"part"
+    # the window counts every byte of those frames: exactly the rest fits, one more does not
+    rest = 256 * KiB - (3 + 20 * KiB)
+    assert data_of(s.receive_data(data_frame(b, b"y" * rest)), b) == b"y" * rest
+    with pytest.raises(ProtocolError, match="exceeds the window"):
+        s.receive_data(data_frame(b, b"z"))
+
+
+def test_whole_frame_beyond_the_window_is_a_protocol_error():
+    c, s = pair()
+    sid = c.open_stream()
+    pump(c, s)
+    s.receive_data(data_frame(sid, b"a" * (200 * KiB)))
+    with pytest.raises(ProtocolError, match="exceeds the window"):
+        s.receive_data(data_frame(sid, b"b" * (56 * KiB + 1)))
+
+
+def test_whole_frame_after_fin_or_on_an_unknown_stream_is_a_protocol_error():
+    c, s = pair()
+    sid = c.open_stream()
+    pump(c, s)
+    s.receive_data(data_frame(sid, b"", F.FLAG_FIN))
+    with pytest.raises(ProtocolError, match="data after FIN"):
+        s.receive_data(data_frame(sid, b"late"))
+    c2, s2 = pair()
+    with pytest.raises(ProtocolError, match="never opened"):
+        s2.receive_data(data_frame(7, b"hello"))
+
+
+def test_whole_frame_after_reset_is_dropped_quietly_and_others_go_on():
+    c, s = pair()
+    a, b = c.open_stream(), c.open_stream()
+    pump(c, s)
+    s.reset_stream(a)
+    events = s.receive_data(data_frame(a, b"late") + data_frame(b, b"live"))
+    assert [(e.stream_id, bytes(e.data)) for e in events] == [(b, b"live")]
+
+
+def test_send_whole_frames_all_or_nothing():
+    c, s = pair(max_frame_size=64 * KiB)
+    sid = c.open_stream()
+    pump(c, s)
+    assert c.send_whole(sid, b"hello")
+    assert c.data_to_send() == F.pack_header(F.TYPE_DATA, 0, sid, 5) + b"hello"
+    assert c.send_window(sid) == 256 * KiB - 5
+    assert not c.send_whole(sid, b"x" * (64 * KiB + 1))  # above max_frame_size
+    c.send_data(sid, b"y" * (256 * KiB - 5 - 3))
+    c.data_to_send()
+    assert not c.send_whole(sid, b"four")  # 3 bytes of window left: nothing framed
+    assert not c.has_data_to_send and c.send_window(sid) == 3
+    assert not c.send_whole(sid, b"")
+    c.end_stream(sid)
+    c.data_to_send()
+    assert not c.send_whole(sid, b"a")  # closed for sending
+    assert not c.send_whole(99, b"a")  # no such stream
+    assert not c.has_data_to_send

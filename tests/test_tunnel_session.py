@@ -412,11 +412,14 @@ def test_states_of_a_clean_close_local_side_first():
             st.write(b"late")
         await until(lambda: remote_rec.eof)
         assert remote.state is StreamState.REMOTE_CLOSE and not remote.is_closing()
-        remote.write(b"answer")  # the other direction stays open
+        # the other direction stays open; a write above the direct-framing
+        # size (stream.py _DIRECT_MAX) waits in the queue for the next flush
+        answer = b"answer" * 3000
+        remote.write(answer)
         remote.close()
-        assert remote.state is StreamState.CLOSING  # "answer" is queued before the FIN
+        assert remote.state is StreamState.CLOSING  # the answer is queued before the FIN
         assert await asyncio.wait_for(rec.done, 5) is None
-        assert st.state is StreamState.CLOSED and bytes(rec.data) == b"answer" and rec.eof
+        assert st.state is StreamState.CLOSED and bytes(rec.data) == answer and rec.eof
         assert await asyncio.wait_for(remote_rec.done, 5) is None
         st.write(b"dropped")  # after the end: dropped, like an asyncio transport
         assert client.streams == {} and st.get_write_buffer_size() == 0
@@ -506,5 +509,83 @@ def test_abort_and_peer_reset_and_session_loss_end_in_reset():
         assert st2.state is StreamState.RESET
         client.close()
         server.close()
+
+    asyncio.run(main())
+
+
+class WireTransport(asyncio.Transport):
+    """Records what a Session writes, one entry per write/writelines call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data) -> None:
+        self.writes.append(bytes(data))
+
+    def writelines(self, chunks) -> None:
+        self.writes.append(b"".join(bytes(c) for c in chunks))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+def test_small_write_with_nothing_queued_is_framed_at_once_and_sent_with_the_iterations_one_write():
+    from edge.tunnel import frames as F
+
+    async def main():
+        s = Session(client=True)
+        wire = WireTransport()
+        s.connection_made(wire)
+        await asyncio.sleep(0)
+        st = s.open_stream()
+        st.write(b"GET / HTTP/1.1\r\n\r\n")
+        assert st.get_write_buffer_size() == 0  # framed, not queued
+        st.close()  # nothing queued: the FIN follows the data at once
+        assert st.state is StreamState.LOCAL_CLOSE
+        await asyncio.sleep(0)
+        assert wire.writes == [
+            F.pack_header(F.TYPE_WINDOW_UPDATE, F.FLAG_SYN, 1, 0)
+            + F.pack_header(F.TYPE_DATA, 0, 1, 18) + b"GET / HTTP/1.1\r\n\r\n"
+            + F.pack_header(F.TYPE_WINDOW_UPDATE, F.FLAG_FIN, 1, 0)]
+
+    asyncio.run(main())
+
+
+def test_writes_while_the_tunnel_is_paused_or_behind_queued_bytes_wait_in_the_queue_in_order():
+    from edge.tunnel import frames as F
+
+    async def main():
+        s = Session(client=True)
+        wire = WireTransport()
+        s.connection_made(wire)
+        st = s.open_stream()
+        await asyncio.sleep(0)
+        wire.writes.clear()
+        s.pause_writing()  # the tunnel transport is above its high-water mark
+        st.write(b"a" * 10)
+        st.write(b"b" * 10)  # behind queued bytes: queued too, never framed ahead of them
+        assert st.get_write_buffer_size() == 20
+        await asyncio.sleep(0)
+        assert wire.writes == []
+        s.resume_writing()
+        await asyncio.sleep(0)
+        assert b"".join(wire.writes) == F.pack_header(F.TYPE_DATA, 0, 1, 20) + b"a" * 10 + b"b" * 10
+        assert st.get_write_buffer_size() == 0
+        # a write larger than the send window waits for the window, in order
+        wire.writes.clear()
+        st.write(b"c" * (256 * 1024 - 20))  # the rest of the initial window (above the direct size)
+        st.write(b"d")
+        await asyncio.sleep(0)
+        assert st.get_write_buffer_size() == 1 and s.conn.send_window(1) == 0
+        s.data_received(F.pack_header(F.TYPE_WINDOW_UPDATE, F.FLAG_ACK, 1, 5))
+        await asyncio.sleep(0)
+        assert wire.writes[-1].endswith(F.pack_header(F.TYPE_DATA, 0, 1, 1) + b"d")
 
     asyncio.run(main())

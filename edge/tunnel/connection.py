@@ -49,6 +49,8 @@ _MAX_USED_ABOVE_FLOOR = 4096
 # received buffer; smaller ones are copied (cheap, and plain bytes).
 _VIEW_MIN = 16 * 1024
 
+_pack = F.HEADER.pack
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionConfig:
@@ -236,6 +238,20 @@ class Connection:
             out.append(chunk if immutable else bytes(chunk))
         return n
 
+    def send_whole(self, stream_id: int, data: bytes) -> bool:
+        """Frame all of `data` (bytes, at most max_frame_size) as one data
+        frame if the send window takes all of it; else do nothing and return
+        False. The small-write path of send_data, with one lookup."""
+        st = self._streams.get(stream_id)
+        n = len(data)
+        if st is None or st.local_closed or n > st.send_window or n > self.config.max_frame_size or not n:
+            return False
+        st.send_window -= n
+        out = self._out
+        out.append(_pack(0, F.TYPE_DATA, 0, stream_id, n))
+        out.append(data)
+        return True
+
     def end_stream(self, stream_id: int) -> None:
         """Half-close: FIN (spec, "Stream Close"). Receiving goes on."""
         st = self._streams.get(stream_id)
@@ -328,6 +344,7 @@ class Connection:
         end = len(data)
         view: memoryview | None = None
         unpack = F.HEADER.unpack_from
+        streams = self._streams
         while pos < end:
             if self._payload_left:
                 n = min(self._payload_left, end - pos)
@@ -355,6 +372,24 @@ class Connection:
                 break
             version, ftype, flags, sid, length = unpack(data, pos)
             pos += F.HEADER_SIZE
+            if ftype == 0 and not flags and not version and 0 < length <= end - pos:
+                # Fast path: a whole data frame with no flags on a live
+                # stream (every small request and response); the same checks
+                # as _on_header, without its calls. Profiled: about a third
+                # of the receive path's CPU for 100-byte frames.
+                st = streams.get(sid)
+                if st is not None and not st.remote_closed and length <= st.recv_window:
+                    st.recv_window -= length
+                    st.unacked += length
+                    if length >= _VIEW_MIN:
+                        if view is None:
+                            view = memoryview(data)
+                        chunk = view[pos : pos + length]
+                    else:
+                        chunk = data[pos : pos + length]
+                    events.append(DataReceived(sid, chunk))
+                    pos += length
+                    continue
             self._on_header(version, ftype, flags, sid, length, events)
         return events
 

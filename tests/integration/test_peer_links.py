@@ -48,12 +48,15 @@ class EchoStream:
         p.connection_made(self)
 
     def write(self, data):
-        asyncio.get_running_loop().call_soon(self.protocol.data_received, data)
+        # the protocol is looked up when the echo runs: like a real Stream,
+        # this one takes writes before set_protocol (splice replays what the
+        # other stream buffered before it sets this one's protocol)
+        asyncio.get_running_loop().call_soon(lambda: self.protocol.data_received(data))
 
     def close(self):
         if not self.closed:
             self.closed = True
-            asyncio.get_running_loop().call_soon(self.protocol.eof_received)
+            asyncio.get_running_loop().call_soon(lambda: self.protocol.eof_received())
 
     def abort(self):
         self.closed = True
