@@ -22,6 +22,7 @@ from dns.engine import Engine
 from dns.log import log
 from plumbing.addr import join_host_port
 from plumbing.listen import listen_socket
+from plumbing.procs import RESPAWN_LIMIT, RESPAWN_WINDOW, RespawnBudget, close_inherited, die_with_parent  # noqa: F401
 
 # RFC 7766 6.2.3: a server may bound the messages it buffers per connection;
 # a length prefix allows 65535, nothing bigger is a DNS message.
@@ -469,56 +470,9 @@ def run_single(server_factory: Callable[[], DnsServer]) -> int:
     return 0
 
 
-def _die_with_parent() -> None:
-    """Linux prctl(PR_SET_PDEATHSIG, SIGTERM): a worker never outlives its parent."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
-# A worker killed by a signal (a crash, SIGKILL, the OOM killer) is replaced
-# at once, as nginx and gunicorn replace theirs (one that exits with a status,
-# e.g. it could not listen, is not: it would fail again); more than this many deaths in
-# this window is a crash loop (a bug or a bad environment that a new process
-# would only repeat): then every worker is stopped and the exit status is 1.
-RESPAWN_LIMIT = 5
-RESPAWN_WINDOW = 60.0   # seconds
-
-
-class RespawnBudget:
-    """At most `limit` respawns in any `window` seconds (sans-IO: the caller gives the time)."""
-
-    def __init__(self, limit: int = RESPAWN_LIMIT, window: float = RESPAWN_WINDOW) -> None:
-        self.limit = limit
-        self.window = window
-        self._times: list[float] = []
-
-    def take(self, now: float) -> bool:
-        self._times = [t for t in self._times if now - t < self.window]
-        if len(self._times) >= self.limit:
-            return False
-        self._times.append(now)
-        return True
-
-
-def _close_inherited(keep: set[int]) -> None:
-    """Close every descriptor but stdio and `keep`. A worker forked from the running parent must not
-    hold the parent's sockets or its loop's epoll: a socket the parent closes would stay registered
-    in that shared epoll set, and events for a stale descriptor confuse the parent's loop."""
-    import gc
-    import resource
-    # Objects of the parent's loop stay in this copy; never collect them (their finalizers would
-    # close descriptor numbers this process has reused).
-    gc.freeze()
-    top = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    lo = 3
-    for fd in sorted(k for k in keep if k >= 3):
-        os.closerange(lo, fd)
-        lo = fd + 1
-    os.closerange(lo, top if top != resource.RLIM_INFINITY else 65536)
+# The worker plumbing both daemons share (plumbing/procs.py); the old names stay importable.
+_die_with_parent = die_with_parent
+_close_inherited = close_inherited
 
 
 def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int],

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -19,6 +20,7 @@ examples:
   curl -s http://127.0.0.1:8081/healthz          # {"pop": "local", "sessions": 0, ...}
   curl -s http://127.0.0.1:8081/metrics          # Prometheus text, same listener (docs/metrics.md)
   gslb edge --config /etc/gslb/edge.toml --pop eu --user gslb:gslb   # bind :443 as root, run as gslb
+  gslb edge --config examples/edge.toml --pop local --workers 2   # 2 processes, SO_REUSEPORT (docs/workers.md)
   gslb edge acme keygen --out /etc/gslb/acme.key  # the deployment key for [edge.acme] (docs/acme.md)
 
 The :443 listener reads each ClientHello's SNI without consuming it, then:
@@ -42,6 +44,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--pop", metavar="ID", help="which [pops.<id>] of the configuration this node is")
     p.add_argument("-v", "--verbose", action="store_true", help="log every connection decision (key=value lines)")
     p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop instead of uvloop")
+    p.add_argument("--workers", metavar="N", type=int,
+                   help="worker processes sharing the listeners with SO_REUSEPORT; a connection for an "
+                        "endpoint whose agent session is in another worker is handed to it still encrypted "
+                        "(docs/workers.md). Default: the config's workers key, else one per CPU the edge may "
+                        "run on; 1: a single process, no supervisor. [registry] kind = \"etcd\" runs 1")
     p.add_argument("--user", metavar="USER[:GROUP]",
                    help="after binding every listener (:443, :80, TCP ports, health, peer) and reading the "
                         "CA and authtokens as root, become this user for good (its primary group unless "
@@ -139,14 +146,17 @@ def _domain_check(cfg: Any) -> Any:
     return domains.check_domain
 
 
-def _make_hub(cfg: Any) -> tuple[Any, Any]:
-    """The hub (registry of agent sessions) and the protocol factory for agents' connections."""
+def _make_hub(cfg: Any, tokens: list[str] | None = None) -> tuple[Any, Any]:
+    """The hub (registry of agent sessions) and the protocol factory for agents' connections;
+    `tokens`: the authtokens read already (a worker, after the drop), None: read them now."""
     from edge import hub as hubmod
 
-    tokens: list[str] = []
-    if cfg.authtokens_file:
+    if tokens is not None:
+        pass
+    elif cfg.authtokens_file:
         tokens = hubmod.Hub.load_authtokens(cfg.authtokens_file)
     else:
+        tokens = []
         from plumbing.kvlog import kv
         logging.getLogger("gslb.edge").warning(kv("no_authtokens", detail="no authtokens_file: agents cannot log in"))
     ingress = tuple(
@@ -176,6 +186,9 @@ def _run(args: argparse.Namespace) -> int:
     from plumbing.privileges import PrivilegeError, resolve_user
     configure(logging.INFO if args.verbose else logging.WARNING)
     import os
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        print(f"gslb edge: --workers {args.workers}: expected 1..64", file=sys.stderr)
+        return 2
     try:
         ident = resolve_user(args.user) if args.user else None
     except PrivilegeError as exc:
@@ -192,6 +205,11 @@ def _run(args: argparse.Namespace) -> int:
         ca = CertAuthority.load(cfg.ca_dir)
         certs = CertStore(ca, cfg.cert_dir, max_cached=cfg.limits.max_cached_certs)
         hub, agent_factory = _make_hub(cfg)
+        tokens = None   # read once here, as root: a worker runs after the drop
+        if cfg.authtokens_file:
+            from edge.hub import Hub
+            tokens = Hub.load_authtokens(cfg.authtokens_file)
+        workers = _workers(args, cfg)
         acme_secrets = None
         if cfg.acme.enabled:
             from edge.acme import read_secrets
@@ -217,11 +235,66 @@ def _run(args: argparse.Namespace) -> int:
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         except ImportError:
             pass
+    if isinstance(workers, str):
+        print(f"gslb edge: {workers}", file=sys.stderr)
+        return 2
+    if workers > 1:
+        return _run_workers(cfg, certs, tokens, ident, acme_secrets, workers, uvloop=not args.no_uvloop)
     try:
         return asyncio.run(_serve(cfg, certs, hub, agent_factory, ident, acme_secrets))
     except OSError as exc:
         print(f"gslb edge: {exc.strerror or exc}", file=sys.stderr)
         return 1
+
+
+def _workers(args: argparse.Namespace, cfg: Any) -> int | str:
+    """How many workers (docs/workers.md), or why the asked-for number cannot run."""
+    import os
+
+    asked = args.workers if args.workers is not None else cfg.workers
+    if cfg.registry.kind == "etcd":
+        # Peer links are one per process and node: with etcd a node runs one worker (docs/workers.md).
+        if asked is not None and asked > 1:
+            return (f"--workers {asked}: [registry] kind = \"etcd\" runs one worker per node "
+                    "(peer links are per process; docs/workers.md)")
+        return 1
+    if asked is not None:
+        return int(asked)
+    return max(1, min(64, len(os.sched_getaffinity(0))))
+
+
+def _run_workers(cfg: Any, certs: Any, tokens: list[str] | None, ident: Any, acme_secrets: Any, n: int,
+                 uvloop: bool) -> int:
+    """Bind every listener here (as root), drop --user, fork `n` workers and supervise them."""
+    from edge.workers import supervisor
+
+    try:
+        slots = supervisor.bind_slots(cfg, n)
+    except OSError as exc:
+        print(f"gslb edge: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if ident is not None:
+        problem = _drop(cfg, ident)
+        if problem is not None:
+            print(f"gslb edge: {problem}", file=sys.stderr)
+            return 2
+
+    def serve(slot: Any) -> int:
+        hub, agent_factory = _make_hub(cfg, tokens or [])
+        hub.worker = slot.index
+        if uvloop:
+            try:
+                import uvloop as uv
+                asyncio.set_event_loop_policy(uv.EventLoopPolicy())
+            except ImportError:
+                pass
+        try:
+            return asyncio.run(_serve(cfg, certs, hub, agent_factory, None, acme_secrets, worker=slot))
+        except OSError as exc:
+            print(f"gslb edge: worker {slot.index}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+
+    return supervisor.run(slots, serve)
 
 
 async def _attach_registry(cfg: Any, certs: Any, hub: Any) -> tuple[Any, Any]:
@@ -273,12 +346,20 @@ def _drop(cfg: Any, ident: Any) -> str | None:
 
 
 async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any, ident: Any = None,
-                 acme_secrets: Any = None) -> int:
+                 acme_secrets: Any = None, worker: Any = None) -> int:
     from edge.registry import RegistryError
     from edge.server import EdgeServer
 
     try:
-        registry, peers = await _attach_registry(cfg, certs, hub)
+        if worker is not None:
+            # One of N workers: the supervisor's registry (edge/workers/ipc.py), no peer links.
+            from edge.workers.ipc import IpcRegistry
+
+            registry, peers = IpcRegistry(worker.registry), None
+            await registry.start()
+            hub.attach(registry, None)
+        else:
+            registry, peers = await _attach_registry(cfg, certs, hub)
     except RegistryError as exc:
         print(f"gslb edge: registry: {exc}", file=sys.stderr)
         return 1
@@ -304,7 +385,7 @@ async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any, ident: Any 
         await acme.start()
         for name in cfg.acme.wildcards:   # kept at all times; the lock lets one PoP order each
             acme.ensure(name)
-    server = EdgeServer(cfg, hub, certs, agent_protocol_factory=agent_factory, acme=acme)
+    server = EdgeServer(cfg, hub, certs, agent_protocol_factory=agent_factory, acme=acme, worker=worker)
     await server.start()
     if ident is not None:
         problem = _drop(cfg, ident)
@@ -321,7 +402,8 @@ async def _serve(cfg: Any, certs: Any, hub: Any, agent_factory: Any, ident: Any 
         + (f" http_port={cfg.http_port}" if cfg.http_port else "")
         + (f" tcp_ports={cfg.tcp_ports[0]}-{cfg.tcp_ports[1]}" if cfg.tcp_ports else "")
         + (f" health=http://{cfg.health_listen[0]}:{cfg.health_listen[1]}/healthz" if cfg.health_listen else "")
-        + (f" registry=etcd peer={','.join(f'{a}:{p}' for a, p in peers.bound) or '-'}" if peers is not None else ""),
+        + (f" registry=etcd peer={','.join(f'{a}:{p}' for a, p in peers.bound) or '-'}" if peers is not None else "")
+        + (f" worker={worker.index}/{worker.count} pid={os.getpid()}" if worker is not None else ""),
         file=sys.stderr, flush=True,
     )
     stop = asyncio.Event()

@@ -142,6 +142,7 @@ class EdgeConfig:
     resolvers: tuple[str, ...] = ()      # recursive resolvers; () = /etc/resolv.conf
     edge_addresses: tuple[str, ...] = ()  # every [pops.*] listen address (what a domain's A/AAAA may be)
     acme: AcmeConfig = field(default_factory=AcmeConfig)
+    workers: int | None = None           # processes (docs/workers.md); None: one per CPU the edge may run on
 
     @property
     def peer_name(self) -> str:
@@ -166,12 +167,13 @@ class EdgeConfig:
 
 
 _MAX_TCP_PORTS = 1024
+_MAX_WORKERS = 64
 _NAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
 
 _EDGE_KEYS = {
     "https_domain", "listen", "https_port", "http_port", "tcp_ports", "health_listen", "ca_dir",
     "cert_dir", "authtokens_file", "timeouts", "limits", "modules", "abuse", "user", "custom_domains", "resolvers",
-    "acme",
+    "acme", "workers",
 }
 
 
@@ -310,6 +312,12 @@ def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
             resolve_user(user)
         except PrivilegeError as exc:
             raise t.error("user", str(exc).replace("--user ", "")) from None
+    t, v = get("workers", None)
+    workers = None
+    if v is not None:
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= _MAX_WORKERS:
+            raise t.error("workers", f"expected an integer 1..{_MAX_WORKERS} (processes), got {v!r}")
+        workers = v
     t, v = get("custom_domains", True)
     if not isinstance(v, bool):
         raise t.error("custom_domains", f"expected true or false, got {v!r}")
@@ -371,7 +379,7 @@ def _parse(doc: TomlDoc, pop: str) -> EdgeConfig:
         peer=_peer(root.table("peer")),
         peers=_peers(root.table("peers")), user=user,
         custom_domains=custom_domains, resolvers=resolvers, edge_addresses=tuple(dict.fromkeys(edge_addresses)),
-        acme=acme,
+        acme=acme, workers=workers,
     )
     # Module options are checked now, so a typo fails at start, not at the first request.
     from edge.modules import ModuleConfigError, build_chain

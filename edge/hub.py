@@ -158,6 +158,9 @@ class Hub:
         self._listeners: list[Callable[[str, LocalEndpoint], None]] = []
         self.connections: set[AgentConnection] = set()
         self.registry_errors = 0   # failed registry binds/unbinds (/metrics)
+        # --workers N: this process's index; the registry's binding records name it (meta.worker),
+        # so every worker knows which one holds each endpoint's session (docs/workers.md).
+        self.worker: int | None = None
         # A binding's options as the registry holds them for the other PoPs (the edge's module
         # chain seals what must not be stored in the clear, such as an oidc client secret).
         self.registry_options: Callable[[Mapping[str, Any]], dict[str, Any]] = dict
@@ -304,6 +307,8 @@ class Hub:
         reg = self.registry
         lease = await conn.ensure_lease()
         meta = {"kind": kind, "options": self.registry_options(opts), "takeover": conn.takeover_key or ""}
+        if self.worker is not None:
+            meta["worker"] = self.worker
         pop, sid = self.config.pop, conn.session_id
         if host is None:
             lo, hi = self.config.tcp_port_range
@@ -407,6 +412,19 @@ class Hub:
         if b is None or b.kind != kind or b.connection.is_closed:
             return None
         return b
+
+    def owner_worker(self, kind: str, key: str | int) -> int | None:
+        """--workers: the worker of this PoP whose session holds the endpoint (kind "http" covers
+        http and tls names, "tcp" a port), None when it is not bound at this PoP."""
+        try:
+            rkind, rname = self._registry_key(kind, key if kind == "tcp" else self._normalize_host(str(key)))
+        except (TypeError, ValueError):
+            return None
+        rb = self.registry.lookup(rkind, rname)
+        if rb is None or rb.pop != self.config.pop:
+            return None
+        w = rb.meta.get("worker")
+        return w if isinstance(w, int) else None
 
     # ------------------------------------------------------- global registry
 

@@ -79,6 +79,9 @@ class Stats:
     open: int = 0
     accept_errors: int = 0
     requests: int = 0       # HTTP request heads through the HTTPS front (for rates: `gslb lab top`)
+    handed_over: int = 0    # --workers: connections passed to the worker owning their endpoint
+    handed_in: int = 0      # --workers: connections another worker passed to this one
+    handover_failed: int = 0
 
 
 class _HelloPeek:
@@ -166,8 +169,14 @@ class EdgeServer:
         agent_protocol_factory: Callable[..., asyncio.Protocol] | None = None,  # (on_closed=fn)
         chain: Chain | None = None,
         acme: Any = None,
+        worker: Any = None,
     ) -> None:
         self.cfg = cfg
+        # --workers N: this process's edge.workers.WorkerSlot (sockets bound by the supervisor),
+        # None: the only process (docs/workers.md).
+        self.worker = worker
+        self._handover: Any = None
+        self._tcp_serving: set[int] = set()
         self.acme = acme    # edge.acme.AcmeManager or None (docs/acme.md)
         if acme is not None:
             acme.wanted = lambda name: name.startswith("*.") or self._acme_may_order(name)
@@ -242,14 +251,23 @@ class EdgeServer:
     def is_https_name(self, host: str) -> bool:
         if self.endpoint_label(host) is not None:
             return True
-        # A custom domain (docs/acme-dns.md): an HTTPS name while an http endpoint is bound to it.
-        return "." in host and self.lookup("http", host) is not None
+        # A custom domain (docs/acme-dns.md): an HTTPS name while an http endpoint is bound to it
+        # (with --workers, maybe in another worker).
+        return "." in host and (self.lookup("http", host) is not None
+                                or (self.worker is not None and self.hub.owner_worker("http", host) is not None))
 
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         cfg = self.cfg
         _raise_open_files(cfg.limits.max_connections)
+        if self.worker is not None:
+            try:
+                await self._start_worker()
+            except BaseException:
+                await self.close()
+                raise
+            return
         try:
             for addr in cfg.listen:
                 sock = listen_socket(addr, cfg.https_port)
@@ -283,6 +301,100 @@ class EdgeServer:
         log.info(kv("edge_started", pop=cfg.pop, listen=",".join(cfg.listen), https_port=cfg.https_port,
                     http_port=cfg.http_port, tcp_ports=f"{cfg.tcp_ports[0]}-{cfg.tcp_ports[1]}" if cfg.tcp_ports else None,
                     health=f"{cfg.health_listen[0]}:{cfg.health_listen[1]}" if cfg.health_listen else None))
+
+    async def _start_worker(self) -> None:
+        """start() of one of N workers: the supervisor's sockets (edge/workers/, docs/workers.md)."""
+        from edge.workers import handover
+
+        cfg, w = self.cfg, self.worker
+        for sock in w.https:
+            self._listeners.append(sock)
+            self.bound.setdefault("https", []).append(sock.getsockname()[:2])
+            self.loop.add_reader(sock.fileno(), self._on_acceptable, sock)
+        for sock in w.http:
+            srv = await self.loop.create_server(
+                lambda: RedirectFront(self.is_https_name, cfg.https_port, cfg.timeouts.handshake, self.health,
+                                      self.acme.http01_answer if self.acme is not None else None), sock=sock)
+            self._servers.append(srv)
+            self.bound.setdefault("http", []).append(sock.getsockname()[:2])
+        if w.tcp:
+            # The owner of a TCP endpoint accepts on its port (an accepted plain TCP connection has no
+            # ClientHello to route by); worker 0 serves the ports nobody owns (and closes them).
+            self.hub.registry.subscribe(lambda ev: self._tcp_reconcile(int(ev.name)) if ev.kind == "tcp" else None)
+            for port in w.tcp:
+                self._tcp_reconcile(port)
+            lo, hi = cfg.tcp_ports
+            self.bound["tcp"] = [(a, p) for a in cfg.listen for p in (lo, hi)]
+        if w.health is not None:
+            await self._start_health(*cfg.health_listen, sock=w.health)
+        self._handover = handover.Receiver(self.loop, w.handover_in, self.adopt)
+        if self.abuse is not None:
+            self._abuse_tick()
+        log.info(kv("edge_started", pop=cfg.pop, worker=w.index, workers=w.count, pid=os.getpid(),
+                    listen=",".join(cfg.listen), https_port=cfg.https_port))
+
+    def _tcp_reconcile(self, port: int) -> None:
+        """Accept on TCP endpoint port `port` iff this worker owns it (or nobody does and this is worker 0)."""
+        socks = self.worker.tcp.get(port)
+        if not socks:
+            return
+        owner = self.hub.owner_worker("tcp", port)
+        want = owner == self.worker.index or (owner is None and self.worker.index == 0)
+        if want and port not in self._tcp_serving:
+            self._tcp_serving.add(port)
+            for sock in socks:
+                self.loop.add_reader(sock.fileno(), self._on_tcp_acceptable, sock, port)
+        elif not want and port in self._tcp_serving:
+            self._tcp_serving.discard(port)
+            for sock in socks:
+                try:
+                    self.loop.remove_reader(sock.fileno())
+                except (ValueError, OSError):
+                    pass
+
+    def _on_tcp_acceptable(self, lsock: socket.socket, port: int) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _peer = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return   # another worker took it (ownership moves while a connection waits)
+            except OSError as exc:
+                self._accept_failed(lsock, exc)
+                return
+            sock.setblocking(False)
+            self._spawn(self._accept_tcp(sock, port))
+
+    async def _accept_tcp(self, sock: socket.socket, port: int) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: self._tcp_front(port), sock)
+        except OSError as exc:
+            log.info(kv("accept_failed", error=type(exc).__name__))
+            sock.close()
+
+    def adopt(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        """A connection another worker accepted and handed over: peeked and dispatched here again
+        (its ClientHello is still unread). The accepting worker's abuse layer admitted it already."""
+        self.stats.handed_in += 1
+        if self.stats.open >= self.cfg.limits.max_connections:
+            self.stats.refused_limit += 1
+            sock.close()
+            return
+        self.stats.open += 1
+        _HelloPeek(self, sock, peer, None)
+
+    def _hand_over(self, sock: socket.socket, peer: tuple[str, int], owner: int, sni: str,
+                   abuse: AbuseConn | None) -> None:
+        from edge.workers import handover
+
+        w = self.worker
+        why = handover.send(w.handover_out[owner], sock, w.index, peer) if 0 <= owner < w.count else "no such worker"
+        if why is None:
+            self.stats.handed_over += 1
+        else:
+            self.stats.handover_failed += 1
+            log.warning(kv("handover_failed", client=peer[0], sni=sni, worker=owner, error=why))
+        self.abuse_closed(abuse)
+        self.release(sock)
 
     def _abuse_tick(self) -> None:
         """Lift expired blocks once a second, so each gets its abuse_unblock line on time."""
@@ -319,6 +431,16 @@ class EdgeServer:
                 pass
             sock.close()
         self._listeners.clear()
+        if self._handover is not None:
+            self._handover.close()
+            self._handover = None
+        for port in list(self._tcp_serving):
+            for sock in self.worker.tcp.get(port, ()):
+                try:
+                    self.loop.remove_reader(sock.fileno())
+                except (ValueError, OSError):
+                    pass
+        self._tcp_serving.clear()
         for srv in self._servers:
             srv.close()
         self._servers.clear()
@@ -393,6 +515,13 @@ class EdgeServer:
             self.abuse_closed(abuse, error="malformed")
             self.release(sock)
             return
+        if self.worker is not None and sni not in self.cfg.ingress_names:
+            # --workers: the endpoint's agent session lives in another worker: pass the socket
+            # on, still encrypted (edge/workers/handover.py).
+            owner = self.hub.owner_worker("http", sni)
+            if owner is not None and owner != self.worker.index:
+                self._hand_over(sock, peer2, owner, sni, abuse)
+                return
         if self.acme is not None and ACME_TLS_ALPN in hello.alpn:
             # RFC 8737 3: a validation offers only acme-tls/1; no client of an endpoint does.
             self._spawn(self._answer_tls_alpn(sock, peer2, sni, abuse))
@@ -681,10 +810,13 @@ class EdgeServer:
             **({"acme": self.acme.stats()} if self.acme is not None else {}),
             "uptime_s": round(time.monotonic() - self.started, 1),
             "pid": os.getpid(),
+            **({"worker": self.worker.index, "workers": self.worker.count, "handed_over": self.stats.handed_over,
+                "handed_in": self.stats.handed_in, "handover_failed": self.stats.handover_failed}
+               if self.worker is not None else {}),
             **extra,
         }
 
-    async def _start_health(self, host: str, port: int) -> None:
+    async def _start_health(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         # aiohttp here, not on the data path (docs/configuration.md: admin/health endpoints).
         from aiohttp import web
 
@@ -698,7 +830,7 @@ class EdgeServer:
         edge_metrics.add_route(app, self)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        sock = listen_socket(host, port)
+        sock = sock if sock is not None else listen_socket(host, port)
         site = web.SockSite(runner, sock)
         await site.start()
         self._health_runner = runner

@@ -74,7 +74,7 @@ http_port = {http_port}
 health_listen = "127.0.0.1:{health_port}"
 """)
         self.up = Recorder()
-        self.edge = Proc([*GSLB, "edge", "--config", str(cfg), "--pop", "t"], "edge")
+        self.edge = Proc([*GSLB, "edge", "--config", str(cfg), "--pop", "t", "--workers", "1"], "edge")
         self.edge.wait_line(r"gslb edge: pop=t")
         self.common = ["--server", f"127.0.0.1:{self.https_port}", "--zone", "lab.test", "--ca", str(self.ca.cert_path),
                        "--authtoken-file", str(token)]

@@ -169,7 +169,7 @@ def test_gslb_edge_serving_tls_stays_inside_the_units_syscall_filter_and_familie
         f'zone = "lab.test"\n[edge]\nca_dir = "{tmp_path}/ca"\ncert_dir = "{tmp_path}/certs"\n'
         f'[pops.local]\nlisten = ["127.0.0.1"]\nhttps_port = {https}\nhttp_port = {http}\n')
     trace = tmp_path / "edge.trace"
-    p = strace(trace, "edge", "--config", str(tmp_path / "edge.toml"), "--pop", "local")
+    p = strace(trace, "edge", "--config", str(tmp_path / "edge.toml"), "--pop", "local", "--workers", "1")
     try:
         name = "demo.app.lab.test"
 
@@ -205,7 +205,7 @@ def test_gslb_agent_carrying_requests_stays_inside_the_units_syscall_filter_and_
         f'[pops.local]\nlisten = ["127.0.0.1"]\nhttps_port = {https}\nhttp_port = {http}\n')
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "index.html").write_text("hello through the tunnel\n")
-    edge = Proc([sys.executable, "-m", "gslb.cli", "edge", "--config", str(tmp_path / "edge.toml"), "--pop", "local"],
+    edge = Proc([sys.executable, "-m", "gslb.cli", "edge", "--config", str(tmp_path / "edge.toml"), "--pop", "local", "--workers", "1"],
                 "edge", env=env)
     upstream = Proc([sys.executable, "-m", "http.server", str(upstream_port), "--bind", "127.0.0.1",
                      "--directory", str(tmp_path / "www")], "upstream", env=env)

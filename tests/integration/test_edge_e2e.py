@@ -85,7 +85,7 @@ http_port = {http_port}
 health_listen = "127.0.0.1:{health_port}"
 """)
     up = Upstreams(tmp)
-    edge = Proc([*GSLB, "edge", "--config", str(cfg), "--pop", "t"], "edge")
+    edge = Proc([*GSLB, "edge", "--config", str(cfg), "--pop", "t", "--workers", "1"], "edge")
     edge.wait_line(r"gslb edge: pop=t")
     common = ["--server", f"127.0.0.1:{https_port}", "--zone", "lab.test", "--ca", str(ca.cert_path),
               "--authtoken-file", str(token)]

@@ -117,7 +117,7 @@ name = "keyed"
 port = {up.port}
 rate_limit = {{ rate = "2/h", key = "header:X-Api-Key" }}
 """)
-    edge = Proc([*GSLB, "edge", "--config", str(cfg), "--pop", "t"], "edge")
+    edge = Proc([*GSLB, "edge", "--config", str(cfg), "--pop", "t", "--workers", "1"], "edge")
     edge.wait_line(r"gslb edge: pop=t")
     agent = Proc([*GSLB, "agent", "start", "--config", str(agent_toml)], "agent")
     for name in ("flaky", "limited", "keyed"):

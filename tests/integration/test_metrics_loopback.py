@@ -147,7 +147,7 @@ health_listen = "127.0.0.1:{health_port}"
 """)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    edge = Proc([*GSLB, "edge", "--config", str(cfg), "--pop", "t"], "edge")
+    edge = Proc([*GSLB, "edge", "--config", str(cfg), "--pop", "t", "--workers", "1"], "edge")
     agent = None
     try:
         edge.wait_line(r"gslb edge: pop=t")
