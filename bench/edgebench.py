@@ -24,8 +24,8 @@ import time
 
 from bench import ours_edge
 from bench.nginx import stream_relay_conf, tls_proxy_conf, upstream_conf, write_bodies
-from bench.parse import parse_wrk
-from bench.procs import Procs, cpu_delta, cpu_snapshot, machine_busy_seconds, peak_rss_kib, run_bounded, \
+from bench.parse import merge_wrk, parse_wrk
+from bench.procs import Procs, cpu_delta, cpu_snapshot, machine_busy_seconds, peak_rss_kib, run_bounded, run_bounded_all, \
     tree_cpu_seconds, wait_tcp
 from bench.summary import OTHER_WORK, cpu_per_unit, figure_row, median, scaling_model, shared_cores_rps, unavailable_row
 
@@ -45,6 +45,9 @@ BULK_TLS_PORT = 9100
 RELAY_A_PORT = 9001
 RELAY_B_PORT = 9002
 HTTPS_NAME = "demo.app.lab.test"
+# The 2-worker edge's second endpoint: one agent session lives in one worker (docs/workers.md), so
+# the 2-worker runs use two agents, each with its own name, loaded at once (half the connections each).
+HTTPS_NAME2 = "demo2.app.lab.test"
 BULK_NAME = "bulk.tcp.lab.test"
 
 
@@ -79,27 +82,42 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _wrk(url: str, seconds: float, *, threads: int = 2, conns: int = 64, close: bool = False,
+def _at(server: str | list[str], path: str) -> str | list[str]:
+    return [u + path for u in server] if isinstance(server, list) else server + path
+
+
+def _first(server: str | list[str]) -> str:
+    return server[0] if isinstance(server, list) else server
+
+
+def _wrk(url: str | list[str], seconds: float, *, threads: int = 2, conns: int = 64, close: bool = False,
          trees: dict | None = None) -> dict:
     """One wrk run. `trees` ({process: pid or pids}): their CPU over the run (utime+stime from /proc,
     whole process trees: every edge worker, nginx master+workers) and wrk's own (its rusage) go to
     out["cpu_s"] and out["cpu"] (per request, share of a core, the bottleneck). Only for runs made one
-    at a time: wrk's rusage is this process's children's."""
-    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
-    if close:
-        argv += ["-H", "Connection: close"]
-    argv.append(url)
+    at a time: wrk's rusage is this process's children's.
+    A list of URLs: one wrk per URL at once, the threads and connections split evenly among them
+    (the 2-worker edge's two endpoints), their counts summed (`merge_wrk`)."""
+    urls = url if isinstance(url, list) else [url]
+    argvs = []
+    for u in urls:
+        argv = ["wrk", f"-t{max(1, threads // len(urls))}", f"-c{max(1, conns // len(urls))}", f"-d{seconds:g}s",
+                "--latency", "--timeout", "5s"]
+        if close:
+            argv += ["-H", "Connection: close"]
+        argvs.append(argv + [u])
     if trees is not None:
         c0, w0, t0, m0 = cpu_snapshot(trees), _children_cpu(), time.monotonic(), machine_busy_seconds()
-    r = run_bounded(argv, timeout=seconds + 30)
+    results = run_bounded_all(argvs, timeout=seconds + 30)
     if trees is not None:
         cpu_s = cpu_delta(c0, cpu_snapshot(trees))
         cpu_s[CLIENT] = max(0.0, _children_cpu() - w0)
         cpu_s = _with_other(cpu_s, machine_busy_seconds() - m0)
         wall = time.monotonic() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"wrk failed ({r.returncode}): {r.stderr.strip()[-400:]}")
-    out = parse_wrk(r.stdout)
+    for r in results:
+        if r.returncode != 0:
+            raise RuntimeError(f"wrk failed ({r.returncode}): {r.stderr.strip()[-400:]}")
+    out = merge_wrk([parse_wrk(r.stdout) for r in results])
     if trees is not None:
         # Per request over wrk's count; shares over wrk's own duration (the timed part of the wall time).
         out["cpu_s"] = {k: round(v, 4) for k, v in cpu_s.items()}
@@ -202,8 +220,10 @@ def _https(ctx, procs: Procs, certs: dict, root: str, ours, missing: str | None)
         if ours_edge.workers_supported(ctx.repo):
             ours2 = ours_edge.OursEdge(ctx, procs, certs, name="edge-2w", port=OURS2_PORT, tcp_ports=OURS2_TCP,
                                        workers=2)
-            servers["ours2w"] = ours2.start_http(UPSTREAM_PORT, HTTPS_NAME)
-            trees["ours2w"] = {"edge": ours2.edge.pid, "agent": ours2.agents["http"].pid, "upstream": up.pid}
+            servers["ours2w"] = [ours2.start_http(UPSTREAM_PORT, HTTPS_NAME),
+                                 ours2.start_http(UPSTREAM_PORT, HTTPS_NAME2, key="http2")]
+            trees["ours2w"] = {"edge": ours2.edge.pid, "agent": [ours2.agents["http"].pid, ours2.agents["http2"].pid],
+                               "upstream": up.pid}
             ctx.log(f"edge: ours with --workers 2 serves {servers['ours2w']}")
         else:
             workers_note = "gslb edge --help lists no --workers: the edge is one process (2-worker figures n/a)"
@@ -220,7 +240,7 @@ def _https(ctx, procs: Procs, certs: dict, root: str, ours, missing: str | None)
                     ours.check_alive()
                 if ours2 is not None:
                     ours2.check_alive()
-                st = _wrk(servers[who] + path, seconds, close=close, trees=trees[who])
+                st = _wrk(_at(servers[who], path), seconds, close=close, trees=trees[who])
                 runs[vname].setdefault(who, []).append(st)
                 cpu = st["cpu"]["per_unit"]
                 ctx.log(f"edge: round {rnd + 1}/{rounds} {vname:5s} {who:7s} {st['rps']:>9,.0f} req/s  "
@@ -231,7 +251,8 @@ def _https(ctx, procs: Procs, certs: dict, root: str, ours, missing: str | None)
 
     # Added latency: sequential requests (one connection, one at a time), p50, versus the bare upstream.
     lat = {}
-    for who, url in [("upstream", f"http://127.0.0.1:{UPSTREAM_PORT}")] + [(k, servers[k]) for k in order]:
+    # (one connection: the 2-worker edge's first endpoint)
+    for who, url in [("upstream", f"http://127.0.0.1:{UPSTREAM_PORT}")] + [(k, _first(servers[k])) for k in order]:
         st = _wrk(url + "/small", lat_seconds, threads=1, conns=1)
         lat[who] = st
         ctx.log(f"edge: sequential {who:8s} p50 {st['latency_p50_ms']:.3f} ms  ({st['rps']:,.0f} req/s)")

@@ -713,7 +713,9 @@ listen = ["127.0.0.1"]
 https_port = {self.port}
 health_listen = "127.0.0.1:{self.health_port}"
 """)
-        argv = [*gslb_argv(), "edge", "--config", cfg, "--pop", "t"]
+        # One process: the limits and counters these faults check are a process's (max_connections,
+        # open files, /healthz); `--workers N` has its own tests (tests/test_edge_workers.py).
+        argv = [*gslb_argv(), "edge", "--config", cfg, "--pop", "t", "--workers", "1"]
         if open_files:
             # soft and hard open-file limit of the edge (the edge raises soft to hard itself)
             argv = [sys.executable, "-c", "import os, resource, sys; n = int(sys.argv[1]); "

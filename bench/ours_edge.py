@@ -155,10 +155,11 @@ class OursEdge:
         raise StartError(f"gslb agent {' '.join(args)} printed no forwarding line:\n{p.log_tail()}\n"
                          f"edge log:\n{self.edge.log_tail()}")
 
-    def start_http(self, upstream_port: int, name: str) -> str:
-        """An HTTPS endpoint for `name` (<label>.app.<zone>) to the upstream; returns https://NAME:PORT."""
+    def start_http(self, upstream_port: int, name: str, key: str = "http") -> str:
+        """An HTTPS endpoint for `name` (<label>.app.<zone>) to the upstream, served by the agent
+        `key` (a second key: a second agent, its own session); returns https://NAME:PORT."""
         label = name.split(".")[0]
-        url = self._agent("http", ["http", str(upstream_port), "--name", label])
+        url = self._agent(key, ["http", str(upstream_port), "--name", label])
         host = url.split("://", 1)[1].split("/")[0].split(":")[0]
         return f"https://{host}:{self.port}"
 

@@ -117,3 +117,21 @@ def parse_wrk(text: str) -> dict:
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     out["non_2xx"] = int(m.group(1)) if m else 0
     return out
+
+
+def merge_wrk(outs: list[dict]) -> dict:
+    """Several `parse_wrk` results of wrk runs made at once (one per endpoint) as one: counts and
+    rates summed, the duration the longest, latencies the request-weighted mean of each run's
+    (an approximation of the pooled percentile: the runs' distributions are not kept)."""
+    if len(outs) == 1:
+        return outs[0]
+    total = sum(o["requests"] for o in outs)
+    out = {"rps": sum(o["rps"] for o in outs), "requests": total,
+           "duration_s": max(o["duration_s"] for o in outs), "bytes_read": sum(o["bytes_read"] for o in outs),
+           "socket_errors": {k: sum(o["socket_errors"][k] for o in outs) for k in outs[0]["socket_errors"]},
+           "non_2xx": sum(o["non_2xx"] for o in outs)}
+    for key in ("latency_avg_ms", "latency_p50_ms", "latency_p75_ms", "latency_p90_ms", "latency_p99_ms"):
+        vals = [(o[key], o["requests"]) for o in outs if o.get(key) is not None]
+        weight = sum(w for _, w in vals)
+        out[key] = sum(v * w for v, w in vals) / weight if vals and weight else None
+    return out

@@ -104,6 +104,24 @@ def run_bounded(argv: Sequence[str], timeout: float, **kw) -> subprocess.Complet
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def run_bounded_all(argvs: Sequence[Sequence[str]], timeout: float) -> list[subprocess.CompletedProcess]:
+    """Several load generators at once, each bounded as in `run_bounded`; their results in order.
+    One that overruns is killed (and so are the others once the first has failed)."""
+    procs = [subprocess.Popen(list(a), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for a in argvs]
+    deadline = time.monotonic() + timeout
+    out = []
+    try:
+        for p, a in zip(procs, argvs):
+            stdout, stderr = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            out.append(subprocess.CompletedProcess(list(a), p.returncode, stdout, stderr))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return out
+
+
 def wait_tcp(host: str, port: int, proc: Proc | None = None, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -43,7 +43,7 @@ RESULTS = os.path.join(REPO, "bench", "results")
 TOOLS = {"dnsperf": "dnsperf", "gdnsd": "gdnsd", "nginx": "nginx-light", "wrk": "wrk", "dig": "dnsutils",
          "ip": "iproute2", "unshare": "util-linux", "mount": "mount"}
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
-HOSTNAMES = ("demo.app.lab.test", "bulk.tcp.lab.test", "connect.lab.test", "lab.test", "upstream.lab.test")
+HOSTNAMES = ("demo.app.lab.test", "demo2.app.lab.test", "bulk.tcp.lab.test", "connect.lab.test", "lab.test", "upstream.lab.test")
 PARTS = ("dns", "edge", "tunnel", "failover")
 
 

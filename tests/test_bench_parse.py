@@ -1,6 +1,7 @@
 """bench/parse.py: what dnsperf and wrk print, into numbers."""
 from __future__ import annotations
 
+import subprocess
 import pytest
 
 from bench.parse import ParseError, dnsperf_verbose_latencies, parse_dnsperf, parse_duration_s, parse_wrk, percentile
@@ -119,3 +120,26 @@ def test_wrk_runs_aggregate_to_medians_leaving_invalid_runs_out():
     assert agg["rps_runs"] == [74545.4, 90000.0, 1000000.0]
     assert "non-2xx" in agg["invalid"] and "all_invalid" not in agg
     assert aggregate_wrk([broken])["rps"] is None
+
+
+def test_wrk_runs_made_at_once_are_summed_and_their_latencies_weighted_by_requests():
+    from bench.parse import merge_wrk
+    a = parse_wrk(WRK)
+    b = dict(a, rps=a["rps"] / 2, requests=a["requests"] // 2, latency_p50_ms=a["latency_p50_ms"] * 4,
+             non_2xx=3, socket_errors=dict(a["socket_errors"], read=2), duration_s=a["duration_s"] + 0.5)
+    m = merge_wrk([a, b])
+    assert m["rps"] == a["rps"] + b["rps"] and m["requests"] == a["requests"] + b["requests"]
+    assert m["non_2xx"] == a["non_2xx"] + 3 and m["socket_errors"]["read"] == a["socket_errors"]["read"] + 2
+    assert m["duration_s"] == b["duration_s"]
+    want = (a["latency_p50_ms"] * a["requests"] + b["latency_p50_ms"] * b["requests"]) / m["requests"]
+    assert abs(m["latency_p50_ms"] - want) < 1e-9
+    assert merge_wrk([a]) is a
+
+
+def test_load_generators_run_at_once_and_an_overrun_is_killed():
+    import pytest as _pytest
+    from bench.procs import run_bounded_all
+    rs = run_bounded_all([["sh", "-c", "sleep 0.3; echo a"], ["sh", "-c", "sleep 0.3; echo b"]], timeout=20)
+    assert [r.stdout.strip() for r in rs] == ["a", "b"] and all(r.returncode == 0 for r in rs)
+    with _pytest.raises(subprocess.TimeoutExpired):
+        run_bounded_all([["sleep", "30"]], timeout=0.5)
