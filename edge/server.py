@@ -94,11 +94,12 @@ class _HelloPeek:
     """
 
     def __init__(self, server: "EdgeServer", sock: socket.socket, peer: tuple[Any, ...],
-                 abuse: AbuseConn | None = None) -> None:
+                 abuse: AbuseConn | None = None, adopted: bool = False) -> None:
         self.server = server
         self.sock = sock
         self.peer = peer
         self.abuse = abuse
+        self.adopted = adopted   # handed over by another worker: served here, never passed on again
         self.loop = server.loop
         self.tries = 0
         self.done = False
@@ -156,7 +157,7 @@ class _HelloPeek:
             self.loop.call_later(delay, self._rearm)
             return
         self._finish()
-        self.server.dispatch(self.sock, self.peer, hello, self.abuse)
+        self.server.dispatch(self.sock, self.peer, hello, self.abuse, adopted=self.adopted)
 
 
 class EdgeServer:
@@ -380,7 +381,7 @@ class EdgeServer:
             sock.close()
             return
         self.stats.open += 1
-        _HelloPeek(self, sock, peer, None)
+        _HelloPeek(self, sock, peer, None, adopted=True)
 
     def _hand_over(self, sock: socket.socket, peer: tuple[str, int], owner: int, sni: str,
                    abuse: AbuseConn | None) -> None:
@@ -506,8 +507,21 @@ class EdgeServer:
         if sock is not None:
             sock.close()
 
+    def _agent_worker(self) -> int:
+        """--workers: the worker for a new agent session: the one holding the fewest agent sessions
+        at this PoP (counted from the shared ownership table: sessions with a binding), this one on
+        a tie. Sessions that have bound nothing yet are not seen: agents that connect at the same
+        instant may share a worker."""
+        w = self.worker
+        sessions: list[set[str]] = [set() for _ in range(w.count)]
+        for b in self.hub.registry.bindings():
+            k = b.meta.get("worker")
+            if b.pop == self.cfg.pop and isinstance(k, int) and 0 <= k < w.count:
+                sessions[k].add(b.session)
+        return min(range(w.count), key=lambda k: (len(sessions[k]), k != w.index))
+
     def dispatch(self, sock: socket.socket, peer: tuple[Any, ...], hello: ClientHello,
-                 abuse: AbuseConn | None = None) -> None:
+                 abuse: AbuseConn | None = None, *, adopted: bool = False) -> None:
         sni = hello.sni
         peer2 = (str(peer[0]), int(peer[1]))
         if sni is None:
@@ -515,10 +529,15 @@ class EdgeServer:
             self.abuse_closed(abuse, error="malformed")
             self.release(sock)
             return
-        if self.worker is not None and sni not in self.cfg.ingress_names:
+        if self.worker is not None and not adopted:
             # --workers: the endpoint's agent session lives in another worker: pass the socket
-            # on, still encrypted (edge/workers/handover.py).
-            owner = self.hub.owner_worker("http", sni)
+            # on, still encrypted (edge/workers/handover.py). An agent goes to the worker that
+            # holds the fewest agent sessions, so sessions (and the endpoints' work) spread
+            # over the workers whatever the kernel's hash of the agents' ports.
+            if sni in self.cfg.ingress_names:
+                owner = self._agent_worker()
+            else:
+                owner = self.hub.owner_worker("http", sni)
             if owner is not None and owner != self.worker.index:
                 self._hand_over(sock, peer2, owner, sni, abuse)
                 return

@@ -5,7 +5,9 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -109,6 +111,28 @@ def _get(net, name: str) -> tuple[int, bytes]:
     r = curl_https(net.ca.cert_path, net.https_port, f"{name}.app.lab.test", "/", "-w", "\n%{http_code}")
     body, _, code = r.stdout.rpartition(b"\n")
     return int(code or 0), body
+
+
+def test_agent_sessions_are_spread_over_the_workers(net):
+    """Agents one and two connected one after the other: whichever worker the kernel gave the
+    second one, it was handed to the worker without a session (docs/workers.md), so each
+    worker holds one of them (the socket of each agent's connection lives in its worker)."""
+    def conns(flt: str) -> list[tuple[str, str, int]]:
+        r = subprocess.run(["ss", "-tnpH", "state", "established", flt], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0, r.stderr
+        out = []
+        for line in r.stdout.splitlines():
+            f = line.split()
+            m = re.search(r"pid=(\d+)", line)
+            if len(f) >= 4 and m:
+                out.append((f[2], f[3], int(m.group(1))))   # local, peer, pid
+        return out
+    # the agents' side: their local address -> agent pid; the edge's side: the peer (= agent's local) -> worker
+    agent_of = {local: pid for local, _, pid in conns(f"( dport = :{net.https_port} )")}
+    worker_of = {agent_of.get(peer): pid for _, peer, pid in conns(f"( sport = :{net.https_port} )")}
+    one, two = (a.p.pid for a in net.agents[:2])
+    assert worker_of.get(one) in net.pids and worker_of.get(two) in net.pids, (worker_of, net.pids)
+    assert worker_of[one] != worker_of[two], worker_of
 
 
 def test_connections_accepted_by_either_worker_reach_the_right_agent(net):
