@@ -193,6 +193,7 @@ class EdgeServer:
         self.via = f"{cfg.pop}.{cfg.zone}"  # received-by in Via (RFC 9110 7.6.3)
         self.stats = Stats()
         self.metrics = EdgeCounters()   # /metrics on the health listener (edge/metrics.py)
+        self.worker_stats: Any = None   # worker 0 of --workers: asks the others (edge.metrics.EdgeWorkerStats)
         # The automatic abuse layer (edge/abuse/README.md): per-source accounting, blocks at accept.
         self.abuse: AbuseTracker | None = AbuseTracker(cfg.abuse, _abuse_log) if cfg.abuse.enabled else None
         self._abuse_timer: asyncio.TimerHandle | None = None
@@ -325,6 +326,12 @@ class EdgeServer:
                 self._tcp_reconcile(port)
             lo, hi = cfg.tcp_ports
             self.bound["tcp"] = [(a, p) for a in cfg.listen for p in (lo, hi)]
+        from edge import metrics as edge_metrics
+        from plumbing.workerstats import serve_snapshots
+        if w.stats_serve is not None:
+            serve_snapshots(w.stats_serve, lambda: edge_metrics.local_snapshot(self))
+        if w.stats_ask:
+            self.worker_stats = edge_metrics.EdgeWorkerStats(self, w.stats_ask)
         if w.health is not None:
             await self._start_health(*cfg.health_listen, sock=w.health)
         self._handover = handover.Receiver(self.loop, w.handover_in, self.adopt)
@@ -816,6 +823,16 @@ class EdgeServer:
             **extra,
         }
 
+    async def health_all(self) -> dict[str, Any]:
+        """health(); with --workers (worker 0) its counts are the sums over the workers that
+        answered, each worker's own in "per_worker" (docs/workers.md)."""
+        h = self.health()
+        if self.worker_stats is None:
+            return h
+        from edge.metrics import health_totals
+        total, each = await self.worker_stats.collect()
+        return health_totals(h, total, each, self.worker_stats.count)
+
     async def _start_health(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         # aiohttp here, not on the data path (docs/configuration.md: admin/health endpoints).
         from aiohttp import web
@@ -823,7 +840,7 @@ class EdgeServer:
         from edge import metrics as edge_metrics
 
         async def healthz(request: web.Request) -> web.Response:
-            return web.Response(text=json.dumps(self.health()) + "\n", content_type="application/json")
+            return web.Response(text=json.dumps(await self.health_all()) + "\n", content_type="application/json")
 
         app = web.Application()
         app.router.add_get("/healthz", healthz)

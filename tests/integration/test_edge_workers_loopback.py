@@ -123,6 +123,39 @@ def test_connections_accepted_by_either_worker_reach_the_right_agent(net):
     assert moved > 0 and h["handover_failed"] == 0, h
 
 
+def _metrics(net) -> dict[tuple, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{net.health_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def _served(m: dict[tuple, float], name: str) -> float:
+    key = ("gslb_edge_requests_total", (("code", "2xx"), ("endpoint", f"{name}.app.lab.test"), ("origin", "upstream")))
+    return m.get(key, 0.0)
+
+
+def test_metrics_and_healthz_sum_what_both_workers_served(net):
+    n = 10
+    before = _metrics(net)
+    h0 = _health(net)
+    for _ in range(n):   # new connections each: both workers accept some; the session owner serves
+        for name in ("one", "two"):
+            assert _get(net, name) == (200, f"upstream {name}".encode())
+    m = _metrics(net)
+    assert m[("gslb_edge_workers", ())] == 2 and m[("gslb_edge_workers_answering", ())] == 2, m
+    # "one" and "two" may live in different workers: the edge's sum counts every request once
+    for name in ("one", "two"):
+        assert _served(m, name) - _served(before, name) == n, (name, _served(before, name), _served(m, name))
+    assert m[("gslb_edge_agent_sessions", ())] == 3      # two http agents and the tcp agent, wherever they are
+    h = _health(net)
+    assert h["workers_answering"] == 2 and sorted(h["per_worker"]) == ["0", "1"]
+    assert h["sessions"] == 3 == sum(w["sessions"] for w in h["per_worker"].values())
+    assert h["requests"] - h0["requests"] >= 2 * n
+    assert h["requests"] == sum(w["requests"] for w in h["per_worker"].values())
+
+
 def test_tcp_endpoint_is_served_by_the_worker_owning_it(net):
     for i in range(5):
         assert tcp_echo_through("127.0.0.1", net.tcp_port, b"w%d" % i).endswith(b"echo:w%d" % i)
