@@ -241,13 +241,28 @@ class EdgeServer:
         if self.acme is not None and (endpoint.kind == "http" or getattr(endpoint, "terminate_at", "") == "edge"):
             # A new endpoint's certificate is ordered at once, not at its first handshake.
             self.acme.ensure(host)
-        if endpoint.kind == "tls":
+        self._remember_name(host, endpoint.kind)
+
+    def _remember_name(self, host: str, kind: str) -> None:
+        """`host` was last bound as a `kind` endpoint ("tls": when offline, its clients are closed)."""
+        if kind == "tls":
             self._tls_names[host] = None
             self._tls_names.move_to_end(host)
             while len(self._tls_names) > _MAX_TLS_NAMES:
                 self._tls_names.popitem(last=False)
         else:
             self._tls_names.pop(host, None)
+
+    def _on_registry_event(self, ev: Any) -> None:
+        """--workers: a bind in any worker of this PoP (the shared ownership table, edge/workers/ipc.py)
+        teaches every worker whether the name is a TLS endpoint, as one process would know it."""
+        if ev.type == "put":
+            self._learn_binding(ev.binding)
+
+    def _learn_binding(self, b: Any) -> None:
+        if b is None or b.kind != "http" or b.pop != self.cfg.pop:
+            return
+        self._remember_name(b.name, "tls" if b.meta.get("kind") == "tls" else "http")
 
     def is_https_name(self, host: str) -> bool:
         if self.endpoint_label(host) is not None:
@@ -318,6 +333,10 @@ class EdgeServer:
                                       self.acme.http01_answer if self.acme is not None else None), sock=sock)
             self._servers.append(srv)
             self.bound.setdefault("http", []).append(sock.getsockname()[:2])
+        registry = self.hub.registry
+        registry.subscribe(self._on_registry_event)
+        for b in registry.bindings():   # held before this worker started (a respawn)
+            self._learn_binding(b)
         if w.tcp:
             # The owner of a TCP endpoint accepts on its port (an accepted plain TCP connection has no
             # ClientHello to route by); worker 0 serves the ports nobody owns (and closes them).
