@@ -7,7 +7,8 @@ query: a scrape turns a *snapshot* of those counters into metric families
 
 With workers, the process that owns them serves `/metrics`: at each scrape it
 asks every worker for its snapshot over a socket pair made before the fork
-(`WorkerStats`; the worker side is `serve_worker_stats`) and sums them. A worker
+(`WorkerStats`; the worker side is `serve_worker_stats`; both in plumbing/workerstats.py) and
+sums them. A worker
 that does not answer in time counts with its last snapshot; one that died
 leaves its last snapshot in `retired`, so a respawn never makes a counter go
 backwards (what it counted after its last snapshot is lost, never shown twice).
@@ -17,9 +18,6 @@ Snapshots are JSON: {"tally": [[qtype, rcode, tcp, ecs, [pops...], n], ...],
 """
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import socket
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -29,9 +27,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from dns.engine import TALLY_TYPES
 from dns.wire import RCODE_NAMES
 from plumbing.stats import stats_of
+from plumbing.workerstats import MAX_SNAPSHOT, WORKER_TIMEOUT, SnapshotAsker, serve_snapshots  # noqa: F401
 
-MAX_SNAPSHOT = 16 << 20     # bytes of one worker's reply (the tally's key set is bounded)
-WORKER_TIMEOUT = 2.0        # s a worker has to answer a scrape
 
 
 def rrl_stats(server: Any) -> dict[str, float]:
@@ -181,94 +178,30 @@ class DnsCollector(Collector):
 
 def serve_worker_stats(sock: socket.socket, server: Any) -> None:
     """In a worker: answer each request line on `sock` with a snapshot line (same "seq")."""
-    loop = asyncio.get_running_loop()
-    sock.settimeout(1.0)   # a stuck supervisor costs a worker at most this long
-    fd = sock.fileno()
-
-    def on_request() -> None:
-        try:
-            data = sock.recv(4096)
-        except (BlockingIOError, InterruptedError, socket.timeout):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(fd)
-            return
-        seq = data.rstrip(b"\n").rsplit(b"\n", 1)[-1].decode("ascii", "replace")
-        line = json.dumps({"seq": seq, **local_snapshot(server)}, separators=(",", ":")).encode() + b"\n"
-        try:
-            sock.sendall(line)
-        except OSError:
-            pass
-
-    loop.add_reader(fd, on_request)
+    serve_snapshots(sock, lambda: local_snapshot(server))
 
 
-class WorkerStats:
-    """In the supervisor: each worker's socket and last snapshot; `collect()` sums them."""
+class WorkerStats(SnapshotAsker):
+    """In the supervisor: each worker's socket and last snapshot; `collect()` sums them
+    (plumbing/workerstats.py; a worker that misses a scrape counts with its last snapshot)."""
 
     def __init__(self, collector: DnsCollector) -> None:
+        super().__init__(merge, empty_snapshot)
         self.collector = collector
-        self.socks: dict[int, socket.socket] = {}
-        self.last: dict[int, dict[str, Any]] = {}
-        self.retired = empty_snapshot()
-        self._bufs: dict[int, bytes] = {}
-        self._seq = 0
-        self._lock = asyncio.Lock()
 
     def add(self, pid: int, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self.socks[pid] = sock
+        super().add(pid, sock)
         self.collector.workers = len(self.socks)
 
     def forget(self, pid: int) -> None:
         """A worker died: its last totals stay in the sum."""
-        sock = self.socks.pop(pid, None)
-        if sock is not None:
-            sock.close()
-        last = self.last.pop(pid, None)
-        if last is not None:
-            self.retired = merge([self.retired, last])
-        self._bufs.pop(pid, None)
+        super().forget(pid)
         self.collector.workers = len(self.socks)
 
-    async def _ask(self, pid: int, sock: socket.socket, seq: str) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.sock_sendall(sock, seq.encode() + b"\n")
-        buf = self._bufs.get(pid, b"")
-        while True:
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                try:
-                    snap = json.loads(line)
-                except ValueError:
-                    continue  # a reply cut by the worker's send timeout
-                if isinstance(snap, dict) and snap.get("seq") == seq:
-                    if pid in self.socks:   # not forgotten (dead) meanwhile: its last is in `retired`
-                        self._bufs[pid] = buf
-                        self.last[pid] = snap
-                    return
-            chunk = await loop.sock_recv(sock, 1 << 16)
-            if not chunk:
-                raise ConnectionError("worker closed its stats socket")
-            buf += chunk
-            if len(buf) > MAX_SNAPSHOT:
-                buf = b""
-            self._bufs[pid] = buf
-
-    async def collect(self, timeout: float = WORKER_TIMEOUT) -> dict[str, Any]:
-        async with self._lock:
-            self._seq += 1
-            seq = str(self._seq)
-
-            async def one(pid: int, sock: socket.socket) -> None:
-                try:
-                    await asyncio.wait_for(self._ask(pid, sock, seq), timeout)
-                except (asyncio.TimeoutError, OSError, ConnectionError):
-                    self.collector.worker_timeouts += 1
-            await asyncio.gather(*(one(p, s) for p, s in list(self.socks.items())))
-            return merge([self.retired, *self.last.values()])
+    async def collect(self, timeout: float = WORKER_TIMEOUT, fresh_only: bool = False) -> dict[str, Any]:
+        out = await super().collect(timeout, fresh_only)
+        self.collector.worker_timeouts = self.timeouts
+        return out
 
 
 # -- the listener ------------------------------------------------------------------------------

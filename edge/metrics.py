@@ -88,92 +88,206 @@ class EdgeCounters:
 
     def request_counts(self) -> dict[tuple[str, str, str], int]:
         """{(endpoint, "2xx", origin): n} for the counts that are not zero."""
-        out = {}
-        for endpoint, row in list(self.requests.items()):
-            for i, n in enumerate(row):
-                if n:
-                    out[(endpoint, _CLASSES[i % 6], _ORIGINS[i // 6])] = n
-        return out
+        return request_counts(self.requests)
 
 
 # Counters nobody exposes: a front made without a server (tests) counts here.
 DISCARD = EdgeCounters()
 
 
+def _add(a: Any, b: Any) -> Any:
+    """a + b over numbers, lists of numbers (element by element) and dicts (key by key)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = _add(out[k], v) if k in out else v
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        n = max(len(a), len(b))
+        return [_add(a[i] if i < len(a) else 0, b[i] if i < len(b) else 0) for i in range(n)]
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a + b
+    return a
+
+
+def local_snapshot(server: Any) -> dict[str, Any]:
+    """This process's counters and gauges, JSON-able (what another worker sends worker 0)."""
+    c: EdgeCounters = server.metrics
+    st = server.stats
+    hub = server.hub
+    modules: dict[str, dict[str, float]] = {}
+    for m in getattr(server.chain, "modules", ()):
+        name = getattr(m, "name", "") or type(m).__name__
+        modules[name] = _add(modules.get(name, {}), stats_of(m))
+    tracker, manager = getattr(server, "abuse", None), getattr(server, "acme", None)
+    peers = getattr(hub, "peers", None)
+    return {
+        "connections": dict(c.connections),
+        "requests": {k: list(v) for k, v in list(c.requests.items())},
+        "bytes_in": dict(c.bytes_in), "bytes_out": dict(c.bytes_out),
+        "buckets": list(c.buckets), "duration_sum": c.duration_sum,
+        "decisions": {f"{m or 'none'}\0{v}": n for (m, v), n in list(c.decisions.items())},
+        "stats": {"open": st.open, "refused_limit": st.refused_limit, "bad_hello": st.bad_hello,
+                  "accept_errors": st.accept_errors, "accepted": st.accepted, "requests": st.requests,
+                  "handed_over": st.handed_over, "handed_in": st.handed_in, "handover_failed": st.handover_failed},
+        "modules": modules,
+        "abuse": stats_of(tracker) if tracker is not None else {},
+        "acme": stats_of(manager) if manager is not None else {},
+        "hub": {k: hub.stats()[k] for k in ("sessions", "bindings", "streams")},
+        "links": {pop: len(getattr(sess, "streams", ())) for pop, sess in getattr(peers, "sessions", {}).items()},
+        "registry_errors": getattr(hub, "registry_errors", 0),
+    }
+
+
+def merge(snaps: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The sum of several workers' snapshots: counters and gauges (open connections, sessions,
+    a module's table sizes) alike, key by key; "seq" (the asker's) is dropped."""
+    out: dict[str, Any] = {}
+    for snap in snaps:
+        out = _add(out, {k: v for k, v in snap.items() if k != "seq"})
+    return out
+
+
 class EdgeCollector(Collector):
+    """Metric families from `snapshot` (the sum over workers, set before each scrape) or, when it
+    is None, from this process's counters."""
+
     def __init__(self, server: Any) -> None:
         self.server = server
+        self.snapshot: dict[str, Any] | None = None
+        self.workers: int | None = None       # --workers: how many processes serve
+        self.answering = 0                    # of them, counted in the newest scrape
+        self.timeouts = 0
 
     def collect(self) -> Iterable[Any]:
-        srv = self.server
-        c: EdgeCounters = srv.metrics
+        snap = self.snapshot if self.snapshot is not None else local_snapshot(self.server)
         conns = CounterMetricFamily("gslb_edge_connections", "Connections accepted and dispatched, by kind",
                                     labels=["kind"])
         for kind in KINDS:
-            conns.add_metric([kind], c.connections[kind])
+            conns.add_metric([kind], snap["connections"].get(kind, 0))
         yield conns
-        st = srv.stats
-        yield GaugeMetricFamily("gslb_edge_connections_open", "Client connections open now", value=st.open)
+        st = snap["stats"]
+        yield GaugeMetricFamily("gslb_edge_connections_open", "Client connections open now", value=st["open"])
         yield CounterMetricFamily("gslb_edge_connections_refused", "Connections closed at once: over max_connections",
-                                  value=st.refused_limit)
+                                  value=st["refused_limit"])
         yield CounterMetricFamily("gslb_edge_bad_client_hello", "Connections closed: no valid TLS ClientHello",
-                                  value=st.bad_hello)
-        yield CounterMetricFamily("gslb_edge_accept_errors", "accept() failures (EMFILE ...)", value=st.accept_errors)
+                                  value=st["bad_hello"])
+        yield CounterMetricFamily("gslb_edge_accept_errors", "accept() failures (EMFILE ...)",
+                                  value=st["accept_errors"])
         reqs = CounterMetricFamily("gslb_edge_requests", "HTTP responses to clients, by endpoint, status class, origin",
                                    labels=["endpoint", "code", "origin"])
-        for key, n in sorted(c.request_counts().items()):
+        for key, n in sorted(request_counts(snap["requests"]).items()):
             reqs.add_metric(list(key), n)
         yield reqs
         bts = CounterMetricFamily("gslb_edge_bytes", "Bytes of ended client connections, by kind and direction",
                                   labels=["kind", "direction"])
         for kind in BYTE_KINDS:
-            bts.add_metric([kind, "in"], c.bytes_in[kind])
-            bts.add_metric([kind, "out"], c.bytes_out[kind])
+            bts.add_metric([kind, "in"], snap["bytes_in"].get(kind, 0))
+            bts.add_metric([kind, "out"], snap["bytes_out"].get(kind, 0))
         yield bts
         cum, buckets = 0, []
-        for le, n in zip((*map(repr, DURATION_BUCKETS), "+Inf"), c.buckets):
+        for le, n in zip((*map(repr, DURATION_BUCKETS), "+Inf"), snap["buckets"]):
             cum += n
             buckets.append((le, cum))
         yield HistogramMetricFamily("gslb_edge_request_duration_seconds",
                                     "From a request head let through to the upstream's response head",
-                                    buckets=buckets, sum_value=c.duration_sum)
+                                    buckets=buckets, sum_value=snap["duration_sum"])
         dec = CounterMetricFamily("gslb_edge_module_decisions", "Module chain decisions, by deciding module and verdict",
                                   labels=["module", "verdict"])
-        for (module, verdict), n in sorted(((m or "none", v), n) for (m, v), n in list(c.decisions.items())):
-            dec.add_metric([module, verdict], n)
+        for key, n in sorted(snap["decisions"].items()):
+            dec.add_metric(key.split("\0", 1), n)
         yield dec
-        mod = GaugeMetricFamily("gslb_edge_module_stat", "A chain module's stats() values", labels=["module", "stat"])
-        for m in getattr(srv.chain, "modules", ()):
-            name = getattr(m, "name", "") or type(m).__name__
-            for k, v in sorted(stats_of(m).items()):
+        mod = GaugeMetricFamily("gslb_edge_module_stat", "A chain module's stats() values (summed over workers)",
+                                labels=["module", "stat"])
+        for name, stats in snap["modules"].items():
+            for k, v in sorted(stats.items()):
                 mod.add_metric([name, k], v)
         yield mod
-        abuse = GaugeMetricFamily("gslb_edge_abuse_stat", "The abuse tracker's stats() values", labels=["stat"])
-        tracker = getattr(srv, "abuse", None)
-        if tracker is not None:
-            for k, v in sorted(stats_of(tracker).items()):
-                abuse.add_metric([k], v)
+        abuse = GaugeMetricFamily("gslb_edge_abuse_stat", "The abuse tracker's stats() values (summed over workers)",
+                                  labels=["stat"])
+        for k, v in sorted(snap["abuse"].items()):
+            abuse.add_metric([k], v)
         yield abuse
         acme = GaugeMetricFamily("gslb_edge_acme_stat", "The ACME manager's stats() values (docs/acme.md)",
                                  labels=["stat"])
-        manager = getattr(srv, "acme", None)
-        if manager is not None:
-            for k, v in sorted(stats_of(manager).items()):
-                acme.add_metric([k], v)
+        for k, v in sorted(snap["acme"].items()):
+            acme.add_metric([k], v)
         yield acme
-        hub = srv.hub
-        hs = hub.stats()
+        hs = snap["hub"]
         yield GaugeMetricFamily("gslb_edge_agent_sessions", "Agent tunnel sessions connected now", value=hs["sessions"])
         yield GaugeMetricFamily("gslb_edge_bindings", "Endpoints bound on this PoP now", value=hs["bindings"])
         yield GaugeMetricFamily("gslb_edge_tunnel_streams", "Streams open in agent sessions now", value=hs["streams"])
         links = GaugeMetricFamily("gslb_edge_peer_link_streams", "Streams open on the link to a peer PoP",
                                   labels=["peer"])
-        peers = getattr(hub, "peers", None)
-        for pop, session in sorted(getattr(peers, "sessions", {}).items()):
-            links.add_metric([pop], len(getattr(session, "streams", ())))
+        for pop, n in sorted(snap["links"].items()):
+            links.add_metric([pop], n)
         yield links
         yield CounterMetricFamily("gslb_edge_registry_errors", "Registry operations that failed (bind, unbind)",
-                                  value=getattr(hub, "registry_errors", 0))
+                                  value=snap["registry_errors"])
+        if self.workers is not None:
+            yield GaugeMetricFamily("gslb_edge_workers", "Worker processes of this edge (--workers)",
+                                    value=self.workers)
+            yield GaugeMetricFamily("gslb_edge_workers_answering",
+                                    "Workers counted in this scrape (the others did not answer in time)",
+                                    value=self.answering)
+            yield CounterMetricFamily("gslb_edge_worker_scrape_timeouts",
+                                      "Scrapes a worker did not answer in time (left out of that scrape)",
+                                      value=self.timeouts)
+
+
+def request_counts(requests: dict[str, list[int]]) -> dict[tuple[str, str, str], int]:
+    """{(endpoint, "2xx", origin): n} for the counts that are not zero."""
+    out = {}
+    for endpoint, row in list(requests.items()):
+        for i, n in enumerate(row):
+            if n:
+                out[(endpoint, _CLASSES[i % 6], _ORIGINS[i // 6])] = n
+    return out
+
+
+class EdgeWorkerStats:
+    """Worker 0 of `gslb edge --workers N`: asks workers 1..N-1 at each scrape
+    (plumbing/workerstats.py) and sums their snapshots with its own. A worker that does not answer
+    within `timeout` is left out of that scrape (gslb_edge_workers_answering says how many were
+    counted) and never blocks it for longer."""
+
+    def __init__(self, server: Any, socks: dict[int, Any], timeout: float = 1.0) -> None:
+        from plumbing.workerstats import SnapshotAsker
+        self.server = server
+        self.timeout = timeout
+        self.asker = SnapshotAsker(merge, dict, keep_retired=False)
+        for index, sock in socks.items():
+            self.asker.add(index, sock)
+        self.count = len(socks) + 1
+
+    async def collect(self) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+        """(the sum over this worker and the workers that answered, {worker index: its snapshot})."""
+        await self.asker.collect(self.timeout, fresh_only=True)
+        each = {0: local_snapshot(self.server)}
+        each.update({k: v for k, v in sorted(self.asker.last.items()) if k in self.asker.fresh})
+        return merge(each.values()), each
+
+
+# /healthz key -> where it is in a snapshot (summed over workers with --workers)
+_HEALTH_SUMS = {"sessions": ("hub", "sessions"), "bindings": ("hub", "bindings"), "connections": ("stats", "open"),
+                "accepted": ("stats", "accepted"), "requests": ("stats", "requests"),
+                "refused_limit": ("stats", "refused_limit"), "accept_errors": ("stats", "accept_errors"),
+                "bad_client_hello": ("stats", "bad_hello"), "handed_over": ("stats", "handed_over"),
+                "handed_in": ("stats", "handed_in"), "handover_failed": ("stats", "handover_failed")}
+
+
+def health_totals(local: dict[str, Any], total: dict[str, Any], each: dict[int, dict[str, Any]],
+                  workers: int) -> dict[str, Any]:
+    """Worker 0's /healthz made the edge's: the same keys, summed over the workers in `each`
+    (`total` is their merge), plus "workers_answering" and "per_worker" (index -> its counts)."""
+    out = dict(local)
+    for key, (part, field) in _HEALTH_SUMS.items():
+        out[key] = total.get(part, {}).get(field, 0)
+    out["workers"] = workers
+    out["workers_answering"] = len(each)
+    out["per_worker"] = {str(i): {key: snap.get(part, {}).get(field, 0) for key, (part, field) in _HEALTH_SUMS.items()}
+                         for i, snap in sorted(each.items())}
+    return out
 
 
 def registry_for(server: Any) -> CollectorRegistry:
@@ -183,12 +297,19 @@ def registry_for(server: Any) -> CollectorRegistry:
 
 
 def add_route(app: Any, server: Any) -> None:
-    """GET /metrics on the health listener's aiohttp app."""
+    """GET /metrics on the health listener's aiohttp app. With --workers (worker 0 serves the
+    health listener) the sum over every worker that answers (`server.worker_stats`)."""
     from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    registry = registry_for(server)
+    collector = EdgeCollector(server)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
 
     async def metrics(request: web.Request) -> web.Response:
+        ws = getattr(server, "worker_stats", None)
+        if ws is not None:
+            collector.snapshot, each = await ws.collect()
+            collector.workers, collector.answering, collector.timeouts = ws.count, len(each), ws.asker.timeouts
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_get("/metrics", metrics)

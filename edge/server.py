@@ -194,6 +194,7 @@ class EdgeServer:
         self.via = f"{cfg.pop}.{cfg.zone}"  # received-by in Via (RFC 9110 7.6.3)
         self.stats = Stats()
         self.metrics = EdgeCounters()   # /metrics on the health listener (edge/metrics.py)
+        self.worker_stats: Any = None   # worker 0 of --workers: asks the others (edge.metrics.EdgeWorkerStats)
         # The automatic abuse layer (edge/abuse/README.md): per-source accounting, blocks at accept.
         self.abuse: AbuseTracker | None = AbuseTracker(cfg.abuse, _abuse_log) if cfg.abuse.enabled else None
         self._abuse_timer: asyncio.TimerHandle | None = None
@@ -241,13 +242,28 @@ class EdgeServer:
         if self.acme is not None and (endpoint.kind == "http" or getattr(endpoint, "terminate_at", "") == "edge"):
             # A new endpoint's certificate is ordered at once, not at its first handshake.
             self.acme.ensure(host)
-        if endpoint.kind == "tls":
+        self._remember_name(host, endpoint.kind)
+
+    def _remember_name(self, host: str, kind: str) -> None:
+        """`host` was last bound as a `kind` endpoint ("tls": when offline, its clients are closed)."""
+        if kind == "tls":
             self._tls_names[host] = None
             self._tls_names.move_to_end(host)
             while len(self._tls_names) > _MAX_TLS_NAMES:
                 self._tls_names.popitem(last=False)
         else:
             self._tls_names.pop(host, None)
+
+    def _on_registry_event(self, ev: Any) -> None:
+        """--workers: a bind in any worker of this PoP (the shared ownership table, edge/workers/ipc.py)
+        teaches every worker whether the name is a TLS endpoint, as one process would know it."""
+        if ev.type == "put":
+            self._learn_binding(ev.binding)
+
+    def _learn_binding(self, b: Any) -> None:
+        if b is None or b.kind != "http" or b.pop != self.cfg.pop:
+            return
+        self._remember_name(b.name, "tls" if b.meta.get("kind") == "tls" else "http")
 
     def is_https_name(self, host: str) -> bool:
         if self.endpoint_label(host) is not None:
@@ -318,6 +334,10 @@ class EdgeServer:
                                       self.acme.http01_answer if self.acme is not None else None), sock=sock)
             self._servers.append(srv)
             self.bound.setdefault("http", []).append(sock.getsockname()[:2])
+        registry = self.hub.registry
+        registry.subscribe(self._on_registry_event)
+        for b in registry.bindings():   # held before this worker started (a respawn)
+            self._learn_binding(b)
         if w.tcp:
             # The owner of a TCP endpoint accepts on its port (an accepted plain TCP connection has no
             # ClientHello to route by); worker 0 serves the ports nobody owns (and closes them).
@@ -326,6 +346,12 @@ class EdgeServer:
                 self._tcp_reconcile(port)
             lo, hi = cfg.tcp_ports
             self.bound["tcp"] = [(a, p) for a in cfg.listen for p in (lo, hi)]
+        from edge import metrics as edge_metrics
+        from plumbing.workerstats import serve_snapshots
+        if w.stats_serve is not None:
+            serve_snapshots(w.stats_serve, lambda: edge_metrics.local_snapshot(self))
+        if w.stats_ask:
+            self.worker_stats = edge_metrics.EdgeWorkerStats(self, w.stats_ask)
         if w.health is not None:
             await self._start_health(*cfg.health_listen, sock=w.health)
         self._handover = handover.Receiver(self.loop, w.handover_in, self.adopt)
@@ -835,6 +861,16 @@ class EdgeServer:
             **extra,
         }
 
+    async def health_all(self) -> dict[str, Any]:
+        """health(); with --workers (worker 0) its counts are the sums over the workers that
+        answered, each worker's own in "per_worker" (docs/workers.md)."""
+        h = self.health()
+        if self.worker_stats is None:
+            return h
+        from edge.metrics import health_totals
+        total, each = await self.worker_stats.collect()
+        return health_totals(h, total, each, self.worker_stats.count)
+
     async def _start_health(self, host: str, port: int, sock: socket.socket | None = None) -> None:
         # aiohttp here, not on the data path (docs/configuration.md: admin/health endpoints).
         from aiohttp import web
@@ -842,7 +878,7 @@ class EdgeServer:
         from edge import metrics as edge_metrics
 
         async def healthz(request: web.Request) -> web.Response:
-            return web.Response(text=json.dumps(self.health()) + "\n", content_type="application/json")
+            return web.Response(text=json.dumps(await self.health_all()) + "\n", content_type="application/json")
 
         app = web.Application()
         app.router.add_get("/healthz", healthz)

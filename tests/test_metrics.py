@@ -417,7 +417,9 @@ def test_docs_list_every_registered_metric_and_nothing_else():
         cfg = AgentConfig(endpoints=(EndpointConfig(kind="http", port=8080, name="demo"),), authtoken="x",
                           server="127.0.0.1:4443")
         return families(AgentCollector([Agent(cfg, out=lambda _: None)]))
-    registered = {**families(dc), **families(em.EdgeCollector(esrv)), **asyncio.run(agent_families())}
+    ec = em.EdgeCollector(esrv)
+    ec.workers, ec.answering = 2, 2      # the --workers families too
+    registered = {**families(dc), **families(ec), **asyncio.run(agent_families())}
     docs = documented()
     assert sorted(set(registered) - set(docs)) == [], "registered but not in docs/metrics.md"
     assert sorted(set(docs) - set(registered)) == [], "in docs/metrics.md but not registered"
@@ -477,3 +479,86 @@ def test_a_query_with_a_dns_cookie_counts_once():
     assert m["gslb_dns_queries_total"] == {
         (("ecs", "no"), ("qtype", "A"), ("rcode", "NOERROR"), ("transport", "udp")): 3}
     assert m["gslb_dns_cache_hits_total"][()] == 2
+
+
+# -- gslb edge --workers: worker 0 sums every worker's snapshot ------------------------------------
+
+def _edge_traffic(srv, n_ok: int, n_404: int, open_now: int) -> None:
+    c = srv.metrics
+    for _ in range(n_ok):
+        c.connection("https")
+        c.response("one.app.lab.test", 200, 0.003)
+    for _ in range(n_404):
+        c.page_status("gone.app.lab.test", b"HTTP/1.1 404 Not Found\r\n\r\n")
+    c.decided(Decision(Verdict.ALLOW))
+    c.transferred("https", 10 * n_ok, 100 * n_ok)
+    srv.stats.open = open_now
+    srv.stats.accepted = n_ok + n_404
+
+
+def test_edge_snapshots_add_up_counters_gauges_histograms_and_component_stats():
+    a, b = edge_server(), edge_server()
+    _edge_traffic(a, 3, 1, open_now=2)
+    _edge_traffic(b, 4, 0, open_now=5)
+    b.metrics.response("two.app.lab.test", 503, 40.0)
+    c = em.EdgeCollector(a)
+    c.snapshot = em.merge([em.local_snapshot(a), {"seq": "9", **em.local_snapshot(b)}])
+    m = scrape(c)
+    reqs = m["gslb_edge_requests_total"]
+    assert reqs[(("code", "2xx"), ("endpoint", "one.app.lab.test"), ("origin", "upstream"))] == 7
+    assert reqs[(("code", "4xx"), ("endpoint", "gone.app.lab.test"), ("origin", "edge"))] == 1
+    assert reqs[(("code", "5xx"), ("endpoint", "two.app.lab.test"), ("origin", "upstream"))] == 1
+    assert m["gslb_edge_connections_total"][(("kind", "https"),)] == 7
+    assert m["gslb_edge_connections_open"][()] == 7
+    assert m["gslb_edge_request_duration_seconds_count"][()] == 8
+    assert m["gslb_edge_request_duration_seconds_bucket"][(("le", "0.005"),)] == 7
+    assert m["gslb_edge_request_duration_seconds_sum"][()] == pytest.approx(40.0 + 7 * 0.003)
+    assert m["gslb_edge_module_decisions_total"] == {(("module", "none"), ("verdict", "allow")): 2}
+    assert m["gslb_edge_bytes_total"][(("direction", "out"), ("kind", "https"))] == 700
+    assert m["gslb_edge_module_stat"][(("module", "tiny_breaker"), ("stat", "trips"))] == 10
+    assert m["gslb_edge_abuse_stat"] == {(("stat", "blocks"),): 8, (("stat", "tracked"),): 18}
+    assert "gslb_edge_workers" not in m     # set by the --workers scrape only
+
+
+def test_edge_worker_zero_asks_the_others_and_leaves_out_one_that_does_not_answer():
+    from plumbing.workerstats import serve_snapshots
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        w0, w1, w2 = edge_server(), edge_server(), edge_server()
+        for srv, n in ((w0, 1), (w1, 2), (w2, 4)):
+            _edge_traffic(srv, n, 0, open_now=n)
+        socks = {}
+        theirs = {}
+        for i, srv in ((1, w1), (2, w2)):
+            mine, other = socket.socketpair()
+            serve_snapshots(other, lambda srv=srv: em.local_snapshot(srv))
+            socks[i], theirs[i] = mine, other
+        ws = em.EdgeWorkerStats(w0, socks, timeout=1.0)
+        total, each = await ws.collect()
+        assert sorted(each) == [0, 1, 2] and total["stats"]["open"] == 7 and ws.asker.timeouts == 0
+        h = em.health_totals({"status": "ok", "pop": "t", "connections": 1, "worker": 0}, total, each, ws.count)
+        assert h["connections"] == 7 and h["accepted"] == 7 and h["status"] == "ok" and h["pop"] == "t"
+        assert h["workers"] == 3 and h["workers_answering"] == 3
+        assert [h["per_worker"][k]["connections"] for k in ("0", "1", "2")] == [1, 2, 4]
+        # Worker 2 is stuck: left out of this scrape (not its old numbers), counted, the scrape ends.
+        loop.remove_reader(theirs[2].fileno())
+        _edge_traffic(w1, 1, 0, open_now=0)
+        total, each = await ws.collect()
+        assert sorted(each) == [0, 1] and ws.asker.timeouts == 1
+        assert total["stats"]["open"] == 1
+        assert total["connections"]["https"] == 1 + 3
+        c = em.EdgeCollector(w0)
+        c.snapshot, c.workers, c.answering, c.timeouts = total, ws.count, len(each), ws.asker.timeouts
+        m = scrape(c)
+        assert m["gslb_edge_workers"][()] == 3 and m["gslb_edge_workers_answering"][()] == 2
+        assert m["gslb_edge_worker_scrape_timeouts_total"][()] == 1
+        # Unstuck: its late reply is skipped by seq, the fresh one counted again.
+        serve_snapshots(theirs[2], lambda: em.local_snapshot(w2))
+        total, each = await ws.collect()
+        assert sorted(each) == [0, 1, 2] and total["connections"]["https"] == 1 + 3 + 4
+        for i in (1, 2):
+            loop.remove_reader(theirs[i].fileno())
+            theirs[i].close()
+            socks[i].close()
+    asyncio.run(main())

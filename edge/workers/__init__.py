@@ -25,10 +25,13 @@ class WorkerSlot:
     handover_in: socket.socket | None = None                      # connections handed to this worker
     handover_out: list[socket.socket] = field(default_factory=list)   # index -> that worker's channel
     registry: socket.socket | None = None                         # its end of the registry connection
+    stats_ask: dict[int, socket.socket] = field(default_factory=dict)  # worker 0: index -> ask that worker
+    stats_serve: socket.socket | None = None                      # workers 1..N-1: worker 0 asks here
 
     def fds(self) -> set[int]:
         socks = [*self.https, *self.http, *(s for v in self.tcp.values() for s in v), *self.handover_out]
-        socks += [s for s in (self.health, self.handover_in, self.registry) if s is not None]
+        socks += [s for s in (self.health, self.handover_in, self.registry, self.stats_serve) if s is not None]
+        socks += list(self.stats_ask.values())
         return {s.fileno() for s in socks}
 
 

@@ -50,6 +50,13 @@ def bind_slots(cfg: Any, n: int) -> list[WorkerSlot]:
             slot.handover_in = pairs[slot.index][0]
             slot.handover_out = [p[1] for p in pairs]
         slots[0].health = health
+        # /metrics and /healthz (worker 0, which has the health listener) ask every other worker
+        # for its counters at each scrape (edge/metrics.py, plumbing/workerstats.py).
+        for slot in slots[1:]:
+            ask, answer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            slots[0].stats_ask[slot.index] = ask
+            slot.stats_serve = answer
+            done += [ask, answer]
     except BaseException:
         for s in done:
             s.close()
@@ -61,7 +68,8 @@ def _all_sockets(slots: list[WorkerSlot]) -> list[socket.socket]:
     seen: dict[int, socket.socket] = {}
     for slot in slots:
         for s in [*slot.https, *slot.http, *(x for v in slot.tcp.values() for x in v), *slot.handover_out,
-                  *(x for x in (slot.health, slot.handover_in, slot.registry) if x is not None)]:
+                  *slot.stats_ask.values(),
+                  *(x for x in (slot.health, slot.handover_in, slot.registry, slot.stats_serve) if x is not None)]:
             seen.setdefault(id(s), s)
     return list(seen.values())
 

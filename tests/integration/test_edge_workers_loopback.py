@@ -7,6 +7,8 @@ import json
 import os
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -94,7 +96,7 @@ health_listen = "127.0.0.1:{health_port}"
     tcp = Proc([*GSLB, "agent", "tcp", str(_echo()), *common], "agent-tcp")
     tcp_port = int(tcp.wait_line(r"forwarding tcp://[^:]+:(\d+)").group(1))
     agents.append(tcp)
-    ns = dict(ca=ca, edge=edge, pids=pids, https_port=https_port, health_port=health_port, tcp_port=tcp_port,
+    ns = dict(ca=ca, token=token, edge=edge, pids=pids, https_port=https_port, health_port=health_port, tcp_port=tcp_port,
               agents=agents)
     yield type("Net", (), ns)
     for a in agents:
@@ -147,9 +149,70 @@ def test_connections_accepted_by_either_worker_reach_the_right_agent(net):
     assert moved > 0 and h["handover_failed"] == 0, h
 
 
+def _metrics(net) -> dict[tuple, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{net.health_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def _served(m: dict[tuple, float], name: str) -> float:
+    key = ("gslb_edge_requests_total", (("code", "2xx"), ("endpoint", f"{name}.app.lab.test"), ("origin", "upstream")))
+    return m.get(key, 0.0)
+
+
+def test_metrics_and_healthz_sum_what_both_workers_served(net):
+    n = 10
+    before = _metrics(net)
+    h0 = _health(net)
+    for _ in range(n):   # new connections each: both workers accept some; the session owner serves
+        for name in ("one", "two"):
+            assert _get(net, name) == (200, f"upstream {name}".encode())
+    m = _metrics(net)
+    assert m[("gslb_edge_workers", ())] == 2 and m[("gslb_edge_workers_answering", ())] == 2, m
+    # "one" and "two" may live in different workers: the edge's sum counts every request once
+    for name in ("one", "two"):
+        assert _served(m, name) - _served(before, name) == n, (name, _served(before, name), _served(m, name))
+    assert m[("gslb_edge_agent_sessions", ())] == 3      # two http agents and the tcp agent, wherever they are
+    h = _health(net)
+    assert h["workers_answering"] == 2 and sorted(h["per_worker"]) == ["0", "1"]
+    assert h["sessions"] == 3 == sum(w["sessions"] for w in h["per_worker"].values())
+    assert h["requests"] - h0["requests"] >= 2 * n
+    assert h["requests"] == sum(w["requests"] for w in h["per_worker"].values())
+
+
 def test_tcp_endpoint_is_served_by_the_worker_owning_it(net):
     for i in range(5):
         assert tcp_echo_through("127.0.0.1", net.tcp_port, b"w%d" % i).endswith(b"echo:w%d" % i)
+
+
+def _handshake(net, name: str) -> bool:
+    """True: the edge finished a TLS handshake for `name` (it would answer HTTPS); False: closed."""
+    ctx = ssl.create_default_context(cafile=str(net.ca.cert_path))   # accepts the edge's own certificate
+    try:
+        with socket.create_connection(("127.0.0.1", net.https_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=f"{name}.app.lab.test"):
+                return True
+    except (ssl.SSLError, ConnectionError, OSError):
+        return False
+
+
+def test_an_offline_tls_endpoint_is_closed_by_every_worker(net):
+    """The name was bound as a TLS endpoint in one worker; after its agent left, a connection
+    accepted by the other worker is closed too, not terminated for the HTTPS 404 page."""
+    common = ["--server", f"127.0.0.1:{net.https_port}", "--zone", "lab.test", "--ca", str(net.ca.cert_path),
+              "--authtoken-file", str(net.token)]
+    extra = Proc([*GSLB, "agent", "tls", str(_echo()), "--name", "brief", *common], "agent-tls")
+    extra.wait_line(r"forwarding tls://brief\.app\.lab\.test")
+    extra.stop()
+    deadline = time.monotonic() + 30      # until the edge saw the session end (the binding is gone)
+    while time.monotonic() < deadline and _health(net)["sessions"] != 3:
+        time.sleep(0.1)
+    assert _health(net)["sessions"] == 3
+    # 16 new connections: the kernel spreads them over both workers; every one must be closed
+    terminated = sum(_handshake(net, "brief") for _ in range(16))
+    assert terminated == 0, net.edge.log[-30:]
 
 
 def test_a_killed_worker_is_restarted_and_its_agents_reconnect(net):
