@@ -22,7 +22,7 @@ from dns.engine import Engine
 from dns.log import log
 from plumbing.addr import join_host_port
 from plumbing.listen import listen_socket
-from plumbing.procs import RESPAWN_LIMIT, RESPAWN_WINDOW, RespawnBudget, close_inherited, die_with_parent  # noqa: F401
+from plumbing.procs import RESPAWN_LIMIT, RESPAWN_WINDOW, RespawnBudget, close_inherited, die_with_parent, fork_worker_process  # noqa: F401
 
 # RFC 7766 6.2.3: a server may bound the messages it buffers per connection;
 # a length prefix allows 65535, nothing bigger is a DNS message.
@@ -483,30 +483,11 @@ def _fork_worker(server_factory: Callable[[], DnsServer], feed: tuple[int, int],
     bound by the parent; None: it binds its own); in the child: close the parent's descriptors
     in `close_fds` (everything inherited but `feed`, `stats` and `sockets`, when forked
     `from_loop`), serve, _exit."""
-    # The three signals the parent relays stay blocked across the fork: one
-    # sent to the new worker before it has reset the parent's handlers would
-    # otherwise run the parent's asyncio handler, which only writes to a wakeup
-    # fd the child has dropped, and a SIGTERM would be lost (the worker would
-    # never stop). Blocked, it waits and meets the child's own dispositions.
-    relayed = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, relayed)
-    pid = os.fork()
-    if pid:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        return pid
-    # The worker. A respawn forks from inside the parent's running loop: drop
-    # its signal wiring first (the wakeup fd is the parent's), so a signal
-    # that comes before this process's own loop is up cannot reach the parent.
-    try:
-        signal.set_wakeup_fd(-1)
-    except (ValueError, OSError):
-        pass
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
     # Until the loop's reload handler is in place, a relayed SIGHUP is latched
     # (_EarlyHup): it must neither kill a worker that is still starting nor be lost.
-    early_hup.install()
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    pid = fork_worker_process(early_hup.install)
+    if pid:
+        return pid
     _die_with_parent()
     code = 1
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 # A worker killed by a signal (a crash, SIGKILL, the OOM killer) is replaced
 # at once, as nginx and gunicorn replace theirs (one that exits with a status,
@@ -32,6 +33,33 @@ class RespawnBudget:
             return False
         self._times.append(now)
         return True
+
+
+def fork_worker_process(child_sighup: Callable[[], None]) -> int:
+    """fork() for a supervisor that relays SIGTERM, SIGINT and SIGHUP to its workers: the parent
+    gets the child's pid; the child (0) starts with SIGTERM/SIGINT at their defaults, the
+    parent's wakeup fd dropped, and SIGHUP as `child_sighup()` sets it.
+
+    The relayed signals stay blocked across the fork: one sent to the new worker before it has
+    reset the parent's handlers would otherwise run the parent's asyncio handler, which only
+    writes to a wakeup fd the child has dropped, and a SIGTERM would be lost (the worker would
+    never stop). Blocked, it waits and meets the child's own dispositions. A respawn forks from
+    inside the parent's running loop: the child drops that signal wiring first."""
+    relayed = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, relayed)
+    pid = os.fork()
+    if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return pid
+    try:
+        signal.set_wakeup_fd(-1)
+    except (ValueError, OSError):
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    child_sighup()
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    return 0
 
 
 def die_with_parent() -> None:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from edge.workers import WorkerSlot
 from plumbing.kvlog import log
 from plumbing.listen import listen_socket
-from plumbing.procs import RespawnBudget, close_inherited, die_with_parent
+from plumbing.procs import RespawnBudget, close_inherited, die_with_parent, fork_worker_process
 
 
 def bind_slots(cfg: Any, n: int) -> list[WorkerSlot]:
@@ -76,22 +76,11 @@ def _all_sockets(slots: list[WorkerSlot]) -> list[socket.socket]:
 
 def _fork(slot: WorkerSlot, slots: list[WorkerSlot], serve: Callable[[WorkerSlot], int],
           from_loop: bool, extra_close: list[socket.socket]) -> int:
-    # The relayed signals stay blocked across the fork (as in dns/server.py): one that comes before
-    # the child has its own handlers must not run the parent's asyncio handler in the child.
-    relayed = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, relayed)
-    pid = os.fork()
+    # (plumbing.procs: the relayed signals stay blocked across the fork.) The edge reloads
+    # nothing: a SIGHUP to the group kills no worker.
+    pid = fork_worker_process(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
     if pid:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return pid
-    try:
-        signal.set_wakeup_fd(-1)
-    except (ValueError, OSError):
-        pass
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # the edge reloads nothing: a HUP to the group kills no one
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     die_with_parent()
     code = 1
     try:
