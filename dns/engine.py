@@ -210,26 +210,6 @@ class Engine:
             log("internal_error", level="error", client=source, error=repr(exc))
             return self._servfail(data, tcp)
 
-    def respond_udp(self, data: bytes, source: str) -> bytes | None:
-        """`respond(data, source)` for a datagram's bytes (the UDP reader's entry): a reply-cache
-        hit is served here first-hand, anything else goes through `respond`. The same replies;
-        a hit costs a third less (no signing-period, type or transport tests, and a query
-        without additional records, hence without an OPT, skips the COOKIE scan)."""
-        if self.signer is None and (self.cookies is None or data[10:12] == b"\0\0"
-                                    or data.find(b"\x00\x0a", 12) < 0):
-            key = data[2:]
-            entry = self._udp.get(key)
-            if entry is not None:
-                if entry is _BY_SOURCE:
-                    entry = self._by_source.get((key, source))
-                if entry is not None:
-                    variants, turn, cell = entry
-                    cell[0] += 1
-                    i = turn[0]
-                    turn[0] = (i + 1) % len(variants)
-                    return data[:2] + variants[i]
-        return self.respond(data, source)
-
     def _servfail(self, data: bytes, tcp: bool) -> bytes | None:
         """SERVFAIL for a query the engine failed on: with its question and, when it had
         one, an OPT (RFC 6891 7); a bare header when even that fails."""

@@ -45,7 +45,7 @@ class UdpReader:
 
     def on_readable(self) -> None:
         sock = self.sock
-        respond = self.server.engine.respond_udp
+        respond = self.server.engine.respond
         rrl = self.server.rrl   # None unless [rrl] enabled: one test per datagram when off
         recvfrom, sendto = sock.recvfrom, sock.sendto
         for _ in range(self.BATCH):

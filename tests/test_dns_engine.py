@@ -429,27 +429,3 @@ def test_echo_swap_rebuilds_a_cut_reply_or_one_that_would_not_fit():
     assert _swap_echo(([body], len(echo8), False), echo11, extra, 512) is None     # glue dropped or TC
     assert _swap_echo(([body], len(echo8), True), echo11, extra, len(body) + 2 + 2) is None  # too big
     assert _swap_echo(([body], len(echo8), False), b"F" * 8, extra, 512) == [body[:-8] + b"F" * 8]
-
-
-def test_the_udp_entry_answers_as_respond_does(example_config, lab_mmdb):
-    # Two engines fed the same datagrams, one through respond_udp, one through respond: the same
-    # bytes every time (hits, by-source entries, EDNS, cookies, the cookie placeholder itself, junk).
-    from dns.options import QUERY_PLACEHOLDER
-    cookie = struct.pack("!HH", 10, 8) + b"\x07" * 8
-    queries = [make_query("demo.app.lab.test", qid=1), make_query("demo.app.lab.test", AAAA, qid=2),
-               make_query("nx.lab.test", qid=3), make_query("lab.test", SOA, qid=4, edns=True),
-               make_query("demo.app.lab.test", options=ecs_option("198.19.5.0/24"), qid=5),
-               make_query("demo.app.lab.test", options=cookie, qid=6),
-               make_query("demo.app.lab.test", options=QUERY_PLACEHOLDER, qid=7),
-               make_query("demo.app.lab.test", options=ecs_option("198.19.3.0/24") + cookie, qid=8),
-               b"\x00", b"\x12\x34" + bytes(10), make_query("demo.app.lab.test", qid=9)[:-3]]
-    udp, ref = (Engine.from_config(example_config, lab_mmdb, clock=lambda: 1_800_000_000.0) for _ in range(2))
-    try:
-        for _ in range(3):
-            for q in queries:
-                for src in ("127.0.0.1", "198.19.5.9"):
-                    assert udp.respond_udp(q, src) == ref.respond(q, src)
-        assert udp.tally == ref.tally
-    finally:
-        udp.close()
-        ref.close()
