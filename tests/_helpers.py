@@ -81,6 +81,30 @@ def secret_file(path: Path, text: str) -> Path:
 # ---------------------------------------------------------------- dig and kdig output
 
 
+def loopback_edge_toml(tmp: Path, token: Path, https_port: int, tcp_ports: tuple[int, int], *,
+                       pop: str = "t", listen: tuple[str, ...] = ("127.0.0.1",), edge_extra: str = "",
+                       pop_extra: str = "") -> Path:
+    """tmp/edge.toml for a `gslb edge` on loopback (zone lab.test, the CA in tmp/ca, certificates
+    in tmp/certs, `token` the authtokens file): `edge_extra` lines go into [edge] and its tables
+    after the common keys, `pop_extra` into [pops.<pop>] after `https_port`."""
+    cfg = tmp / "edge.toml"
+    listen_toml = ", ".join(f'"{a}"' for a in listen)
+    cfg.write_text(f"""
+zone = "lab.test"
+[edge]
+ca_dir = "{tmp / 'ca'}"
+cert_dir = "{tmp / 'certs'}"
+authtokens_file = "{token}"
+tcp_ports = "{tcp_ports[0]}-{tcp_ports[1]}"
+{edge_extra}
+[pops.{pop}]
+listen = [{listen_toml}]
+https_port = {https_port}
+{pop_extra}
+""")
+    return cfg
+
+
 def dig_answers(text: str, rtype: str = "A") -> list[tuple[str, int, str]]:
     """(owner, ttl, data) of the answer lines of dig/kdig output."""
     out = []

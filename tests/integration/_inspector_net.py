@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from _helpers import GSLB, AiohttpUpstream, Proc, curl_https, free_port, free_range, secret_file
+from _helpers import GSLB, AiohttpUpstream, Proc, curl_https, free_port, free_range, loopback_edge_toml, secret_file
 
 from edge.certs import CertAuthority
 
@@ -59,20 +59,8 @@ class Net:
         token = secret_file(tmp / "authtokens", "inspect-token-1\n")
         self.https_port, http_port, health_port = free_port(), free_port(), free_port()
         lo, hi = free_range(2)
-        cfg = tmp / "edge.toml"
-        cfg.write_text(f"""
-zone = "lab.test"
-[edge]
-ca_dir = "{tmp / 'ca'}"
-cert_dir = "{tmp / 'certs'}"
-authtokens_file = "{token}"
-tcp_ports = "{lo}-{hi}"
-[pops.t]
-listen = ["127.0.0.1"]
-https_port = {self.https_port}
-http_port = {http_port}
-health_listen = "127.0.0.1:{health_port}"
-""")
+        cfg = loopback_edge_toml(tmp, token, self.https_port, (lo, hi),
+                                 pop_extra=f'http_port = {http_port}\nhealth_listen = "127.0.0.1:{health_port}"')
         self.up = Recorder()
         self.edge = Proc([*GSLB, "edge", "--config", str(cfg), "--pop", "t", "--workers", "1"], "edge")
         self.edge.wait_line(r"gslb edge: pop=t")

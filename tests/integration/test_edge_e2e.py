@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from _helpers import (CURL, GSLB, LineEcho, Proc, check_sse_event_by_event, curl_https, free_port, free_range,
-                      make_app, secret_file, tcp_echo_through, tls_exchange, websocket)
+                      loopback_edge_toml, make_app, secret_file, tcp_echo_through, tls_exchange, websocket)
 
 from edge.certs import CertAuthority, CertStore
 
@@ -68,22 +68,9 @@ def net(tmp_path_factory):
     token = secret_file(tmp / "authtokens", "e2e-token-123\n")
     https_port, http_port, health_port = free_port(), free_port(), free_port()
     lo, hi = free_range(3)
-    cfg = tmp / "edge.toml"
-    cfg.write_text(f"""
-zone = "lab.test"
-[edge]
-ca_dir = "{tmp / 'ca'}"
-cert_dir = "{tmp / 'certs'}"
-authtokens_file = "{token}"
-tcp_ports = "{lo}-{hi}"
-[edge.modules]
-order = ["ip_restriction"]
-[pops.t]
-listen = ["127.0.0.1", "::1"]
-https_port = {https_port}
-http_port = {http_port}
-health_listen = "127.0.0.1:{health_port}"
-""")
+    cfg = loopback_edge_toml(tmp, token, https_port, (lo, hi), listen=("127.0.0.1", "::1"),
+                             edge_extra='[edge.modules]\norder = ["ip_restriction"]',
+                             pop_extra=f'http_port = {http_port}\nhealth_listen = "127.0.0.1:{health_port}"')
     up = Upstreams(tmp)
     edge = Proc([*GSLB, "edge", "--config", str(cfg), "--pop", "t", "--workers", "1"], "edge")
     edge.wait_line(r"gslb edge: pop=t")

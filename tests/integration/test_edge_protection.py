@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from _helpers import GSLB, AiohttpUpstream, Proc, curl_https, free_port, free_range, secret_file
+from _helpers import GSLB, AiohttpUpstream, Proc, curl_https, free_port, free_range, loopback_edge_toml, secret_file
 from _tools import need_tools
 
 from edge.certs import CertAuthority
@@ -71,21 +71,9 @@ def net(tmp_path_factory):
     token = secret_file(tmp / "authtokens", "protection-token-123\n")
     https_port, http_port, admin_port = free_port(), free_port(), free_port()
     lo, hi = free_range(2)
-    cfg = tmp / "edge.toml"
     # no [edge.modules] order: the default chain (ip_restriction, rate_limit, circuit_breaker)
-    cfg.write_text(f"""
-zone = "lab.test"
-[edge]
-ca_dir = "{tmp / 'ca'}"
-cert_dir = "{tmp / 'certs'}"
-authtokens_file = "{token}"
-tcp_ports = "{lo}-{hi}"
-[pops.t]
-listen = ["127.0.0.1"]
-https_port = {https_port}
-http_port = {http_port}
-health_listen = "127.0.0.1:{admin_port}"
-""")
+    cfg = loopback_edge_toml(tmp, token, https_port, (lo, hi),
+                             pop_extra=f'http_port = {http_port}\nhealth_listen = "127.0.0.1:{admin_port}"')
     up = Upstream()
     agent_toml = tmp / "agent.toml"
     agent_toml.write_text(f"""

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from _helpers import CURL, GSLB, Proc, curl_https, free_port, free_range, secret_file, tcp_echo_through, LineEcho
+from _helpers import CURL, GSLB, Proc, curl_https, free_port, free_range, loopback_edge_toml, secret_file, tcp_echo_through, LineEcho
 from edge.certs import CertAuthority
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -69,20 +69,8 @@ def net(tmp_path_factory):
     token = secret_file(tmp / "authtokens", "workers-token-123\n")
     https_port, health_port = free_port(), free_port()
     lo, hi = free_range(2)
-    cfg = tmp / "edge.toml"
-    cfg.write_text(f"""
-zone = "lab.test"
-[edge]
-ca_dir = "{tmp / 'ca'}"
-cert_dir = "{tmp / 'certs'}"
-authtokens_file = "{token}"
-tcp_ports = "{lo}-{hi}"
-http_port = 0
-[pops.t]
-listen = ["127.0.0.1"]
-https_port = {https_port}
-health_listen = "127.0.0.1:{health_port}"
-""")
+    cfg = loopback_edge_toml(tmp, token, https_port, (lo, hi), edge_extra="http_port = 0",
+                             pop_extra=f'health_listen = "127.0.0.1:{health_port}"')
     edge = Proc([*GSLB, "edge", "--config", str(cfg), "--pop", "t", "--workers", "2", "-v"], "edge")
     m = edge.wait_line(r"gslb edge: workers=2 supervisor=(\d+) worker0=(\d+) worker1=(\d+)")
     pids = [int(m.group(2)), int(m.group(3))]
